@@ -1,0 +1,1 @@
+"""Pure metric functions shared across methods (entanglement, polysemanticity)."""
