@@ -18,6 +18,16 @@ from sparse_expansion.sgatlin.router import (
 from sparse_expansion.sgatlin.transformer import Transformer, config_for_scale
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine is shared: more threads than free cores makes tiny ops crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 def brute_topk(half: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k over all N = n_keys² product scores, enumerated explicitly."""
     full = (half[..., 0, :, None] + half[..., 1, None, :]).flatten(-2)  # index i1*n_keys + i2

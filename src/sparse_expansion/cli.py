@@ -19,6 +19,7 @@ COMMANDS = (
     "evaluate",
     "generate",
     "demo",
+    "train",
 )
 
 

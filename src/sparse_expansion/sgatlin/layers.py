@@ -74,8 +74,9 @@ class SparselyGatedLinear(nn.Module):
         lead, d = x.shape[:-1], x.shape[-1]
         flat_x = x.reshape(-1, 1, d)  # [n, 1, d]
         rows = (indices + self.channel_offset[:, None]).reshape(flat_x.shape[0], -1)  # [n, C*k]
-        u = self.experts[0].reshape(-1, d)[rows]  # [n, C*k, d]
-        v = self.experts[1].reshape(-1, d)[rows]
+        # F.embedding, not tensor indexing: its CPU backward is deterministic across threads.
+        u = F.embedding(rows, self.experts[0].reshape(-1, d))  # [n, C*k, d]
+        v = F.embedding(rows, self.experts[1].reshape(-1, d))
         z = torch.bmm(flat_x, u.transpose(1, 2))  # [n, 1, C*k]: u·x
         g = self.act(z * scores.reshape(z.shape))
         return torch.bmm(g, v).reshape(*lead, d)
@@ -189,7 +190,7 @@ class PEER(nn.Module):
         lead, d = x.shape[:-1], x.shape[-1]
         flat_x = x.reshape(-1, 1, d)
         rows = indices.reshape(flat_x.shape[0], -1)
-        u, v = self.experts[0][rows], self.experts[1][rows]
+        u, v = F.embedding(rows, self.experts[0]), F.embedding(rows, self.experts[1])
         z = torch.bmm(flat_x, u.transpose(1, 2))  # [n, 1, C*k]
         g = F.gelu(z, approximate="tanh") * scores.softmax(-1).reshape(z.shape)
         return torch.bmm(g, v).reshape(*lead, d)
