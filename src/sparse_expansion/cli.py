@@ -21,6 +21,7 @@ COMMANDS = (
     "demo",
     "train",
     "isoflop",
+    "gating",
     "fpe",
 )
 
