@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--depth", type=int, default=3, help="real data: hidden layers of the deep MLP (default 3; 1 = none)"
     )
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..S-1 (default 5)")
-    p.add_argument("--epochs", default=None, help="WARMUP,POST epochs (default 30,60; 10,20 for plays/bible)")
+    p.add_argument(
+        "--epochs", default=None, help="WARMUP,POST epochs (default 30,60 for dnf, 20,40 digits, 10,20 plays/bible)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--save-models", action="store_true", help="also save every trained network (safetensors + JSON)")
     p.add_argument("--out", required=True, help="new folder for results.json, PNGs and report.md")

@@ -37,11 +37,13 @@ def default_config(task: str) -> RealConfig:
     """Per-task defaults. The 384-d embedding tasks overfit fast (2,400 training examples):
     a shorter schedule at a lower learning rate keeps test accuracy near its best."""
     if task == "digits":
-        return RealConfig(task=task, fpe_widths=(4, 8, 16), dense_widths=(4, 6, 8, 12, 16, 24, 32, 48))
+        return RealConfig(
+            task=task, fpe_widths=(4, 8, 16), dense_widths=(4, 8, 16, 32, 64), warmup_epochs=20, post_epochs=40
+        )
     return RealConfig(
         task=task,
         fpe_widths=(4, 8, 16),
-        dense_widths=(4, 6, 8, 12, 16, 24, 32, 48, 64),
+        dense_widths=(4, 8, 16, 32, 64),
         warmup_epochs=10,
         post_epochs=20,
         lr=1e-3,

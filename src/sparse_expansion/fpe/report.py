@@ -224,8 +224,8 @@ def plot_gain(fit: dict, path: Path) -> None:
     if "fit" in fit:
         f = fit["fit"]
         axes[1].set_title(
-            f"gain = {f['b0']:.2f} + {f['b1_log2_capacity_fold']:.2f}·log2 cap "
-            f"+ {f['b2_log2_abs_cosine_fold']:.2f}·log2 cos, R²={f['r2']:.2f}",
+            f"gain = {f['b0']:.2f} {f['b1_log2_capacity_fold']:+.2f}·log2 cap "
+            f"{f['b2_log2_abs_cosine_fold']:+.2f}·log2 cos, R²={f['r2']:.2f}",
             fontsize=8,
         )
     fig.tight_layout()

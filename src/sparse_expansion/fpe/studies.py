@@ -111,8 +111,8 @@ class DNFConfig:
     n_test: int = 4000
     warmup_epochs: int = 30
     post_epochs: int = 60
-    lr: float = 3e-3
-    batch_size: int = 128
+    lr: float = 6e-3
+    batch_size: int = 256
 
 
 def run_dnf(config: DNFConfig, rules: Sequence[str], seed: int, keep_models: bool = False) -> list[dict]:
