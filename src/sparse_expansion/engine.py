@@ -1,0 +1,209 @@
+"""The layer-sequential calibration engine: the one place where calibration happens.
+
+As in SparseGPT: capture the hidden states entering decoder layer 0, then for each layer in
+order run it on the calibration batches with hooks that hand each target linear's inputs to the
+compressor, let the compressor produce replacements, write them in, and run the layer again so
+the next layer calibrates on the outputs of the already-compressed one. Only the current layer's
+activations are held; on `cuda` only the current layer sits on the GPU.
+
+A compressor implements `LayerCompressor`: it sees one layer's target linears, grouped by shared
+input, observes their inputs batch by batch, and returns for each linear either a new weight
+([out, in], same shape) or a whole replacement module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .arch import decoder_layers, set_linear_weight, target_groups
+
+Groups = tuple[tuple[str, ...], ...]
+
+
+class LayerCompressor(ABC):
+    """One compression method acting on one decoder layer at a time."""
+
+    #: False for data-free methods (magnitude): the engine then skips every forward pass.
+    needs_calibration: bool = True
+
+    @abstractmethod
+    def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
+        """Prepare state for the layer's target linears; `groups` lists linears sharing an input."""
+
+    @abstractmethod
+    def observe(self, group: tuple[str, ...], inputs: torch.Tensor) -> None:
+        """One batch of the inputs [tokens, in_features] shared by the linears of `group`."""
+
+    @abstractmethod
+    def finish_layer(self) -> dict[str, torch.Tensor | nn.Module]:
+        """Replacements for the layer's linears (new [out, in] weights or modules); frees state."""
+
+    def record(self) -> dict[str, Any]:
+        """Per-linear facts for the run record (sparsity achieved, damping, cluster sizes, ...)."""
+        return {}
+
+
+@dataclass
+class EngineTimes:
+    capture: float = 0.0
+    forward: float = 0.0
+    compress: float = 0.0
+    layers: list[float] = field(default_factory=list)
+
+
+@dataclass
+class LayerInputs:
+    """The hidden states entering the current layer, one tensor per batch, plus the keyword
+    arguments the model passed to its layers (masks, rotary embeddings), captured once."""
+
+    hidden: list[torch.Tensor]
+    kwargs: list[dict[str, Any]]
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _move_except_layers(model: nn.Module, layers: nn.ModuleList, device: str) -> None:
+    """Put every module but the decoder layers on `device` (embeddings, rotary, norms, head)."""
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            if child is layers:
+                continue
+            if any(sub is layers for sub in child.modules()):
+                visit(child)
+            else:
+                child.to(device)
+        for _name, param in module.named_parameters(recurse=False):
+            param.data = param.data.to(device)
+        for name, buf in module.named_buffers(recurse=False):
+            setattr(module, name, buf.to(device))
+    visit(model)
+
+
+def _to(value: Any, device: str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
+
+
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, windows: torch.Tensor, batch_size: int,
+                         device: str = "cpu") -> LayerInputs:
+    """Run the model up to decoder layer 0 on each batch of windows and keep what enters it."""
+    layers = decoder_layers(model)
+    _move_except_layers(model, layers, device)
+    hidden: list[torch.Tensor] = []
+    kwargs: list[dict[str, Any]] = []
+
+    def grab(_module, args, kw):
+        states = args[0] if args else kw.pop("hidden_states")
+        hidden.append(states.detach())
+        kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for start in range(0, windows.shape[0], batch_size):
+            with contextlib.suppress(_StopForward):
+                model(windows[start : start + batch_size].to(device), use_cache=False)
+    finally:
+        handle.remove()
+        if device != "cpu":
+            _move_except_layers(model, layers, "cpu")
+    return LayerInputs(hidden, kwargs)
+
+
+def run_layer(layer: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = layer(states, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@contextlib.contextmanager
+def input_hooks(layer: nn.Module, groups: Groups, sink) -> Iterator[None]:
+    """Forward hooks on the first linear of each group that pass its 2-D input to `sink`.
+
+    Hooks are always removed, even if the forward pass fails.
+    """
+    handles = []
+    for group in groups:
+        def hook(_module, args, _output, group=group):
+            x = args[0]
+            sink(group, x.reshape(-1, x.shape[-1]).detach())
+        handles.append(layer.get_submodule(group[0]).register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def apply_replacements(layer: nn.Module, replacements: dict[str, torch.Tensor | nn.Module]) -> None:
+    """Write new weights in place, or swap in replacement modules."""
+    for name, new in replacements.items():
+        if isinstance(new, nn.Module):
+            old = layer.get_submodule(name)
+            layer.set_submodule(name, new.to(old.weight.device))
+        else:
+            set_linear_weight(layer.get_submodule(name), new)
+
+
+@torch.no_grad()
+def calibrate(
+    model: nn.Module,
+    windows: torch.Tensor | None,
+    compressor: LayerCompressor,
+    *,
+    targets: str = "mlp",
+    batch_size: int = 8,
+    device: str = "cpu",
+    progress: bool = True,
+) -> EngineTimes:
+    """Compress every decoder layer of `model` in place, layer by layer. Returns timings."""
+    model.eval()
+    groups = target_groups(model, targets)
+    layers = decoder_layers(model)
+    times = EngineTimes()
+    inputs = None
+    if compressor.needs_calibration:
+        if windows is None:
+            raise ValueError(f"{type(compressor).__name__} needs calibration windows")
+        t0 = time.perf_counter()
+        inputs = capture_layer_inputs(model, windows, batch_size, device)
+        times.capture = time.perf_counter() - t0
+
+    bar = tqdm(range(len(layers)), desc="layers", unit="layer", disable=not progress)
+    for index in bar:
+        t_layer = time.perf_counter()
+        layer = layers[index].to(device)
+        compressor.start_layer(index, layer, groups)
+        if inputs is not None:
+            t0 = time.perf_counter()
+            with input_hooks(layer, groups, compressor.observe):
+                for states, kw in zip(inputs.hidden, inputs.kwargs):
+                    run_layer(layer, states, kw)
+            times.forward += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        apply_replacements(layer, compressor.finish_layer())
+        times.compress += time.perf_counter() - t0
+
+        if inputs is not None and index + 1 < len(layers):
+            t0 = time.perf_counter()
+            inputs.hidden = [run_layer(layer, s, kw) for s, kw in zip(inputs.hidden, inputs.kwargs)]
+            times.forward += time.perf_counter() - t0
+        if device != "cpu":
+            layer.to("cpu")
+        times.layers.append(time.perf_counter() - t_layer)
+    return times

@@ -1,0 +1,79 @@
+"""Perplexity over windows, and honest per-token cost: FLOPs and stored non-zeros.
+
+FLOPs per token count the weight matmuls a token goes through: 2 x non-zeros of every linear in
+the decoder layers plus the LM head, or, for a replacement module (e.g. a sparse expert layer),
+that module's own count (one expert plus its router). Attention scores (which grow with the
+context) and embedding lookups are left out, the same way for every model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .arch import architecture_of, decoder_layers, is_linear_like, linear_weight
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4,
+               device: str = "cpu", progress: bool = True) -> dict[str, float]:
+    """exp(mean next-token NLL) over all predicted tokens of the windows (seqlen - 1 per window)."""
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    batches = range(0, windows.shape[0], batch_size)
+    for start in tqdm(batches, desc="eval", unit="batch", disable=not progress):
+        ids = windows[start : start + batch_size].to(device)
+        logits = model(ids, use_cache=False).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                              reduction="sum")
+        total_nll += nll.item()
+        total_tokens += ids[:, 1:].numel()
+    mean = total_nll / total_tokens
+    return {"perplexity": math.exp(mean), "nll": mean, "tokens": total_tokens}
+
+
+def _cost_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every weight-matmul module a token passes through: decoder-layer linears and the head."""
+    out: dict[str, nn.Module] = {}
+    for i, layer in enumerate(decoder_layers(model)):
+        replaced: list[str] = []
+        for name, module in layer.named_modules():
+            if any(name.startswith(prefix + ".") for prefix in replaced):
+                continue  # the parts of a replacement module are counted by the module itself
+            if hasattr(module, "flops_per_token"):
+                replaced.append(name)
+                out[f"{i}.{name}"] = module
+            elif is_linear_like(module):
+                out[f"{i}.{name}"] = module
+    head = model.get_output_embeddings()
+    if head is not None:
+        out["lm_head"] = head
+    return out
+
+
+def module_cost(module: nn.Module) -> tuple[int, int]:
+    """(FLOPs per token, stored non-zeros) of one linear-like or replacement module."""
+    if hasattr(module, "flops_per_token"):
+        return int(module.flops_per_token()), int(module.nonzeros())
+    nnz = int((linear_weight(module) != 0).sum())
+    return 2 * nnz, nnz
+
+
+def model_costs(model: nn.Module) -> dict[str, Any]:
+    """flops_per_token, nonzeros (stored, of the counted matmuls), params (all parameters)."""
+    mlp = set(architecture_of(model).mlp)
+    flops = nonzeros = mlp_nonzeros = 0
+    for name, module in _cost_modules(model).items():
+        f, n = module_cost(module)
+        flops += f
+        nonzeros += n
+        if name.split(".", 1)[-1] in mlp:
+            mlp_nonzeros += n
+    params = sum(p.numel() for p in model.parameters())
+    return {"flops_per_token": flops, "nonzeros": nonzeros, "mlp_nonzeros": mlp_nonzeros,
+            "params": params}

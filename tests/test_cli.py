@@ -1,0 +1,109 @@
+"""The command line: every bad input gets one line and exit code 2, and nothing at --out."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparse_expansion.cli import main
+
+
+def run(args, capsys):
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_prune_eval_generate_roundtrip(tmp_path, tiny_model_dir, text_file, capsys):
+    out = tmp_path / "pruned"
+    code, stdout, err = run(["prune", tiny_model_dir, "--method", "sparsegpt", "--sparsity", "2:4",
+                             "--out", out, "--calib", text_file, "--calib-windows", "4", "--seqlen", "32"],
+                            capsys)
+    assert code == 0, err
+    record = json.loads((out / "sparse_expansion.json").read_text())
+    assert record["method"] == "sparsegpt" and record["sparsity"] == "2:4"
+    assert all(r["sparsity"] == 0.5 for r in record["linears"].values())
+    assert record["calibration"]["windows"] == 4
+    code, stdout, err = run(["eval", out, "--data", text_file, "--windows", "3", "--seqlen", "32", "--json"],
+                            capsys)
+    assert code == 0, err
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert {"perplexity", "windows", "seqlen", "tokens", "model", "data", "flops_per_token",
+            "nonzeros"} <= set(result)
+    assert result["windows"] == 3 and result["tokens"] == 3 * 31 and result["perplexity"] > 1
+    code, dense_out, _ = run(["eval", tiny_model_dir, "--data", text_file, "--windows", "3",
+                              "--seqlen", "32", "--json"], capsys)
+    dense = json.loads(dense_out.strip().splitlines()[-1])
+    mlp = 2 * 3 * 32 * 64  # two layers: gate, up, down of 32x64
+    assert dense["nonzeros"] - result["nonzeros"] == mlp // 2
+    assert dense["flops_per_token"] - result["flops_per_token"] == mlp
+    code, stdout, err = run(["generate", out, "--prompt", "To be", "--max-new-tokens", "5"], capsys)
+    assert code == 0 and stdout.startswith("To be"), err
+
+
+BAD = [
+    (["--sparsity", "1.2"], "outside [0, 1)"),
+    (["--sparsity", "2:x"], "malformed N:M"),
+    (["--sparsity", "3:2"], "malformed N:M"),
+    (["--seqlen", "100000"], "exceeds the model's context"),
+    (["--calib-windows", "100000"], "fewer than 100000 calibration windows"),
+    (["--calib", "does/not/exist.txt"], "neither a known name"),
+    (["--calib", "EMPTY"], "is empty"),
+    (["--bits", "4", "--method", "wanda"], "--bits needs --method sparsegpt"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_prune_input(tmp_path, tiny_model_dir, text_file, capsys, extra, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    extra = [str(empty) if e == "EMPTY" else e for e in extra]
+    args = {"--method": "sparsegpt", "--sparsity": "0.5", "--calib": str(text_file),
+            "--calib-windows": "2", "--seqlen": "16"}
+    for key, value in zip(extra[::2], extra[1::2]):
+        args[key] = value
+    out = tmp_path / "out"
+    flat = [a for kv in args.items() for a in kv]
+    code, _, err = run(["prune", tiny_model_dir, "--out", out, *flat], capsys)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_missing_model_and_nonempty_out(tmp_path, tiny_model_dir, capsys):
+    code, _, err = run(["eval", tmp_path / "nope"], capsys)
+    assert code == 2 and "not found" in err
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, _, err = run(["prune", tiny_model_dir, "--method", "magnitude", "--sparsity", "0.5", "--out", out],
+                       capsys)
+    assert code == 2 and "not empty" in err and (out / "keep.txt").read_text() == "x"
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sparse_expansion.cli", "prune", str(tmp_path / "nope"),
+                           "--method", "wanda", "--sparsity", "0.5", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_failure_midway_leaves_nothing(tmp_path, tiny_model_dir, text_file, capsys, monkeypatch):
+    import sparse_expansion.saving as saving
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(saving, "save_model", boom)
+    with pytest.raises(RuntimeError):
+        main(["prune", str(tiny_model_dir), "--method", "magnitude", "--sparsity", "0.5",
+              "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
+    torch.manual_seed(0)

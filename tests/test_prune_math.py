@@ -1,0 +1,140 @@
+"""Exact behaviour of the pruning math on hand-built and random cases."""
+
+import pytest
+import torch
+
+from sparse_expansion.errors import UsageError
+from sparse_expansion.prune import magnitude_prune, parse_sparsity, sparsegpt_solve, wanda_prune
+from sparse_expansion.prune.sparsity import mask_lowest
+
+
+def correlated_inputs(n=2048, d=64, seed=0):
+    """Inputs with very unequal feature scales and correlations, like real activations."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g) / d**0.5 + torch.eye(d)
+    scales = torch.rand(d, generator=g) * 4 + 0.1
+    return (torch.randn(n, d, generator=g) @ mix) * scales
+
+
+def hessian(x):
+    return 2 * x.t() @ x / x.shape[0]
+
+
+@pytest.mark.parametrize("text,expected", [("0.5", 0.5), ("0", 0.0), ("2:4", 0.5), ("1:4", 0.75)])
+def test_parse_sparsity(text, expected):
+    assert parse_sparsity(text).zero_fraction == expected
+
+
+@pytest.mark.parametrize("bad", ["1", "1.5", "-0.1", "abc", "4:2", "2:4:8", "a:b", "0:4"])
+def test_parse_sparsity_rejects(bad):
+    with pytest.raises(UsageError):
+        parse_sparsity(bad)
+
+
+def test_wanda_two_four_hand_built():
+    # As in torchao's test: weights 1..8 with equal input norms keep the two largest of each four.
+    weight = torch.arange(1.0, 9.0).unsqueeze(0)
+    out = wanda_prune(weight, torch.ones(8), parse_sparsity("2:4"))
+    assert out.tolist() == [[0, 0, 3, 4, 0, 0, 7, 8]]
+
+
+def test_wanda_uses_input_norms():
+    weight = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    norms = torch.tensor([100.0, 1.0, 1.0, 0.01])  # squared norms: column 0 matters most
+    out = wanda_prune(weight, norms, parse_sparsity("0.5"))
+    assert out.tolist() == [[1.0, 0.0, 3.0, 0.0]]
+
+
+def test_magnitude_one_threshold_per_matrix():
+    weight = torch.tensor([[1.0, -9.0], [2.0, 3.0]])
+    out = magnitude_prune(weight, parse_sparsity("0.5"))
+    assert out.tolist() == [[0.0, -9.0], [0.0, 3.0]]  # both zeros may land in one column/row
+
+
+@pytest.mark.parametrize("sparsity", ["0.5", "0.7", "0.9"])
+def test_achieved_sparsity_exact(sparsity):
+    s = parse_sparsity(sparsity)
+    weight = torch.randn(48, 256)
+    x = correlated_inputs(d=256)
+    assert (magnitude_prune(weight, s) == 0).sum() == int(weight.numel() * s.fraction)
+    rows = (wanda_prune(weight, x.pow(2).mean(0), s) == 0).sum(1)
+    assert (rows == int(256 * s.fraction)).all()  # per row
+    new, _ = sparsegpt_solve(weight, hessian(x), s)
+    # SparseGPT picks its mask per 128-column block at the block's quantile.
+    blocks = [(new[:, i : i + 128] == 0).sum().item() for i in range(0, 256, 128)]
+    assert blocks == [int(48 * 128 * s.fraction)] * 2
+
+
+@pytest.mark.parametrize("nm", ["2:4", "1:4", "4:8"])
+def test_n_m_per_group(nm):
+    s = parse_sparsity(nm)
+    weight = torch.randn(16, 64)
+    x = correlated_inputs(d=64)
+    for out in (magnitude_prune(weight, s), wanda_prune(weight, x.pow(2).mean(0), s),
+                sparsegpt_solve(weight, hessian(x), s)[0]):
+        nonzero_per_group = (out != 0).reshape(16, -1, s.m).sum(-1)
+        assert (nonzero_per_group == s.n).all()
+
+
+def test_sparsity_zero_is_identity():
+    s = parse_sparsity("0")
+    weight = torch.randn(32, 64)
+    x = correlated_inputs(d=64)
+    assert torch.equal(magnitude_prune(weight, s), weight)
+    assert torch.equal(wanda_prune(weight, x.pow(2).mean(0), s), weight)
+    new, _ = sparsegpt_solve(weight, hessian(x), s)
+    assert torch.allclose(new, weight, atol=1e-6)
+
+
+def test_sparsegpt_beats_wanda_beats_magnitude_on_correlated_inputs():
+    s = parse_sparsity("0.6")
+    weight = torch.randn(64, 128)
+    x = correlated_inputs(d=128)
+
+    def err(w):
+        return ((x @ weight.t() - x @ w.t()) ** 2).sum().item()
+
+    sg = err(sparsegpt_solve(weight, hessian(x), s)[0])
+    wa = err(wanda_prune(weight, x.pow(2).mean(0), s))
+    mg = err(magnitude_prune(weight, s))
+    assert sg < wa < mg
+
+
+def test_sparsegpt_batched_equals_one_by_one():
+    s = parse_sparsity("0.5")
+    weights = torch.randn(3, 16, 64)
+    hs = torch.stack([hessian(correlated_inputs(d=64, seed=i)) for i in range(3)])
+    batched, _ = sparsegpt_solve(weights, hs, s)
+    for i in range(3):
+        single, _ = sparsegpt_solve(weights[i], hs[i], s)
+        assert torch.allclose(batched[i], single, atol=1e-5)
+
+
+def test_sparsegpt_indefinite_hessian_retries_with_more_damping():
+    d = 16
+    h = 2 * torch.ones(d, d) - torch.eye(d)  # eigenvalues 2d-1 and -1: Cholesky fails at 1% damping
+    new, info = sparsegpt_solve(torch.randn(8, d), h, parse_sparsity("0.5"))
+    assert torch.isfinite(new).all()
+    assert info["damping"][0] > 0.01
+
+
+def test_sparsegpt_dead_inputs_are_dropped():
+    x = correlated_inputs(d=32)
+    x[:, 5] = 0
+    new, _ = sparsegpt_solve(torch.randn(8, 32), hessian(x), parse_sparsity("0.25"))
+    assert (new[:, 5] == 0).all() and torch.isfinite(new).all()
+
+
+def test_fused_quantization_grid_and_sparsity():
+    s = parse_sparsity("0.5")
+    weight = torch.randn(16, 128)
+    x = correlated_inputs(d=128)
+    new, _ = sparsegpt_solve(weight, hessian(x), s, bits=3)
+    assert (new == 0).sum() >= int(weight.numel() * 0.5)
+    for row in new:
+        assert row[row != 0].unique().numel() <= 2**3  # every kept weight is on the row's 3-bit grid
+
+
+def test_mask_lowest_breaks_ties_exactly():
+    scores = torch.ones(4, 8)
+    assert mask_lowest(scores, parse_sparsity("0.5"), per_row=False).sum() == 16
