@@ -25,7 +25,7 @@ class RealConfig:
     fpe_widths: tuple[int, ...] = (8, 16, 32)
     dense_widths: tuple[int, ...] = (4, 8, 12, 16, 24, 32, 48, 64, 96)
     depths: tuple[int, ...] = (1, 3)
-    deep_fpe_widths: tuple[int, ...] = (16,)
+    deep_fpe_widths: tuple[int, ...] = (8, 16)
     alpha: int = 2
     warmup_epochs: int = 30
     post_epochs: int = 60

@@ -254,6 +254,7 @@ def plot_real(runs: Sequence[dict], path: Path, title: str) -> None:
                 label=f"{rule}" + ("" if rule == "dense" else f" (α={groups[keys[0]][0]['alpha']})"),
             )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlabel("non-zero parameters")
         ax.set_ylabel("test accuracy % (mean ± std)")
         ax.set_title(f"{title}: {depth} hidden layer{'s' if depth > 1 else ''}", fontsize=9)
