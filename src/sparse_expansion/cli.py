@@ -16,6 +16,7 @@ from .errors import UsageError
 
 COMMANDS = (
     "prune",
+    "expand",
     "evaluate",
     "generate",
     "demo",

@@ -85,6 +85,8 @@ def load_saved(path: str | Path) -> tuple[nn.Module, Any]:
     from safetensors.torch import load_model as load_safetensors
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from . import expand  # noqa: F401  (registers SparseExpertLinear for rebuilding)
+
     path = Path(path)
     record = read_record(path)
     replaced = record.get("replaced_modules") or {}

@@ -85,3 +85,45 @@ def machine_record() -> dict[str, Any]:
 def require_positive(value: int, flag: str) -> None:
     if value < 1:
         raise UsageError(f"{flag} must be at least 1 (got {value})")
+
+
+def run_compression(args, make_compressor, fields: dict[str, Any], verb: str) -> int:
+    """Load, calibrate layer by layer, save atomically: the body every compressing command shares.
+
+    `make_compressor(model)` builds the LayerCompressor once the model is known; `fields` go into
+    the run record beside the calibration settings, costs, timings and per-linear facts.
+    """
+    from ..engine import calibrate
+    from ..evaluate import model_costs
+    from ..io import atomic_output_dir, check_output_dir
+    from ..models import load_model
+    from ..saving import save_model
+
+    require_positive(args.calib_windows, "--calib-windows")
+    require_positive(args.batch_size, "--batch-size")
+    device = check_device(args.device)
+    check_output_dir(args.out)
+
+    model, tokenizer = load_model(args.model)
+    compressor = make_compressor(model)
+    # A data-free method (magnitude) must not read, or fail on, a calibration corpus.
+    windows = load_calibration(args, model, tokenizer) if compressor.needs_calibration else None
+    start = time.perf_counter()
+    times = calibrate(model, windows, compressor, targets=args.targets, batch_size=args.batch_size,
+                      device=device)
+    elapsed = time.perf_counter() - start
+    per_linear = compressor.record()
+    record = {
+        **fields,
+        "source_model": args.model,
+        "calibration": calibration_record(args) if compressor.needs_calibration else None,
+        "linears": per_linear,
+        "costs": model_costs(model.to("cpu")),
+        "seconds": {"total": elapsed, "capture": times.capture, "forward": times.forward,
+                    "compress": times.compress, **getattr(compressor, "times", {})},
+        "machine": machine_record(),
+    }
+    with atomic_output_dir(args.out) as tmp:
+        save_model(model, tokenizer, tmp, record)
+    print(f"{verb} {len(per_linear)} linears in {elapsed:.1f} s -> {args.out}")
+    return 0

@@ -1,0 +1,84 @@
+"""SparseExpertLinear: a linear layer expanded into k sparse experts behind a router.
+
+Forward routes every token, groups tokens by expert, runs one matmul per expert and scatters
+the results back: the dense layer is never computed. Saved and restored through `saving.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..saving import register_replacement
+from .router import Router
+
+
+@register_replacement
+class SparseExpertLinear(nn.Module):
+    """k copies of a linear's weight, each pruned for one cluster of inputs, and the router."""
+
+    def __init__(self, in_features: int, out_features: int, num_experts: int, pca_dim: int,
+                 bias: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.num_experts, self.pca_dim = num_experts, pca_dim
+        self.router = Router(in_features, pca_dim, num_experts)
+        self.experts = nn.Parameter(torch.zeros(num_experts, out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    @classmethod
+    def build(cls, router: Router, experts: torch.Tensor, bias: torch.Tensor | None) -> SparseExpertLinear:
+        k, out_features, in_features = experts.shape
+        module = cls(in_features, out_features, k, router.components.shape[1], bias is not None)
+        module.router.load_state_dict(router.state_dict())
+        with torch.no_grad():
+            module.experts.copy_(experts)
+            if bias is not None:
+                module.bias.copy_(bias)
+        return module.to(experts.device)
+
+    # --- saving.Replacement -------------------------------------------------------------------
+    def spec(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "num_experts": self.num_experts, "pca_dim": self.pca_dim, "bias": self.bias is not None}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> SparseExpertLinear:
+        return cls(int(spec["in_features"]), int(spec["out_features"]), int(spec["num_experts"]),
+                   int(spec["pca_dim"]), bool(spec["bias"]))
+
+    # --- compute ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        labels = self.router(flat)
+        out = flat.new_empty(flat.shape[0], self.out_features)
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels, minlength=self.num_experts).tolist()
+        start = 0
+        for expert, count in enumerate(counts):
+            if count:
+                idx = order[start : start + count]
+                out[idx] = flat[idx] @ self.experts[expert].t()
+                start += count
+        if self.bias is not None:
+            out += self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def expert_nonzeros(self) -> list[int]:
+        return [int(n) for n in (self.experts != 0).flatten(1).sum(1)]
+
+    def flops_per_token(self) -> int:
+        """A token runs one expert (2 x its non-zeros; the mean over experts) plus the router."""
+        nnz = self.expert_nonzeros()
+        return round(2 * sum(nnz) / len(nnz)) + self.router.flops_per_token()
+
+    def nonzeros(self) -> int:
+        """Stored non-zeros: every expert, plus the router's buffers."""
+        router = sum(int((b != 0).sum()) for b in self.router.buffers())
+        return sum(self.expert_nonzeros()) + router
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"experts={self.num_experts}, pca_dim={self.pca_dim}")

@@ -1,0 +1,129 @@
+"""The Sparse Expansion router: PCA to a few dimensions, then k-means; both in plain torch.
+
+Pure functions (fit_pca, kmeans) plus a small module (Router) that holds the fitted buffers and
+assigns each token to its nearest centroid. Deterministic given a seed, on CPU or GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def default_pca_dim(in_features: int) -> int:
+    """The reference's hidden_dim // 32, at least 8 (and never more than the input)."""
+    return min(in_features, max(8, in_features // 32))
+
+
+def fit_pca(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [d], components [d, dim]) from the covariance's top eigenvectors, sign-fixed so the
+    result does not depend on the eigen-solver's arbitrary signs."""
+    x = x.double()
+    mean = x.mean(0)
+    centred = x - mean
+    cov = centred.t() @ centred / max(x.shape[0] - 1, 1)
+    _, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
+    components = vectors[:, -dim:].flip(-1)
+    signs = torch.sign(components[components.abs().argmax(0), torch.arange(dim)])
+    components = components * torch.where(signs == 0, torch.ones_like(signs), signs)
+    return mean.float(), components.float()
+
+
+def _sq_distances(z: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    return (z.pow(2).sum(1, keepdim=True) - 2 * z @ centroids.t() + centroids.pow(2).sum(1)).clamp_min(0)
+
+
+def _kmeans_pp(z: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each new centre drawn with probability proportional to squared distance."""
+    first = torch.randint(z.shape[0], (1,), generator=generator, device="cpu").item()
+    centres = [z[first]]
+    closest = _sq_distances(z, z[first : first + 1]).squeeze(1)
+    for _ in range(1, k):
+        total = closest.sum()
+        if total <= 0:  # fewer distinct points than clusters: repeat a point
+            idx = torch.randint(z.shape[0], (1,), generator=generator, device="cpu").item()
+        else:
+            idx = torch.multinomial((closest / total).cpu(), 1, generator=generator).item()
+        centres.append(z[idx])
+        closest = torch.minimum(closest, _sq_distances(z, z[idx : idx + 1]).squeeze(1))
+    return torch.stack(centres)
+
+
+@dataclass
+class KMeansResult:
+    centroids: torch.Tensor  # [k, dim]
+    labels: torch.Tensor  # [n]
+    inertia: float
+
+
+def kmeans(z: torch.Tensor, k: int, *, seed: int = 0, n_init: int = 10, max_iter: int = 100,
+           tol: float = 1e-6) -> KMeansResult:
+    """Lloyd's algorithm from k-means++ seeds, best of n_init restarts (lowest inertia).
+
+    An emptied cluster is re-seeded at the point farthest from its centre, so all k stay in use.
+    """
+    z = z.float()
+    generator = torch.Generator().manual_seed(seed)
+    best: KMeansResult | None = None
+    for _ in range(n_init):
+        centroids = _kmeans_pp(z, k, generator)
+        previous = float("inf")
+        for _ in range(max_iter):
+            dist = _sq_distances(z, centroids)
+            min_dist, labels = dist.min(1)
+            counts = torch.bincount(labels, minlength=k)
+            sums = torch.zeros_like(centroids).index_add_(0, labels, z)
+            empty = counts == 0
+            centroids = sums / counts.clamp_min(1).unsqueeze(1).to(z.dtype)
+            if empty.any():
+                far = min_dist.argsort(descending=True)[: int(empty.sum())]
+                centroids[empty] = z[far]
+            inertia = float(min_dist.sum())
+            if previous - inertia <= tol * max(previous, 1e-12) and not empty.any():
+                break
+            previous = inertia
+        min_dist, labels = _sq_distances(z, centroids).min(1)
+        result = KMeansResult(centroids, labels, float(min_dist.sum()))
+        if best is None or result.inertia < best.inertia:
+            best = result
+    assert best is not None
+    return best
+
+
+class Router(nn.Module):
+    """Sends each token to one of k experts: nearest centroid of its PCA projection."""
+
+    def __init__(self, in_features: int, pca_dim: int, num_experts: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("components", torch.zeros(in_features, pca_dim))
+        self.register_buffer("centroids", torch.zeros(num_experts, pca_dim))
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, num_experts: int, pca_dim: int, *, seed: int = 0,
+            n_init: int = 10) -> tuple[Router, torch.Tensor]:
+        """Fit on calibration inputs x [n, in]; returns the router and the k-means labels of x."""
+        mean, components = fit_pca(x, pca_dim)
+        z = (x.float() - mean) @ components
+        result = kmeans(z, num_experts, seed=seed, n_init=n_init)
+        router = cls(x.shape[1], pca_dim, num_experts)
+        router.mean.copy_(mean)
+        router.components.copy_(components)
+        router.centroids.copy_(result.centroids)
+        return router.to(x.device), result.labels
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(self.mean.dtype) - self.mean) @ self.components
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Expert index for every token of x [..., in] -> [...]."""
+        flat = x.reshape(-1, x.shape[-1])
+        labels = _sq_distances(self.project(flat), self.centroids).argmin(1)
+        return labels.reshape(x.shape[:-1])
+
+    def flops_per_token(self) -> int:
+        d, p = self.components.shape
+        k = self.centroids.shape[0]
+        return 2 * d * p + 3 * p * k  # projection, then squared distances to k centroids

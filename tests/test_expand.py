@@ -1,0 +1,161 @@
+"""Sparse Expansion: router, expert module, compressor invariants, save/load, CLI."""
+
+import json
+
+import pytest
+import torch
+from conftest import FAMILIES, tiny_model
+
+from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight
+from sparse_expansion.cli import main
+from sparse_expansion.engine import calibrate
+from sparse_expansion.expand import ExpandCompressor, ExpandSettings, Router, SparseExpertLinear, kmeans
+from sparse_expansion.expand.compressor import blend_small_clusters, cluster_hessians
+from sparse_expansion.prune import PruneCompressor, parse_sparsity
+from sparse_expansion.saving import load_saved, save_model
+
+
+def windows(n=4, seqlen=24, seed=0):
+    return torch.randint(2, 128, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def expand(model, k, sparsity="0.5", **kw):
+    comp = ExpandCompressor(ExpandSettings(experts=k, sparsity=parse_sparsity(sparsity), **kw))
+    calibrate(model, windows(), comp, batch_size=2, progress=False)
+    return comp
+
+
+def test_kmeans_finds_separated_blobs_deterministically():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    z = torch.cat([c + torch.randn(50, 2, generator=g) * 0.3 for c in centres])
+    a, b = kmeans(z, 3, seed=1, n_init=3), kmeans(z, 3, seed=1, n_init=3)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
+    for i in range(3):  # each blob is one cluster
+        assert a.labels[i * 50 : (i + 1) * 50].unique().numel() == 1
+    assert a.labels.unique().numel() == 3
+
+
+def test_router_routes_equal_kmeans_labels():
+    x = torch.randn(500, 32) @ torch.randn(32, 32)
+    router, labels = Router.fit(x, 4, 8, seed=0)
+    assert torch.equal(router(x), labels)
+    assert router(x.reshape(5, 100, 32)).shape == (5, 100)
+
+
+def test_grouped_forward_equals_per_token_loop():
+    x = torch.randn(300, 16)
+    router, _ = Router.fit(x, 3, 4)
+    experts = torch.randn(3, 8, 16)
+    module = SparseExpertLinear.build(router, experts, torch.randn(8))
+    batch = torch.randn(2, 7, 16)
+    out = module(batch)
+    labels = router(batch)
+    for i in range(2):
+        for t in range(7):
+            ref = experts[labels[i, t]] @ batch[i, t] + module.bias
+            assert torch.allclose(out[i, t], ref, atol=1e-5)
+
+
+def test_one_expert_is_exactly_sparsegpt():
+    pruned = tiny_model("llama")
+    calibrate(pruned, windows(), PruneCompressor("sparsegpt", parse_sparsity("0.5")), batch_size=2,
+              progress=False)
+    expanded = tiny_model("llama")
+    expand(expanded, 1)
+    for lp, le in zip(decoder_layers(pruned), decoder_layers(expanded)):
+        for name in architecture_of(pruned).mlp:
+            module = le.get_submodule(name)
+            assert isinstance(module, SparseExpertLinear)
+            assert torch.allclose(module.experts[0], linear_weight(lp.get_submodule(name)), atol=1e-6)
+    ids = windows(seed=5)
+    assert torch.allclose(expanded(ids).logits, pruned(ids).logits, atol=1e-4)
+
+
+def test_sparsity_zero_is_dense():
+    dense = tiny_model("llama")
+    model = tiny_model("llama")
+    expand(model, 4, "0")
+    ids = windows(seed=7)
+    assert torch.allclose(model(ids).logits, dense(ids).logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("sparsity", ["0.5", "2:4"])
+def test_every_expert_reaches_sparsity(family, sparsity):
+    model = tiny_model(family)
+    comp = expand(model, 3, sparsity)
+    records = comp.record()
+    assert len(records) == 2 * len(architecture_of(model).mlp)
+    for rec in records.values():
+        assert rec["expert_sparsity"] == [0.5] * 3
+        assert sum(rec["cluster_tokens"]) == 4 * 24
+    module = decoder_layers(model)[0].get_submodule(architecture_of(model).mlp[0])
+    if sparsity == "2:4":
+        assert ((module.experts != 0).reshape(3, module.out_features, -1, 4).sum(-1) == 2).all()
+    assert torch.isfinite(model(windows()).logits).all()
+
+
+def test_flops_per_token_is_one_expert_plus_router():
+    x = torch.randn(200, 16)
+    router, _ = Router.fit(x, 4, 4)
+    experts = torch.randn(4, 8, 16)
+    experts[experts.abs() < 0.7] = 0
+    module = SparseExpertLinear.build(router, experts, None)
+    nnz = (experts != 0).flatten(1).sum(1).float()
+    assert module.flops_per_token() == round(2 * nnz.mean().item()) + 2 * 16 * 4 + 3 * 4 * 4
+    assert module.nonzeros() >= int(nnz.sum())
+
+
+def test_tiny_cluster_is_blended_not_nan():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 16, generator=g)
+    x[:2] += 50  # two far-away tokens form their own cluster
+    labels = torch.zeros(400, dtype=torch.long)
+    labels[:2] = 1
+    hessians, counts = cluster_hessians([x], [labels], 2)
+    full, _ = cluster_hessians([x], [torch.zeros_like(labels)], 1)
+    blended = blend_small_clusters(hessians, counts, full[0], min_tokens=16)
+    assert counts == [398, 2] and blended == [1]
+    from sparse_expansion.prune import sparsegpt_solve
+    out, _ = sparsegpt_solve(torch.randn(2, 8, 16), hessians, parse_sparsity("0.5"))
+    assert torch.isfinite(out).all()
+
+
+def test_same_seed_same_model_and_save_load(tmp_path, tokenizer):
+    states = []
+    for _ in range(2):
+        model = tiny_model("llama")
+        expand(model, 3, seed=11)
+        states.append(model.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+    save_model(model, tokenizer, tmp_path / "se", {"kind": "expanded"})
+    loaded, _ = load_saved(tmp_path / "se")
+    ids = windows(seed=3)
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    record = json.loads((tmp_path / "se" / "sparse_expansion.json").read_text())
+    assert len(record["replaced_modules"]) == 6
+    assert all(spec["type"] == "SparseExpertLinear" for spec in record["replaced_modules"].values())
+
+
+def test_expand_cli_roundtrip(tmp_path, tiny_model_dir, text_file, capsys):
+    out = tmp_path / "se"
+    assert main(["expand", str(tiny_model_dir), "--experts", "4", "--memory-budget", "2", "--out", str(out),
+                 "--calib", str(text_file), "--calib-windows", "4", "--seqlen", "32"]) == 0
+    record = json.loads((out / "sparse_expansion.json").read_text())
+    assert record["kind"] == "expanded" and record["sparsity"] == 0.5
+    assert {"clustering", "hessians", "solves", "forward"} <= set(record["seconds"])
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(text_file), "--windows", "2", "--seqlen", "32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["perplexity"] > 1 and result["flops_per_token"] > 0
+    assert main(["generate", str(out), "--prompt", "To be", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("To be")
+
+
+def test_expand_cli_bad_budget(tmp_path, tiny_model_dir, capsys):
+    code = main(["expand", str(tiny_model_dir), "--experts", "4", "--memory-budget", "5", "--out",
+                 str(tmp_path / "x")])
+    assert code == 2 and "--memory-budget" in capsys.readouterr().err
