@@ -93,6 +93,7 @@ def run_compression(args, make_compressor, fields: dict[str, Any], verb: str) ->
     `make_compressor(model)` builds the LayerCompressor once the model is known; `fields` go into
     the run record beside the calibration settings, costs, timings and per-linear facts.
     """
+    from .. import distributed
     from ..engine import calibrate
     from ..evaluate import model_costs
     from ..io import atomic_output_dir, check_output_dir
@@ -103,6 +104,8 @@ def run_compression(args, make_compressor, fields: dict[str, Any], verb: str) ->
     require_positive(args.batch_size, "--batch-size")
     device = check_device(args.device)
     check_output_dir(args.out)
+    distributed.init_from_env(device)  # under torchrun: ranks share the expert solves
+    main_rank = distributed.is_main()
 
     model, tokenizer = load_model(args.model)
     compressor = make_compressor(model)
@@ -110,7 +113,7 @@ def run_compression(args, make_compressor, fields: dict[str, Any], verb: str) ->
     windows = load_calibration(args, model, tokenizer) if compressor.needs_calibration else None
     start = time.perf_counter()
     times = calibrate(model, windows, compressor, targets=args.targets, batch_size=args.batch_size,
-                      device=device)
+                      device=device, progress=main_rank)
     elapsed = time.perf_counter() - start
     per_linear = compressor.record()
     record = {
@@ -121,9 +124,10 @@ def run_compression(args, make_compressor, fields: dict[str, Any], verb: str) ->
         "costs": model_costs(model.to("cpu")),
         "seconds": {"total": elapsed, "capture": times.capture, "forward": times.forward,
                     "compress": times.compress, **getattr(compressor, "times", {})},
-        "machine": machine_record(),
+        "machine": {**machine_record(), "ranks": distributed.rank_and_size()[1]},
     }
-    with atomic_output_dir(args.out) as tmp:
-        save_model(model, tokenizer, tmp, record)
-    print(f"{verb} {len(per_linear)} linears in {elapsed:.1f} s -> {args.out}")
+    if main_rank:
+        with atomic_output_dir(args.out) as tmp:
+            save_model(model, tokenizer, tmp, record)
+        print(f"{verb} {len(per_linear)} linears in {elapsed:.1f} s -> {args.out}")
     return 0

@@ -1,4 +1,4 @@
-"""`sparse-expansion demo` (what `make run` runs): dense vs one-shot pruning on the shipped model."""
+"""`sparse-expansion demo` (what `make run` runs): dense vs pruning vs Sparse Expansion, one table."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     p.add_argument("--eval-windows", type=int, default=8)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--methods", default="magnitude,wanda,sparsegpt",
-                   help="comma-separated list of methods to compare with dense")
+                   help="comma-separated list of pruning methods to compare with dense")
+    p.add_argument("--experts", type=int, default=4, help="Sparse Expansion experts (0 = skip)")
     p.add_argument("--json", action="store_true", help="also print the table as one JSON line")
     p.set_defaults(func=run)
 
@@ -26,6 +27,7 @@ def run(args) -> int:
     from ..data import calibration_windows, corpus_tokens
     from ..engine import calibrate
     from ..errors import UsageError
+    from ..expand import ExpandCompressor, ExpandSettings
     from ..models import load_model
     from ..prune import PruneCompressor, parse_sparsity
     from .evaluate import evaluate_model
@@ -50,12 +52,16 @@ def run(args) -> int:
     print(f"model {args.model}; calibration {args.calib_windows} x {args.seqlen} tokens of "
           f"{common.DEFAULT_CALIB}; evaluation {args.eval_windows} x {args.seqlen} of {common.DEFAULT_EVAL}")
     measure("dense", dense, 0.0)
-    for method in methods:
-        print(f"-- {method} at {sparsity}")
+    runs = [(method, PruneCompressor(method, sparsity)) for method in methods]
+    if args.experts > 0:
+        settings = ExpandSettings(experts=args.experts, sparsity=sparsity)
+        runs.append((f"sparse expansion x{args.experts}", ExpandCompressor(settings)))
+    for name, compressor in runs:
+        print(f"-- {name} at {sparsity}")
         model = copy.deepcopy(dense)
         start = time.perf_counter()
-        calibrate(model, calib, PruneCompressor(method, sparsity))
-        measure(method, model, time.perf_counter() - start)
+        calibrate(model, calib, compressor)
+        measure(name, model, time.perf_counter() - start)
         del model
 
     print()

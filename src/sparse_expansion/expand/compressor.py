@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..arch import linear_weight
 from ..engine import Groups, LayerCompressor
 from ..prune.sparsegpt import sparsegpt_solve
@@ -117,8 +118,11 @@ class ExpandCompressor(LayerCompressor):
                 module = self.layer.get_submodule(name)
                 weight = linear_weight(module).detach().float()
                 t0 = time.perf_counter()
-                experts, info = sparsegpt_solve(weight.expand(s.experts, *weight.shape), hessians, s.sparsity,
-                                                bits=s.bits, blocksize=s.blocksize, percdamp=s.percdamp)
+                mine = distributed.my_share(s.experts)  # all experts unless run under torchrun
+                local, info = sparsegpt_solve(weight.expand(len(mine), *weight.shape), hessians[mine], s.sparsity,
+                                              bits=s.bits, blocksize=s.blocksize, percdamp=s.percdamp)
+                experts = distributed.gather_shares(local, s.experts)
+                damping = distributed.gather_lists(info["damping"], s.experts)
                 self.times["solves"] += time.perf_counter() - t0
                 bias = getattr(module, "bias", None)
                 replacement = SparseExpertLinear.build(router, experts.to(module.weight.dtype),
@@ -130,7 +134,7 @@ class ExpandCompressor(LayerCompressor):
                     "cluster_tokens": counts, "blended_clusters": blended, "pca_dim": pca_dim,
                     "expert_sparsity": [1 - n / numel for n in nnz],
                     "router_flops_per_token": router.flops_per_token(),
-                    "damping": info["damping"],
+                    "damping": damping,
                 }
         return out
 

@@ -1,0 +1,132 @@
+"""Benchmark driver for one-shot pruning and Sparse Expansion on the shipped model.
+
+Each configuration runs as its own `sparse-expansion prune|expand` process (so its wall time and
+peak memory are its own, read with os.wait4), then `sparse-expansion eval --json` on the result.
+Results append to RESULTS/results.jsonl; finished configurations are skipped on rerun, so an
+interrupted grid resumes. The model folders are deleted after evaluation (an expanded folder
+stores every expert).
+
+    python benchmarks/compression.py pruning   --out runs/bench_pruning
+    python benchmarks/compression.py expansion --out runs/bench_expansion
+    python benchmarks/compression.py table     --out runs/bench_expansion
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "sparse_expansion.cli"]
+SPARSITIES = ("0.5", "0.7", "0.9", "2:4")
+
+
+def grids(name: str, calib: int) -> list[dict]:
+    base = ["--calib-windows", str(calib), "--seqlen", "512"]
+    runs: list[dict] = [{"name": "dense", "method": "dense", "sparsity": "0", "experts": 0, "cmd": None}]
+    sparsities = ("0.5", "0.7", "2:4") if name == "pruning" else SPARSITIES
+    for s in sparsities:
+        for method in ("magnitude", "wanda", "sparsegpt"):
+            runs.append({"name": f"{method}-{s}", "method": method, "sparsity": s, "experts": 1,
+                         "cmd": ["prune", "--method", method, "--sparsity", s, *base]})
+    if name == "expansion":
+        for s in SPARSITIES:
+            for k in (2, 4, 8, 16):
+                runs.append({"name": f"se{k}-{s}", "method": "sparse_expansion", "sparsity": s, "experts": k,
+                             "cmd": ["expand", "--experts", str(k), "--sparsity", s, *base]})
+        for budget in ("1", "2", "4"):
+            runs.append({"name": f"se16-budget{budget}", "method": "sparse_expansion", "sparsity": None,
+                         "experts": 16, "memory_budget": float(budget),
+                         "cmd": ["expand", "--experts", "16", "--memory-budget", budget, *base]})
+    return runs
+
+
+def run_measured(cmd: list[str], log: Path) -> tuple[int, float, float]:
+    """(exit code, wall seconds, peak RSS in GiB) of one child process."""
+    start = time.perf_counter()
+    with log.open("a") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 2**20
+
+
+def evaluate(model: str, windows: int, log: Path) -> dict:
+    out = subprocess.run([*CLI, "eval", model, "--windows", str(windows), "--seqlen", "512", "--json"],
+                         capture_output=True, text=True, check=True)
+    log.open("a").write(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_grid(name: str, out: Path, calib: int, windows: int, only: list[str] | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    done = {json.loads(line)["name"] for line in results.read_text().splitlines()} if results.exists() else set()
+    for cfg in grids(name, calib):
+        if cfg["name"] in done or (only and cfg["name"] not in only):
+            continue
+        log = out / f"{cfg['name']}.log"
+        row = {k: v for k, v in cfg.items() if k != "cmd"}
+        model = "smollm2-135m"
+        if cfg["cmd"] is None:
+            row.update(compress_seconds=0.0, peak_gib=None)
+        else:
+            model = str(out / f"model-{cfg['name']}")
+            code, wall, peak = run_measured([*CLI, cfg["cmd"][0], "smollm2-135m", *cfg["cmd"][1:], "--out", model],
+                                            log)
+            if code != 0:
+                print(f"{cfg['name']}: failed (exit {code}), see {log}", flush=True)
+                continue
+            record = json.loads((Path(model) / "sparse_expansion.json").read_text())
+            row.update(compress_seconds=wall, peak_gib=peak, seconds=record["seconds"],
+                       sparsity_effective=record["sparsity"])
+            clusters = [r["cluster_tokens"] for r in record["linears"].values() if "cluster_tokens" in r]
+            if clusters:
+                row["smallest_cluster"] = min(min(c) for c in clusters)
+                row["blended_clusters"] = sum(len(r["blended_clusters"]) for r in record["linears"].values())
+        result = evaluate(model, windows, log)
+        row.update({k: result[k] for k in ("perplexity", "flops_per_token", "nonzeros", "mlp_nonzeros",
+                                            "windows", "seqlen", "tokens", "eval_seconds")})
+        row.update(calib_windows=calib, date=time.strftime("%Y-%m-%d %H:%M"))
+        with results.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(f"{cfg['name']}: ppl {row['perplexity']:.2f}  ({row['compress_seconds']:.0f} s)", flush=True)
+        if cfg["cmd"] is not None:
+            shutil.rmtree(model, ignore_errors=True)
+
+
+def table(out: Path) -> str:
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    lines = ["| config | sparsity | experts | perplexity | MFLOPs/token | MLP non-zeros (M) | compress s | peak GiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") else "–"
+        lines.append(f"| {r['name']} | {r['sparsity'] if r['sparsity'] is not None else r.get('sparsity_effective')} "
+                     f"| {r['experts']} | {r['perplexity']:.2f} | {r['flops_per_token'] / 1e6:.1f} "
+                     f"| {r['mlp_nonzeros'] / 1e6:.1f} | {r['compress_seconds']:.0f} | {peak} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", choices=("pruning", "expansion", "table"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--calib-windows", type=int, default=32)
+    parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--only", nargs="*", help="run only these configuration names")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.grid == "table":
+        print(table(args.out))
+    else:
+        run_grid(args.grid, args.out, args.calib_windows, args.eval_windows, args.only)
+        print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Optional scale-out over torch.distributed ranks (torchrun): gloo on CPU, NCCL on GPU.
+
+Every rank runs the same deterministic calibration; only independent work (the expert solves of
+one linear) is split, then gathered so every rank holds the full result and rank 0 writes it.
+Without torchrun all of this is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_from_env(device: str = "cpu") -> None:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); otherwise do nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+
+
+def rank_and_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return rank_and_size()[0] == 0
+
+
+def my_share(count: int) -> list[int]:
+    """The indices of `count` independent jobs this rank does: round-robin."""
+    rank, size = rank_and_size()
+    return list(range(rank, count, size))
+
+
+def gather_shares(local: torch.Tensor, count: int) -> torch.Tensor:
+    """Reassemble [count, ...] from each rank's round-robin share (local: [len(my_share), ...])."""
+    rank, size = rank_and_size()
+    if size == 1:
+        return local
+    per_rank = -(-count // size)
+    padded = torch.zeros(per_rank, *local.shape[1:], dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    out = torch.empty(count, *local.shape[1:], dtype=local.dtype, device=local.device)
+    for r in range(size):
+        idx = list(range(r, count, size))
+        out[idx] = parts[r][: len(idx)]
+    return out
+
+
+def gather_lists(local: list, count: int) -> list:
+    """Like gather_shares, for small Python values (one per job)."""
+    rank, size = rank_and_size()
+    if size == 1:
+        return list(local)
+    parts: list = [None] * size
+    dist.all_gather_object(parts, list(local))
+    out: list = [None] * count
+    for r in range(size):
+        for j, value in zip(range(r, count, size), parts[r]):
+            out[j] = value
+    return out
