@@ -138,3 +138,15 @@ def test_fused_quantization_grid_and_sparsity():
 def test_mask_lowest_breaks_ties_exactly():
     scores = torch.ones(4, 8)
     assert mask_lowest(scores, parse_sparsity("0.5"), per_row=False).sum() == 16
+
+
+def test_upper_cholesky_of_inverse_matches_the_textbook_route():
+    from sparse_expansion.prune.sparsegpt import upper_cholesky_of_inverse
+
+    x = correlated_inputs(d=48)
+    h = hessian(x) + 0.01 * torch.eye(48)
+    reference = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    fast, info = upper_cholesky_of_inverse(h.unsqueeze(0))
+    assert info.item() == 0
+    assert torch.allclose(fast[0], reference, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(fast[0].t() @ fast[0], torch.linalg.inv(h), atol=1e-3, rtol=1e-3)

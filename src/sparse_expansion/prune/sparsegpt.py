@@ -15,6 +15,19 @@ from .quantize import RowQuantizer
 from .sparsity import Sparsity, mask_lowest
 
 
+def upper_cholesky_of_inverse(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """U upper-triangular with H^-1 = U^T U, without forming H^-1; returns (U, info) like cholesky_ex.
+
+    With P the index reversal, if P H P = L L^T then U = P L^-1 P. One Cholesky and one triangular
+    inverse instead of Cholesky, cholesky_inverse and a second Cholesky; torch's batched CPU
+    cholesky_inverse was measured ~70x slower than this on 1536 x 1536 matrices.
+    """
+    lower, info = torch.linalg.cholesky_ex(hessian.flip(-1, -2))
+    eye = torch.eye(hessian.shape[-1], dtype=hessian.dtype, device=hessian.device).expand_as(hessian)
+    inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
+    return inverse.flip(-1, -2), info
+
+
 def inverse_hessian_factor(
     hessian: torch.Tensor, percdamp: float = 0.01, max_tries: int = 8
 ) -> tuple[torch.Tensor, list[float]]:
@@ -32,17 +45,10 @@ def inverse_hessian_factor(
     todo = torch.arange(hessian.shape[0], device=hessian.device)
     for _ in range(max_tries):
         damped = hessian[todo] + (damp[todo] * mean_diag[todo])[:, None, None] * eye
-        chol, info = torch.linalg.cholesky_ex(damped)
-        ok = info == 0
-        if ok.any():
-            inv = torch.cholesky_inverse(chol[ok])
-            upper, info2 = torch.linalg.cholesky_ex(inv, upper=True)
-            good = info2 == 0
-            idx_ok = todo[ok]
-            factor[idx_ok[good]] = upper[good]
-            failed = torch.cat([todo[~ok], idx_ok[~good]])
-        else:
-            failed = todo
+        upper, info = upper_cholesky_of_inverse(damped)
+        good = (info == 0) & torch.isfinite(upper).flatten(1).all(1)
+        factor[todo[good]] = upper[good]
+        failed = todo[~good]
         if failed.numel() == 0:
             return factor.reshape(*batch_shape, n, n), damp.tolist()
         damp[failed] *= 10

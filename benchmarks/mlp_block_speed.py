@@ -1,0 +1,77 @@
+"""Time one expanded MLP block against the dense block at 1 token and at 512 tokens (CPU).
+
+Builds the expanded block from a real layer of the shipped model: k experts at a given sparsity,
+stored dense (the module's own grouped forward), router fitted on that layer's real inputs.
+Reports the median of repeated timings and the ratio to dense.
+
+    python benchmarks/mlp_block_speed.py --experts 16 --sparsity 0.7 --layer 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+
+def median_seconds(fn, x, repeats: int) -> float:
+    for _ in range(3):
+        fn(x)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experts", type=int, default=16)
+    parser.add_argument("--sparsity", default="0.7")
+    parser.add_argument("--layer", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+
+    from sparse_expansion.data import calibration_windows, corpus_tokens
+    from sparse_expansion.engine import calibrate
+    from sparse_expansion.expand import ExpandCompressor, ExpandSettings
+    from sparse_expansion.models import load_model
+    from sparse_expansion.prune import parse_sparsity
+
+    model, tok = load_model("smollm2-135m")
+    layers = model.model.layers
+    dense_mlp = __import__("copy").deepcopy(layers[args.layer].mlp)
+    # Expand only the chosen layer, calibrated on its real inputs (earlier layers left dense).
+    del layers[args.layer + 1 :]
+    windows = calibration_windows(corpus_tokens("shakespeare:train", tok), 8, 512, seed=0)
+
+    class OnlyLast(ExpandCompressor):
+        def finish_layer(self):
+            out = super().finish_layer()
+            return out if self.index == args.layer else {}
+
+    calibrate(model, windows, OnlyLast(ExpandSettings(args.experts, parse_sparsity(args.sparsity))),
+              progress=False)
+    expanded_mlp = layers[args.layer].mlp
+    rows = []
+    for tokens in (1, 512):
+        x = torch.randn(1, tokens, model.config.hidden_size)
+        dense = median_seconds(dense_mlp, x, args.repeats)
+        expanded = median_seconds(expanded_mlp, x, args.repeats)
+        rows.append({"tokens": tokens, "dense_ms": dense * 1e3, "expanded_ms": expanded * 1e3,
+                     "ratio": expanded / dense})
+    print(json.dumps({"experts": args.experts, "sparsity": args.sparsity, "threads": args.threads,
+                      "layer": args.layer, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
