@@ -24,6 +24,7 @@ COMMANDS = (
     "isoflop",
     "gating",
     "fpe",
+    "neurons",
 )
 
 
