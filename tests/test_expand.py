@@ -159,3 +159,21 @@ def test_expand_cli_bad_budget(tmp_path, tiny_model_dir, capsys):
     code = main(["expand", str(tiny_model_dir), "--experts", "4", "--memory-budget", "5", "--out",
                  str(tmp_path / "x")])
     assert code == 2 and "--memory-budget" in capsys.readouterr().err
+
+
+def test_experts_are_stored_packed_and_restored_exactly():
+    from sparse_expansion.expand.module import pack_sparse, unpack_sparse
+
+    dense = torch.randn(3, 5, 7)
+    dense[dense.abs() < 0.8] = 0
+    values, mask = pack_sparse(dense)
+    assert values.numel() == int((dense != 0).sum()) and mask.dtype == torch.uint8 and mask.numel() == 14
+    assert torch.equal(unpack_sparse(values, mask, dense.shape), dense)
+    x = torch.randn(100, 7)
+    router, _ = Router.fit(x, 3, 2)
+    module = SparseExpertLinear.build(router, dense, None)
+    state = module.state_dict()
+    assert "experts" not in state and {"expert_values", "expert_mask"} <= set(state)
+    fresh = SparseExpertLinear.from_spec(module.spec())
+    fresh.load_state_dict(state, strict=True)
+    assert torch.equal(fresh.experts, dense) and torch.equal(fresh(x), module(x))

@@ -14,6 +14,28 @@ from torch import nn
 from ..saving import register_replacement
 from .router import Router
 
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def pack_sparse(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(non-zero values in row-major order, bitmask packed 8 per byte): k sparse experts stored
+    in ~(1 - s) x 4 + 1/8 bytes per weight instead of 4."""
+    mask = (dense != 0).flatten()
+    pad = (-mask.numel()) % 8
+    bits = torch.cat([mask, mask.new_zeros(pad)]).reshape(-1, 8).to(torch.uint8)
+    packed = (bits * _BITS.to(bits.device)).sum(1, dtype=torch.uint8)
+    return dense.flatten()[mask].contiguous(), packed
+
+
+def unpack_sparse(values: torch.Tensor, packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    numel = int(torch.Size(shape).numel())
+    mask = ((packed.unsqueeze(1) & _BITS.to(packed.device)) != 0).flatten()[:numel]
+    if int(mask.sum()) != values.numel():
+        raise RuntimeError(f"packed experts hold {values.numel()} values for a mask of {int(mask.sum())}")
+    dense = values.new_zeros(numel)
+    dense[mask] = values
+    return dense.reshape(shape)
+
 
 @register_replacement
 class SparseExpertLinear(nn.Module):
@@ -27,6 +49,9 @@ class SparseExpertLinear(nn.Module):
         self.router = Router(in_features, pca_dim, num_experts)
         self.experts = nn.Parameter(torch.zeros(num_experts, out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        # Saved state holds the experts packed (values + bitmask); in memory they are dense.
+        self.register_state_dict_post_hook(_pack_experts)
+        self.register_load_state_dict_pre_hook(_unpack_experts)
 
     @classmethod
     def build(cls, router: Router, experts: torch.Tensor, bias: torch.Tensor | None) -> SparseExpertLinear:
@@ -82,3 +107,16 @@ class SparseExpertLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"experts={self.num_experts}, pca_dim={self.pca_dim}")
+
+
+def _pack_experts(module: SparseExpertLinear, state_dict: dict, prefix: str, _metadata) -> None:
+    experts = state_dict.pop(prefix + "experts")
+    values, mask = pack_sparse(experts.detach())
+    state_dict[prefix + "expert_values"] = values
+    state_dict[prefix + "expert_mask"] = mask
+
+
+def _unpack_experts(module: SparseExpertLinear, state_dict: dict, prefix: str, *_args) -> None:
+    values, mask = state_dict.pop(prefix + "expert_values", None), state_dict.pop(prefix + "expert_mask", None)
+    if values is not None and mask is not None:
+        state_dict[prefix + "experts"] = unpack_sparse(values, mask, module.experts.shape)
