@@ -105,6 +105,7 @@ def test_digits_saves_models(tmp_path):
         ["--task", "digits", "--study", "point"],
         ["--task", "dnf", "--epochs", "3"],
         ["--task", "dnf", "--neurons", "x"],
+        ["--task", "dnf", "--neurons", "4,8"],
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv):

@@ -159,7 +159,10 @@ def _run_dnf(args, rules, epochs, tqdm):
 
     base = DNFConfig(clauses=args.clauses, alpha=args.alpha)
     if args.neurons:
-        base = replace(base, neurons=_ints(args.neurons, "--neurons")[0])
+        widths = _ints(args.neurons, "--neurons")
+        if len(widths) != 1:
+            raise UsageError("--task dnf takes one --neurons value; the neurons study sweeps 4..32")
+        base = replace(base, neurons=widths[0])
     if epochs:
         base = replace(base, warmup_epochs=epochs[0], post_epochs=epochs[1])
     study = args.study or "single"
