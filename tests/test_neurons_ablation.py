@@ -81,11 +81,11 @@ def test_run_ablation_restores_the_model_and_reports_every_rule():
     windows = _windows()
     stats = _stats(model, windows)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for hessians in ("dense", "sequential"):
-        rows = run_ablation(model, stats, windows, windows[:2], fractions=[0.1], sparsity=parse_sparsity("0.9"),
-                            random_seeds=2, hessians=hessians, batch_size=2, progress=False)
+    for hessians, seeds in (("dense", 2), ("sequential", 1)):
+        rows = run_ablation(model, stats, windows, windows[:1], fractions=[0.1], sparsity=parse_sparsity("0.9"),
+                            random_seeds=seeds, hessians=hessians, batch_size=2, progress=False)
         assert {r["rule"] for r in rows} == {"dense", *RULES}
-        assert len([r for r in rows if r["rule"] == "random"]) == 2
+        assert len([r for r in rows if r["rule"] == "random"]) == seeds
         assert all(r["rows"] == 2 * 2 * 7 for r in rows if r["rule"] != "dense")  # 2 layers x 2 projections
         for key, value in model.state_dict().items():
             assert torch.equal(value, before[key]), key

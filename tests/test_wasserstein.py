@@ -44,10 +44,10 @@ def test_agrees_with_scipy_against_a_large_normal_sample():
     x[:, 2] = torch.where(x[:, 2] > 0, 4.0, -1.0) + 0.3 * x[:, 3]  # bimodal
     x[:, 3] = torch.rand(3000, generator=g, dtype=torch.float64)  # uniform
     ours = wasserstein_to_gaussian(x)
-    reference = np.random.default_rng(0).standard_normal(2_000_000)
+    reference = np.random.default_rng(0).standard_normal(500_000)
     z = ((x - x.mean(0)) / x.std(0, correction=0)).numpy()
     theirs = [stats.wasserstein_distance(z[:, k], reference) for k in range(4)]
-    np.testing.assert_allclose(ours.numpy(), theirs, atol=4e-3)
+    np.testing.assert_allclose(ours.numpy(), theirs, atol=6e-3)
     assert ours[2] > 0.2 and ours[0] < 0.05  # the bimodal neuron is far from Gaussian, the normal one is not
 
 

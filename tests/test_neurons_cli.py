@@ -1,0 +1,78 @@
+"""`sparse-expansion neurons` end to end on tiny models: files, JSON schema, errors, expanded input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sparse_expansion.cli import main
+
+FAST = ["--windows", "4", "--seqlen", "32", "--tokens", "100", "--pairs", "30", "--batch-size", "2"]
+
+
+def test_neurons_measures_every_layer_and_writes_report(tmp_path, tiny_model_dir, text_file):
+    out = tmp_path / "n"
+    assert main(["neurons", str(tiny_model_dir), "--data", str(text_file), "--out", str(out), *FAST]) == 0
+    result = json.loads((out / "neurons.json").read_text())
+    assert set(result["layers"]) == {"0", "1"}
+    layer = result["layers"]["0"]
+    assert layer["module"] == "mlp.gate_proj" and len(layer["wd"]) == 64 and len(layer["md"]) == 64
+    assert set(layer["projections"]) == {"mlp.gate_proj", "mlp.up_proj"}
+    wd = layer["wd"]
+    assert layer["top"][0] == max(range(64), key=lambda j: wd[j])
+    assert result["tokens"] == 100 and result["noise_floor"] > 0
+    for name in ("wd_by_layer.png", "wd_histograms.png", "top_neurons.png", "report.md"):
+        assert (out / name).stat().st_size > 0
+    assert "ablation" not in result and "untangling" not in result
+    # deterministic given the seed
+    again = tmp_path / "n2"
+    assert main(["neurons", str(tiny_model_dir), "--data", str(text_file), "--out", str(again), *FAST]) == 0
+    assert json.loads((again / "neurons.json").read_text())["layers"] == result["layers"]
+
+
+def test_neurons_ablate_adds_every_rule(tmp_path, tiny_model_dir, text_file):
+    out = tmp_path / "a"
+    assert main(["neurons", str(tiny_model_dir), "--data", str(text_file), "--out", str(out), *FAST,
+                 "--layers", "1", "--ablate", "--fractions", "0.05,0.2", "--random-seeds", "2",
+                 "--calib", str(text_file), "--calib-windows", "2", "--eval-data", str(text_file),
+                 "--eval-windows", "2"]) == 0
+    result = json.loads((out / "neurons.json").read_text())
+    assert set(result["layers"]) == {"1"}
+    rules = [(r["rule"], r["fraction"], r["seed"]) for r in result["ablation"]]
+    assert ("dense", 0.0, None) in rules and ("random", 0.2, 1) in rules and ("wd", 0.05, None) in rules
+    assert len(rules) == 1 + 2 * 6
+    assert all(r["perplexity"] > 1 for r in result["ablation"])
+    assert (out / "ablation.png").stat().st_size > 0
+    assert "Which neurons matter" in (out / "report.md").read_text()
+
+
+def test_neurons_on_an_expanded_model_compares_with_its_source(tmp_path, tiny_model_dir, text_file):
+    se = tmp_path / "se"
+    assert main(["expand", str(tiny_model_dir), "--experts", "2", "--sparsity", "0.5", "--out", str(se),
+                 "--calib", str(text_file), "--calib-windows", "4", "--seqlen", "32"]) == 0
+    out = tmp_path / "u"
+    assert main(["neurons", str(se), "--data", str(text_file), "--out", str(out), *FAST]) == 0
+    result = json.loads((out / "neurons.json").read_text())
+    u = result["untangling"]
+    assert u["experts"] == 2 and u["source_model"] == str(tiny_model_dir)
+    entry = u["layers"]["0"]["mlp.gate_proj"]
+    assert len(entry["wd_dense"]) == len(entry["wd_expert"]) == 64
+    assert 0 <= u["overall"]["high_wd"]["fraction_lower"] <= 1
+    for name in ("untangle_scatter.png", "untangle_histograms.png"):
+        assert (out / name).stat().st_size > 0
+    assert "Does expansion untangle" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--layers", "5"], "--layers"),
+    (["--ablate", "--fractions", "2"], "--fractions"),
+    (["--tokens", "0"], "--tokens"),
+    (["--top-fraction", "0"], "--top-fraction"),
+])
+def test_neurons_usage_errors(tmp_path, tiny_model_dir, text_file, capsys, flags, needle):
+    out = tmp_path / "bad"
+    code = main(["neurons", str(tiny_model_dir), "--data", str(text_file), "--out", str(out), *FAST, *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
