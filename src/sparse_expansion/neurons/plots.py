@@ -109,7 +109,8 @@ def ablation_bars(path: Path, rows: list[dict[str, Any]], sparsity: str, model: 
     ax.set_ylabel("perplexity (lower is better)")
     lo = min(r["perplexity"] for r in rows)
     ax.set_ylim(bottom=lo * 0.95)
-    ax.set_title(f"{model}: SparseGPT at {sparsity} on only the chosen rows of every layer")
+    ax.set_title(f"{model}: SparseGPT at sparsity {sparsity}\non only the chosen neurons' rows, in every layer",
+                 fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..arch import decoder_layers
 from ..io import write_json
@@ -61,9 +62,9 @@ def measure_model(model: nn.Module, windows: torch.Tensor, settings: StudySettin
     blocks = decoder_layers(model)
     stats: dict[int, dict[str, ProjectionStats]] = {}
     samples: list[dict[str, Any]] = []
-    for i, x in iter_layer_inputs(model, windows, settings.layers, settings.tokens, seed=settings.seed,
-                                  batch_size=settings.batch_size, memory_mb=settings.memory_mb,
-                                  progress=progress):
+    layers = iter_layer_inputs(model, windows, settings.layers, settings.tokens, seed=settings.seed,
+                               batch_size=settings.batch_size, memory_mb=settings.memory_mb, progress=progress)
+    for i, x in tqdm(layers, total=len(settings.layers), desc="measure", unit="layer", disable=not progress):
         stats[i] = {}
         for name in neuron_projections(model):
             module = blocks[i].get_submodule(name)
@@ -84,9 +85,9 @@ def untangle_model(dense: nn.Module, expanded: nn.Module, windows: torch.Tensor,
     pooled = {"wd_dense": [], "wd_expert": [], "wd_dense_clustered": [], "high": [], "md_dense": [], "md_expert": []}
     figure: list[dict[str, Any]] = []
     k = 0
-    for i, x in iter_layer_inputs(expanded, windows, settings.layers, settings.tokens, seed=settings.seed,
-                                  batch_size=settings.batch_size, memory_mb=settings.memory_mb,
-                                  progress=progress):
+    layers = iter_layer_inputs(expanded, windows, settings.layers, settings.tokens, seed=settings.seed,
+                               batch_size=settings.batch_size, memory_mb=settings.memory_mb, progress=progress)
+    for i, x in tqdm(layers, total=len(settings.layers), desc="untangle", unit="layer", disable=not progress):
         entry = {}
         for name in neuron_projections(dense):
             module = exp_blocks[i].get_submodule(name)
