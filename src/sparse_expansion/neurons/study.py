@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..arch import decoder_layers
+from ..arch import decoder_layers, linear_weight
 from ..io import write_json
 from ..metrics.wasserstein import gaussian_noise_floor, random_pairs
 from . import plots
@@ -55,6 +55,16 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _row(module: nn.Module, j: int) -> nn.Module:
+    """A 1-neuron linear holding row j of `module` (weight and bias), for recomputing one output."""
+    weight = linear_weight(module).detach()[j : j + 1]
+    single = nn.Linear(weight.shape[1], 1, bias=getattr(module, "bias", None) is not None)
+    single.weight.data = weight.clone()
+    if single.bias is not None:
+        single.bias.data = module.bias.detach()[j : j + 1].clone()
+    return single
+
+
 def measure_model(model: nn.Module, windows: torch.Tensor, settings: StudySettings,
                   pairs: tuple[torch.Tensor, torch.Tensor], progress: bool = True
                   ) -> tuple[dict[int, dict[str, ProjectionStats]], list[dict[str, Any]]]:
@@ -71,7 +81,7 @@ def measure_model(model: nn.Module, windows: torch.Tensor, settings: StudySettin
             st = measure_projection(name, module, x, pairs)
             stats[i][name] = st
             j = int(top_neurons(st.wd, 0.0)[0])
-            y = projection_outputs(module, x)[:, j]
+            y = projection_outputs(_row(module, j), x)[:, 0]  # just the one neuron
             samples.append({"layer": i, "module": name, "neuron": j, "wd": float(st.wd[j]), "outputs": y.tolist()})
     samples.sort(key=lambda s: -s["wd"])
     return stats, samples[:FIGURE_NEURONS]
