@@ -45,5 +45,9 @@ def handle(args: argparse.Namespace) -> int:
               f"(control {s['fraction_moved_control']:.1%})")
     else:
         print(f"causal: the model knows none of the {s['prompts']} probe facts")
+    if s.get("effect_prompts"):
+        print(f"causal, pooled over {s['effect_prompts']} prompts the subject swap moves: "
+              f"router patch moves {s['pooled_fraction_moved']:.1%} "
+              f"(control {s['pooled_fraction_moved_control']:.1%})")
     print(f"-> {args.out}/report.md")
     return 0

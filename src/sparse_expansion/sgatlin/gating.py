@@ -198,10 +198,16 @@ def coactivation(rec: Recording, layer: int = 0, channel: int = 0, top: int = 48
 # ---------------------------------------------------------------- causal test
 
 
-def find_facts(stream: np.ndarray, tokenizer, min_count: int = 40, min_prob: float = 0.6,
+FUNCTION_WORDS = frozenset(
+    "the and for with into unto that this thee thou them they their there shall will from "
+    "upon have were what which when then than your you his her him not but all are was".split())
+
+
+def find_facts(stream: np.ndarray, tokenizer, min_count: int = 25, min_prob: float = 0.6,
                limit: int = 24) -> list[tuple[int, int, float, int]]:
     """(subject, answer, P(answer | subject), count): whole-word bigrams that are near-certain in
-    the training stream, e.g. 'burnt' -> ' offering'. These are the 'facts' a small LM learns."""
+    the training stream and whose answer is a content word, e.g. 'unleavened' -> ' bread'.
+    These are the 'facts' a small LM can learn."""
     pairs = Counter(zip(stream[:-1].tolist(), stream[1:].tolist(), strict=True))
     firsts = Counter(stream[:-1].tolist())
     facts = []
@@ -210,7 +216,8 @@ def find_facts(stream: np.ndarray, tokenizer, min_count: int = 40, min_prob: flo
             break
         ts, ta = tokenizer.decode([s]), tokenizer.decode([a])
         if not (ts.startswith(" ") and ta.startswith(" ") and ts.strip().isalpha()
-                and ta.strip().isalpha() and len(ts.strip()) >= 3 and len(ta.strip()) >= 3):
+                and ta.strip().isalpha() and len(ts.strip()) >= 3 and len(ta.strip()) >= 3
+                and ta.strip().lower() not in FUNCTION_WORDS):
             continue
         p = count / firsts[s]
         if p >= min_prob:
@@ -273,7 +280,18 @@ def causal_patching(model: Transformer, stream: np.ndarray, facts: list[tuple[in
     def frac(r, key):
         return (r["ld_clean"] - r[key]) / (r["ld_clean"] - r["ld_counterfactual"])
 
-    summary = {"prompts": len(rows), "known": len(known)}
+    summary: dict[str, Any] = {"prompts": len(rows), "known": len(known)}
+    # A softer, pooled measure over every prompt where swapping the subject moves LD by > 0.5:
+    # Σ(LD_clean - LD_patched) / Σ(LD_clean - LD_counterfactual).
+    moved = [r for r in rows if r["ld_clean"] - r["ld_counterfactual"] > 0.5]
+    summary["effect_prompts"] = len(moved)
+    if moved:
+        denom = sum(r["ld_clean"] - r["ld_counterfactual"] for r in moved)
+        summary["pooled_fraction_moved"] = sum(r["ld_clean"] - r["ld_patched"]
+                                               for r in moved) / denom
+        summary["pooled_fraction_moved_control"] = sum(r["ld_clean"] - r["ld_control"]
+                                                       for r in moved) / denom
+        summary["mean_ld_shift_from_subject_swap"] = denom / len(moved)
     if known:
         summary["fraction_moved_all_layers"] = float(np.mean([frac(r, "ld_patched") for r in known]))
         summary["fraction_moved_per_layer"] = [
@@ -431,6 +449,12 @@ def _report(run_dir, data, rec, stats, neighbours, causal, facts, tok, layer, ch
               "outputs (indices and scores) at the subject position.", "",
               f"- prompts: {s['prompts']}; the model knows the fact in both directions "
               f"(LD_clean > 0 > LD_counterfactual) on {s['known']}"]
+    if s.get("effect_prompts"):
+        lines += [
+            f"- pooled over the {s['effect_prompts']} prompts where the subject swap shifts LD by "
+            f"more than 0.5 (mean shift {s['mean_ld_shift_from_subject_swap']:.2f}): patching the "
+            f"routers at the subject moves **{s['pooled_fraction_moved']:.3f}** of it; control "
+            f"patch 8 tokens earlier: {s['pooled_fraction_moved_control']:.3f}"]
     if s.get("known"):
         lines += [
             f"- fraction of the logit difference moved, all layers patched: "

@@ -1,0 +1,93 @@
+"""Training throughput and peak memory of each FFN type at matched forward FLOPs per token.
+
+Every configuration is d = 128, 2 layers, seq_len 128, batch 8 (the scale-1 transformer), with
+the FFN sized so its forward matmul FLOPs per token match sgatlin's at scale 1 (327,680):
+MLP width 640, SwiGLU width 427, MoE 16 experts of width 211 top-2, PEER 3 heads (N = 56², k = 8).
+Each configuration runs in a fresh process with one thread: 3 warm-up steps, then timed
+optimizer steps (forward, backward, clip, AdamW), like `sparse-expansion train`.
+
+    python benchmarks/sgatlin/throughput.py [--steps 20] [--out throughput.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CONFIGS = {
+    "mlp": {"d_ffw": 640},
+    "swiglu": {"d_ffw": 427},
+    "moe": {"d_ffw": 211},
+    "peer": {"n_channels": 3, "n_neurons": 56**2},
+    "sgatlin": {},
+}
+
+
+def measure(ffn: str, steps: int) -> dict:
+    import resource
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from sparse_expansion.sgatlin.training import TrainConfig, _optimizer
+    from sparse_expansion.sgatlin.transformer import Transformer, config_for_scale, count_params
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = config_for_scale(ffn, 1, vocab_size=8192, seq_len=128, **CONFIGS[ffn])
+    model = Transformer(cfg)
+    opt = _optimizer(model, TrainConfig(ffn=ffn, scale=1, budget=0))
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for step in range(3 + steps):
+        batch = torch.randint(0, 8192, (8, 129), generator=gen)
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step >= 3:
+            times.append(time.perf_counter() - t0)
+    ffn_flops = model.blocks[0].ffn.flops_per_token()
+    return {"ffn": ffn, "ffn_kwargs": cfg.ffn_kwargs, "params": count_params(model),
+            "ffn_flops_per_token": ffn_flops, "model_flops_per_token": model.flops_per_token(),
+            "tokens_per_second": 8 * 128 * len(times) / sum(times),
+            "median_step_seconds": sorted(times)[len(times) // 2],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out", default=None)
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.steps)))
+        return 0
+    rows = []
+    for ffn in CONFIGS:
+        res = subprocess.run([sys.executable, __file__, "--one", ffn, "--steps", str(args.steps)],
+                             check=True, capture_output=True, text=True)
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"{ffn:8s} FFN {r['ffn_flops_per_token']:>9,} FLOPs/token  params {r['params']:>10,}"
+              f"  {r['tokens_per_second']:7.0f} tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB",
+              flush=True)
+    print("\n| FFN | config | FFN fwd FLOPs/token | params | train tokens/s | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['ffn']} | {r['ffn_kwargs']} | {r['ffn_flops_per_token']:,} | "
+              f"{r['params']:,} | {r['tokens_per_second']:.0f} | {r['peak_rss_mb']:.0f} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
