@@ -177,3 +177,16 @@ def test_experts_are_stored_packed_and_restored_exactly():
     fresh = SparseExpertLinear.from_spec(module.spec())
     fresh.load_state_dict(state, strict=True)
     assert torch.equal(fresh.experts, dense) and torch.equal(fresh(x), module(x))
+
+
+def test_pca_matches_svd_of_centred_inputs():
+    from sparse_expansion.expand import fit_pca
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 12, generator=g) @ torch.randn(12, 12, generator=g) + 3.0
+    mean, comps = fit_pca(x, 4)
+    _, _, vt = torch.linalg.svd((x - x.mean(0)).double(), full_matrices=False)
+    assert torch.allclose(mean, x.mean(0), atol=1e-5)
+    assert torch.allclose(comps.abs().double(), vt[:4].t().abs(), atol=1e-4)
+    _, again = fit_pca(x, 4, second_moment=x.t() @ x)
+    assert torch.allclose(again, comps, atol=1e-5)

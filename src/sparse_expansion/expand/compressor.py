@@ -94,12 +94,19 @@ class ExpandCompressor(LayerCompressor):
         out: dict[str, nn.Module] = {}
         for gi, group in enumerate(self.groups):
             batches = self.inputs.pop(group)
-            x = torch.cat(batches)
-            d = x.shape[1]
+            d = batches[0].shape[1]
             pca_dim = min(s.pca_dim or default_pca_dim(d), d)
             t0 = time.perf_counter()
+            # One pass for sum x x^T over all tokens: the PCA's covariance and the blending Hessian.
+            total = HessianStat()
+            for b in batches:
+                total.add(b)
+            self.times["hessians"] += time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            x = torch.cat(batches)
             router, labels = Router.fit(x, s.experts, pca_dim, seed=s.seed + 1000 * self.index + gi,
-                                        n_init=s.n_init)
+                                        n_init=s.n_init, second_moment=total.total)
             self.times["clustering"] += time.perf_counter() - t0
             del x
 
@@ -109,10 +116,9 @@ class ExpandCompressor(LayerCompressor):
             min_tokens = s.min_cluster_tokens if s.min_cluster_tokens is not None else d
             blended: list[int] = []
             if s.experts > 1 and any(n < min_tokens for n in counts):
-                full, _ = cluster_hessians(batches, [torch.zeros_like(b) for b in per_batch], 1)
-                blended = blend_small_clusters(hessians, counts, full[0], min_tokens)
+                blended = blend_small_clusters(hessians, counts, total.value(), min_tokens)
             self.times["hessians"] += time.perf_counter() - t0
-            del batches
+            del batches, total
 
             for name in group:
                 module = self.layer.get_submodule(name)

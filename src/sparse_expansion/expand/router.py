@@ -17,13 +17,18 @@ def default_pca_dim(in_features: int) -> int:
     return min(in_features, max(8, in_features // 32))
 
 
-def fit_pca(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean [d], components [d, dim]) from the covariance's top eigenvectors, sign-fixed so the
-    result does not depend on the eigen-solver's arbitrary signs."""
-    x = x.double()
-    mean = x.mean(0)
-    centred = x - mean
-    cov = centred.t() @ centred / max(x.shape[0] - 1, 1)
+def fit_pca(x: torch.Tensor, dim: int, second_moment: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [d], components [d, dim]): the covariance's top eigenvectors, sign-fixed so the result
+    does not depend on the eigen-solver's arbitrary signs.
+
+    `second_moment` (sum of x x^T, e.g. from the Hessian pass the caller makes anyway) saves the
+    one expensive product; the d x d eigenproblem is solved in float64.
+    """
+    n = x.shape[0]
+    mean = x.double().mean(0)
+    if second_moment is None:
+        second_moment = x.t().float() @ x.float()
+    cov = (second_moment.double() - n * torch.outer(mean, mean)) / max(n - 1, 1)
     _, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
     components = vectors[:, -dim:].flip(-1)
     signs = torch.sign(components[components.abs().argmax(0), torch.arange(dim)])
@@ -102,10 +107,10 @@ class Router(nn.Module):
         self.register_buffer("centroids", torch.zeros(num_experts, pca_dim))
 
     @classmethod
-    def fit(cls, x: torch.Tensor, num_experts: int, pca_dim: int, *, seed: int = 0,
-            n_init: int = 10) -> tuple[Router, torch.Tensor]:
+    def fit(cls, x: torch.Tensor, num_experts: int, pca_dim: int, *, seed: int = 0, n_init: int = 10,
+            second_moment: torch.Tensor | None = None) -> tuple[Router, torch.Tensor]:
         """Fit on calibration inputs x [n, in]; returns the router and the k-means labels of x."""
-        mean, components = fit_pca(x, pca_dim)
+        mean, components = fit_pca(x, pca_dim, second_moment)
         z = (x.float() - mean) @ components
         result = kmeans(z, num_experts, seed=seed, n_init=n_init)
         router = cls(x.shape[1], pca_dim, num_experts)
