@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..corpora import HELD_OUT_PLAYS, kjv_books, shakespeare_split
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 VAL_BOOKS: tuple[str, ...] = ("Ruth", "Jonah", "Mark", "Philemon", "Jude")
 EOS = "<|endoftext|>"
@@ -30,7 +34,7 @@ def split_documents() -> tuple[dict[str, str], dict[str, str]]:
     return train, val
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
+def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> Tokenizer:
     """Byte-level BPE fit on `texts` (deterministic for a given input order)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -45,7 +49,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     return tok
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path) -> Tokenizer:
     from tokenizers import Tokenizer
 
     path = Path(path)

@@ -119,7 +119,7 @@ def usage_stats(rec: Recording) -> list[dict[str, float]]:
     return out
 
 
-def gating_matrix(rec: Recording, layers: list[int] | None = None):
+def gating_matrix(rec: Recording, layers: list[int] | None = None) -> Any:
     """Sparse token × (layer, channel, neuron) matrix of raw gate scores (scipy CSR)."""
     from scipy.sparse import csr_matrix
 
