@@ -86,6 +86,7 @@ def test_causal_patching_reports_fractions(model):
     assert s["prompts"] == 6 and len(out["rows"]) == 6
     for r in out["rows"]:
         assert len(r["ld_patched_per_layer"]) == 2 and r["prompt"][-1] == r["subject"]
+        assert r["ld_control"] is not None  # every subject has a sibling context here
 
 
 def test_gating_refuses_non_sgatlin_models():

@@ -25,6 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=handle)
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def handle(args: argparse.Namespace) -> int:
     import os
 
@@ -42,12 +46,12 @@ def handle(args: argparse.Namespace) -> int:
     if s.get("known"):
         print(f"causal: {s['known']}/{s['prompts']} facts known; router patch at the subject "
               f"moves {s['fraction_moved_all_layers']:.1%} of the logit difference "
-              f"(control {s['fraction_moved_control']:.1%})")
+              f"(same-subject control {_pct(s['fraction_moved_control'])})")
     else:
         print(f"causal: the model knows none of the {s['prompts']} probe facts")
     if s.get("effect_prompts"):
         print(f"causal, pooled over {s['effect_prompts']} prompts the subject swap moves: "
               f"router patch moves {s['pooled_fraction_moved']:.1%} "
-              f"(control {s['pooled_fraction_moved_control']:.1%})")
+              f"(same-subject control {_pct(s['pooled_fraction_moved_control'])})")
     print(f"-> {args.out}/report.md")
     return 0

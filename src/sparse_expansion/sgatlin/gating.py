@@ -234,7 +234,8 @@ def causal_patching(model: Transformer, stream: np.ndarray, facts: list[tuple[in
     context with s1 replaced by s2 (answer a2 != a1). Logit difference LD = logit a1 - logit a2
     at the subject position. Patch the routers there with the counterfactual's routing and report
     the fraction (LD_clean - LD_patched) / (LD_clean - LD_counterfactual): 1 means routing at the
-    subject carries the whole fact, 0 none. Control: patch a position 8 tokens earlier instead.
+    subject carries the whole fact, 0 none. Control: patch in the routing of the same subject
+    taken from another context (should move little if the routing is subject-specific).
     """
     model.eval()
     rng = np.random.default_rng(seed)
@@ -251,7 +252,7 @@ def causal_patching(model: Transformer, stream: np.ndarray, facts: list[tuple[in
             prompts.append((clean, s1, a1, s2, a2))
     rows = []
     last = context - 1
-    for clean, s1, a1, s2, a2 in prompts:
+    for pi, (clean, s1, a1, s2, a2) in enumerate(prompts):
         corrupt = clean.clone()
         corrupt[0, last] = s2
 
@@ -268,9 +269,16 @@ def causal_patching(model: Transformer, stream: np.ndarray, facts: list[tuple[in
         for layer in range(n_layers):
             with patch_routing(model, last, source, [layer]):
                 per_layer.append(ld(model(clean)))
-        # control: the counterfactual's routing at a position where the prompts agree
-        with patch_routing(model, last - 8, source):
-            ld_control = ld(model(clean))
+        # control: the routing of the same subject in another context. If the fact rides on
+        # subject-specific routing this moves ~nothing; if any routing change breaks the
+        # prediction it moves as much as the counterfactual does.
+        sibling = next((p[0] for pj, p in enumerate(prompts) if pj != pi and p[1] == s1), None)
+        ld_control = None
+        if sibling is not None:
+            with record_routing(model) as sstore:
+                model(sibling)
+            with patch_routing(model, last, [layer[0] for layer in sstore]):
+                ld_control = ld(model(clean))
         rows.append({"subject": s1, "answer": a1, "cf_subject": s2, "cf_answer": a2,
                      "ld_clean": ld_clean, "ld_counterfactual": ld_corrupt,
                      "ld_patched": ld_all, "ld_patched_per_layer": per_layer,
@@ -289,8 +297,10 @@ def causal_patching(model: Transformer, stream: np.ndarray, facts: list[tuple[in
         denom = sum(r["ld_clean"] - r["ld_counterfactual"] for r in moved)
         summary["pooled_fraction_moved"] = sum(r["ld_clean"] - r["ld_patched"]
                                                for r in moved) / denom
-        summary["pooled_fraction_moved_control"] = sum(r["ld_clean"] - r["ld_control"]
-                                                       for r in moved) / denom
+        ctrl = [r for r in moved if r["ld_control"] is not None]
+        summary["pooled_fraction_moved_control"] = (
+            sum(r["ld_clean"] - r["ld_control"] for r in ctrl)
+            / sum(r["ld_clean"] - r["ld_counterfactual"] for r in ctrl) if ctrl else None)
         summary["mean_ld_shift_from_subject_swap"] = denom / len(moved)
     if known:
         summary["fraction_moved_all_layers"] = float(np.mean([frac(r, "ld_patched") for r in known]))
@@ -298,7 +308,8 @@ def causal_patching(model: Transformer, stream: np.ndarray, facts: list[tuple[in
             float(np.mean([(r["ld_clean"] - r["ld_patched_per_layer"][i])
                            / (r["ld_clean"] - r["ld_counterfactual"]) for r in known]))
             for i in range(n_layers)]
-        summary["fraction_moved_control"] = float(np.mean([frac(r, "ld_control") for r in known]))
+        ctrl = [frac(r, "ld_control") for r in known if r["ld_control"] is not None]
+        summary["fraction_moved_control"] = float(np.mean(ctrl)) if ctrl else None
         summary["fraction_flipped"] = float(np.mean([r["ld_patched"] < 0 for r in known]))
     return {"summary": summary, "rows": rows}
 
@@ -411,6 +422,10 @@ def look_inside(run_dir: str | Path, data: str, out: Path, max_tokens: int = 163
     return {"usage": stats, "causal": causal["summary"]}
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _report(run_dir, data, rec, stats, neighbours, causal, facts, tok, layer, channel) -> str:
     s = causal["summary"]
     lines = [
@@ -454,15 +469,16 @@ def _report(run_dir, data, rec, stats, neighbours, causal, facts, tok, layer, ch
             f"- pooled over the {s['effect_prompts']} prompts where the subject swap shifts LD by "
             f"more than 0.5 (mean shift {s['mean_ld_shift_from_subject_swap']:.2f}): patching the "
             f"routers at the subject moves **{s['pooled_fraction_moved']:.3f}** of it; control "
-            f"patch 8 tokens earlier: {s['pooled_fraction_moved_control']:.3f}"]
+            f"(same subject's routing from another context): "
+            f"{_fmt(s['pooled_fraction_moved_control'])}"]
     if s.get("known"):
         lines += [
             f"- fraction of the logit difference moved, all layers patched: "
             f"**{s['fraction_moved_all_layers']:.3f}**",
             "- per layer: " + ", ".join(f"layer {i}: {v:.3f}"
                                         for i, v in enumerate(s["fraction_moved_per_layer"])),
-            f"- control (same patch 8 tokens earlier, where the prompts agree): "
-            f"{s['fraction_moved_control']:.3f}",
+            f"- control (same subject's routing from another context): "
+            f"{_fmt(s['fraction_moved_control'])}",
             f"- prompts whose prediction flips to the counterfactual answer: "
             f"{s['fraction_flipped']:.3f}",
         ]
