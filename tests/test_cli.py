@@ -107,3 +107,13 @@ def test_failure_midway_leaves_nothing(tmp_path, tiny_model_dir, text_file, caps
               "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
     torch.manual_seed(0)
+
+
+def test_run_record_reports_mean_sparsity(tmp_path, tiny_model_dir, text_file, capsys):
+    commands = (["prune", "--method", "wanda", "--sparsity", "0.5"], ["expand", "--experts", "2", "--sparsity", "0.5"])
+    for command in commands:
+        out = tmp_path / command[0]
+        code, _, err = run([command[0], tiny_model_dir, *command[1:], "--out", out, "--calib", text_file,
+                            "--calib-windows", "2", "--seqlen", "16"], capsys)
+        assert code == 0, err
+        assert json.loads((out / "sparse_expansion.json").read_text())["mean_sparsity"] == 0.5

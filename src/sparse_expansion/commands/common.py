@@ -116,8 +116,10 @@ def run_compression(args, make_compressor, fields: dict[str, Any], verb: str) ->
                       device=device, progress=main_rank)
     elapsed = time.perf_counter() - start
     per_linear = compressor.record()
+    achieved = [v for r in per_linear.values() for v in ([r["sparsity"]] if "sparsity" in r else r["expert_sparsity"])]
     record = {
         **fields,
+        "mean_sparsity": sum(achieved) / len(achieved) if achieved else None,
         "source_model": args.model,
         "calibration": calibration_record(args) if compressor.needs_calibration else None,
         "linears": per_linear,
