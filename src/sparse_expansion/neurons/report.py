@@ -32,11 +32,16 @@ def _ablation_lines(rows: list[dict[str, Any]], settings: dict[str, Any]) -> lis
         worst_other = max(others) if others else float("nan")
         lines.append(f"| {f:.0%} | " + " | ".join(cells) + f" | {means.get('wd', float('nan')) - worst_other:+.3f} |")
         if "wd" in means and others:
-            verdicts.append((f, means["wd"] > worst_other, (means["wd"] - dense) / max(worst_other - dense, 1e-9)))
+            worst_rule = max((k for k in means if k != "wd"), key=means.get)
+            vs_random = (means["wd"] - dense) / max(means["random"] - dense, 1e-9) if "random" in means else None
+            verdicts.append((f, means["wd"] > worst_other, (means["wd"] - dense) / max(worst_other - dense, 1e-9),
+                             worst_rule, vs_random))
     lines.append("")
-    for f, wins, ratio in verdicts:
+    for f, wins, ratio, worst_rule, vs_random in verdicts:
+        random_text = f"{vs_random:.1f}x that of random neurons and " if vs_random is not None else ""
         lines.append(f"- {f:.0%}: top-WD pruning is {'the most' if wins else 'NOT the most'} harmful choice; "
-                     f"its perplexity increase is {ratio:.1f}x that of the most harmful other rule.")
+                     f"its perplexity increase over dense is {random_text}{ratio:.1f}x that of the most harmful "
+                     f"other rule ({worst_rule if not wins else 'next: ' + worst_rule}).")
     return lines
 
 
@@ -70,7 +75,7 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
         f"mapping difficulty over {result['pairs']} random token pairs. WD is the exact W1 distance between a "
         f"neuron's z-scored pre-activation outputs and N(0,1); a truly Gaussian sample of this size "
         f"scores {result['noise_floor']:.4f} on average (the noise floor).", "",
-        "## Every layer has a few high-WD neurons", "",
+        "## Does every layer have a few high-WD neurons?", "",
         "![WD per layer](wd_by_layer.png)", "", "![WD histograms](wd_histograms.png)", "",
         f"For {first} over {s['layers']} layers: the median neuron has WD {s['wd_median_over_layers']:.4f} and the "
         f"top {result['top_fraction']:.0%} average {s['wd_top_mean_over_layers']:.4f} (medians over layers); the top "
