@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..threads import one_thread
+
 
 def default_pca_dim(in_features: int) -> int:
     """The reference's hidden_dim // 32, at least 8 (and never more than the input)."""
@@ -110,9 +112,10 @@ class Router(nn.Module):
     def fit(cls, x: torch.Tensor, num_experts: int, pca_dim: int, *, seed: int = 0, n_init: int = 10,
             second_moment: torch.Tensor | None = None) -> tuple[Router, torch.Tensor]:
         """Fit on calibration inputs x [n, in]; returns the router and the k-means labels of x."""
-        mean, components = fit_pca(x, pca_dim, second_moment)
-        z = (x.float() - mean) @ components
-        result = kmeans(z, num_experts, seed=seed, n_init=n_init)
+        with one_thread():  # an eigenproblem and many small k-means steps: faster on one thread
+            mean, components = fit_pca(x, pca_dim, second_moment)
+            z = (x.float() - mean) @ components
+            result = kmeans(z, num_experts, seed=seed, n_init=n_init)
         router = cls(x.shape[1], pca_dim, num_experts)
         router.mean.copy_(mean)
         router.components.copy_(components)

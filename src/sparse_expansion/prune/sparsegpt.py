@@ -6,11 +6,9 @@ Batched over leading dimensions, so Sparse Expansion solves all k experts of a l
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 
+from ..threads import one_thread
 from .quantize import RowQuantizer
 from .sparsity import Sparsity, mask_lowest
 
@@ -59,18 +57,6 @@ def inverse_hessian_factor(
     )
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """The column loop is thousands of tiny ops: thread hand-offs cost more than they save
-    (measured 3-10x slower with 2 threads than with 1 on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def sparsegpt_solve(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -105,7 +91,7 @@ def sparsegpt_solve(
     quantizer = RowQuantizer.fit(W, bits) if bits else None
     errors = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
 
-    with _one_thread():
+    with one_thread():  # thousands of tiny ops
         _solve_blocks(W, Hinv, sparsity, quantizer, errors, blocksize)
 
     if squeeze:
