@@ -78,15 +78,16 @@ class SparseExpertLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         labels = self.router(flat)
-        out = flat.new_empty(flat.shape[0], self.out_features)
-        order = torch.argsort(labels, stable=True)
-        counts = torch.bincount(labels, minlength=self.num_experts).tolist()
-        start = 0
-        for expert, count in enumerate(counts):
-            if count:
-                idx = order[start : start + count]
-                out[idx] = flat[idx] @ self.experts[expert].t()
-                start += count
+        if self.num_experts == 1 or bool((labels == labels[0]).all()):
+            out = flat @ self.experts[int(labels[0])].t()  # one expert: no gather at all
+        else:
+            # Sort tokens by expert once, run one matmul per contiguous chunk, unsort once.
+            order = torch.argsort(labels, stable=True)
+            counts = torch.bincount(labels, minlength=self.num_experts).tolist()
+            chunks = torch.split(flat.index_select(0, order), counts)
+            parts = [chunk @ self.experts[e].t() for e, chunk in enumerate(chunks) if chunk.shape[0]]
+            out = torch.empty(flat.shape[0], self.out_features, dtype=flat.dtype, device=flat.device)
+            out.index_copy_(0, order, torch.cat(parts))
         if self.bias is not None:
             out += self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
