@@ -62,6 +62,14 @@ def tiny_tokenizer(vocab: int = 128):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
 
 
+@pytest.fixture
+def single_thread():
+    from sparse_expansion.threads import one_thread
+
+    with one_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return tiny_tokenizer()

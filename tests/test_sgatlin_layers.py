@@ -17,14 +17,8 @@ from sparse_expansion.sgatlin.router import (
 )
 from sparse_expansion.sgatlin.transformer import Transformer, config_for_scale
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: more threads than free cores makes tiny ops crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Shared machine: more threads than free cores makes tiny ops crawl.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

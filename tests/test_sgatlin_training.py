@@ -32,13 +32,8 @@ TEXT = (
 SMALL = {"n_channels": 4, "d_key": 16}  # tiny router so a test run takes a second
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: more threads than free cores makes tiny ops crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Shared machine: more threads than free cores makes tiny ops crawl.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 
