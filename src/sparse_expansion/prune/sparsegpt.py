@@ -21,9 +21,27 @@ def upper_cholesky_of_inverse(hessian: torch.Tensor) -> tuple[torch.Tensor, torc
     cholesky_inverse was measured ~70x slower than this on 1536 x 1536 matrices.
     """
     lower, info = torch.linalg.cholesky_ex(hessian.flip(-1, -2))
-    eye = torch.eye(hessian.shape[-1], dtype=hessian.dtype, device=hessian.device).expand_as(hessian)
-    inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
-    return inverse.flip(-1, -2), info
+    return lower_triangular_inverse(lower).flip(-1, -2), info
+
+
+def lower_triangular_inverse(lower: torch.Tensor, leaf: int = 192) -> torch.Tensor:
+    """L^-1 by halves: [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]].
+
+    A triangular solve against the identity does the full n^3 work; the halves put most of the
+    n^3/3 into matmuls (measured 1.7x faster on 16 x 1536 x 1536).
+    """
+    n = lower.shape[-1]
+    if n <= leaf:
+        eye = torch.eye(n, dtype=lower.dtype, device=lower.device).expand_as(lower)
+        return torch.linalg.solve_triangular(lower, eye, upper=False)
+    h = n // 2
+    top = lower_triangular_inverse(lower[..., :h, :h], leaf)
+    bottom = lower_triangular_inverse(lower[..., h:, h:], leaf)
+    out = torch.zeros_like(lower)
+    out[..., :h, :h] = top
+    out[..., h:, h:] = bottom
+    out[..., h:, :h] = -bottom @ (lower[..., h:, :h] @ top)
+    return out
 
 
 def inverse_hessian_factor(
@@ -35,17 +53,21 @@ def inverse_hessian_factor(
     """
     batch_shape = hessian.shape[:-2]
     hessian = hessian.reshape(-1, *hessian.shape[-2:])
-    n = hessian.shape[-1]
-    eye = torch.eye(n, dtype=hessian.dtype, device=hessian.device)
+    n, batch = hessian.shape[-1], hessian.shape[0]
     mean_diag = torch.diagonal(hessian, dim1=-2, dim2=-1).mean(-1)
-    damp = torch.full((hessian.shape[0],), percdamp, dtype=hessian.dtype, device=hessian.device)
-    factor = torch.empty_like(hessian)
-    todo = torch.arange(hessian.shape[0], device=hessian.device)
+    damp = torch.full((batch,), percdamp, dtype=hessian.dtype, device=hessian.device)
+    factor: torch.Tensor | None = None
+    todo = torch.arange(batch, device=hessian.device)
     for _ in range(max_tries):
-        damped = hessian[todo] + (damp[todo] * mean_diag[todo])[:, None, None] * eye
+        damped = hessian.clone() if factor is None else hessian[todo]
+        damped.diagonal(dim1=-2, dim2=-1).add_((damp[todo] * mean_diag[todo]).unsqueeze(-1))
         upper, info = upper_cholesky_of_inverse(damped)
-        good = (info == 0) & torch.isfinite(upper).flatten(1).all(1)
-        factor[todo[good]] = upper[good]
+        del damped
+        good = (info == 0) & torch.isfinite(upper.sum(dim=(-2, -1)))  # any inf/nan makes the sum non-finite
+        if factor is None:
+            factor = upper  # first try covers every element; failed ones are overwritten below
+        else:
+            factor[todo[good]] = upper[good]
         failed = todo[~good]
         if failed.numel() == 0:
             return factor.reshape(*batch_shape, n, n), damp.tolist()
@@ -91,8 +113,7 @@ def sparsegpt_solve(
     quantizer = RowQuantizer.fit(W, bits) if bits else None
     errors = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
 
-    with one_thread():  # thousands of tiny ops
-        _solve_blocks(W, Hinv, sparsity, quantizer, errors, blocksize)
+    _solve_blocks(W, Hinv, sparsity, quantizer, errors, blocksize)
 
     if squeeze:
         W = W.squeeze(0)
@@ -101,41 +122,52 @@ def sparsegpt_solve(
     return W.to(dtype), {"damping": damping, "error": errors.tolist()}
 
 
-def _solve_blocks(W, Hinv, sparsity: Sparsity, quantizer, errors, blocksize: int) -> None:
+def _solve_blocks(W, Hinv, sparsity: Sparsity, quantizer, errors, blocksize: int, inner: int = 32) -> None:
+    """Columns left to right in blocks (the mask is chosen per block); inside a block, in sub-blocks
+    of `inner` columns so the per-column updates stay small and the rest goes through matmuls.
+
+    Same arithmetic as updating the whole block after every column, in a different order: the
+    per-column loop is memory-bound, and touching 32 columns instead of up to 128 made it ~3x faster.
+    """
+    if sparsity.structured:
+        inner = max(sparsity.m, inner // sparsity.m * sparsity.m)  # N:M groups never straddle sub-blocks
     ncols = W.shape[-1]
     for i1 in range(0, ncols, blocksize):
         i2 = min(i1 + blocksize, ncols)
-        W1 = W[..., i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[..., i1:i2, i1:i2]
         d1 = torch.diagonal(Hinv1, dim1=-2, dim2=-1)  # [B, cols]
-
+        # Column-major copy of the block: each column is then one contiguous [B, out] slab.
+        W1 = W[..., i1:i2].transpose(-1, -2).contiguous()  # [B, cols, out]
         if not sparsity.structured:
-            scores = W1**2 / d1.unsqueeze(-2) ** 2
-            mask1 = mask_lowest(scores, sparsity, per_row=False)
+            scores = W1**2 / d1.unsqueeze(-1) ** 2
+            mask1 = mask_lowest(scores.transpose(-1, -2), sparsity, per_row=False).transpose(-1, -2)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        Err1 = torch.empty_like(W1)
+        for j1 in range(0, i2 - i1, inner):
+            j2 = min(j1 + inner, i2 - i1)
+            with one_thread():  # many tiny ops: thread hand-offs cost more than they save
+                _solve_columns(W1, Err1, Hinv1, d1, mask1, errors, sparsity, quantizer, j1, j2)
+            W1[..., j2:, :] -= Hinv1[..., j1:j2, j2:].transpose(-1, -2) @ Err1[..., j1:j2, :]
+        W[..., i1:i2] = W1.transpose(-1, -2)
+        W[..., i2:] -= Err1.transpose(-1, -2) @ Hinv[..., i1:i2, i2:]
 
-        _solve_block(W1, Q1, Err1, Hinv1, d1, mask1, errors, sparsity, quantizer)
 
-        W[..., i1:i2] = Q1
-        W[..., i2:] -= Err1 @ Hinv[..., i1:i2, i2:]
-
-
-def _solve_block(W1, Q1, Err1, Hinv1, d1, mask1, errors, sparsity: Sparsity, quantizer) -> None:
-    """Prune/quantize one block column by column, spreading each error over the block's rest."""
-    for i in range(W1.shape[-1]):
-        w = W1[..., i]
+def _solve_columns(W1, Err1, Hinv1, d1, mask1, errors, sparsity: Sparsity, quantizer, j1: int, j2: int) -> None:
+    """Prune/quantize columns j1..j2 of a block one by one (W1 is [B, cols, out]), spreading each
+    column's error over the sub-block's remaining columns; W1[j] ends up holding the final column."""
+    for i in range(j1, j2):
+        w = W1[..., i, :]
         d = d1[..., i].unsqueeze(-1)
         if sparsity.structured and i % sparsity.m == 0:
-            group = W1[..., i : i + sparsity.m] ** 2 / d1[..., i : i + sparsity.m].unsqueeze(-2) ** 2
-            mask1[..., i : i + sparsity.m] = mask_lowest(group, sparsity, per_row=True)
-        q = w.masked_fill(mask1[..., i], 0.0)
+            group = W1[..., i : i + sparsity.m, :] ** 2 / d1[..., i : i + sparsity.m].unsqueeze(-1) ** 2
+            mask1[..., i : i + sparsity.m, :] = mask_lowest(group.transpose(-1, -2), sparsity,
+                                                             per_row=True).transpose(-1, -2)
+        q = w.masked_fill(mask1[..., i, :], 0.0)
         if quantizer is not None:
-            q = torch.where(mask1[..., i], q, quantizer(q.unsqueeze(-1)).squeeze(-1))
-        Q1[..., i] = q
+            q = torch.where(mask1[..., i, :], q, quantizer(q))
         err = (w - q) / d
         errors += ((w - q) ** 2 / d**2).sum(-1) / 2
-        W1[..., i:] -= err.unsqueeze(-1) * Hinv1[..., i, i:].unsqueeze(-2)
-        Err1[..., i] = err
+        W1[..., i + 1 : j2, :] -= Hinv1[..., i, i + 1 : j2].unsqueeze(-1) * err.unsqueeze(-2)
+        W1[..., i, :] = q
+        Err1[..., i, :] = err
