@@ -24,14 +24,15 @@ def fit_pca(x: torch.Tensor, dim: int, second_moment: torch.Tensor | None = None
     does not depend on the eigen-solver's arbitrary signs.
 
     `second_moment` (sum of x x^T, e.g. from the Hessian pass the caller makes anyway) saves the
-    one expensive product; the d x d eigenproblem is solved in float64.
+    one expensive product. The covariance is formed in float64 (it subtracts two large terms), the
+    eigenproblem solved in float32 on all threads: 1536 x 1536 took 0.36 s instead of 1.46 s.
     """
     n = x.shape[0]
     mean = x.double().mean(0)
     if second_moment is None:
         second_moment = x.t().float() @ x.float()
     cov = (second_moment.double() - n * torch.outer(mean, mean)) / max(n - 1, 1)
-    _, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
+    _, vectors = torch.linalg.eigh(cov.float())  # ascending eigenvalues
     components = vectors[:, -dim:].flip(-1)
     signs = torch.sign(components[components.abs().argmax(0), torch.arange(dim)])
     components = components * torch.where(signs == 0, torch.ones_like(signs), signs)
@@ -112,9 +113,9 @@ class Router(nn.Module):
     def fit(cls, x: torch.Tensor, num_experts: int, pca_dim: int, *, seed: int = 0, n_init: int = 10,
             second_moment: torch.Tensor | None = None) -> tuple[Router, torch.Tensor]:
         """Fit on calibration inputs x [n, in]; returns the router and the k-means labels of x."""
-        with one_thread():  # an eigenproblem and many small k-means steps: faster on one thread
-            mean, components = fit_pca(x, pca_dim, second_moment)
-            z = (x.float() - mean) @ components
+        mean, components = fit_pca(x, pca_dim, second_moment)
+        z = (x.float() - mean) @ components
+        with one_thread():  # many small k-means steps: faster on one thread
             result = kmeans(z, num_experts, seed=seed, n_init=n_init)
         router = cls(x.shape[1], pca_dim, num_experts)
         router.mean.copy_(mean)
