@@ -122,6 +122,22 @@ def test_tiny_cluster_is_blended_not_nan():
     assert torch.isfinite(out).all()
 
 
+def test_blend_threshold_is_a_multiple_of_in_features():
+    # 96 calibration tokens: R = 0 blends nothing; otherwise exactly the clusters under R x in_features.
+    off = expand(tiny_model("llama"), 3, blend_below=0.0).record()
+    assert all(r["blended_clusters"] == [] for r in off.values())
+    model = tiny_model("llama")
+    inputs = {"gate_proj": model.config.hidden_size, "up_proj": model.config.hidden_size,
+              "down_proj": model.config.intermediate_size}
+    record = expand(model, 3, blend_below=0.75).record()
+    some = 0
+    for name, r in record.items():
+        threshold = round(0.75 * inputs[name.rsplit(".", 1)[1]])
+        assert r["blended_clusters"] == [c for c, n in enumerate(r["cluster_tokens"]) if n < threshold]
+        some += len(r["blended_clusters"])
+    assert 0 < some < 3 * len(record)  # the case distinguishes blended from not
+
+
 def test_same_seed_same_model_and_save_load(tmp_path, tokenizer):
     states = []
     for _ in range(2):

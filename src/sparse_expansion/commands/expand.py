@@ -18,6 +18,9 @@ def register(subparsers) -> None:
                            "(sets each expert's sparsity to 1 - M/k)")
     p.add_argument("--pca-dim", type=int, default=None, help="router PCA dimensions (default in_features//32, >= 8)")
     p.add_argument("--n-init", type=int, default=10, help="k-means restarts (default 10)")
+    p.add_argument("--blend-below", type=float, default=1.0, metavar="R",
+                   help="a cluster with fewer than R x in_features tokens has the layer's full Hessian mixed in, "
+                        "in proportion to what it lacks (default 1; 0 turns blending off)")
     p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization of the experts")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     common.add_calibration_args(p)
@@ -45,6 +48,8 @@ def run(args) -> int:
     common.require_positive(args.n_init, "--n-init")
     if args.pca_dim is not None and args.pca_dim < 1:
         raise UsageError("--pca-dim must be at least 1")
+    if args.blend_below < 0:
+        raise UsageError("--blend-below must be 0 or more")
     if args.bits is not None and not 2 <= args.bits <= 8:
         raise UsageError("--bits must be from 2 to 8")
     if args.memory_budget is not None:
@@ -52,9 +57,9 @@ def run(args) -> int:
     else:
         sparsity = parse_sparsity(args.sparsity)
     settings = ExpandSettings(experts=args.experts, sparsity=sparsity, pca_dim=args.pca_dim, bits=args.bits,
-                              seed=args.seed, n_init=args.n_init)
+                              seed=args.seed, n_init=args.n_init, blend_below=args.blend_below)
     fields = {"kind": "expanded", "method": "sparse_expansion", "experts": args.experts,
               "sparsity": sparsity.to_json(), "memory_budget": args.memory_budget, "bits": args.bits,
-              "pca_dim": args.pca_dim, "n_init": args.n_init}
+              "pca_dim": args.pca_dim, "n_init": args.n_init, "blend_below": args.blend_below}
     return common.run_compression(args, lambda model: ExpandCompressor(settings), fields,
                                   f"expanded ({args.experts} experts, {sparsity})")

@@ -33,7 +33,7 @@ class ExpandSettings:
     bits: int | None = None
     seed: int = 0
     n_init: int = 10
-    min_cluster_tokens: int | None = None  # default: the linear's in_features
+    blend_below: float = 1.0  # clusters with fewer than this x in_features tokens get the full Hessian mixed in
     blocksize: int = 128
     percdamp: float = 0.01
 
@@ -113,7 +113,7 @@ class ExpandCompressor(LayerCompressor):
             t0 = time.perf_counter()
             per_batch = list(torch.split(labels, [b.shape[0] for b in batches]))
             hessians, counts = cluster_hessians(batches, per_batch, s.experts)
-            min_tokens = s.min_cluster_tokens if s.min_cluster_tokens is not None else d
+            min_tokens = round(s.blend_below * d)
             blended: list[int] = []
             if s.experts > 1 and any(n < min_tokens for n in counts):
                 blended = blend_small_clusters(hessians, counts, total.value(), min_tokens)
