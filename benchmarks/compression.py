@@ -9,6 +9,9 @@ stores every expert).
     python benchmarks/compression.py pruning   --out runs/bench_pruning
     python benchmarks/compression.py expansion --out runs/bench_expansion
     python benchmarks/compression.py table     --out runs/bench_expansion
+
+Variants for investigations: `--extra "--blend-below 4" --tag b4` appends the flags to every
+`expand` run and the tag to its name (se16-0.7+b4); `--keep NAME` keeps that model folder.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,8 +30,10 @@ CLI = [sys.executable, "-m", "sparse_expansion.cli"]
 SPARSITIES = ("0.5", "0.7", "0.9", "2:4")
 
 
-def grids(name: str, calib: int) -> list[dict]:
+def grids(name: str, calib: int, extra: list[str] | None = None, tag: str = "") -> list[dict]:
     base = ["--calib-windows", str(calib), "--seqlen", "512"]
+    variant = [*(extra or []), *base]
+    suffix = f"+{tag}" if tag else ""
     runs: list[dict] = [{"name": "dense", "method": "dense", "sparsity": "0", "experts": 0, "cmd": None}]
     sparsities = ("0.5", "0.7", "2:4") if name == "pruning" else SPARSITIES
     for s in sparsities:
@@ -37,12 +43,12 @@ def grids(name: str, calib: int) -> list[dict]:
     if name == "expansion":
         for s in SPARSITIES:
             for k in (2, 4, 8, 16):
-                runs.append({"name": f"se{k}-{s}", "method": "sparse_expansion", "sparsity": s, "experts": k,
-                             "cmd": ["expand", "--experts", str(k), "--sparsity", s, *base]})
+                runs.append({"name": f"se{k}-{s}{suffix}", "method": "sparse_expansion", "sparsity": s, "experts": k,
+                             "cmd": ["expand", "--experts", str(k), "--sparsity", s, *variant]})
         for budget in ("1", "2", "4"):
-            runs.append({"name": f"se16-budget{budget}", "method": "sparse_expansion", "sparsity": None,
+            runs.append({"name": f"se16-budget{budget}{suffix}", "method": "sparse_expansion", "sparsity": None,
                          "experts": 16, "memory_budget": float(budget),
-                         "cmd": ["expand", "--experts", "16", "--memory-budget", budget, *base]})
+                         "cmd": ["expand", "--experts", "16", "--memory-budget", budget, *variant]})
     return runs
 
 
@@ -63,11 +69,12 @@ def evaluate(model: str, windows: int, log: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_grid(name: str, out: Path, calib: int, windows: int, only: list[str] | None) -> None:
+def run_grid(name: str, out: Path, calib: int, windows: int, only: list[str] | None,
+             extra: list[str] | None = None, tag: str = "", keep: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     done = {json.loads(line)["name"] for line in results.read_text().splitlines()} if results.exists() else set()
-    for cfg in grids(name, calib):
+    for cfg in grids(name, calib, extra, tag):
         if cfg["name"] in done or (only and cfg["name"] not in only):
             continue
         log = out / f"{cfg['name']}.log"
@@ -96,7 +103,7 @@ def run_grid(name: str, out: Path, calib: int, windows: int, only: list[str] | N
         with results.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         print(f"{cfg['name']}: ppl {row['perplexity']:.2f}  ({row['compress_seconds']:.0f} s)", flush=True)
-        if cfg["cmd"] is not None:
+        if cfg["cmd"] is not None and cfg["name"] not in (keep or []):
             shutil.rmtree(model, ignore_errors=True)
 
 
@@ -119,12 +126,18 @@ def main() -> None:
     parser.add_argument("--calib-windows", type=int, default=32)
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--only", nargs="*", help="run only these configuration names")
+    parser.add_argument("--extra", default="", help="extra flags for every expand run, e.g. '--pca-dim 64'")
+    parser.add_argument("--tag", default="", help="suffix for the names of expand runs made with --extra")
+    parser.add_argument("--keep", nargs="*", help="keep these configurations' model folders")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.grid == "table":
         print(table(args.out))
     else:
-        run_grid(args.grid, args.out, args.calib_windows, args.eval_windows, args.only)
+        if args.extra and not args.tag:
+            parser.error("--extra needs a --tag, so variant rows do not mix with the default ones")
+        run_grid(args.grid, args.out, args.calib_windows, args.eval_windows, args.only,
+                 shlex.split(args.extra), args.tag, args.keep)
         print(table(args.out))
 
 
