@@ -206,3 +206,16 @@ def test_pca_matches_svd_of_centred_inputs():
     assert torch.allclose(comps.abs().double(), vt[:4].t().abs(), atol=1e-4)
     _, again = fit_pca(x, 4, second_moment=x.t() @ x)
     assert torch.allclose(again, comps, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_packing_keeps_every_dtype_bit_exact(dtype):
+    from sparse_expansion.expand.module import pack_sparse, unpack_sparse
+
+    dense = torch.randn(4, 6, 10).to(dtype)
+    dense[dense.abs() < 0.5] = 0
+    values, mask = pack_sparse(dense)
+    assert values.dtype == dtype and values.numel() == int((dense != 0).sum())
+    assert torch.equal(unpack_sparse(values, mask, dense.shape), dense)
+    with pytest.raises(RuntimeError, match="values for a mask"):
+        unpack_sparse(values[1:], mask, dense.shape)

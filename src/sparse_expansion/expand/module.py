@@ -8,33 +8,43 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..saving import register_replacement
 from .router import Router
 
-_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _raw(t: torch.Tensor) -> np.ndarray:
+    """The tensor's bits as a numpy integer array (numpy has no bfloat16)."""
+    return t.detach().cpu().contiguous().flatten().view(_SAME_SIZE_INT[t.element_size()]).numpy()
 
 
 def pack_sparse(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(non-zero values in row-major order, bitmask packed 8 per byte): k sparse experts stored
-    in ~(1 - s) x 4 + 1/8 bytes per weight instead of 4."""
-    mask = (dense != 0).flatten()
-    pad = (-mask.numel()) % 8
-    bits = torch.cat([mask, mask.new_zeros(pad)]).reshape(-1, 8).to(torch.uint8)
-    packed = (bits * _BITS.to(bits.device)).sum(1, dtype=torch.uint8)
-    return dense.flatten()[mask].contiguous(), packed
+    """(non-zero values in row-major order, bitmask packed 8 per byte, most significant bit first):
+    k sparse experts stored in ~(1 - s) x 4 + 1/8 bytes per weight instead of 4.
+
+    Done in numpy (np.compress, packbits): the torch version took 31 s for the 90 linears of a
+    16-expert model, mostly in boolean indexing."""
+    mask = (dense != 0).cpu().flatten().numpy()
+    values = torch.from_numpy(np.compress(mask, _raw(dense))).view(dense.dtype)  # 3x faster than raw[mask]
+    return values.to(dense.device), torch.from_numpy(np.packbits(mask)).to(dense.device)
 
 
 def unpack_sparse(values: torch.Tensor, packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     numel = int(torch.Size(shape).numel())
-    mask = ((packed.unsqueeze(1) & _BITS.to(packed.device)) != 0).flatten()[:numel]
+    if packed.numel() * 8 < numel:
+        raise RuntimeError(f"packed experts hold a mask of {packed.numel() * 8} bits for {numel} weights")
+    mask = np.unpackbits(packed.cpu().numpy(), count=numel).view(bool)
     if int(mask.sum()) != values.numel():
         raise RuntimeError(f"packed experts hold {values.numel()} values for a mask of {int(mask.sum())}")
-    dense = values.new_zeros(numel)
-    dense[mask] = values
-    return dense.reshape(shape)
+    raw = _raw(values)
+    dense = np.zeros(numel, dtype=raw.dtype)
+    np.put(dense, np.flatnonzero(mask), raw)
+    return torch.from_numpy(dense).view(values.dtype).reshape(shape).to(values.device)
 
 
 @register_replacement
