@@ -171,6 +171,7 @@ def textbook_sparsegpt(weight, h, fraction, blocksize):
     d = W.shape[1]
     hinv = torch.linalg.inv(h.double() + 0.01 * torch.diagonal(h).mean() * torch.eye(d, dtype=torch.float64))
     U = torch.linalg.cholesky(hinv, upper=True)
+    loss = 0.0
     for b in range(0, d, blocksize):
         cols = slice(b, b + blocksize)
         scores = W[:, cols] ** 2 / torch.diagonal(U)[cols] ** 2
@@ -181,9 +182,10 @@ def textbook_sparsegpt(weight, h, fraction, blocksize):
         for j in range(b, min(b + blocksize, d)):
             q = W[:, j].masked_fill(mask[:, j - b], 0.0)
             err = (W[:, j] - q) / U[j, j]
+            loss += float(err.square().sum()) / 2  # the OBS estimate of the output error
             W[:, j:] -= err.unsqueeze(1) * U[j, j:].unsqueeze(0)
             W[:, j] = q
-    return W.float()
+    return W.float(), loss
 
 
 @pytest.mark.parametrize("blocksize", [32, 128])
@@ -192,7 +194,8 @@ def test_sparsegpt_matches_textbook_loop(blocksize):
     # must still be the paper's algorithm: same mask, same surviving values.
     x = correlated_inputs(n=4096, d=160, seed=3)
     weight = torch.randn(24, 160, generator=torch.Generator().manual_seed(4))
-    ours, _ = sparsegpt_solve(weight, hessian(x), parse_sparsity("0.6"), blocksize=blocksize)
-    reference = textbook_sparsegpt(weight, hessian(x), 0.6, blocksize)
+    ours, info = sparsegpt_solve(weight, hessian(x), parse_sparsity("0.6"), blocksize=blocksize)
+    reference, loss = textbook_sparsegpt(weight, hessian(x), 0.6, blocksize)
+    assert info["error"][0] == pytest.approx(loss, rel=1e-3)
     assert torch.equal(ours == 0, reference == 0)
     torch.testing.assert_close(ours, reference, rtol=1e-3, atol=1e-4)

@@ -147,13 +147,14 @@ def _solve_blocks(W, Hinv, sparsity: Sparsity, quantizer, errors, blocksize: int
         for j1 in range(0, i2 - i1, inner):
             j2 = min(j1 + inner, i2 - i1)
             with one_thread():  # many tiny ops: thread hand-offs cost more than they save
-                _solve_columns(W1, Err1, Hinv1, d1, mask1, errors, sparsity, quantizer, j1, j2)
+                _solve_columns(W1, Err1, Hinv1, d1, mask1, sparsity, quantizer, j1, j2)
             W1[..., j2:, :] -= Hinv1[..., j1:j2, j2:].transpose(-1, -2) @ Err1[..., j1:j2, :]
         W[..., i1:i2] = W1.transpose(-1, -2)
+        errors += Err1.square().sum(dim=(-2, -1)) / 2  # each column's (w - q)^2 / [H^-1]_jj^2
         W[..., i2:] -= Err1.transpose(-1, -2) @ Hinv[..., i1:i2, i2:]
 
 
-def _solve_columns(W1, Err1, Hinv1, d1, mask1, errors, sparsity: Sparsity, quantizer, j1: int, j2: int) -> None:
+def _solve_columns(W1, Err1, Hinv1, d1, mask1, sparsity: Sparsity, quantizer, j1: int, j2: int) -> None:
     """Prune/quantize columns j1..j2 of a block one by one (W1 is [B, cols, out]), spreading each
     column's error over the sub-block's remaining columns; W1[j] ends up holding the final column."""
     for i in range(j1, j2):
@@ -167,7 +168,6 @@ def _solve_columns(W1, Err1, Hinv1, d1, mask1, errors, sparsity: Sparsity, quant
         if quantizer is not None:
             q = torch.where(mask1[..., i, :], q, quantizer(q))
         err = (w - q) / d
-        errors += ((w - q) ** 2 / d**2).sum(-1) / 2
         W1[..., i + 1 : j2, :] -= Hinv1[..., i, i + 1 : j2].unsqueeze(-1) * err.unsqueeze(-2)
         W1[..., i, :] = q
         Err1[..., i, :] = err
