@@ -88,7 +88,7 @@ class SparseExpertLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         labels = self.router(flat)
-        if self.num_experts == 1 or bool((labels == labels[0]).all()):
+        if flat.shape[0] == 1 or self.num_experts == 1 or bool((labels == labels[0]).all()):
             out = flat @ self.experts[int(labels[0])].t()  # one expert: no gather at all
         else:
             # Sort tokens by expert once, run one matmul per contiguous chunk, unsort once.

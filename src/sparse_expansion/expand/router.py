@@ -43,6 +43,13 @@ def _sq_distances(z: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return (z.pow(2).sum(1, keepdim=True) - 2 * z @ centroids.t() + centroids.pow(2).sum(1)).clamp_min(0)
 
 
+def nearest_centroid(z: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """argmin_c |z - c|^2 without the |z|^2 term every centroid shares: one addmm and an argmin,
+    which matters when routing a single token. k-means' final labels use this same function, so
+    a router reproduces them exactly."""
+    return torch.addmm(centroids.pow(2).sum(1), z, centroids.t(), alpha=-2).argmin(1)
+
+
 def _kmeans_pp(z: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """k-means++ seeding: each new centre drawn with probability proportional to squared distance."""
     first = torch.randint(z.shape[0], (1,), generator=generator, device="cpu").item()
@@ -92,8 +99,8 @@ def kmeans(z: torch.Tensor, k: int, *, seed: int = 0, n_init: int = 10, max_iter
             if previous - inertia <= tol * max(previous, 1e-12) and not empty.any():
                 break
             previous = inertia
-        min_dist, labels = _sq_distances(z, centroids).min(1)
-        result = KMeansResult(centroids, labels, float(min_dist.sum()))
+        labels = nearest_centroid(z, centroids)
+        result = KMeansResult(centroids, labels, float((z - centroids[labels]).pow(2).sum()))
         if best is None or result.inertia < best.inertia:
             best = result
     assert best is not None
@@ -129,7 +136,7 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Expert index for every token of x [..., in] -> [...]."""
         flat = x.reshape(-1, x.shape[-1])
-        labels = _sq_distances(self.project(flat), self.centroids).argmin(1)
+        labels = nearest_centroid(self.project(flat), self.centroids)
         return labels.reshape(x.shape[:-1])
 
     def flops_per_token(self) -> int:
