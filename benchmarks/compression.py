@@ -113,9 +113,12 @@ def table(out: Path) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") else "–"
+        seconds = f"{r['compress_seconds']:.0f}" + ("*" if r.get("reused_from") else "")
         lines.append(f"| {r['name']} | {r['sparsity'] if r['sparsity'] is not None else r.get('sparsity_effective')} "
                      f"| {r['experts']} | {r['perplexity']:.2f} | {r['flops_per_token'] / 1e6:.1f} "
-                     f"| {r['mlp_nonzeros'] / 1e6:.1f} | {r['compress_seconds']:.0f} | {peak} |")
+                     f"| {r['mlp_nonzeros'] / 1e6:.1f} | {seconds} | {peak} |")
+    reused = {r["reused_from"] for r in rows if r.get("reused_from")}
+    lines += [f"\n\\* row copied from {source}" for source in sorted(reused)]
     return "\n".join(lines)
 
 

@@ -2,7 +2,9 @@
 
 Builds the expanded block from a real layer of the shipped model: k experts at a given sparsity,
 stored dense (the module's own grouped forward), router fitted on that layer's real inputs.
-Reports the median of repeated timings and the ratio to dense.
+The timed inputs are that layer's real MLP inputs on a held-out window (shakespeare:test), so
+tokens spread over experts as they do in use: 512 tokens = the whole window, 1 token = its
+last position. Reports the median of repeated timings and the ratio to dense.
 
     python benchmarks/mlp_block_speed.py --experts 16 --sparsity 0.7 --layer 10
 """
@@ -41,7 +43,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
 
-    from sparse_expansion.data import calibration_windows, corpus_tokens
+    from sparse_expansion.data import calibration_windows, corpus_tokens, evaluation_windows
     from sparse_expansion.engine import calibrate
     from sparse_expansion.expand import ExpandCompressor, ExpandSettings
     from sparse_expansion.models import load_model
@@ -62,15 +64,22 @@ def main() -> None:
     calibrate(model, windows, OnlyLast(ExpandSettings(args.experts, parse_sparsity(args.sparsity))),
               progress=False)
     expanded_mlp = layers[args.layer].mlp
+    captured = []
+    hook = expanded_mlp.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    model(evaluation_windows(corpus_tokens("shakespeare:test", tok), 512, 1))
+    hook.remove()
+    real = captured[0]  # [1, 512, hidden]
+    labels = expanded_mlp.gate_proj.router(real[0])
     rows = []
     for tokens in (1, 512):
-        x = torch.randn(1, tokens, model.config.hidden_size)
+        x = real[:, -tokens:].contiguous()
         dense = median_seconds(dense_mlp, x, args.repeats)
         expanded = median_seconds(expanded_mlp, x, args.repeats)
         rows.append({"tokens": tokens, "dense_ms": dense * 1e3, "expanded_ms": expanded * 1e3,
                      "ratio": expanded / dense})
     print(json.dumps({"experts": args.experts, "sparsity": args.sparsity, "threads": args.threads,
-                      "layer": args.layer, "rows": rows}))
+                      "layer": args.layer, "experts_used_by_512_tokens": int(labels.unique().numel()),
+                      "rows": rows}))
 
 
 if __name__ == "__main__":
