@@ -36,11 +36,27 @@ def test_kmeans_finds_separated_blobs_deterministically():
     assert a.labels.unique().numel() == 3
 
 
-def test_router_routes_equal_kmeans_labels():
+@pytest.mark.parametrize("k,pca_dim", [(4, 8), (6, 3)])  # folded routing (k <= pca_dim) and projected
+def test_router_routes_equal_kmeans_labels(k, pca_dim):
     x = torch.randn(500, 32) @ torch.randn(32, 32)
-    router, labels = Router.fit(x, 4, 8, seed=0)
+    router, labels = Router.fit(x, k, pca_dim, seed=0)
+    assert router.folds == (k <= pca_dim)
+    independent = kmeans(router.project(x), k, seed=0).labels  # k-means on its own, same seed
+    assert torch.equal(labels, independent)
     assert torch.equal(router(x), labels)
     assert router(x.reshape(5, 100, 32)).shape == (5, 100)
+
+
+def test_folded_routing_follows_new_buffers():
+    x = torch.randn(400, 24)
+    router, _ = Router.fit(x, 4, 6, seed=1)
+    before = router(x)
+    with torch.no_grad():
+        router.centroids.copy_(router.centroids.flip(0))  # relabel the clusters in place
+    assert torch.equal(router(x), 3 - before)
+    other, _ = Router.fit(x * 2 + 1, 4, 6, seed=2)
+    router.load_state_dict(other.state_dict())
+    assert torch.equal(router(x), other(x))
 
 
 def test_grouped_forward_equals_per_token_loop():
@@ -96,14 +112,15 @@ def test_every_expert_reaches_sparsity(family, sparsity):
     assert torch.isfinite(model(windows()).logits).all()
 
 
-def test_flops_per_token_is_one_expert_plus_router():
+@pytest.mark.parametrize("pca_dim,router_flops", [(4, 2 * 16 * 4 + 4), (2, 2 * 16 * 2 + 3 * 2 * 4)])
+def test_flops_per_token_is_one_expert_plus_router(pca_dim, router_flops):
     x = torch.randn(200, 16)
-    router, _ = Router.fit(x, 4, 4)
+    router, _ = Router.fit(x, 4, pca_dim)
     experts = torch.randn(4, 8, 16)
     experts[experts.abs() < 0.7] = 0
     module = SparseExpertLinear.build(router, experts, None)
     nnz = (experts != 0).flatten(1).sum(1).float()
-    assert module.flops_per_token() == round(2 * nnz.mean().item()) + 2 * 16 * 4 + 3 * 4 * 4
+    assert module.flops_per_token() == round(2 * nnz.mean().item()) + router_flops
     assert module.nonzeros() >= int(nnz.sum())
 
 

@@ -108,18 +108,26 @@ def kmeans(z: torch.Tensor, k: int, *, seed: int = 0, n_init: int = 10, max_iter
 
 
 class Router(nn.Module):
-    """Sends each token to one of k experts: nearest centroid of its PCA projection."""
+    """Sends each token to one of k experts: nearest centroid of its PCA projection.
+
+    When k <= pca_dim the projection and the distances fold into one [in, k] matrix
+    (|z - c|^2 - |z|^2 = |c|^2 + 2 mean.M - 2 x.M with M = components @ centroids^T): routing a
+    token is then one addmm and an argmin, which is what single-token generation pays for.
+    """
 
     def __init__(self, in_features: int, pca_dim: int, num_experts: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(in_features))
         self.register_buffer("components", torch.zeros(in_features, pca_dim))
         self.register_buffer("centroids", torch.zeros(num_experts, pca_dim))
+        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def fit(cls, x: torch.Tensor, num_experts: int, pca_dim: int, *, seed: int = 0, n_init: int = 10,
             second_moment: torch.Tensor | None = None) -> tuple[Router, torch.Tensor]:
-        """Fit on calibration inputs x [n, in]; returns the router and the k-means labels of x."""
+        """Fit on calibration inputs x [n, in]; returns the router and its routes for x, which are
+        k-means' labels up to float rounding at exact ties (so experts are built for exactly the
+        tokens the router will send them)."""
         mean, components = fit_pca(x, pca_dim, second_moment)
         z = (x.float() - mean) @ components
         with one_thread():  # many small k-means steps: faster on one thread
@@ -128,18 +136,39 @@ class Router(nn.Module):
         router.mean.copy_(mean)
         router.components.copy_(components)
         router.centroids.copy_(result.centroids)
-        return router.to(x.device), result.labels
+        router = router.to(x.device)
+        return router, router(x)
+
+    @property
+    def folds(self) -> bool:
+        return self.centroids.shape[0] <= self.components.shape[1]
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.mean.dtype) - self.mean) @ self.components
 
+    def _folded_scoring(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bias [k], matrix [in, k]), rebuilt whenever a buffer is replaced or written to."""
+        key = tuple((id(t), t._version) for t in (self.mean, self.components, self.centroids))
+        if self._folded is None or self._folded[0] != key:
+            centroids, components = self.centroids.double(), self.components.double()
+            fold = components @ centroids.t()
+            bias = centroids.pow(2).sum(1) + 2 * (self.mean.double() @ fold)
+            self._folded = (key, bias.to(self.mean.dtype), (-2 * fold).to(self.mean.dtype))
+        return self._folded[1], self._folded[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Expert index for every token of x [..., in] -> [...]."""
         flat = x.reshape(-1, x.shape[-1])
-        labels = nearest_centroid(self.project(flat), self.centroids)
+        if self.folds:
+            bias, matrix = self._folded_scoring()
+            labels = torch.addmm(bias, flat.to(matrix.dtype), matrix).argmin(1)
+        else:
+            labels = nearest_centroid(self.project(flat), self.centroids)
         return labels.reshape(x.shape[:-1])
 
     def flops_per_token(self) -> int:
         d, p = self.components.shape
         k = self.centroids.shape[0]
+        if self.folds:
+            return 2 * d * k + k  # one [in, k] product plus the bias
         return 2 * d * p + 3 * p * k  # projection, then squared distances to k centroids
