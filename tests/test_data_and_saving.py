@@ -81,3 +81,21 @@ def test_corrupt_and_mismatched_folders(tmp_path, tokenizer):
     record.write_text(record.read_text().replace('"format_version": 1', '"format_version": 99'))
     with pytest.raises(UsageError, match="format_version 99"):
         load_saved(tmp_path / "v")
+
+
+def test_finished_output_folder_has_umask_permissions(tmp_path):
+    # mkdtemp/mkstemp make owner-only entries; a finished result must be readable like any mkdir.
+    import os
+
+    from sparse_expansion.io import atomic_output_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            write_json(tmp / "a.json", {"x": 1})
+            (tmp / "sub").mkdir()
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert (out.stat().st_mode & 0o777, (out / "a.json").stat().st_mode & 0o777) == (0o755, 0o644)
+    assert (out / "sub").stat().st_mode & 0o777 == 0o755

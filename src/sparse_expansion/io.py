@@ -33,12 +33,26 @@ def atomic_output_dir(out: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        _default_permissions(tmp)
         if path.exists():
             path.rmdir()  # empty by check_output_dir
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _default_permissions(folder: Path) -> None:
+    """mkdtemp/mkstemp create owner-only (0700/0600) entries; give the finished folder the modes a
+    plain mkdir/open would have had under the user's umask, so others can read a shared result."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            (Path(root) / name).chmod(0o777 & ~umask)
+        for name in files:
+            (Path(root) / name).chmod(0o666 & ~umask)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
