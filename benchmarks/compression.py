@@ -9,6 +9,7 @@ stores every expert).
     python benchmarks/compression.py pruning   --out runs/bench_pruning
     python benchmarks/compression.py expansion --out runs/bench_expansion
     python benchmarks/compression.py table     --out runs/bench_expansion
+    python benchmarks/compression.py pivot     --out runs/bench_expansion   # experts x sparsity
 
 Variants for investigations: `--extra "--blend-below 4" --tag b4` appends the flags to every
 `expand` run and the tag to its name (se16-0.7+b4); `--keep NAME` keeps that model folder.
@@ -122,9 +123,37 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def pivot(out: Path) -> str:
+    """Perplexity by experts (columns) and sparsity (rows), with the ratio to SparseGPT (k = 1)."""
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    ks = (1, 2, 4, 8, 16)
+    lines = ["| sparsity | magnitude | Wanda | " + " | ".join(f"k = {k}" for k in ks) + " |",
+             "|---|---|---|" + "---|" * len(ks)]
+    def ppl(sparsity: str, method: str, k: int = 1) -> float | None:
+        found = [r["perplexity"] for r in rows if r["method"] == method and r["sparsity"] == sparsity
+                 and (method != "sparse_expansion" or r["experts"] == k) and "+" not in r["name"]]
+        return found[0] if found else None
+
+    for s in SPARSITIES:
+        base = ppl(s, "sparsegpt")
+        cells = []
+        for k in ks:
+            value = base if k == 1 else ppl(s, "sparse_expansion", k)
+            if value is None:
+                cells.append("–")
+            elif k == 1 or base is None:
+                cells.append(f"{value:.2f}")
+            else:
+                cells.append(f"{value:.2f} ({value / base:.2f}×)")
+        others = [ppl(s, m) for m in ("magnitude", "wanda")]
+        lines.append(f"| {s} | " + " | ".join("–" if v is None else f"{v:.4g}" for v in others) + " | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("grid", choices=("pruning", "expansion", "table"))
+    parser.add_argument("grid", choices=("pruning", "expansion", "table", "pivot"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--calib-windows", type=int, default=32)
     parser.add_argument("--eval-windows", type=int, default=16)
@@ -136,6 +165,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.grid == "table":
         print(table(args.out))
+    elif args.grid == "pivot":
+        print(pivot(args.out))
     else:
         if args.extra and not args.tag:
             parser.error("--extra needs a --tag, so variant rows do not mix with the default ones")
