@@ -65,8 +65,13 @@ def main() -> None:
         u = ex["untangling"]
         o = u["overall"]
         h, c = o["high_wd"], o["high_wd_control"]
-        out += [f"**Part 4** ({u['experts']} experts, 70% sparse, layers {', '.join(u['layers'])}; gate/up "
-                f"expanded by the library's ExpandCompressor, everything else dense - see the recipe): over "
+        made = json.loads((Path(ex["model"]) / "sparse_expansion.json").read_text())
+        expanded = sorted({name.split(".")[-1] for name in made["replaced_modules"]})
+        cal = made["calibration"]
+        out += [f"**Part 4** (`{ex['model']}`: {made['experts']} experts at sparsity {made['sparsity']}, "
+                f"{', '.join(expanded)} of all {len(made['replaced_modules']) // len(expanded)} layers expanded "
+                f"by `sparse-expansion expand` on {cal['windows']} x {cal['seqlen']} tokens of `{cal['data']}`; "
+                f"measured layers {', '.join(u['layers'])}): over "
                 f"{h['neurons']} high-WD neurons (top 3% per layer and projection), **{h['fraction_lower']:.1%}** "
                 f"lower their WD, median relative drop **{h['median_relative_drop']:.1%}** (paper: ~98%, ~42%). "
                 f"Control, dense weights z-scored in the same clusters: {c['fraction_lower']:.1%}, "
