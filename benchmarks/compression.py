@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from sparse_expansion.artifact import read_record
+
 CLI = [sys.executable, "-m", "sparse_expansion.cli"]
 SPARSITIES = ("0.5", "0.7", "0.9", "2:4")
 
@@ -90,7 +92,7 @@ def run_grid(name: str, out: Path, calib: int, windows: int, only: list[str] | N
             if code != 0:
                 print(f"{cfg['name']}: failed (exit {code}), see {log}", flush=True)
                 continue
-            record = json.loads((Path(model) / "sparse_expansion.json").read_text())
+            record = read_record(model)
             row.update(compress_seconds=wall, peak_gib=peak, seconds=record["seconds"],
                        sparsity_effective=record["sparsity"])
             clusters = [r["cluster_tokens"] for r in record["linears"].values() if "cluster_tokens" in r]

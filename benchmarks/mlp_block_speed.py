@@ -45,7 +45,7 @@ def main() -> None:
 
     from sparse_expansion.data import calibration_windows, corpus_tokens, evaluation_windows
     from sparse_expansion.engine import calibrate
-    from sparse_expansion.expand import ExpandCompressor, ExpandSettings
+    from sparse_expansion.expand import ExpandCompressor, ExpandConfig
     from sparse_expansion.models import load_model
     from sparse_expansion.prune import parse_sparsity
 
@@ -61,7 +61,7 @@ def main() -> None:
             out = super().finish_layer()
             return out if self.index == args.layer else {}
 
-    calibrate(model, windows, OnlyLast(ExpandSettings(args.experts, parse_sparsity(args.sparsity))),
+    calibrate(model, windows, OnlyLast(ExpandConfig(args.experts, parse_sparsity(args.sparsity))),
               progress=False)
     expanded_mlp = layers[args.layer].mlp
     captured = []

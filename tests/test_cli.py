@@ -25,7 +25,7 @@ def test_prune_eval_generate_roundtrip(tmp_path, tiny_model_dir, text_file, caps
                              "--out", out, "--calib", text_file, "--calib-windows", "4", "--seqlen", "32"],
                             capsys)
     assert code == 0, err
-    record = json.loads((out / "sparse_expansion.json").read_text())
+    record = json.loads((out / "sparse_expansion.json").read_text())["record"]
     assert record["method"] == "sparsegpt" and record["sparsity"] == "2:4"
     assert all(r["sparsity"] == 0.5 for r in record["linears"].values())
     assert record["calibration"]["windows"] == 4
@@ -96,12 +96,12 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 
 
 def test_failure_midway_leaves_nothing(tmp_path, tiny_model_dir, text_file, capsys, monkeypatch):
-    import sparse_expansion.saving as saving
+    import sparse_expansion.artifact as artifact
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(saving, "save_model", boom)
+    monkeypatch.setattr(artifact, "save_artifact", boom)
     with pytest.raises(RuntimeError):
         main(["prune", str(tiny_model_dir), "--method", "magnitude", "--sparsity", "0.5",
               "--out", str(tmp_path / "o")])
@@ -116,4 +116,4 @@ def test_run_record_reports_mean_sparsity(tmp_path, tiny_model_dir, text_file, c
         code, _, err = run([command[0], tiny_model_dir, *command[1:], "--out", out, "--calib", text_file,
                             "--calib-windows", "2", "--seqlen", "16"], capsys)
         assert code == 0, err
-        assert json.loads((out / "sparse_expansion.json").read_text())["mean_sparsity"] == 0.5
+        assert json.loads((out / "sparse_expansion.json").read_text())["record"]["mean_sparsity"] == 0.5

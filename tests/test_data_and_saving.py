@@ -6,11 +6,12 @@ import pytest
 import torch
 from conftest import tiny_model
 
+from sparse_expansion.artifact import load_artifact as load_saved
+from sparse_expansion.artifact import save_artifact
 from sparse_expansion.data import calibration_windows, corpus_documents, evaluation_windows
 from sparse_expansion.engine import calibrate
 from sparse_expansion.errors import UsageError
-from sparse_expansion.prune import PruneCompressor, parse_sparsity
-from sparse_expansion.saving import load_saved, save_model
+from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
 
 
 def test_calibration_windows_seeded():
@@ -61,24 +62,25 @@ def test_shipped_corpora_split_is_disjoint():
 def test_save_load_identical_logits(tmp_path, tokenizer, family):
     model = tiny_model(family)
     ids = torch.randint(2, 128, (2, 16), generator=torch.Generator().manual_seed(0))
-    calibrate(model, ids, PruneCompressor("sparsegpt", parse_sparsity("0.5")), progress=False)
-    save_model(model, tokenizer, tmp_path / "m", {"kind": "pruned"})
+    calibrate(model, ids, PruneCompressor(SparseGPTConfig(parse_sparsity("0.5"))), progress=False)
+    save_artifact(tmp_path / "m", model, tokenizer=tokenizer, record={"kind": "pruned"})
     loaded, _ = load_saved(tmp_path / "m")
     assert torch.equal(loaded(ids).logits, model(ids).logits)
     record = json.loads((tmp_path / "m" / "sparse_expansion.json").read_text())
-    assert record["format_version"] == 1 and record["replaced_modules"] == {}
+    assert record["format_version"] == 2 and record["kind"] == "causal_lm" and record["modules"] == {}
+    assert record["record"] == {"kind": "pruned"}
 
 
 def test_corrupt_and_mismatched_folders(tmp_path, tokenizer):
     model = tiny_model("llama")
-    save_model(model, tokenizer, tmp_path / "m", {"kind": "pruned"})
+    save_artifact(tmp_path / "m", model, tokenizer=tokenizer, record={"kind": "pruned"})
     weights = tmp_path / "m" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(UsageError, match="corrupt"):
         load_saved(tmp_path / "m")
-    save_model(model, tokenizer, tmp_path / "v", {"kind": "pruned"})
+    save_artifact(tmp_path / "v", model, tokenizer=tokenizer, record={"kind": "pruned"})
     record = tmp_path / "v" / "sparse_expansion.json"
-    record.write_text(record.read_text().replace('"format_version": 1', '"format_version": 99'))
+    record.write_text(record.read_text().replace('"format_version": 2', '"format_version": 99'))
     with pytest.raises(UsageError, match="format_version 99"):
         load_saved(tmp_path / "v")
 

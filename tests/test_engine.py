@@ -7,7 +7,8 @@ from conftest import FAMILIES, tiny_model, tiny_tokenizer
 from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight, target_names
 from sparse_expansion.engine import LayerCompressor, calibrate
 from sparse_expansion.errors import UsageError
-from sparse_expansion.prune import PruneCompressor, parse_sparsity
+from sparse_expansion.methods import make_config
+from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
 
 
 def windows(n=4, seqlen=16, vocab=128, seed=0):
@@ -65,7 +66,7 @@ def test_engine_sees_the_inputs_a_full_forward_pass_sees(family):
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_prune_reaches_sparsity_on_every_family(family, method):
     model = tiny_model(family)
-    comp = PruneCompressor(method, parse_sparsity("0.5"))
+    comp = PruneCompressor(make_config(method, parse_sparsity("0.5")))
     calibrate(model, windows(), comp, progress=False)
     arch = architecture_of(model)
     for layer in decoder_layers(model):
@@ -79,7 +80,7 @@ def test_prune_reaches_sparsity_on_every_family(family, method):
 
 def test_targets_all_prunes_attention_too():
     model = tiny_model("llama")
-    calibrate(model, windows(), PruneCompressor("sparsegpt", parse_sparsity("2:4")), targets="all",
+    calibrate(model, windows(), PruneCompressor(SparseGPTConfig(parse_sparsity("2:4"))), targets="all",
               progress=False)
     q = linear_weight(decoder_layers(model)[1].get_submodule("self_attn.q_proj"))
     assert (q != 0).reshape(q.shape[0], -1, 4).sum(-1).eq(2).all()

@@ -7,12 +7,13 @@ import torch
 from conftest import FAMILIES, tiny_model
 
 from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight
+from sparse_expansion.artifact import load_artifact as load_saved
+from sparse_expansion.artifact import save_artifact
 from sparse_expansion.cli import main
 from sparse_expansion.engine import calibrate
-from sparse_expansion.expand import ExpandCompressor, ExpandSettings, Router, SparseExpertLinear, kmeans
+from sparse_expansion.expand import ExpandCompressor, ExpandConfig, Router, SparseExpertLinear, kmeans
 from sparse_expansion.expand.compressor import blend_small_clusters, cluster_hessians
-from sparse_expansion.prune import PruneCompressor, parse_sparsity
-from sparse_expansion.saving import load_saved, save_model
+from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
 
 
 def windows(n=4, seqlen=24, seed=0):
@@ -20,7 +21,7 @@ def windows(n=4, seqlen=24, seed=0):
 
 
 def expand(model, k, sparsity="0.5", **kw):
-    comp = ExpandCompressor(ExpandSettings(experts=k, sparsity=parse_sparsity(sparsity), **kw))
+    comp = ExpandCompressor(ExpandConfig(experts=k, sparsity=parse_sparsity(sparsity), **kw))
     calibrate(model, windows(), comp, batch_size=2, progress=False)
     return comp
 
@@ -75,7 +76,7 @@ def test_grouped_forward_equals_per_token_loop():
 
 def test_one_expert_is_exactly_sparsegpt():
     pruned = tiny_model("llama")
-    calibrate(pruned, windows(), PruneCompressor("sparsegpt", parse_sparsity("0.5")), batch_size=2,
+    calibrate(pruned, windows(), PruneCompressor(SparseGPTConfig(parse_sparsity("0.5"))), batch_size=2,
               progress=False)
     expanded = tiny_model("llama")
     expand(expanded, 1)
@@ -164,21 +165,21 @@ def test_same_seed_same_model_and_save_load(tmp_path, tokenizer):
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
-    save_model(model, tokenizer, tmp_path / "se", {"kind": "expanded"})
+    save_artifact(tmp_path / "se", model, tokenizer=tokenizer, record={"kind": "expanded"})
     loaded, _ = load_saved(tmp_path / "se")
     ids = windows(seed=3)
     assert torch.equal(loaded(ids).logits, model(ids).logits)
     record = json.loads((tmp_path / "se" / "sparse_expansion.json").read_text())
-    assert len(record["replaced_modules"]) == 6
-    assert all(spec["type"] == "SparseExpertLinear" for spec in record["replaced_modules"].values())
+    assert len(record["modules"]) == 6
+    assert all(spec["type"] == "sparse_expert_linear" for spec in record["modules"].values())
 
 
 def test_expand_cli_roundtrip(tmp_path, tiny_model_dir, text_file, capsys):
     out = tmp_path / "se"
     assert main(["expand", str(tiny_model_dir), "--experts", "4", "--memory-budget", "2", "--out", str(out),
                  "--calib", str(text_file), "--calib-windows", "4", "--seqlen", "32"]) == 0
-    record = json.loads((out / "sparse_expansion.json").read_text())
-    assert record["kind"] == "expanded" and record["sparsity"] == 0.5
+    record = json.loads((out / "sparse_expansion.json").read_text())["record"]
+    assert record["kind"] == "expanded" and record["sparsity"] == 0.5 and record["memory_budget"] == 2
     assert {"clustering", "hessians", "solves", "forward"} <= set(record["seconds"])
     capsys.readouterr()
     assert main(["eval", str(out), "--data", str(text_file), "--windows", "2", "--seqlen", "32", "--json"]) == 0

@@ -22,7 +22,7 @@ def test_shipped_model_prune_and_eval(tmp_path, capsys):
     assert main(["prune", "--method", "sparsegpt", "--sparsity", "0.5", "--calib-windows", "2",
                  "--seqlen", "64", "--out", str(out)]) == 0
     capsys.readouterr()
-    record = json.loads((out / "sparse_expansion.json").read_text())
+    record = json.loads((out / "sparse_expansion.json").read_text())["record"]
     assert len(record["linears"]) == 90 and record["mean_sparsity"] == pytest.approx(0.5, abs=1e-6)
     assert main(["eval", str(out), "--windows", "2", "--seqlen", "64", "--json"]) == 0
     pruned = last_json(capsys)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sparse_expansion.artifact import read_manifest
+
 
 def wd_table(result: dict) -> list[str]:
     lines = ["| layer | WD median | WD top-3% mean | WD max | share > 3x floor | MD median | MD top-3% median "
@@ -65,11 +67,11 @@ def main() -> None:
         u = ex["untangling"]
         o = u["overall"]
         h, c = o["high_wd"], o["high_wd_control"]
-        made = json.loads((Path(ex["model"]) / "sparse_expansion.json").read_text())
-        expanded = sorted({name.split(".")[-1] for name in made["replaced_modules"]})
+        made = read_manifest(ex["model"])
+        expanded = sorted({name.split(".")[-1] for name in made["modules"]})
         cal = made["calibration"]
         out += [f"**Part 4** (`{ex['model']}`: {made['experts']} experts at sparsity {made['sparsity']}, "
-                f"{', '.join(expanded)} of all {len(made['replaced_modules']) // len(expanded)} layers expanded "
+                f"{', '.join(expanded)} of all {len(made['modules']) // len(expanded)} layers expanded "
                 f"by `sparse-expansion expand` on {cal['windows']} x {cal['seqlen']} tokens of `{cal['data']}`; "
                 f"measured layers {', '.join(u['layers'])}): over "
                 f"{h['neurons']} high-WD neurons (top 3% per layer and projection), **{h['fraction_lower']:.1%}** "

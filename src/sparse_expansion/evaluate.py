@@ -77,3 +77,24 @@ def model_costs(model: nn.Module) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     return {"flops_per_token": flops, "nonzeros": nonzeros, "mlp_nonzeros": mlp_nonzeros,
             "params": params}
+
+
+def evaluate_model(model: nn.Module, tokenizer, data: str, windows: int | None, seqlen: int, *,
+                   batch_size: int = 4, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Perplexity on `windows` non-overlapping windows of `data` (None or 0: all of them), with the
+    model's FLOPs per token and non-zeros: what `eval` prints."""
+    import time
+
+    from .data import check_seqlen, corpus_tokens, evaluation_windows
+    from .errors import UsageError
+
+    check_seqlen(model, seqlen)
+    batch = evaluation_windows(corpus_tokens(data, tokenizer), seqlen, windows or None, name=data)
+    start = time.perf_counter()
+    result = perplexity(model.to(device), batch, batch_size=batch_size, device=device, progress=progress)
+    if not math.isfinite(result["perplexity"]):
+        raise UsageError(f"perplexity on {data} is {result['perplexity']}: the model's outputs overflow or are "
+                         "undefined; check its weights and dtype")
+    return {"perplexity": result["perplexity"], "windows": batch.shape[0], "seqlen": seqlen,
+            "tokens": result["tokens"], "data": data, **model_costs(model),
+            "eval_seconds": time.perf_counter() - start}

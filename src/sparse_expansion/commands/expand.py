@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from ..errors import UsageError
 from . import common
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("expand", help="Sparse Expansion: k sparse experts per MLP linear + a router",
                               description="Expand each MLP linear into k experts, each pruned with SparseGPT "
-                                          "on one k-means cluster of its inputs, and save the model.")
+                                          "on one k-means cluster of its inputs, and save the model.",
+                              epilog="example: sparse-expansion expand smollm2-135m --experts 16 "
+                                     "--sparsity 0.7 --out runs/se16")
     common.add_model_arg(p)
     p.add_argument("--experts", type=int, required=True, help="experts per linear (k)")
     size = p.add_mutually_exclusive_group(required=True)
@@ -21,27 +24,16 @@ def register(subparsers) -> None:
     p.add_argument("--blend-below", type=float, default=1.0, metavar="R",
                    help="a cluster with fewer than R x in_features tokens has the layer's full Hessian mixed in, "
                         "in proportion to what it lacks (default 1; 0 turns blending off)")
-    p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization of the experts")
+    p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization of the experts (2-8)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     common.add_calibration_args(p)
     common.add_device_arg(p)
     p.set_defaults(func=run)
 
 
-def budget_sparsity(budget: float, experts: int) -> float:
-    """Per-expert sparsity so k experts store `budget` x one dense layer's weights."""
-    from ..errors import UsageError
-
-    sparsity = 1.0 - budget / experts
-    if not budget > 0 or not 0.0 <= sparsity < 1.0:
-        raise UsageError(f"--memory-budget {budget:g} with {experts} experts gives sparsity {sparsity:g}; "
-                         f"choose a budget in (0, {experts}]")
-    return sparsity
-
-
 def run(args) -> int:
-    from ..errors import UsageError
-    from ..expand import ExpandCompressor, ExpandSettings
+    from ..expand import ExpandConfig, budget_sparsity
+    from ..methods import compress_and_save
     from ..prune import parse_sparsity
 
     common.require_positive(args.experts, "--experts")
@@ -56,10 +48,13 @@ def run(args) -> int:
         sparsity = parse_sparsity(budget_sparsity(args.memory_budget, args.experts))
     else:
         sparsity = parse_sparsity(args.sparsity)
-    settings = ExpandSettings(experts=args.experts, sparsity=sparsity, pca_dim=args.pca_dim, bits=args.bits,
-                              seed=args.seed, n_init=args.n_init, blend_below=args.blend_below)
-    fields = {"kind": "expanded", "method": "sparse_expansion", "experts": args.experts,
-              "sparsity": sparsity.to_json(), "memory_budget": args.memory_budget, "bits": args.bits,
-              "pca_dim": args.pca_dim, "n_init": args.n_init, "blend_below": args.blend_below}
-    return common.run_compression(args, lambda model: ExpandCompressor(settings), fields,
-                                  f"expanded ({args.experts} experts, {sparsity})")
+    config = ExpandConfig(experts=args.experts, sparsity=sparsity, pca_dim=args.pca_dim, bits=args.bits,
+                          seed=args.seed, n_init=args.n_init, blend_below=args.blend_below)
+    record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
+                               batch_size=args.batch_size, device=common.check_device(args.device),
+                               notes={"memory_budget": args.memory_budget})
+    if args.memory_budget is not None:
+        print(f"memory budget {args.memory_budget:g} -> each expert at sparsity {sparsity}")
+    print(f"expanded ({args.experts} experts, {sparsity}) {len(record['linears'])} linears in "
+          f"{record['seconds']['total']:.1f} s -> {args.out}")
+    return 0

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from ..errors import UsageError
 from . import common
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="generate text from a model or a saved folder")
+    p = subparsers.add_parser("generate", help="generate text from a model or a saved folder",
+                              epilog='example: sparse-expansion generate runs/se16 --prompt "To be, or not to be"')
     common.add_model_arg(p, "MODEL_OR_DIR")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate (default 40)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy; above 0 samples")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     common.add_device_arg(p)
     p.set_defaults(func=run)
 
@@ -19,7 +21,6 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from ..errors import UsageError
     from ..models import load_model
 
     common.require_positive(args.max_new_tokens, "--max-new-tokens")

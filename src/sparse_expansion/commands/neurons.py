@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="new folder for neurons.json, PNGs and report.md")
     p.add_argument("--layers", default="all", help="'all' (default) or a list like 0,5,10-12")
     p.add_argument("--tokens", type=int, default=4096, help="token positions kept per neuron (default 4096)")
-    p.add_argument("--windows", type=int, default=16, help="windows of --seqlen streamed from DATA (default 16)")
+    p.add_argument("--windows", type=int, default=16,
+                   help="windows of --seqlen streamed from DATA, spread over the text (default 16; 0 = all)")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--pairs", type=int, default=2000, help="random token pairs for mapping difficulty (default 2000)")
     p.add_argument("--top-fraction", type=float, default=0.03,
@@ -62,16 +63,13 @@ def _fractions(spec: str) -> list[float]:
 
 def _expanded_pair(name: str, model, tokenizer):
     """(dense source model, expanded model) when `name` is an expanded folder; (model, None) otherwise."""
-    from pathlib import Path
-
-    from ..io import read_json
+    from ..artifact import read_record
     from ..models import load_model
     from ..neurons.untangle import is_expanded
 
     if not any(is_expanded(m) for m in model.modules()):
         return model, None, None
-    record = read_json(Path(name) / "sparse_expansion.json")
-    source = record.get("source_model")
+    source = read_record(name).get("source_model")
     if not source:
         raise UsageError(f"{name}/sparse_expansion.json names no source_model; cannot find the dense weights")
     dense, _ = load_model(source)
@@ -79,14 +77,23 @@ def _expanded_pair(name: str, model, tokenizer):
 
 
 def run(args) -> int:
-    from ..data import calibration_windows, corpus_tokens, evaluation_windows
+    from ..data import (
+        calibration_windows,
+        check_corpus,
+        check_seqlen,
+        check_seqlen_value,
+        corpus_tokens,
+        evaluation_windows,
+    )
     from ..io import atomic_output_dir, check_output_dir
     from ..models import load_model
     from ..neurons.collect import neuron_projections, parse_layers
     from ..neurons.study import StudySettings, run_study
     from ..prune import parse_sparsity
 
-    for value, flag in ((args.tokens, "--tokens"), (args.windows, "--windows"), (args.pairs, "--pairs"),
+    if args.windows < 0:
+        raise UsageError(f"--windows must be 0 (all) or positive (got {args.windows})")
+    for value, flag in ((args.tokens, "--tokens"), (args.pairs, "--pairs"),
                         (args.batch_size, "--batch-size"), (args.random_seeds, "--random-seeds"),
                         (args.calib_windows, "--calib-windows"), (args.eval_windows, "--eval-windows")):
         common.require_positive(value, flag)
@@ -97,15 +104,19 @@ def run(args) -> int:
     fractions = _fractions(args.fractions) if args.ablate else []
     sparsity = parse_sparsity(args.ablate_sparsity) if args.ablate else None
     check_output_dir(args.out)
+    check_seqlen_value(args.seqlen)
+    for corpus in (args.data, *((args.calib, args.eval_data) if args.ablate else ())):
+        check_corpus(corpus)
 
     start = time.perf_counter()
     model, tokenizer = load_model(args.model)
     dense, expanded, source = _expanded_pair(args.model, model, tokenizer)
-    common.check_seqlen(dense, args.seqlen)
+    check_seqlen(dense, args.seqlen)
     from ..arch import decoder_layers
 
     layers = parse_layers(args.layers, len(decoder_layers(dense)))
-    windows = evaluation_windows(corpus_tokens(args.data, tokenizer), args.seqlen, args.windows, name=args.data)
+    windows = evaluation_windows(corpus_tokens(args.data, tokenizer), args.seqlen, args.windows or None,
+                                 name=args.data)
     if min(args.tokens, windows.numel()) < 4:
         raise UsageError("--tokens must be at least 4 (two pairs for mapping difficulty)")
     settings = StudySettings(model=args.model, data=args.data, windows=args.windows, seqlen=args.seqlen,

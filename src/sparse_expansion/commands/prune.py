@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from ..errors import UsageError
 from . import common
 
 
 def register(subparsers) -> None:
+    from ..methods import METHODS, PRUNING_METHODS
+
+    methods = "; ".join(f"{name}: {METHODS[name].summary}" for name in PRUNING_METHODS)
     p = subparsers.add_parser("prune", help="prune a model one-shot (magnitude, wanda, sparsegpt)",
                               description="Prune the MLP linears (or all linears) of a model, "
-                                          "layer by layer, and save it.")
+                                          "layer by layer, and save it as a Hugging Face folder.",
+                              epilog="example: sparse-expansion prune smollm2-135m --method sparsegpt "
+                                     "--sparsity 2:4 --out runs/sg24")
     common.add_model_arg(p)
-    p.add_argument("--method", choices=("magnitude", "wanda", "sparsegpt"), required=True)
+    p.add_argument("--method", choices=PRUNING_METHODS, required=True, help=methods)
     p.add_argument("--sparsity", required=True, help="fraction of zeros in [0, 1), or N:M like 2:4")
-    p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization (sparsegpt)")
+    p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization, 2-8 bits (sparsegpt)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     common.add_calibration_args(p)
     common.add_device_arg(p)
@@ -20,13 +26,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..errors import UsageError
-    from ..prune import PruneCompressor, parse_sparsity
+    from ..methods import compress_and_save, make_config
+    from ..prune import parse_sparsity
 
     sparsity = parse_sparsity(args.sparsity)
     if args.bits is not None and (args.method != "sparsegpt" or not 2 <= args.bits <= 8):
         raise UsageError("--bits needs --method sparsegpt and a value from 2 to 8")
-    fields = {"kind": "pruned", "method": args.method, "sparsity": sparsity.to_json(), "bits": args.bits}
-    return common.run_compression(
-        args, lambda model: PruneCompressor(args.method, sparsity, bits=args.bits), fields,
-        f"pruned ({args.method}, {sparsity})")
+    config = make_config(args.method, sparsity, bits=args.bits)
+    record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
+                               batch_size=args.batch_size, device=common.check_device(args.device))
+    print(f"pruned ({args.method}, {sparsity}) {len(record['linears'])} linears in "
+          f"{record['seconds']['total']:.1f} s -> {args.out}")
+    return 0

@@ -18,6 +18,7 @@ from torch import nn
 from .. import distributed
 from ..arch import linear_weight
 from ..engine import Groups, LayerCompressor
+from ..errors import UsageError
 from ..prune.sparsegpt import sparsegpt_solve
 from ..prune.sparsity import Sparsity, check_divisible
 from ..prune.stats import HessianStat
@@ -26,7 +27,9 @@ from .router import Router, default_pca_dim
 
 
 @dataclass(frozen=True)
-class ExpandSettings:
+class ExpandConfig:
+    """Sparse Expansion: `experts` SparseGPT experts per linear, each at `sparsity`, behind a router."""
+
     experts: int
     sparsity: Sparsity
     pca_dim: int | None = None  # default: in_features // 32, at least 8
@@ -36,6 +39,15 @@ class ExpandSettings:
     blend_below: float = 1.0  # clusters with fewer than this x in_features tokens get the full Hessian mixed in
     blocksize: int = 128
     percdamp: float = 0.01
+
+
+def budget_sparsity(budget: float, experts: int) -> float:
+    """Per-expert sparsity at which k experts together store `budget` x one dense layer's weights."""
+    sparsity = 1.0 - budget / experts
+    if not budget > 0 or not 0.0 <= sparsity < 1.0:
+        raise UsageError(f"--memory-budget {budget:g} with {experts} experts gives sparsity {sparsity:g}; "
+                         f"choose a budget in (0, {experts}]")
+    return sparsity
 
 
 def cluster_hessians(batches: list[torch.Tensor], labels: list[torch.Tensor], k: int) -> tuple[torch.Tensor, list[int]]:
@@ -71,10 +83,10 @@ def blend_small_clusters(hessians: torch.Tensor, counts: list[int], full: torch.
 class ExpandCompressor(LayerCompressor):
     """Replaces each target linear by a SparseExpertLinear (k SparseGPT experts + a router)."""
 
-    def __init__(self, settings: ExpandSettings) -> None:
-        if settings.experts < 1:
+    def __init__(self, config: ExpandConfig) -> None:
+        if config.experts < 1:
             raise ValueError("need at least one expert")
-        self.settings = settings
+        self.config = config
         self._records: dict[str, dict[str, Any]] = {}
         self.times = {"clustering": 0.0, "hessians": 0.0, "solves": 0.0}
 
@@ -82,7 +94,7 @@ class ExpandCompressor(LayerCompressor):
         self.index, self.layer, self.groups = index, layer, groups
         for group in groups:
             for name in group:
-                check_divisible(linear_weight(layer.get_submodule(name)).shape[1], self.settings.sparsity,
+                check_divisible(linear_weight(layer.get_submodule(name)).shape[1], self.config.sparsity,
                                 f"layer {index} {name}")
         self.inputs: dict[tuple[str, ...], list[torch.Tensor]] = {g: [] for g in groups}
 
@@ -90,7 +102,7 @@ class ExpandCompressor(LayerCompressor):
         self.inputs[group].append(inputs.float())
 
     def finish_layer(self) -> dict[str, nn.Module]:
-        s = self.settings
+        s = self.config
         out: dict[str, nn.Module] = {}
         for gi, group in enumerate(self.groups):
             batches = self.inputs.pop(group)
@@ -136,9 +148,11 @@ class ExpandCompressor(LayerCompressor):
                 out[name] = replacement
                 nnz = replacement.expert_nonzeros()
                 numel = weight.numel()
+                expert_sparsity = [1 - n / numel for n in nnz]
                 self._records[f"{self.index}.{name}"] = {
+                    "sparsity": sum(expert_sparsity) / len(expert_sparsity),
                     "cluster_tokens": counts, "blended_clusters": blended, "pca_dim": pca_dim,
-                    "expert_sparsity": [1 - n / numel for n in nnz],
+                    "expert_sparsity": expert_sparsity,
                     "router_flops_per_token": router.flops_per_token(),
                     "damping": damping,
                 }

@@ -1,7 +1,7 @@
 """SparseExpertLinear: a linear layer expanded into k sparse experts behind a router.
 
 Forward routes every token, groups tokens by expert, runs one matmul per expert and scatters
-the results back: the dense layer is never computed. Saved and restored through `saving.py`.
+the results back: the dense layer is never computed. Saved and restored by `artifact.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..saving import register_replacement
 from .router import Router
 
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -47,9 +46,10 @@ def unpack_sparse(values: torch.Tensor, packed: torch.Tensor, shape: torch.Size)
     return torch.from_numpy(dense).view(values.dtype).reshape(shape).to(values.device)
 
 
-@register_replacement
 class SparseExpertLinear(nn.Module):
     """k copies of a linear's weight, each pruned for one cluster of inputs, and the router."""
+
+    artifact_type = "sparse_expert_linear"  # its name in artifact.MODULE_TYPES
 
     def __init__(self, in_features: int, out_features: int, num_experts: int, pca_dim: int,
                  bias: bool = False) -> None:
@@ -74,7 +74,7 @@ class SparseExpertLinear(nn.Module):
                 module.bias.copy_(bias)
         return module.to(experts.device)
 
-    # --- saving.Replacement -------------------------------------------------------------------
+    # --- artifact: rebuilt from its spec when loading ----------------------------------------------
     def spec(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "num_experts": self.num_experts, "pca_dim": self.pca_dim, "bias": self.bias is not None}

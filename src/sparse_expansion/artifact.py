@@ -1,0 +1,266 @@
+"""The one artifact format: how every model this library makes is saved, and the one loader.
+
+A saved model is a folder with `model.safetensors` (tensors only, never pickles) and
+`sparse_expansion.json`, the manifest:
+
+    {"format_version": 2,
+     "kind": "causal_lm" | "sgatlin_lm" | "fpe_mlp",   # what to rebuild (KINDS)
+     "spec": {...},       # the constructor arguments of that kind
+     "modules": {...},    # causal_lm only: replaced modules, dotted name -> {"type", ...spec}
+     "record": {...}}     # how it was made: method, settings, calibration, measurements
+
+- `causal_lm` is a Hugging Face model; its `config.json` and tokenizer sit beside the manifest. A
+  pruned model is therefore a plain Hugging Face folder. A model with replaced modules (Sparse
+  Expansion) gets `model_type: "sparse_expansion"` in config.json (the real one moves to
+  `base_model_type`), so plain transformers refuses it loudly instead of loading its replaced
+  linears with random weights.
+- The other kinds are our own `nn.Module`s that know their `spec()` and `from_spec(spec)`.
+
+Both registries below map a stable name to an import path, resolved only when loading: no
+module imports this one to register itself, and renaming a class does not orphan saved folders.
+Loading rebuilds empty modules from specs and then loads the weights strictly, so nothing is
+silently dropped or left random; a corrupt or mismatched folder is a one-line UsageError.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+from .io import read_json, write_json
+
+MANIFEST_FILE = "sparse_expansion.json"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 2
+CAUSAL_LM = "causal_lm"
+GUARD_MODEL_TYPE = "sparse_expansion"
+
+#: kind -> "module:Class" of an nn.Module with `spec()` and classmethod `from_spec(spec)`.
+KINDS: dict[str, str] = {
+    "sgatlin_lm": "sparse_expansion.sgatlin.transformer:Transformer",
+    "fpe_mlp": "sparse_expansion.fpe.mlp:MaskedMLP",
+}
+
+#: stable type name -> "module:Class" of a module that replaces a linear inside a causal_lm.
+MODULE_TYPES: dict[str, str] = {
+    "sparse_expert_linear": "sparse_expansion.expand.module:SparseExpertLinear",
+}
+
+# Format 1 named module types by class name.
+_V1_MODULE_TYPES = {"SparseExpertLinear": "sparse_expert_linear"}
+
+
+def _resolve(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _registered_name(obj: object, table: dict[str, str], attribute: str) -> str | None:
+    """The registry name a class declares (class attribute), checked against the registry."""
+    name = getattr(type(obj), attribute, None)
+    if name is None:
+        return None
+    cls = type(obj)
+    if table.get(name) != f"{cls.__module__}:{cls.__qualname__}":
+        raise ValueError(f"{cls.__qualname__} declares {attribute}={name!r}, which the registry in "
+                         f"artifact.py does not map to it; add it there")
+    return name
+
+
+def replaced_modules(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Every registered replacement module inside `model`: dotted name -> {"type", ...spec}."""
+    out = {}
+    for name, module in model.named_modules():
+        kind = _registered_name(module, MODULE_TYPES, "artifact_type")
+        if kind is not None:
+            out[name] = {"type": kind, **module.spec()}
+    return out
+
+
+# --------------------------------------------------------------------------------------- saving
+
+
+def save_artifact(folder: str | Path, model: nn.Module, *, tokenizer: Any = None,
+                  record: dict[str, Any] | None = None) -> None:
+    """Write `model` (any registered kind) into `folder`, normally a temporary folder that the
+    caller renames when complete (io.atomic_output_dir)."""
+    from safetensors.torch import save_model as save_safetensors
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    modules: dict[str, dict[str, Any]] = {}
+    if _is_hugging_face(model):
+        kind, spec = CAUSAL_LM, {}
+        modules = replaced_modules(model)
+        if modules:
+            _write_guarded_config(model, folder)
+            save_safetensors(model, str(folder / WEIGHTS_FILE))
+        else:
+            model.save_pretrained(folder, safe_serialization=True)
+    else:
+        kind = _registered_name(model, KINDS, "artifact_kind")
+        if kind is None:
+            raise ValueError(f"{type(model).__qualname__} is not a registered artifact kind")
+        spec = model.spec()
+        save_safetensors(model, str(folder / WEIGHTS_FILE))
+    _save_tokenizer(tokenizer, folder)
+    manifest = {"format_version": FORMAT_VERSION, "kind": kind, "spec": spec, "modules": modules,
+                "record": record or {}}
+    write_json(folder / MANIFEST_FILE, manifest)
+
+
+def _is_hugging_face(model: nn.Module) -> bool:
+    return hasattr(model, "config") and hasattr(model, "save_pretrained")
+
+
+def _write_guarded_config(model: nn.Module, folder: Path) -> None:
+    config = model.config.to_dict()
+    config["base_model_type"] = config["model_type"]
+    config["model_type"] = GUARD_MODEL_TYPE
+    config["architectures"] = ["SparseExpansionForCausalLM"]
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(folder)
+
+
+def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    if tokenizer is None:
+        return
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(folder)
+    else:  # a bare `tokenizers.Tokenizer`
+        tokenizer.save(str(folder / "tokenizer.json"))
+
+
+# -------------------------------------------------------------------------------------- loading
+
+
+def is_artifact(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a saved folder, in the current format (format 1 is converted)."""
+    manifest = read_json(Path(path) / MANIFEST_FILE)
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version == 1:
+        return _from_format_1(manifest)
+    if version != FORMAT_VERSION or not isinstance(manifest.get("kind"), str):
+        raise UsageError(f"{path}/{MANIFEST_FILE} has format_version {version!r}, this library reads "
+                         f"{FORMAT_VERSION}; re-create the folder with this version")
+    return manifest
+
+
+def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    record = {k: v for k, v in old.items() if k not in ("format_version", "replaced_modules")}
+    modules = {name: {**spec, "type": _V1_MODULE_TYPES.get(spec.get("type"), spec.get("type"))}
+               for name, spec in (old.get("replaced_modules") or {}).items()}
+    return {"format_version": FORMAT_VERSION, "kind": CAUSAL_LM, "spec": {}, "modules": modules,
+            "record": record}
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """How a saved model was made (method, settings, calibration, measurements)."""
+    return read_manifest(path)["record"]
+
+
+def load_artifact(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
+    """(model in eval mode, tokenizer or None), exactly as `save_artifact` wrote it."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UsageError(f"{weights} is missing; the folder is incomplete, re-create it")
+    try:
+        if manifest["kind"] == CAUSAL_LM:
+            model, tokenizer = _load_causal_lm(path, manifest["modules"], dtype)
+        else:
+            model, tokenizer = _load_own_kind(path, manifest, dtype)
+    except UsageError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:
+        raise corrupt_folder_error(path, exc) from None
+    check_finite(model, str(path))
+    return model.eval(), tokenizer
+
+
+def corrupt_folder_error(path: str | Path, exc: BaseException, fix: str = "re-create it") -> UsageError:
+    """One line naming the first line of what failed and what to do."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else type(exc).__name__
+    return UsageError(f"cannot load {path}: {first}; the folder is corrupt or does not match its "
+                      f"config, {fix}")
+
+
+def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch.dtype
+                    ) -> tuple[nn.Module, Any]:
+    from safetensors.torch import load_model as load_safetensors
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = hugging_face_config(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not modules:
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+        return model, tokenizer
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for name, spec in modules.items():
+        target = MODULE_TYPES.get(spec.get("type"))
+        if target is None:
+            raise UsageError(f"{path}: module {name} has unknown type {spec.get('type')!r}; "
+                             "was it written by a newer sparse-expansion?")
+        model.set_submodule(name, _resolve(target).from_spec(spec).to(dtype))
+    load_safetensors(model, str(path / WEIGHTS_FILE), strict=True)
+    return model, tokenizer
+
+
+def hugging_face_config(path: str | Path) -> Any:
+    """The model's transformers config, undoing the guard a folder with replaced modules carries."""
+    from transformers import AutoConfig
+
+    raw = read_json(Path(path) / CONFIG_FILE)
+    if raw.get("model_type") != GUARD_MODEL_TYPE:
+        return AutoConfig.from_pretrained(path)
+    base = raw.pop("base_model_type", None)
+    raw.pop("model_type")
+    raw.pop("architectures", None)
+    raw.pop("auto_map", None)
+    if not isinstance(base, str):
+        raise UsageError(f"{path}/{CONFIG_FILE} has no base_model_type; re-create the folder")
+    return AutoConfig.for_model(base, **raw)
+
+
+def _load_own_kind(path: Path, manifest: dict[str, Any], dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    from safetensors.torch import load_model as load_safetensors
+
+    target = KINDS.get(manifest["kind"])
+    if target is None:
+        raise UsageError(f"{path}: unknown kind {manifest['kind']!r}; was it written by a newer "
+                         "sparse-expansion?")
+    model = _resolve(target).from_spec(manifest["spec"]).to(dtype)
+    load_safetensors(model, str(path / WEIGHTS_FILE), strict=True)
+    tokenizer = None
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    return model, tokenizer
+
+
+def check_finite(model: nn.Module, where: str) -> None:
+    """Refuse weights holding NaN or Inf: every number computed from them would be meaningless."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UsageError(f"{where}: tensor {name} holds NaN or Inf values; the weights are broken, "
+                             "re-create or re-download the model")
+

@@ -1,0 +1,183 @@
+"""The registry of compression methods, and `compress(model, windows, config)`: the library call
+behind `prune`, `expand` and the demo (torchao's `sparsify_(model, Config())`, with a record).
+
+A method is a config dataclass (what the user chooses) plus the engine compressor that carries
+it out. The CLI's choices, the demo's rows and the reports all read METHODS, so adding a method
+is its config and compressor in its own module plus one row here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .data import CalibrationSpec
+    from .engine import LayerCompressor
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registry row. Config and compressor are import paths ("module:Name"), resolved on use,
+    so reading the registry (the CLI's --help) does not import torch."""
+
+    name: str
+    config_path: str
+    compressor_path: str
+    kind: str  # what the result is called in its record: "pruned" or "expanded"
+    summary: str  # one line for --help and reports
+
+    @property
+    def config(self) -> type:
+        return _resolve(self.config_path)
+
+    def compressor(self, config: Any) -> LayerCompressor:
+        return _resolve(self.compressor_path)(config)
+
+
+def _resolve(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+_PRUNE = "sparse_expansion.prune.compressors"
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("magnitude", f"{_PRUNE}:MagnitudeConfig", f"{_PRUNE}:PruneCompressor", "pruned",
+           "drop the smallest |w| of each matrix; needs no data"),
+    Method("wanda", f"{_PRUNE}:WandaConfig", f"{_PRUNE}:PruneCompressor", "pruned",
+           "drop the smallest |w| x input norm within each row (Sun et al. 2023)"),
+    Method("sparsegpt", f"{_PRUNE}:SparseGPTConfig", f"{_PRUNE}:PruneCompressor", "pruned",
+           "prune column by column, updating the rest to compensate (Frantar & Alistarh 2023)"),
+    Method("sparse_expansion", "sparse_expansion.expand.compressor:ExpandConfig",
+           "sparse_expansion.expand.compressor:ExpandCompressor", "expanded",
+           "k SparseGPT experts per linear, one per input cluster, behind a router (Kong et al. 2024)"),
+)}
+
+PRUNING_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.kind == "pruned")
+
+
+def method_of(config: Any) -> Method:
+    for method in METHODS.values():
+        if type(config) is method.config:
+            return method
+    raise TypeError(f"{type(config).__name__} is not the config of a registered method")
+
+
+def make_config(name: str, sparsity: Any, **options: Any) -> Any:
+    """The config of method `name` from the options it accepts (others are an error)."""
+    if name not in METHODS:
+        raise UsageError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
+    config_type = METHODS[name].config
+    known = {f.name for f in dataclasses.fields(config_type)}
+    given = {k: v for k, v in options.items() if v is not None}
+    extra = sorted(set(given) - known)
+    if extra:
+        raise UsageError(f"method {name} takes no option {', '.join(extra)}")
+    return config_type(sparsity=sparsity, **given)
+
+
+def config_json(config: Any) -> dict[str, Any]:
+    """The config's fields as JSON values (a Sparsity as 0.5 or "2:4")."""
+    return {f.name: (v.to_json() if hasattr(v := getattr(config, f.name), "to_json") else v)
+            for f in dataclasses.fields(config)}
+
+
+def needs_calibration(config: Any) -> bool:
+    """False for data-free methods (magnitude): they must not read, or fail on, a corpus."""
+    return getattr(config, "needs_calibration", True)
+
+
+def check_calibration_size(config: Any, tokens: int) -> None:
+    """Refuse, before any work, a calibration set too small for the method (k-means needs at
+    least one token per expert)."""
+    experts = getattr(config, "experts", 1)
+    if experts > tokens:
+        raise UsageError(f"{experts} experts need at least {experts} calibration tokens per layer, "
+                         f"the calibration set has {tokens}; lower --experts or raise --calib-windows")
+
+
+def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, targets: str = "mlp",
+             batch_size: int = 8, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Compress `model` in place, layer by layer, with the method `config` belongs to.
+
+    Returns the run record: method, settings, achieved sparsity (mean and per linear), per-linear
+    facts, FLOPs per token and non-zeros afterwards, and where the time went.
+    """
+    from .engine import calibrate
+    from .evaluate import model_costs
+
+    method = method_of(config)
+    compressor = method.compressor(config)
+    if needs_calibration(config):
+        if windows is None:
+            raise ValueError(f"{method.name} needs calibration windows")
+        check_calibration_size(config, windows.numel())
+    start = time.perf_counter()
+    times = calibrate(model, windows if needs_calibration(config) else None, compressor, targets=targets,
+                      batch_size=batch_size, device=device, progress=progress)
+    elapsed = time.perf_counter() - start
+    linears = compressor.record()
+    achieved = [r["sparsity"] for r in linears.values()]
+    return {
+        "kind": method.kind,
+        "method": method.name,
+        **config_json(config),
+        "targets": targets,
+        "mean_sparsity": sum(achieved) / len(achieved) if achieved else None,
+        "linears": linears,
+        "costs": model_costs(model),
+        "seconds": {"total": elapsed, "capture": times.capture, "forward": times.forward,
+                    "compress": times.compress, **getattr(compressor, "times", {})},
+    }
+
+
+def compress_and_save(source: str, config: Any, out: str, calibration: CalibrationSpec, *,
+                      targets: str = "mlp", batch_size: int = 8, device: str = "cpu",
+                      progress: bool = True, notes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load `source`, compress it, save it to `out` atomically; returns the saved record (with
+    `notes`, e.g. how the user phrased a setting, added to it).
+
+    Everything that can be refused is refused before the model loads: an unwritable or non-empty
+    `out`, bad calibration sizes. Under torchrun every rank runs the same deterministic calibration
+    and shares the expert solves; rank 0 writes the folder.
+    """
+    from . import distributed
+    from .artifact import save_artifact
+    from .io import atomic_output_dir, check_output_dir
+    from .models import load_model
+
+    check_output_dir(out)
+    if needs_calibration(config):
+        calibration.check()
+        check_calibration_size(config, calibration.windows * calibration.seqlen)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    distributed.init_from_env(device)
+    model, tokenizer = load_model(source)
+    needs_data = needs_calibration(config)
+    windows = calibration.sample(tokenizer, model) if needs_data else None
+    record = compress(model, windows, config, targets=targets, batch_size=batch_size, device=device,
+                      progress=progress and distributed.is_main())
+    record.update(source_model=source, calibration=calibration.to_json() if needs_data else None,
+                  machine={**machine_record(), "ranks": distributed.rank_and_size()[1]}, **(notes or {}))
+    if distributed.is_main():
+        with atomic_output_dir(out) as tmp:
+            save_artifact(tmp, model, tokenizer=tokenizer, record=record)
+    return record
+
+
+def machine_record() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
