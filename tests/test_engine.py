@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FAMILIES, tiny_model, tiny_tokenizer
+from conftest import FAMILIES, tiny_model
 
 from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight, target_names
 from sparse_expansion.engine import LayerCompressor, calibrate
@@ -117,6 +117,38 @@ def test_unsupported_model_names_what_it_found():
         calibrate(model, windows(vocab=64), RecordingIdentity(), progress=False)
 
 
-def test_tiny_tokenizer_roundtrip():
-    tok = tiny_tokenizer()
-    assert tok.decode(tok("To be")["input_ids"]) == "To be"
+class ZeroOneRow(LayerCompressor):
+    """Zeroes row 0 of every target linear; records which layers it saw and in what order."""
+
+    needs_calibration = False
+
+    def __init__(self):
+        self.order = []
+
+    def start_layer(self, index, layer, groups):
+        self.index, self.layer, self.groups = index, layer, groups
+        self.order.append(index)
+
+    def observe(self, group, inputs):
+        raise AssertionError("a data-free compressor must not be shown inputs")
+
+    def finish_layer(self):
+        out = {}
+        for group in self.groups:
+            for name in group:
+                w = linear_weight(self.layer.get_submodule(name)).detach().clone()
+                w[0] = 0
+                out[name] = w
+        return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_data_free_compressor_runs_no_forward_and_writes_weights_in_place(family):
+    model = tiny_model(family)
+    comp = ZeroOneRow()
+    calibrate(model, None, comp, progress=False)
+    assert comp.order == list(range(len(decoder_layers(model))))
+    for layer in decoder_layers(model):
+        for name in architecture_of(model).mlp:
+            w = linear_weight(layer.get_submodule(name))
+            assert (w[0] == 0).all() and (w[1:] != 0).all(), name

@@ -184,9 +184,28 @@ def test_expand_cli_roundtrip(tmp_path, tiny_model_dir, text_file, capsys):
     capsys.readouterr()
     assert main(["eval", str(out), "--data", str(text_file), "--windows", "2", "--seqlen", "32", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["perplexity"] > 1 and result["flops_per_token"] > 0
+
+    # The same numbers from the library on the loaded folder: the CLI measured the saved model.
+    from sparse_expansion.data import corpus_tokens, evaluation_windows
+    from sparse_expansion.evaluate import perplexity
+    from sparse_expansion.models import load_model
+
+    model, tok = load_model(str(out))
+    batch = evaluation_windows(corpus_tokens(str(text_file), tok), 32, 2)
+    assert result["perplexity"] == pytest.approx(perplexity(model, batch, progress=False)["perplexity"], rel=1e-6)
+    # FLOPs: dense attention + head, and per MLP linear one expert at 50% (budget 2 over 4) plus its router.
+    dense, _ = load_model(str(tiny_model_dir))
+    mlp_numel = sum(linear_weight(layer.get_submodule(n)).numel() for layer in decoder_layers(dense)
+                    for n in architecture_of(dense).mlp)
+    routers = sum(m.router.flops_per_token() for m in model.modules() if isinstance(m, SparseExpertLinear))
+    dense_flops = 2 * sum(linear_weight(m).numel() for m in dense.modules() if isinstance(m, torch.nn.Linear))
+    assert result["flops_per_token"] == dense_flops - mlp_numel + routers
+
     assert main(["generate", str(out), "--prompt", "To be", "--max-new-tokens", "4"]) == 0
-    assert capsys.readouterr().out.startswith("To be")
+    ids = tok("To be", return_tensors="pt").input_ids
+    greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                            pad_token_id=tok.eos_token_id)
+    assert capsys.readouterr().out.strip() == "To be" + tok.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def test_expand_cli_bad_budget(tmp_path, tiny_model_dir, capsys):

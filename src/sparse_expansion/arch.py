@@ -26,13 +26,12 @@ class Architecture:
     attention_input_groups: tuple[tuple[str, ...], ...]
     # The MLP input projections whose rows are "neurons" (pre-activation outputs).
     neuron_projections: tuple[str, ...]
-    glu: bool
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         family="llama",
-        model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "olmo2"),
+        model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2"),
         layers="model.layers",
         mlp=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
         attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
@@ -40,7 +39,19 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         attention_input_groups=(
             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",)),
         neuron_projections=("mlp.gate_proj", "mlp.up_proj"),
-        glu=True,
+    ),
+    # Phi-3 fuses its projections: gate_up_proj is one linear holding gate (first half of the rows)
+    # and up (second half), qkv_proj one holding q, k and v. A fused linear is compressed as the
+    # one matrix it is (for Sparse Expansion: one router serves gate and up, as for Llama).
+    Architecture(
+        family="phi3",
+        model_types=("phi3",),
+        layers="model.layers",
+        mlp=("mlp.gate_up_proj", "mlp.down_proj"),
+        attention=("self_attn.qkv_proj", "self_attn.o_proj"),
+        mlp_input_groups=(("mlp.gate_up_proj",), ("mlp.down_proj",)),
+        attention_input_groups=(("self_attn.qkv_proj",), ("self_attn.o_proj",)),
+        neuron_projections=("mlp.gate_up_proj",),
     ),
     Architecture(
         family="gpt_neox",
@@ -51,7 +62,6 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         mlp_input_groups=(("mlp.dense_h_to_4h",), ("mlp.dense_4h_to_h",)),
         attention_input_groups=(("attention.query_key_value",), ("attention.dense",)),
         neuron_projections=("mlp.dense_h_to_4h",),
-        glu=False,
     ),
     Architecture(
         family="opt",
@@ -63,7 +73,6 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         attention_input_groups=(
             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",)),
         neuron_projections=("fc1",),
-        glu=False,
     ),
     Architecture(
         family="gpt2",
@@ -74,7 +83,6 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         mlp_input_groups=(("mlp.c_fc",), ("mlp.c_proj",)),
         attention_input_groups=(("attn.c_attn",), ("attn.c_proj",)),
         neuron_projections=("mlp.c_fc",),
-        glu=False,
     ),
 )
 

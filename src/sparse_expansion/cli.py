@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparse-expansion",
         description="Widen neural networks sparsely to untangle their neurons, and measure it.",
+        epilog="example: sparse-expansion expand smollm2-135m --experts 4 --sparsity 0.5 --out runs/se4 && "
+               "sparse-expansion eval runs/se4 --json   (COMMAND --help for each command's flags)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:

@@ -17,6 +17,7 @@ import torch
 
 from . import corpora
 from .errors import UsageError
+from .io import cache_dir
 
 NAMED = ("shakespeare:train", "shakespeare:test", "shakespeare:all", "kjv")
 
@@ -105,8 +106,6 @@ def _token_key(docs: dict[str, str], tokenizer) -> str:
 
 
 def _token_cache_dir() -> Path:
-    from .models import cache_dir
-
     return cache_dir() / "tokens"
 
 

@@ -17,7 +17,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,7 +57,6 @@ class EngineTimes:
     capture: float = 0.0
     forward: float = 0.0
     compress: float = 0.0
-    layers: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -69,8 +68,12 @@ class LayerInputs:
     kwargs: list[dict[str, Any]]
 
 
-class _StopForward(Exception):
-    pass
+class StopForward(Exception):
+    """Raised by a hook where the rest of the model need not run (the inputs of interest are seen)."""
+
+    @staticmethod
+    def hook(*_args) -> None:
+        raise StopForward
 
 
 def _move_except_layers(model: nn.Module, layers: nn.ModuleList, device: str) -> None:
@@ -90,14 +93,6 @@ def _move_except_layers(model: nn.Module, layers: nn.ModuleList, device: str) ->
     visit(model)
 
 
-def _to(value: Any, device: str) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
-    return value
-
-
 @torch.no_grad()
 def capture_layer_inputs(model: nn.Module, windows: torch.Tensor, batch_size: int,
                          device: str = "cpu") -> LayerInputs:
@@ -111,12 +106,12 @@ def capture_layer_inputs(model: nn.Module, windows: torch.Tensor, batch_size: in
         states = args[0] if args else kw.pop("hidden_states")
         hidden.append(states.detach())
         kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
-        raise _StopForward
+        raise StopForward
 
     handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         for start in range(0, windows.shape[0], batch_size):
-            with contextlib.suppress(_StopForward):
+            with contextlib.suppress(StopForward):
                 model(windows[start : start + batch_size].to(device), use_cache=False)
     finally:
         handle.remove()
@@ -185,7 +180,6 @@ def calibrate(
 
     bar = tqdm(range(len(layers)), desc="layers", unit="layer", disable=not progress)
     for index in bar:
-        t_layer = time.perf_counter()
         layer = layers[index].to(device)
         compressor.start_layer(index, layer, groups)
         if inputs is not None:
@@ -205,5 +199,4 @@ def calibrate(
             times.forward += time.perf_counter() - t0
         if device != "cpu":
             layer.to("cpu")
-        times.layers.append(time.perf_counter() - t_layer)
     return times

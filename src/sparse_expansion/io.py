@@ -1,4 +1,10 @@
-"""Atomic output folders and small JSON helpers shared by every command that writes results."""
+"""Where files go: atomic output folders, the cache folder, and small JSON helpers.
+
+Every command that writes results writes them into a temporary sibling of `--out`, named
+`.<out>.tmp-<pid>-<random>`, renamed to `--out` only when complete. A run killed outright (SIGKILL,
+power loss) cannot clean up after itself; the next run aimed at the same folder removes what dead
+processes left and says so.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +21,54 @@ from typing import Any
 from .errors import UsageError
 
 
+def cache_dir() -> Path:
+    """Where converted models, tokenised corpora and embeddings are kept (`$SPARSE_EXPANSION_CACHE`,
+    default ~/.cache/sparse_expansion)."""
+    root = os.environ.get("SPARSE_EXPANSION_CACHE") or Path.home() / ".cache" / "sparse_expansion"
+    return Path(root)
+
+
 def check_output_dir(out: str | os.PathLike) -> Path:
-    """Refuse an --out that exists and holds anything: we never mix new results with old ones."""
+    """Refuse, before any work, an --out that holds anything (we never mix new results with old
+    ones) or that cannot be created and renamed into place."""
     path = Path(out)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise UsageError(f"--out {path} already exists and is not empty; choose a new folder or remove it")
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path} cannot be written: {ancestor} is not a writable folder; "
+                         "choose another place")
     return path
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary folders that killed runs aimed at `path` left behind; returns them."""
+    removed = []
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        return removed
+    for candidate in parent.glob(_tmp_prefix(path) + "*"):
+        pid = candidate.name[len(_tmp_prefix(path)):].split("-", 1)[0]
+        if candidate.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 @contextlib.contextmanager
@@ -30,7 +79,9 @@ def atomic_output_dir(out: str | os.PathLike) -> Iterator[Path]:
     """
     path = check_output_dir(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    for stale in remove_stale_temporaries(path):
+        print(f"removed {stale}, left by a run that was killed", file=sys.stderr)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
         _default_permissions(tmp)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError
+from .io import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 SHIPPED = {
@@ -33,12 +34,6 @@ def quiet_hugging_face() -> None:
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
-
-
-def cache_dir() -> Path:
-    """Where converted models and tokenised corpora are kept (`$SPARSE_EXPANSION_CACHE`)."""
-    root = os.environ.get("SPARSE_EXPANSION_CACHE") or Path.home() / ".cache" / "sparse_expansion"
-    return Path(root)
 
 
 def _shipped_gguf(name: str) -> Path:

@@ -1,7 +1,8 @@
 """Run loops of many small tensor ops on one thread.
 
-On this 2-core CPU, thread hand-offs cost more than they save for small ops: measured 3-10x
-slower SparseGPT column loops and k-means with 2 threads. Big matmuls and eigensolvers still gain.
+For loops of small ops, thread hand-offs cost more than they save: SparseGPT's column loop and
+k-means are faster on one thread (`benchmarks/design_choices.py`, keys solve_threads and
+kmeans_threads). Big matmuls and eigensolvers still gain from threads.
 """
 
 from __future__ import annotations

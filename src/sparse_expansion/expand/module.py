@@ -26,8 +26,8 @@ def pack_sparse(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(non-zero values in row-major order, bitmask packed 8 per byte, most significant bit first):
     k sparse experts stored in ~(1 - s) x 4 + 1/8 bytes per weight instead of 4.
 
-    Done in numpy (np.compress, packbits): about 3x faster than torch's boolean indexing
-    (benchmarks/expansion_parts.py)."""
+    Done in numpy (np.compress, packbits), faster than torch's boolean indexing
+    (benchmarks/design_choices.py, key pack_numpy)."""
     mask = (dense != 0).cpu().flatten().numpy()
     values = torch.from_numpy(np.compress(mask, _raw(dense))).view(dense.dtype)
     return values.to(dense.device), torch.from_numpy(np.packbits(mask)).to(dense.device)

@@ -109,7 +109,8 @@ def choose(stats: dict[int, dict[str, ProjectionStats]], rule: str, fraction: fl
 def dense_hessians(model: nn.Module, windows: torch.Tensor, layers: list[int], *, batch_size: int = 4,
                    progress: bool = True) -> dict[int, torch.Tensor]:
     """H = 2/n sum x x^T of each layer's neuron-projection input, from one pass of the unpruned model."""
-    from .collect import StopForward, neuron_projections
+    from ..engine import StopForward
+    from .collect import neuron_projections
 
     blocks = decoder_layers(model)
     first = neuron_projections(model)[0]

@@ -18,15 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..arch import architecture_of, decoder_layers, linear_weight
+from ..engine import StopForward
 from ..errors import UsageError
-
-
-class StopForward(Exception):
-    """Raised by a hook on the last layer of interest: the rest of the model need not run."""
-
-    @staticmethod
-    def hook(*_args) -> None:
-        raise StopForward
 
 
 def neuron_projections(model: nn.Module) -> tuple[str, ...]:

@@ -42,7 +42,7 @@ def parse_sparsity(text: str | float) -> Sparsity:
             n, m = (int(p) for p in parts)
         except ValueError:
             raise UsageError(f"malformed N:M sparsity '{raw}'; write two integers like 2:4") from None
-        if len(parts) != 2 or not 0 < n < m:
+        if not 0 < n < m:
             raise UsageError(f"malformed N:M sparsity '{raw}'; need 0 < N < M, e.g. 2:4")
         return Sparsity(n=n, m=m)
     try:
@@ -77,7 +77,8 @@ def mask_lowest(scores: torch.Tensor, sparsity: Sparsity, per_row: bool) -> torc
     count = int(flat.shape[-1] * sparsity.fraction)
     if count == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    # kthvalue is ~3x faster than a topk this large; ties at the threshold go by position.
+    # One kthvalue gives the threshold (no slower than a bare topk this large: benchmarks/
+    # design_choices.py, mask_kthvalue); ties at the threshold go by position.
     kth = flat.kthvalue(count, dim=-1, keepdim=True).values
     mask = flat < kth
     ties = flat == kth

@@ -1,0 +1,215 @@
+"""Bad input, tried as a new user would: one stderr line, exit code 2, no traceback, nothing written,
+and refused before any slow work. One table per kind of mistake."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from sparse_expansion.cli import build_parser, main
+
+
+def run(args, capsys):
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_refused(code, err, message, out_dir=None):
+    assert code == 2, err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    if out_dir is not None:
+        assert not out_dir.exists()
+        assert not list(out_dir.parent.glob(f".{out_dir.name}.tmp-*"))
+
+
+@pytest.fixture
+def binary_file(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(range(256)) * 8)
+    return path
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Checks that must come first: loading a model (slow on a real one) fails the test."""
+    import sparse_expansion.models as models
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(models, "load_model", forbidden)
+
+
+# ---------------------------------------------------------------- refused before the model loads
+
+EARLY = [
+    (["prune", "--method", "sparsegpt", "--sparsity", "0.5", "--seqlen", "1"], "--seqlen 1 is too short"),
+    (["prune", "--method", "sparsegpt", "--sparsity", "0.5", "--calib", "BINARY"], "not UTF-8 text"),
+    (["prune", "--method", "sparsegpt", "--sparsity", "0.5", "--calib", "nope.txt"], "neither a known name"),
+    (["prune", "--method", "sparsegpt", "--sparsity", "0.5", "--calib-windows", "0"], "--calib-windows must be"),
+    (["prune", "--method", "sparsegpt", "--sparsity", "0.5", "--batch-size", "0"], "--batch-size must be"),
+    (["prune", "--method", "sparsegpt", "--sparsity", "0.5", "--out", "FILE/sub"], "cannot be written"),
+    (["expand", "--experts", "64", "--sparsity", "0.5", "--calib-windows", "2", "--seqlen", "16"],
+     "64 experts need at least 64 calibration tokens"),
+    (["expand", "--experts", "4", "--memory-budget", "5"], "--memory-budget 5 with 4 experts"),
+    (["eval", "--data", "BINARY"], "not UTF-8 text"),
+    (["eval", "--seqlen", "1"], "--seqlen 1 is too short"),
+    (["eval", "--windows", "-1"], "--windows must be 0 (all) or positive"),
+    (["demo", "--methods", "magnitude,obs"], "unknown method(s) obs"),
+    (["demo", "--experts", "-1"], "--experts must be 0"),
+    (["generate", "--prompt", "  "], "--prompt is empty"),
+    (["generate", "--prompt", "x", "--temperature", "-1"], "--temperature must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("args,message", EARLY, ids=[" ".join(a[:3]) for a, _ in EARLY])
+def test_refused_before_loading_the_model(tmp_path, text_file, binary_file, no_model_load, capsys, args, message):
+    (tmp_path / "FILE").write_text("x")
+    replace = {"BINARY": str(binary_file), "nope.txt": str(tmp_path / "nope.txt"),
+               "FILE/sub": str(tmp_path / "FILE" / "sub")}
+    args = [replace.get(a, a) for a in args]
+    if args[0] in ("prune", "expand") and "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    if args[0] in ("prune", "expand") and "--calib" not in args:
+        args += ["--calib", str(text_file)]
+    code, _, err = run([args[0], "some-model", *args[1:]], capsys)
+    assert_refused(code, err, message, tmp_path / "out")
+
+
+# ---------------------------------------------------------------- broken models and folders
+
+
+def corrupt_weights(folder):
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+
+
+def test_corrupt_hugging_face_folder(tiny_model_dir, capsys):
+    corrupt_weights(tiny_model_dir)
+    code, _, err = run(["eval", tiny_model_dir], capsys)
+    assert_refused(code, err, "is corrupt")
+
+
+def test_corrupt_cached_shipped_model_says_how_to_rebuild(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import shutil
+
+    cached = tmp_path / "cache" / "models" / "smollm2-135m"
+    shutil.copytree(tiny_model_dir, cached)
+    corrupt_weights(cached)
+    monkeypatch.setenv("SPARSE_EXPANSION_CACHE", str(tmp_path / "cache"))
+    code, _, err = run(["eval", "smollm2-135m"], capsys)
+    assert_refused(code, err, f"delete {cached} and run again")
+
+
+def test_nan_weights_are_refused(tmp_path, tokenizer, capsys):
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "nan")
+    code, _, err = run(["eval", tmp_path / "nan"], capsys)
+    assert_refused(code, err, "model.layers.1.mlp.down_proj.weight holds NaN or Inf")
+
+
+def test_expanded_folder_refuses_plain_transformers(tmp_path, tiny_model_dir, text_file, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "se"
+    code, _, err = run(["expand", tiny_model_dir, "--experts", "2", "--sparsity", "0.5", "--out", out,
+                        "--calib", text_file, "--calib-windows", "2", "--seqlen", "16"], capsys)
+    assert code == 0, err
+    with pytest.raises(ValueError, match="sparse_expansion"):
+        AutoModelForCausalLM.from_pretrained(out)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_eval_json_is_exactly_one_stdout_line(tiny_model_dir, text_file, capsys):
+    code, out, err = run(["eval", tiny_model_dir, "--data", text_file, "--windows", "0", "--seqlen", "32",
+                          "--json"], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert "perplexity" in err  # the human summary went to stderr
+    from sparse_expansion.data import corpus_tokens
+    from sparse_expansion.models import load_model
+
+    _, tokenizer = load_model(str(tiny_model_dir))
+    assert result["windows"] == corpus_tokens(str(text_file), tokenizer).numel() // 32  # 0 = all windows
+
+
+def test_stale_temporary_folder_of_a_killed_run_is_removed(tmp_path, tiny_model_dir, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".out.tmp-{dead}-abc123"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"x" * 1000)
+    alive = tmp_path / f".out.tmp-{os.getpid()}-def456"  # a live run's folder is left alone
+    alive.mkdir()
+    code, _, err = run(["prune", tiny_model_dir, "--method", "magnitude", "--sparsity", "0.5",
+                        "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert not stale.exists() and alive.exists() and f"removed {stale}" in err
+
+
+def test_real_process_prints_one_line_for_bad_data(tmp_path, tiny_model_dir, binary_file):
+    proc = subprocess.run([sys.executable, "-m", "sparse_expansion.cli", "eval", str(tiny_model_dir),
+                           "--data", str(binary_file)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not UTF-8" in proc.stderr
+
+
+# ---------------------------------------------------------------- help text
+
+
+def test_every_flag_of_every_command_has_help_and_says_its_default():
+    parser = build_parser()
+    assert "example" in (parser.epilog or "")
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = []
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            says_default = action.required or action.default in (None, False) or "default" in (action.help or "")
+            if not action.help or (action.option_strings and not says_default):
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, missing
+
+
+# ---------------------------------------------------------------- the token cache
+
+
+def test_tokenised_corpus_is_cached_on_disk_and_keyed_by_content(tmp_path, tokenizer, monkeypatch):
+    import sparse_expansion.data as data
+
+    monkeypatch.setenv("SPARSE_EXPANSION_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("To be, or not to be. " * 50)
+    first = data.corpus_tokens(str(corpus), tokenizer)
+    assert len(list((tmp_path / "cache" / "tokens").glob("*.safetensors"))) == 1
+    data._TOKEN_CACHE.clear()  # a new process: only the disk remembers
+
+    class NoTokenizing:
+        eos_token_id = tokenizer.eos_token_id
+        backend_tokenizer = tokenizer.backend_tokenizer
+
+        def __call__(self, *_a, **_k):
+            raise AssertionError("tokenised again although cached")
+
+    assert torch.equal(data.corpus_tokens(str(corpus), NoTokenizing()), first)
+    corpus.write_text("Something else entirely. " * 50)
+    changed = data.corpus_tokens(str(corpus), tokenizer)
+    assert not torch.equal(changed, first)
