@@ -213,3 +213,13 @@ def test_tokenised_corpus_is_cached_on_disk_and_keyed_by_content(tmp_path, token
     corpus.write_text("Something else entirely. " * 50)
     changed = data.corpus_tokens(str(corpus), tokenizer)
     assert not torch.equal(changed, first)
+
+
+def test_language_model_commands_refuse_other_kinds_of_saved_model(tmp_path, capsys):
+    folder = tmp_path / "mlp"
+    folder.mkdir()
+    (folder / "sparse_expansion.json").write_text(json.dumps(
+        {"format_version": 2, "kind": "fpe_mlp", "spec": {}, "modules": {}, "record": {}}))
+    for command in (["eval", folder], ["generate", folder, "--prompt", "x"]):
+        code, _, err = run(command, capsys)
+        assert_refused(code, err, "holds a fpe_mlp model, not a causal language model")

@@ -152,7 +152,7 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
     from . import distributed
     from .artifact import save_artifact
     from .io import atomic_output_dir, check_output_dir
-    from .models import load_model
+    from .models import load_causal_lm
 
     check_output_dir(out)
     if needs_calibration(config):
@@ -161,7 +161,7 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
     distributed.init_from_env(device)
-    model, tokenizer = load_model(source)
+    model, tokenizer = load_causal_lm(source)
     needs_data = needs_calibration(config)
     windows = calibration.sample(tokenizer, model) if needs_data else None
     record = compress(model, windows, config, targets=targets, batch_size=batch_size, device=device,

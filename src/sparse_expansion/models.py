@@ -86,7 +86,9 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(shipped_model_dir(name_or_path))
     path = Path(name_or_path)
     if path.exists():
-        if not (path / "config.json").is_file():
+        from .artifact import is_artifact
+
+        if not (path / "config.json").is_file() and not is_artifact(path):
             raise UsageError(f"{path} has no config.json; give a Hugging Face model folder, "
                              f"one written by sparse-expansion, or '{DEFAULT_MODEL}'")
         return str(path)
@@ -111,6 +113,22 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
     else:
         model, tokenizer = _load_hf(path, dtype, shipped=name_or_path in SHIPPED)
     return model.to(device).eval(), tokenizer
+
+
+def load_causal_lm(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
+    """`load_model` for commands that need a language model with a Hugging Face interface (prune,
+    expand, eval, generate, neurons): another kind of saved folder is refused in one line, before
+    its weights are read."""
+    from .artifact import CAUSAL_LM, is_artifact, read_manifest
+
+    path = resolve_model_path(name_or_path)
+    if is_artifact(path):
+        kind = read_manifest(path)["kind"]
+        if kind != CAUSAL_LM:
+            raise UsageError(f"{name_or_path} holds a {kind} model, not a causal language model; this command "
+                             "takes smollm2-135m, a Hugging Face folder, or a pruned or expanded folder")
+    return load_model(path, device, dtype)
 
 
 def _load_hf(path: str, dtype: torch.dtype, shipped: bool = False) -> tuple[nn.Module, object]:

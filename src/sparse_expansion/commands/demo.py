@@ -32,7 +32,7 @@ def run(args) -> int:
     from ..evaluate import evaluate_model
     from ..expand import ExpandConfig
     from ..methods import PRUNING_METHODS, compress, make_config
-    from ..models import load_model
+    from ..models import load_causal_lm
     from ..prune import parse_sparsity
 
     sparsity = parse_sparsity(args.sparsity)
@@ -48,7 +48,7 @@ def run(args) -> int:
     check_seqlen_value(args.seqlen)
     check_corpus(common.DEFAULT_EVAL)
 
-    dense, tokenizer = load_model(args.model)
+    dense, tokenizer = load_causal_lm(args.model)
     calib = calibration.sample(tokenizer, dense)
     rows = []
 

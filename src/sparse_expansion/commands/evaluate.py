@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..data import check_corpus, check_seqlen_value
     from ..evaluate import evaluate_model
-    from ..models import load_model
+    from ..models import load_causal_lm
 
     common.require_positive(args.batch_size, "--batch-size")
     if args.windows < 0:
@@ -35,7 +35,7 @@ def run(args) -> int:
     check_seqlen_value(args.seqlen)
     check_corpus(args.data)
     device = common.check_device(args.device)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_causal_lm(args.model)
     result = {"model": args.model, **evaluate_model(model, tokenizer, args.data, args.windows, args.seqlen,
                                                      batch_size=args.batch_size, device=device)}
     summary = (f"{args.model} on {args.data}: perplexity {result['perplexity']:.3f} over "

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from ..models import load_model
+    from ..models import load_causal_lm
 
     common.require_positive(args.max_new_tokens, "--max-new-tokens")
     if args.temperature < 0:
@@ -29,7 +29,7 @@ def run(args) -> int:
     if not args.prompt.strip():
         raise UsageError("--prompt is empty; give some text to continue")
     device = common.check_device(args.device)
-    model, tokenizer = load_model(args.model, device=device)
+    model, tokenizer = load_causal_lm(args.model, device=device)
     torch.manual_seed(args.seed)
     ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(device)
     sample = args.temperature > 0

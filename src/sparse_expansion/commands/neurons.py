@@ -64,7 +64,7 @@ def _fractions(spec: str) -> list[float]:
 def _expanded_pair(name: str, model, tokenizer):
     """(dense source model, expanded model) when `name` is an expanded folder; (model, None) otherwise."""
     from ..artifact import read_record
-    from ..models import load_model
+    from ..models import load_causal_lm
     from ..neurons.untangle import is_expanded
 
     if not any(is_expanded(m) for m in model.modules()):
@@ -72,7 +72,7 @@ def _expanded_pair(name: str, model, tokenizer):
     source = read_record(name).get("source_model")
     if not source:
         raise UsageError(f"{name}/sparse_expansion.json names no source_model; cannot find the dense weights")
-    dense, _ = load_model(source)
+    dense, _ = load_causal_lm(source)
     return dense, model, source
 
 
@@ -86,7 +86,7 @@ def run(args) -> int:
         evaluation_windows,
     )
     from ..io import atomic_output_dir, check_output_dir
-    from ..models import load_model
+    from ..models import load_causal_lm
     from ..neurons.collect import neuron_projections, parse_layers
     from ..neurons.study import StudySettings, run_study
     from ..prune import parse_sparsity
@@ -109,7 +109,7 @@ def run(args) -> int:
         check_corpus(corpus)
 
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_causal_lm(args.model)
     dense, expanded, source = _expanded_pair(args.model, model, tokenizer)
     check_seqlen(dense, args.seqlen)
     from ..arch import decoder_layers
