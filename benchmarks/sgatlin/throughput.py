@@ -3,6 +3,8 @@
 Every configuration is d = 128, 2 layers, seq_len 128, batch 8 (the scale-1 transformer), with
 the FFN sized so its forward matmul FLOPs per token match sgatlin's at scale 1 (327,680):
 MLP width 640, SwiGLU width 427, MoE 16 experts of width 211 top-2, PEER 3 heads (N = 56², k = 8).
+Every type of the FFN registry is measured; one without a matched size here runs at its scale-1
+size (its FLOPs per token are printed beside its speed).
 Each configuration runs in a fresh process with one thread: 3 warm-up steps, then timed
 optimizer steps (forward, backward, clip, AdamW), like `sparse-expansion train`.
 
@@ -16,7 +18,7 @@ import json
 import subprocess
 import sys
 
-CONFIGS = {
+MATCHED = {
     "mlp": {"d_ffw": 640},
     "swiglu": {"d_ffw": 427},
     "moe": {"d_ffw": 211},
@@ -37,7 +39,7 @@ def measure(ffn: str, steps: int) -> dict:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = config_for_scale(ffn, 1, vocab_size=8192, seq_len=128, **CONFIGS[ffn])
+    cfg = config_for_scale(ffn, 1, vocab_size=8192, seq_len=128, **MATCHED.get(ffn, {}))
     model = Transformer(cfg)
     opt = _optimizer(model, TrainConfig(ffn=ffn, scale=1, budget=0))
     gen = torch.Generator().manual_seed(0)
@@ -70,7 +72,9 @@ def main() -> int:
         print(json.dumps(measure(args.one, args.steps)))
         return 0
     rows = []
-    for ffn in CONFIGS:
+    from sparse_expansion.sgatlin.ffn_types import FFN_TYPES
+
+    for ffn in FFN_TYPES:
         res = subprocess.run([sys.executable, __file__, "--one", ffn, "--steps", str(args.steps)],
                              check=True, capture_output=True, text=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))

@@ -1,8 +1,10 @@
 """Optional scale-out over torch.distributed ranks (torchrun): gloo on CPU, NCCL on GPU.
 
-Every rank runs the same deterministic calibration; only independent work (the expert solves of
-one linear) is split, then gathered so every rank holds the full result and rank 0 writes it.
-Without torchrun all of this is a no-op.
+The one distributed set-up of the library, used by calibration (expand) and by sgatlin training.
+Calibration: every rank runs the same deterministic calibration; only independent work (the
+expert solves of one linear) is split, then gathered so every rank holds the full result and
+rank 0 writes it. Training: every rank takes its rows of the same global batch and the gradients
+are averaged (DistributedDataParallel). Without torchrun all of this is a no-op.
 """
 
 from __future__ import annotations
@@ -13,10 +15,24 @@ import torch
 import torch.distributed as dist
 
 
-def init_from_env(device: str = "cpu") -> None:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); otherwise do nothing."""
+def backend_for(device: str) -> str:
+    """The process-group backend for tensors on `device`: NCCL for CUDA, gloo otherwise.
+
+    The one place where a device choice becomes a distributed decision; per-rank CUDA device
+    selection belongs here too when it comes.
+    """
+    return "nccl" if str(device).startswith("cuda") else "gloo"
+
+
+def init_from_env(device: str = "cpu") -> tuple[int, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); otherwise do nothing.
+
+    Returns (rank, world size). A group that is already set up (a test spawning its own
+    processes) is used as it is.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        dist.init_process_group(backend=backend_for(device))
+    return rank_and_size()
 
 
 def rank_and_size() -> tuple[int, int]:
@@ -64,3 +80,18 @@ def gather_lists(local: list, count: int) -> list:
         for j, value in zip(range(r, count, size), parts[r]):
             out[j] = value
     return out
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of `value` over all ranks (in place, returned); `value` itself with one process."""
+    _, size = rank_and_size()
+    if size > 1:
+        dist.all_reduce(value)
+        value /= size
+    return value
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op with one process)."""
+    if rank_and_size()[1] > 1:
+        dist.barrier()

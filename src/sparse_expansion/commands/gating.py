@@ -16,12 +16,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", help="a folder written by `sparse-expansion train --ffn sgatlin`")
     p.add_argument("--data", default="val",
-                   help="'val' (held-out split, default), 'train', or a UTF-8 text file")
-    p.add_argument("--out", required=True)
-    p.add_argument("--max-tokens", type=int, default=16384, help="tokens to record")
-    p.add_argument("--layer", type=int, default=0, help="layer for the pictures")
-    p.add_argument("--channel", type=int, default=0, help="channel for the pictures")
-    p.add_argument("--seed", type=int, default=0)
+                   help="'val' (held-out split), 'train', or a UTF-8 text file (default val)")
+    p.add_argument("--out", required=True, help="new folder for the look")
+    p.add_argument("--max-tokens", type=int, default=16384,
+                   help="tokens to record, in windows of the model's sequence length "
+                        "(default 16384)")
+    p.add_argument("--layer", type=int, default=0,
+                   help="layer for the gating-matrix and co-activation pictures (default 0)")
+    p.add_argument("--channel", type=int, default=0,
+                   help="channel for the gating-matrix and co-activation pictures (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for picking the causal test's prompts (default 0)")
     p.set_defaults(func=handle)
 
 
@@ -33,12 +38,16 @@ def handle(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..io import atomic_output_dir
-    from ..sgatlin.gating import look_inside
+    from ..io import atomic_output_dir, check_output_dir
+    from ..sgatlin.gating.study import check_data_choice, check_request, load_run, look_inside
 
+    check_output_dir(args.out)
+    check_data_choice(args.data)
+    model, tokenizer = load_run(args.run_dir)
+    check_request(model, args.max_tokens, args.layer, args.channel)
     with atomic_output_dir(args.out) as tmp:
-        result = look_inside(args.run_dir, args.data, tmp, args.max_tokens, args.layer,
-                             args.channel, args.seed)
+        result = look_inside(model, tokenizer, args.run_dir, args.data, tmp, args.max_tokens,
+                             args.layer, args.channel, args.seed)
     for st in result["usage"]:
         print(f"layer {st['layer']}: {st['fraction_used']:.1%} of neurons used, "
               f"entropy/logN {st['normalized_entropy']:.3f}")

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-FFN_CHOICES = ("mlp", "swiglu", "moe", "peer", "sgatlin")
+from ..sgatlin.ffn_types import FFN_TYPES, types_help
+
+ROUTER_CHOICES = ("product_dense", "product_key_value")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by `train` and `isoflop`."""
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights and of the batch order (default 0)")
     p.add_argument("--data-dir", default=None,
                    help="folder with tokenizer.json, train.npy, val.npy (default: build from the "
                         "corpora, fitting the BPE tokenizer on the training split)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,48 +26,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a small LM with a given FFN at a fixed FLOP budget",
         description="Train a decoder-only LM on Shakespeare + KJV. steps = budget // "
                     "(3 * forward FLOPs per token * tokens per step). Under torchrun it trains "
-                    "data-parallel.",
+                    "data-parallel. FFN types: " + types_help() + ".",
     )
-    p.add_argument("--ffn", required=True, choices=FFN_CHOICES)
+    p.add_argument("--ffn", required=True, choices=tuple(FFN_TYPES),
+                   help="feed-forward type (listed above)")
     p.add_argument("--scale", type=float, required=True,
-                   help="d = 128*s, layers = 2*s; a multiple of 0.5")
+                   help="d = 128*s, layers = 2*s; a positive multiple of 0.5")
     p.add_argument("--budget", type=float, required=True, help="training FLOPs, e.g. 1e11")
     p.add_argument("--out", required=True, help="new folder for the run")
     p.add_argument("--activation", default=None,
                    help="sgatlin only: activation after the gate (default identity)")
-    p.add_argument("--router", default=None, choices=("product_dense", "product_key_value"),
+    p.add_argument("--router", default=None, choices=ROUTER_CHOICES,
                    help="sgatlin only: router type (default product_dense)")
     add_training_arguments(p)
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="peak AdamW learning rate, after a linear warm-up of min(1000, steps/10) "
+                        "steps and before a square-root decay over the last 20%% (default 1e-3)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: torch's own choice)")
     p.add_argument("--checkpoint-every", type=int, default=100,
-                   help="steps between checkpoints in OUT.ckpt (0: only at the end)")
+                   help="steps between checkpoints in OUT.ckpt (default 100; 0: only at the end)")
     p.add_argument("--resume", action="store_true",
-                   help="continue exactly from the checkpoint in OUT.ckpt")
+                   help="continue exactly from the checkpoint in OUT.ckpt (default: start afresh)")
     p.add_argument("--save-data", default=None,
-                   help="also write the tokenised data to this folder (for --data-dir)")
-    p.add_argument("--no-progress", action="store_true")
+                   help="also write the tokenised data to this new folder, for --data-dir "
+                        "(default: do not)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: show one)")
     p.set_defaults(func=handle)
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
+    """The layer options given on the command line, refused for FFN types that lack them."""
     from ..errors import UsageError
 
     out = {}
     for name in ("activation", "router"):
         value = getattr(args, name, None)
         if value is not None:
-            if args.ffn != "sgatlin":
-                raise UsageError(f"--{name} applies to --ffn sgatlin only")
+            if name not in FFN_TYPES[args.ffn].options:
+                owners = [t.name for t in FFN_TYPES.values() if name in t.options]
+                raise UsageError(f"--{name} applies to --ffn {' or '.join(owners)} only")
             out[name] = value
     return out
 
 
-def load_data(args: argparse.Namespace):
+def load_data(data_dir: str | None):
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..sgatlin.data import load_token_data, prepare_data
 
-    return load_token_data(args.data_dir) if args.data_dir else prepare_data()
+    return load_token_data(data_dir) if data_dir else prepare_data()
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -75,33 +86,47 @@ def handle(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .. import distributed
+    from ..errors import UsageError
     from ..io import atomic_output_dir, check_output_dir
-    from ..sgatlin.data import save_token_data
-    from ..sgatlin.training import TrainConfig, maybe_init_distributed, plan, train
+    from ..sgatlin.checkpoint import load_checkpoint
+    from ..sgatlin.data import check_token_data, save_token_data
+    from ..sgatlin.training import TrainConfig, check_config, check_data, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rank, world = maybe_init_distributed()
+    # Everything that can be refused is refused here, before the data is prepared.
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1 (got {args.threads})")
+    if args.checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every must be >= 0 (got {args.checkpoint_every})")
     cfg = TrainConfig(ffn=args.ffn, scale=args.scale, budget=args.budget,
                       batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                       seed=args.seed, ffn_overrides=overrides_from(args))
-    out = Path(args.out)
-    check_output_dir(out)
-    data = load_data(args)
-    plan(cfg, data.vocab_size)  # fail on a too-small budget before any work
+    out = check_output_dir(args.out)
+    if args.save_data:
+        check_output_dir(args.save_data)
+    if args.data_dir:
+        check_token_data(args.data_dir)
+    ckpt = out.with_name(out.name + ".ckpt")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world = distributed.init_from_env("cpu")
+    check_config(cfg, world)
+    resume = load_checkpoint(ckpt) if args.resume else False
+    if resume:
+        resume.check_config(cfg.to_dict())
+    data = load_data(args.data_dir)
+    check_data(cfg, data)
     if args.save_data and rank == 0:
         save_token_data(data, args.save_data)
-    ckpt = out.with_name(out.name + ".ckpt")
     if rank != 0:
-        train(cfg, data, None, ckpt, args.checkpoint_every, args.resume,
-              progress=False)
+        train(cfg, data, None, ckpt, args.checkpoint_every, resume, progress=False)
         return 0
     with atomic_output_dir(out) as tmp:
-        metrics = train(cfg, data, tmp, ckpt, args.checkpoint_every, args.resume,
+        metrics = train(cfg, data, tmp, ckpt, args.checkpoint_every, resume,
                         progress=not args.no_progress)
     shutil.rmtree(ckpt, ignore_errors=True)
     print(f"{metrics['ffn']} scale {metrics['scale']:g}: {metrics['params']:,} params, "
           f"{metrics['steps']} steps, {metrics['tokens']:,} tokens, "
           f"train {metrics['train_loss']:.3f}, val {metrics['val_loss']:.3f}, "
-          f"{metrics['tokens_per_second']:.0f} tok/s, {metrics['wall_seconds']:.0f} s -> {out}")
+          f"{metrics['tokens_per_second']:.0f} tok/s, {metrics['wall_seconds']:.0f} s -> {Path(out)}")
     return 0

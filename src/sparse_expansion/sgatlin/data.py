@@ -55,7 +55,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"tokenizer {path} not found")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
+        raise UsageError(f"tokenizer {path} cannot be read ({str(exc)[:200]}); the file is "
+                         "corrupt") from None
 
 
 def encode_documents(tok, docs: dict[str, str]) -> np.ndarray:
@@ -121,11 +125,21 @@ def save_token_data(data: TokenData, folder: str | Path) -> None:
     np.save(folder / "val.npy", data.val)
 
 
-def load_token_data(folder: str | Path) -> TokenData:
+def check_token_data(folder: str | Path) -> Path:
+    """Refuse a --data-dir without the files `save_token_data` writes (cheap: no file is read)."""
     folder = Path(folder)
     for name in ("tokenizer.json", "train.npy", "val.npy"):
         if not (folder / name).is_file():
             raise UsageError(f"--data-dir {folder} has no {name}; make one with "
                              "`sparse-expansion train --save-data DIR` or let isoflop write it")
-    return TokenData(load_tokenizer(folder / "tokenizer.json"),
-                     np.load(folder / "train.npy"), np.load(folder / "val.npy"))
+    return folder
+
+
+def load_token_data(folder: str | Path) -> TokenData:
+    folder = check_token_data(folder)
+    try:
+        return TokenData(load_tokenizer(folder / "tokenizer.json"),
+                         np.load(folder / "train.npy"), np.load(folder / "val.npy"))
+    except (OSError, ValueError, EOFError) as exc:
+        raise UsageError(f"--data-dir {folder} is corrupt ({str(exc).splitlines()[0][:200]}); "
+                         "write it again with --save-data") from None

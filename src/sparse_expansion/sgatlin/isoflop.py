@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from ..io import atomic_output_dir, check_output_dir, read_json, write_json
 
 MIN_STEPS = 20  # fewer optimizer steps than this is not a training run worth plotting
@@ -33,11 +34,42 @@ class RunSpec:
     group: str  # "isoflop" or "ablation"
 
 
+def check_study(budgets: list[float], ffns: list[str], scales: list[float],
+                ablation_budget: float | None, jobs: int, batch_size: int, seq_len: int) -> None:
+    """Refuse a study that cannot run, before any data is prepared."""
+    import math
+
+    from .ffn_types import FFN_TYPES
+    from .transformer import config_for_scale
+
+    bad = [f for f in ffns if f not in FFN_TYPES]
+    if bad or not ffns:
+        raise UsageError(f"unknown --ffn {', '.join(bad) or '(none)'}; choose from "
+                         f"{', '.join(FFN_TYPES)}")
+    if not budgets or not scales:
+        raise UsageError("need at least one budget and one scale")
+    for budget in [*budgets, *([] if ablation_budget is None else [ablation_budget])]:
+        if not (math.isfinite(budget) and budget > 0):
+            raise UsageError(f"budgets must be positive numbers (got {budget})")
+    for scale in scales:
+        try:
+            config_for_scale(ffns[0], scale, vocab_size=2)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    for value, flag in ((jobs, "--jobs"), (batch_size, "--batch-size"), (seq_len, "--seq-len")):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1 (got {value})")
+
+
 def plan_runs(budgets: list[float], ffns: list[str], scales: list[float],
-              ablation_budget: float | None, batch_size: int, seq_len: int,
-              vocab_size: int) -> tuple[list[RunSpec], list[str]]:
-    """Every (budget, ffn, scale) with at least MIN_STEPS steps; returns (runs, skipped notes)."""
-    from .training import TrainConfig, plan
+              ablation_budget: float | None, batch_size: int, seq_len: int
+              ) -> tuple[list[RunSpec], list[str]]:
+    """Every (budget, ffn, scale) with at least MIN_STEPS steps; returns (runs, skipped notes).
+
+    Steps do not depend on the vocabulary (FLOPs per token leave out the embeddings), so the
+    study is planned before its data exists.
+    """
+    from .training import TrainConfig, check_config
 
     runs, skipped = [], []
 
@@ -45,8 +77,8 @@ def plan_runs(budgets: list[float], ffns: list[str], scales: list[float],
         cfg = TrainConfig(ffn=ffn, scale=scale, budget=budget, batch_size=batch_size,
                           seq_len=seq_len, ffn_overrides=overrides)
         try:
-            _, _, steps = plan(cfg, vocab_size)
-        except Exception:  # noqa: BLE001 - a budget below one step is a skip, not an error
+            steps = check_config(cfg)
+        except UsageError:  # a budget below one step is a skip, not an error
             steps = 0
         name = f"{ffn}{tag}_s{scale:g}_b{budget:.0e}".replace("+", "")
         if steps < MIN_STEPS:
@@ -85,17 +117,22 @@ def run_study(out: str | Path, budgets: list[float], ffns: list[str], scales: li
               seq_len: int = 128, seed: int = 0, data_dir: str | Path | None = None
               ) -> list[dict[str, Any]]:
     """Run (or finish) the study; write results.json, table.md, isoflop.png, ablation.md to out."""
-    from .data import load_token_data, prepare_data, save_token_data
+    from .data import check_token_data, prepare_data, save_token_data
 
     out = check_output_dir(out)
+    check_study(budgets, ffns, scales, ablation_budget, jobs, batch_size, seq_len)
+    if data_dir is not None:
+        check_token_data(data_dir)
+    runs, skipped = plan_runs(budgets, ffns, scales, ablation_budget, batch_size, seq_len)
+    if not runs:
+        raise UsageError(f"every run has fewer than {MIN_STEPS} steps ({'; '.join(skipped)}); "
+                         "raise the budgets or lower the scales")
     work = out.parent / f".{out.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     data_path = Path(data_dir) if data_dir else work / "data"
     if not (data_path / "val.npy").is_file():
         print(f"fitting the tokenizer and encoding the corpora into {data_path}", flush=True)
         save_token_data(prepare_data(), data_path)
-    vocab = load_token_data(data_path).vocab_size
-    runs, skipped = plan_runs(budgets, ffns, scales, ablation_budget, batch_size, seq_len, vocab)
     for note in skipped:
         print(f"skipped {note}", flush=True)
     todo = [r for r in runs if not (work / "runs" / r.name / "metrics.json").is_file()]
@@ -196,10 +233,6 @@ def ablation_table(results: list[dict[str, Any]], budget: float) -> str:
     return "\n".join(rows)
 
 
-COLORS = {"mlp": "tab:blue", "swiglu": "tab:orange", "moe": "tab:green", "peer": "tab:purple",
-          "sgatlin": "tab:red"}
-
-
 def plot_isoflop(results: list[dict[str, Any]], path: Path) -> None:
     """Validation loss against parameters: one curve per (budget, FFN type)."""
     import matplotlib
@@ -207,12 +240,15 @@ def plot_isoflop(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .ffn_types import FFN_TYPES
+
     budgets = sorted({r["budget"] for r in results if r["group"] == "isoflop"})
     markers = "osD^v<>"
     styles = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for bi, budget in enumerate(budgets):
-        for ffn, color in COLORS.items():
+        for ffn, kind in FFN_TYPES.items():
+            color = kind.color
             pts = sorted((r["params"], r["val_loss"], r["scale"]) for r in results
                          if r["group"] == "isoflop" and r["budget"] == budget and r["ffn"] == ffn)
             if not pts:

@@ -2,8 +2,9 @@
 
 `SparselyGatedLinear` is the sgatlin layer (DESIGN.md §4); `MLP`, `SwiGLU`, `MoE` and `PEER` are
 the baselines of the isoflop study. Sparse layers gather the vectors of the selected neurons
-(or tokens, for the MoE), so their time and memory grow with k, not with the pool size.
-Every layer has `flops_per_token()`: forward matmul FLOPs by formula (see `flops.py`).
+(or tokens, for the MoE), so their time and memory grow with k, not with the pool size;
+benchmarks/sgatlin/throughput.py measures training speed and peak memory of every type at
+matched FLOPs per token. Every layer has `flops_per_token()`: forward matmul FLOPs by formula (see `flops.py`).
 """
 
 from __future__ import annotations

@@ -2,16 +2,16 @@
 
 Steps = budget // (3 · forward FLOPs per token · tokens per step) (DESIGN.md §4). AdamW with a
 linear warm-up, a constant phase and a square-root decay over the last 20% of steps; global-norm
-gradient clipping. Under `torchrun --nproc-per-node N` every rank takes rows rank::N of the same
-global batch, so N processes follow the one-process trajectory up to float summation order.
+gradient clipping. Under `torchrun --nproc-per-node N` (set up by `distributed.py`) every rank
+takes rows rank::N of the same global batch, so N processes follow the one-process trajectory up
+to float summation order. The trained model is saved as every model of this library
+(artifact.py, kind "sgatlin_lm"), checkpoints as `checkpoint.py` describes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -20,16 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
+from .. import distributed
 from ..errors import UsageError
-from ..io import read_json, write_json
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import TokenData, batch_at_step, val_windows
 from .transformer import ModelConfig, Transformer, config_for_scale, count_params
-
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -71,7 +68,7 @@ def plan(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, int, int]:
         mcfg = config_for_scale(cfg.ffn, cfg.scale, vocab_size, cfg.seq_len, **cfg.ffn_overrides)
         with torch.device("meta"):
             fpt = Transformer(mcfg).flops_per_token()
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     tokens_per_step = cfg.batch_size * cfg.seq_len
     steps = int(cfg.budget // (3 * fpt * tokens_per_step))
@@ -83,17 +80,47 @@ def plan(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, int, int]:
     return mcfg, fpt, steps
 
 
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+# FLOPs per token leave out the embeddings, so budget, scale and steps can be checked with any
+# vocabulary, before the data (and its tokenizer) exist.
+_ANY_VOCAB = 2
 
 
-def maybe_init_distributed() -> tuple[int, int]:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return _dist_info()
+def check_config(cfg: TrainConfig, world: int = 1) -> int:
+    """Refuse a config that cannot train, without touching data; returns the number of steps.
+
+    Cheap (a model on the meta device): commands call it before preparing data or loading
+    anything slow.
+    """
+    def positive(value: float, flag: str) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag} must be a positive number (got {value})")
+
+    positive(cfg.budget, "--budget")
+    positive(cfg.scale, "--scale")
+    positive(cfg.lr, "--lr")
+    positive(cfg.clip_norm, "clip_norm")
+    for value, flag in ((cfg.batch_size, "--batch-size"), (cfg.seq_len, "--seq-len"),
+                        (cfg.val_windows, "val_windows")):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1 (got {value})")
+    if cfg.warmup_steps is not None and cfg.warmup_steps < 1:
+        raise UsageError(f"warmup_steps must be at least 1 (got {cfg.warmup_steps})")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise UsageError(f"weight decay must be >= 0 (got {cfg.weight_decay})")
+    if not 0 <= cfg.decay_fraction <= 1:
+        raise UsageError(f"decay_fraction must be in [0, 1] (got {cfg.decay_fraction})")
+    if cfg.batch_size % world:
+        raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by {world} processes")
+    return plan(cfg, _ANY_VOCAB)[2]
+
+
+def check_data(cfg: TrainConfig, data: TokenData) -> None:
+    """Both token streams must hold at least one window of seq_len + 1 tokens (and one more)."""
+    need = cfg.seq_len + 2
+    for name, stream in (("training", data.train), ("validation", data.val)):
+        if len(stream) < need:
+            raise UsageError(f"the {name} data has {len(stream)} tokens; --seq-len {cfg.seq_len} "
+                             f"needs at least {need}")
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -103,71 +130,6 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-
-
-# ---------------------------------------------------------------- saving / loading
-
-
-def save_model(model: Transformer, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    meta = {"format_version": FORMAT_VERSION, "model": model.cfg.to_dict()}
-    write_json(folder / "config.json", meta)
-
-
-def load_model(folder: str | Path) -> Transformer:
-    """Rebuild from config.json and load the safetensors weights strictly."""
-    folder = Path(folder)
-    meta = read_json(folder / "config.json")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UsageError(f"{folder}/config.json has format {meta.get('format_version')}, "
-                         f"expected {FORMAT_VERSION}")
-    model = Transformer(ModelConfig.from_dict(meta["model"]))
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise UsageError(f"{weights} is missing")
-    model.load_state_dict(load_file(str(weights)), strict=True)
-    return model
-
-
-def _save_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimizer,
-                     state: dict[str, Any]) -> None:
-    tmp = folder.with_name(folder.name + ".writing")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_model(model, tmp)
-    osd = opt.state_dict()
-    tensors, meta = {}, {}
-    for pid, pstate in osd["state"].items():
-        for key, val in pstate.items():
-            tensors[f"{pid}.{key}"] = val.detach().contiguous()
-    meta["param_groups"] = osd["param_groups"]
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    write_json(tmp / "optimizer.json", meta)
-    write_json(tmp / "state.json", state)
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    else:
-        os.replace(tmp, folder)
-
-
-def _load_checkpoint(folder: Path, model: Transformer, opt: torch.optim.Optimizer
-                     ) -> dict[str, Any]:
-    loaded = load_model(folder)
-    model.load_state_dict(loaded.state_dict(), strict=True)
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    meta = read_json(folder / "optimizer.json")
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, val in tensors.items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = val
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return read_json(folder / "state.json")
 
 
 # ---------------------------------------------------------------- evaluation
@@ -197,36 +159,39 @@ def train(
     out_dir: Path | None,
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 0,
-    resume: bool = False,
+    resume: bool | Checkpoint = False,
     stop_after: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any] | None:
-    """Train; write model.safetensors, config.json, tokenizer.json, metrics.json to out_dir.
+    """Train; save the model (artifact kind "sgatlin_lm", with its tokenizer) and metrics.json
+    into out_dir.
 
     With checkpoint_dir, a full checkpoint (weights, optimizer moments, step, loss history) is
-    written every `checkpoint_every` steps, and `resume=True` continues from it exactly.
-    `stop_after` ends the run after that many steps without final outputs (to test resume).
-    Returns the metrics (rank 0), or None when stopped early.
+    written every `checkpoint_every` steps and at the end, and `resume` (True, or a Checkpoint
+    already read and checked) continues from it exactly. `stop_after` ends the run after that many
+    steps without final outputs (to test resume). Returns the metrics, or None when stopped early.
     """
     from tqdm import tqdm
 
-    rank, world = _dist_info()
-    if cfg.batch_size % world:
-        raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by {world} processes")
+    rank, world = distributed.rank_and_size()
+    check_config(cfg, world)
+    check_data(cfg, data)
     mcfg, fpt, steps = plan(cfg, data.vocab_size)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, min(1000, steps // 10))
+    if resume is True:
+        if checkpoint_dir is None:
+            raise UsageError("nothing to resume: no checkpoint folder given")
+        resume = load_checkpoint(checkpoint_dir)
+    if resume:
+        resume.check_config(cfg.to_dict())
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg)
     opt = _optimizer(model, cfg)
     history: list[float] = []
     start_step, wall_before = 0, 0.0
     if resume:
-        if checkpoint_dir is None or not (checkpoint_dir / "state.json").is_file():
-            raise UsageError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
-        state = _load_checkpoint(checkpoint_dir, model, opt)
-        if state["train_config"] != json.loads(json.dumps(cfg.to_dict())):
-            raise UsageError(f"checkpoint in {checkpoint_dir} was made with a different config")
-        start_step, history, wall_before = state["step"], state["history"], state["wall_seconds"]
+        resume.apply(model, opt)
+        start_step, history, wall_before = resume.step, list(resume.history), resume.wall_seconds
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
@@ -250,11 +215,7 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
         opt.step()
-        value = loss.detach()
-        if world > 1:
-            dist.all_reduce(value)
-            value /= world
-        history.append(float(value))
+        history.append(float(distributed.mean_over_ranks(loss.detach())))
         train_seconds += time.perf_counter() - ts
         bar.update(1)
         rate = tokens_per_step * (step + 1 - start_step) / max(train_seconds, 1e-9)
@@ -264,12 +225,11 @@ def train(
             (checkpoint_every and done % checkpoint_every == 0) or done == end
         ):
             if rank == 0:
-                _save_checkpoint(checkpoint_dir, model, opt, {
+                save_checkpoint(checkpoint_dir, model, opt, {
                     "step": done, "history": history, "train_config": cfg.to_dict(),
                     "wall_seconds": wall_before + time.perf_counter() - t0,
                 })
-            if world > 1:
-                dist.barrier()
+            distributed.barrier()
     bar.close()
     if end < steps:
         return None
@@ -298,7 +258,17 @@ def train(
         "loss_history": history,
     }
     if rank == 0 and out_dir is not None:
-        save_model(model, out_dir)
-        data.tokenizer.save(str(out_dir / "tokenizer.json"))
-        write_json(out_dir / "metrics.json", metrics)
+        save_run(out_dir, model, data.tokenizer, metrics)
     return metrics
+
+
+def save_run(folder: Path, model: Transformer, tokenizer: Any, metrics: dict[str, Any]) -> None:
+    """The run folder: the model as an artifact (its record is the metrics without the loss
+    history), tokenizer.json, and metrics.json with everything."""
+    from ..artifact import save_artifact
+    from ..io import write_json
+
+    record = {"kind": "trained", "method": "train",
+              **{k: v for k, v in metrics.items() if k != "loss_history"}}
+    save_artifact(folder, model, tokenizer=tokenizer, record=record)
+    write_json(Path(folder) / "metrics.json", metrics)

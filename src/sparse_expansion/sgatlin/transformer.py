@@ -1,9 +1,10 @@
 """A small decoder-only transformer with a pluggable FFN (nanoGPT-sized, readable in one sitting).
 
 Pre-RMSNorm, QK-norm, rotary position embeddings, no biases outside the GLU baselines, tied
-input/output embeddings. `ModelConfig` holds every constructor argument and is saved beside the
-weights, so a checkpoint rebuilds its model exactly. `config_for_scale` is the scale ladder of
-DESIGN.md §4: d = 128·s, layers = 2·s, head dim 64.
+input/output embeddings. `ModelConfig` holds every constructor argument and is the model's spec
+in its saved artifact, so a saved model or checkpoint rebuilds exactly. The FFN is any type of
+the registry in `ffn_types.py`. `config_for_scale` is the scale ladder of DESIGN.md §4:
+d = 128·s, layers = 2·s, head dim 64.
 """
 
 from __future__ import annotations
@@ -18,20 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import flops
-from .layers import MLP, PEER, MoE, SparselyGatedLinear, SwiGLU
+from .ffn_types import build_ffn, ffn_kwargs, ffn_type
 from .router import trunc_normal_
-
-FFN_TYPES = ("mlp", "swiglu", "moe", "peer", "sgatlin")
 
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a model; saved as JSON with the weights."""
+    """Everything needed to rebuild a model: the `spec` of its saved artifact."""
 
     vocab_size: int
     d_model: int
     n_layers: int
-    ffn: str
+    ffn: str  # a name in ffn_types.FFN_TYPES
     d_head: int = 64
     seq_len: int = 128
     ffn_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -45,57 +44,22 @@ class ModelConfig:
         return cls(**data)
 
 
-def dense_width(d_model: int) -> int:
-    """⌊(8/3)·d/256⌋·256 as the reference, floored at 256 so the smallest CPU scales stay valid."""
-    return max(256, int(8 / 3 * d_model / 256) * 256)
-
-
 def config_for_scale(ffn: str, scale: float, vocab_size: int, seq_len: int = 128,
                      **overrides: Any) -> ModelConfig:
     """The scale ladder. s may be a half-integer (d = 64 at s = 0.5) so the CPU gets a small end.
 
-    FFN sizes follow the reference: MLP/SwiGLU width dense_width(d); MoE 16 experts of width d,
-    top-2; sgatlin N = (16 + 12s)² per channel, C = 16, k = 8, d_key = 128; PEER N = (32 + 24s)².
+    FFN sizes at each scale are the registry's (ffn_types.py, after the reference).
     `overrides` replace entries of ffn_kwargs (e.g. activation="gelu" for the ablation).
     """
+    ffn_type(ffn)  # an unknown name is refused before the scale
     d_model, n_layers = 128 * scale, 2 * scale
-    if ffn not in FFN_TYPES:
-        raise ValueError(f"unknown ffn {ffn!r}; choose from {', '.join(FFN_TYPES)}")
-    if d_model != int(d_model) or int(d_model) % 64 or n_layers != int(n_layers):
-        raise ValueError(f"scale {scale} must be a multiple of 0.5 (d = 128·s, layers = 2·s)")
+    if (not math.isfinite(scale) or scale <= 0 or d_model != int(d_model) or int(d_model) % 64
+            or n_layers != int(n_layers)):
+        raise ValueError(f"scale {scale} must be a positive multiple of 0.5 (d = 128·s, layers = 2·s)")
     d_model, n_layers = int(d_model), int(n_layers)
-    if ffn in ("mlp", "swiglu"):
-        kwargs: dict[str, Any] = {"d_ffw": dense_width(d_model)}
-    elif ffn == "moe":
-        kwargs = {"d_ffw": d_model, "n_experts": 16, "k": 2}
-    elif ffn == "sgatlin":
-        n_keys = round(16 + 12 * scale)
-        kwargs = {"n_neurons": n_keys**2, "k": 8, "n_channels": 16, "d_key": 128,
-                  "router": "product_dense", "activation": "identity"}
-    else:
-        n_keys = round(32 + 24 * scale)
-        kwargs = {"n_neurons": n_keys**2, "k": 8, "n_channels": 16, "d_key": 128}
-    unknown = set(overrides) - set(kwargs)
-    if unknown:
-        raise ValueError(f"options {sorted(unknown)} do not apply to ffn {ffn!r}")
-    kwargs.update(overrides)
+    kwargs = ffn_kwargs(ffn, d_model, scale, **overrides)
     return ModelConfig(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, ffn=ffn,
                        seq_len=seq_len, ffn_kwargs=kwargs, scale=scale)
-
-
-def build_ffn(cfg: ModelConfig) -> nn.Module:
-    kw = cfg.ffn_kwargs
-    if cfg.ffn == "mlp":
-        return MLP(cfg.d_model, **kw)
-    if cfg.ffn == "swiglu":
-        return SwiGLU(cfg.d_model, **kw)
-    if cfg.ffn == "moe":
-        return MoE(cfg.d_model, **kw)
-    if cfg.ffn == "peer":
-        return PEER(cfg.d_model, **kw)
-    if cfg.ffn == "sgatlin":
-        return SparselyGatedLinear(cfg.d_model, **kw)
-    raise ValueError(f"unknown ffn {cfg.ffn!r}")
 
 
 def rotary_tables(d_head: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +107,7 @@ class Block(nn.Module):
         self.attn_norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
         self.attn = Attention(cfg.d_model, cfg.d_head, cfg.seq_len)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
-        self.ffn = build_ffn(cfg)
+        self.ffn = build_ffn(cfg.ffn, cfg.d_model, cfg.ffn_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x))
@@ -151,6 +115,11 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    """tokens -> logits. Saved and loaded as the artifact kind "sgatlin_lm" (artifact.py): its
+    spec is the ModelConfig, so `sparse_expansion.models.load_model(DIR)` rebuilds it exactly."""
+
+    artifact_kind = "sgatlin_lm"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -165,6 +134,13 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.norm(x) @ self.embed.weight.T
+
+    def spec(self) -> dict[str, Any]:
+        return self.cfg.to_dict()
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Transformer:
+        return cls(ModelConfig.from_dict(spec))
 
     def flops_per_token(self) -> int:
         """Forward matmul FLOPs per token at the configured seq_len (no embeddings, no logits)."""
