@@ -142,9 +142,6 @@ def test_saved_run_reloads_to_identical_logits(tiny_data, tmp_path):
         assert torch.equal(model(tokens), load(tmp_path)(tokens))  # reloading is exact
 
 
-@pytest.mark.xfail(raises=UsageError, strict=False,
-                   reason="models.resolve_model_path still asks for a config.json, which sgatlin "
-                          "artifacts do not have")
 def test_saved_run_loads_through_models_load_model(tiny_data, tmp_path):
     from sparse_expansion.models import load_model
 

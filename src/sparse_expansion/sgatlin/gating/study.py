@@ -21,17 +21,16 @@ SPLITS = ("val", "train")
 
 def load_run(path: str | Path) -> tuple[Transformer, Any]:
     """(model, tokenizer) of a folder written by `sparse-expansion train --ffn sgatlin`."""
-    from ...artifact import is_artifact, load_artifact
+    from ...artifact import is_artifact
+    from ...models import load_model
 
-    # models.load_model is the intended loader; it still requires a config.json, which sgatlin
-    # artifacts do not have, so this goes straight to the artifact loader it delegates to.
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"run folder {path} not found")
     if not is_artifact(path) and (path / "metrics.json").is_file():
         raise UsageError(f"{path} was saved by an older sparse-expansion (before the one artifact "
                          "format); train it again")
-    model, tokenizer = load_artifact(path)
+    model, tokenizer = load_model(str(path))
     if not isinstance(model, Transformer):
         raise UsageError(f"{path} holds no sgatlin-study model; give a folder written by "
                          "`sparse-expansion train --ffn sgatlin`")
