@@ -218,8 +218,11 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
         if target is None:
             raise UsageError(f"{path}: module {name} has unknown type {spec.get('type')!r}; "
                              "was it written by a newer sparse-expansion?")
-        model.set_submodule(name, _resolve(target).from_spec(spec).to(dtype))
+        model.set_submodule(name, _resolve(target).from_spec(spec))
     load_safetensors(model, str(path / WEIGHTS_FILE), strict=True)
+    for module in model.modules():
+        if hasattr(module, "to_storage_dtype"):  # a replacement keeps what must stay float32 (a router)
+            module.to_storage_dtype(dtype)
     return model, tokenizer
 
 

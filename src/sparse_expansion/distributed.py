@@ -1,6 +1,7 @@
-"""Optional scale-out over torch.distributed ranks (torchrun): gloo on CPU, NCCL on GPU.
+"""Collectives for optional scale-out over torch.distributed ranks (torchrun).
 
-The one distributed set-up of the library, used by calibration (expand) and by sgatlin training.
+Joining the group (which backend, which GPU per rank) is decided in `runtime.py`; this module is
+what the library does once joined, for calibration (expand) and sgatlin training.
 Calibration: every rank runs the same deterministic calibration; only independent work (the
 expert solves of one linear) is split, then gathered so every rank holds the full result and
 rank 0 writes it. Training: every rank takes its rows of the same global batch and the gradients
@@ -9,30 +10,8 @@ are averaged (DistributedDataParallel). Without torchrun all of this is a no-op.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
-
-
-def backend_for(device: str) -> str:
-    """The process-group backend for tensors on `device`: NCCL for CUDA, gloo otherwise.
-
-    The one place where a device choice becomes a distributed decision; per-rank CUDA device
-    selection belongs here too when it comes.
-    """
-    return "nccl" if str(device).startswith("cuda") else "gloo"
-
-
-def init_from_env(device: str = "cpu") -> tuple[int, int]:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); otherwise do nothing.
-
-    Returns (rank, world size). A group that is already set up (a test spawning its own
-    processes) is used as it is.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=backend_for(device))
-    return rank_and_size()
 
 
 def rank_and_size() -> tuple[int, int]:

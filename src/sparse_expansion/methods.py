@@ -141,15 +141,17 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
 
 def compress_and_save(source: str, config: Any, out: str, calibration: CalibrationSpec, *,
                       targets: str = "mlp", batch_size: int = 8, device: str = "cpu",
-                      progress: bool = True, notes: dict[str, Any] | None = None) -> dict[str, Any]:
+                      dtype: torch.dtype | None = None, progress: bool = True,
+                      notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load `source`, compress it, save it to `out` atomically; returns the saved record (with
     `notes`, e.g. how the user phrased a setting, added to it).
 
     Everything that can be refused is refused before the model loads: an unwritable or non-empty
     `out`, bad calibration sizes. Under torchrun every rank runs the same deterministic calibration
-    and shares the expert solves; rank 0 writes the folder.
+    and shares the expert solves; rank 0 writes the folder. `dtype` is the weights' storage
+    precision (default float32); statistics and solves compute in float32 whatever it is.
     """
-    from . import distributed
+    from . import distributed, runtime
     from .artifact import save_artifact
     from .io import atomic_output_dir, check_output_dir
     from .models import load_causal_lm
@@ -160,13 +162,14 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
         check_calibration_size(config, calibration.windows * calibration.seqlen)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
-    distributed.init_from_env(device)
-    model, tokenizer = load_causal_lm(source)
+    runtime.join_process_group(device)
+    model, tokenizer = load_causal_lm(source, dtype=dtype) if dtype is not None else load_causal_lm(source)
     needs_data = needs_calibration(config)
     windows = calibration.sample(tokenizer, model) if needs_data else None
     record = compress(model, windows, config, targets=targets, batch_size=batch_size, device=device,
                       progress=progress and distributed.is_main())
     record.update(source_model=source, calibration=calibration.to_json() if needs_data else None,
+                  dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                   machine={**machine_record(), "ranks": distributed.rank_and_size()[1]}, **(notes or {}))
     if distributed.is_main():
         with atomic_output_dir(out) as tmp:

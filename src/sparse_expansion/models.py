@@ -128,7 +128,7 @@ def load_causal_lm(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
         if kind != CAUSAL_LM:
             raise UsageError(f"{name_or_path} holds a {kind} model, not a causal language model; this command "
                              "takes smollm2-135m, a Hugging Face folder, or a pruned or expanded folder")
-    return load_model(path, device, dtype)
+    return load_model(name_or_path, device, dtype)
 
 
 def _load_hf(path: str, dtype: torch.dtype, shipped: bool = False) -> tuple[nn.Module, object]:

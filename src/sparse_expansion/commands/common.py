@@ -19,10 +19,6 @@ def add_model_arg(parser: argparse.ArgumentParser, what: str = "MODEL") -> None:
                         help="'smollm2-135m' (default, shipped), a model folder, or a hub id")
 
 
-def add_device_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda; cuda holds one layer at a time")
-
-
 def add_calibration_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("calibration")
     group.add_argument("--calib", default=DEFAULT_CALIB, metavar="DATA",
@@ -40,16 +36,6 @@ def calibration_spec(args) -> CalibrationSpec:
     from ..data import CalibrationSpec
 
     return CalibrationSpec(data=args.calib, windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed)
-
-
-def check_device(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} asked for, but no CUDA GPU is available; use --device cpu")
-    if not device.startswith(("cpu", "cuda")):
-        raise UsageError(f"unknown --device '{device}'; use cpu or cuda")
-    return device
 
 
 def require_positive(value: int, flag: str) -> None:

@@ -6,6 +6,7 @@ import copy
 import json
 import time
 
+from .. import runtime
 from ..errors import UsageError
 from . import common
 
@@ -24,6 +25,7 @@ def register(subparsers) -> None:
                    help="comma-separated pruning methods to compare with dense (default magnitude,wanda,sparsegpt)")
     p.add_argument("--experts", type=int, default=4, help="Sparse Expansion experts (default 4; 0 = skip)")
     p.add_argument("--json", action="store_true", help="also print the table as one JSON line")
+    runtime.add_runtime_args(p)
     p.set_defaults(func=run)
 
 
@@ -48,12 +50,15 @@ def run(args) -> int:
     check_seqlen_value(args.seqlen)
     check_corpus(common.DEFAULT_EVAL)
 
-    dense, tokenizer = load_causal_lm(args.model)
+    rt = runtime.setup(args.device, args.dtype)
+    dense, tokenizer = load_causal_lm(args.model, dtype=rt.dtype)
     calib = calibration.sample(tokenizer, dense)
     rows = []
 
     def measure(name: str, model, seconds: float) -> None:
-        result = evaluate_model(model, tokenizer, common.DEFAULT_EVAL, args.eval_windows, args.seqlen)
+        result = evaluate_model(model, tokenizer, common.DEFAULT_EVAL, args.eval_windows, args.seqlen,
+                                device=rt.device)
+        model.to("cpu")
         rows.append({"method": name, "sparsity": "0" if name == "dense" else str(sparsity),
                      "perplexity": result["perplexity"], "flops_per_token": result["flops_per_token"],
                      "nonzeros": result["nonzeros"], "compress_seconds": seconds})
@@ -68,7 +73,7 @@ def run(args) -> int:
         print(f"-- {name} at {sparsity}")
         model = copy.deepcopy(dense)
         start = time.perf_counter()
-        compress(model, calib, config)
+        compress(model, calib, config, device=rt.device)
         measure(name, model, time.perf_counter() - start)
         del model
 

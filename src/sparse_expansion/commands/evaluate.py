@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from .. import runtime
 from ..errors import UsageError
 from . import common
 
@@ -20,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--json", action="store_true",
                    help="print exactly one JSON object on stdout (the summary line goes to stderr)")
-    common.add_device_arg(p)
+    runtime.add_runtime_args(p)
     p.set_defaults(func=run)
 
 
@@ -34,10 +35,11 @@ def run(args) -> int:
         raise UsageError(f"--windows must be 0 (all) or positive (got {args.windows})")
     check_seqlen_value(args.seqlen)
     check_corpus(args.data)
-    device = common.check_device(args.device)
-    model, tokenizer = load_causal_lm(args.model)
-    result = {"model": args.model, **evaluate_model(model, tokenizer, args.data, args.windows, args.seqlen,
-                                                     batch_size=args.batch_size, device=device)}
+    rt = runtime.setup(args.device, args.dtype)
+    model, tokenizer = load_causal_lm(args.model, rt.device, rt.dtype)
+    result = {"model": args.model, "dtype": args.dtype, "device": rt.device,
+              **evaluate_model(model, tokenizer, args.data, args.windows, args.seqlen, batch_size=args.batch_size,
+                               device=rt.device)}
     summary = (f"{args.model} on {args.data}: perplexity {result['perplexity']:.3f} over "
                f"{result['tokens']} tokens ({result['windows']} x {args.seqlen}); "
                f"{result['flops_per_token'] / 1e6:.1f} MFLOPs/token, {result['nonzeros']:,} non-zeros")

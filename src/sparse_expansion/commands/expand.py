@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import runtime
 from ..errors import UsageError
 from . import common
 
@@ -27,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization of the experts (2-8)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     common.add_calibration_args(p)
-    common.add_device_arg(p)
+    runtime.add_runtime_args(p, dtype_help="storage precision of the weights and experts (statistics, router "
+                                           "and solves stay float32)")
     p.set_defaults(func=run)
 
 
@@ -48,10 +50,11 @@ def run(args) -> int:
         sparsity = parse_sparsity(budget_sparsity(args.memory_budget, args.experts))
     else:
         sparsity = parse_sparsity(args.sparsity)
+    rt = runtime.setup(args.device, args.dtype)
     config = ExpandConfig(experts=args.experts, sparsity=sparsity, pca_dim=args.pca_dim, bits=args.bits,
                           seed=args.seed, n_init=args.n_init, blend_below=args.blend_below)
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
-                               batch_size=args.batch_size, device=common.check_device(args.device),
+                               batch_size=args.batch_size, device=rt.device, dtype=rt.dtype,
                                notes={"memory_budget": args.memory_budget})
     if args.memory_budget is not None:
         print(f"memory budget {args.memory_budget:g} -> each expert at sparsity {sparsity}")

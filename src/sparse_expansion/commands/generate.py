@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import runtime
 from ..errors import UsageError
 from . import common
 
@@ -14,7 +15,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate (default 40)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy; above 0 samples")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    common.add_device_arg(p)
+    runtime.add_runtime_args(p)
     p.set_defaults(func=run)
 
 
@@ -28,8 +29,9 @@ def run(args) -> int:
         raise UsageError("--temperature must be >= 0")
     if not args.prompt.strip():
         raise UsageError("--prompt is empty; give some text to continue")
-    device = common.check_device(args.device)
-    model, tokenizer = load_causal_lm(args.model, device=device)
+    rt = runtime.setup(args.device, args.dtype)
+    device = rt.device
+    model, tokenizer = load_causal_lm(args.model, device, rt.dtype)
     torch.manual_seed(args.seed)
     ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(device)
     sample = args.temperature > 0

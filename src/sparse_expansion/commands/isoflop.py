@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import runtime
 from ..sgatlin.ffn_types import FFN_TYPES, types_help
 from .train import add_training_arguments
 
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="runs in parallel, one process with one thread each (default 1)")
     add_training_arguments(p)
     p.add_argument("--out", required=True, help="new folder for the study")
+    runtime.add_runtime_args(p, dtype_help="precision of every run's forward pass (autocast)")
     p.set_defaults(func=handle)
 
 
@@ -47,8 +49,10 @@ def handle(args: argparse.Namespace) -> int:
 
     ffns = [f.strip() for f in args.ffn.split(",") if f.strip()]
     budgets, scales = _floats(args.budgets), _floats(args.scales)
+    rt = runtime.setup(args.device, args.dtype)
     results = run_study(args.out, budgets, ffns, scales, args.ablation_budget, args.jobs,
-                        args.batch_size, args.seq_len, args.seed, args.data_dir)
+                        args.batch_size, args.seq_len, args.seed, args.data_dir, device=rt.device,
+                        autocast=None if args.dtype == "float32" else args.dtype)
     print(winners(results))
     print(f"-> {args.out}")
     return 0

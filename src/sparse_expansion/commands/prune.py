@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import runtime
 from ..errors import UsageError
 from . import common
 
@@ -21,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization, 2-8 bits (sparsegpt)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     common.add_calibration_args(p)
-    common.add_device_arg(p)
+    runtime.add_runtime_args(p, dtype_help="storage precision of the weights (statistics and solves stay float32)")
     p.set_defaults(func=run)
 
 
@@ -33,8 +34,9 @@ def run(args) -> int:
     if args.bits is not None and (args.method != "sparsegpt" or not 2 <= args.bits <= 8):
         raise UsageError("--bits needs --method sparsegpt and a value from 2 to 8")
     config = make_config(args.method, sparsity, bits=args.bits)
+    rt = runtime.setup(args.device, args.dtype)
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
-                               batch_size=args.batch_size, device=common.check_device(args.device))
+                               batch_size=args.batch_size, device=rt.device, dtype=rt.dtype)
     print(f"pruned ({args.method}, {sparsity}) {len(record['linears'])} linears in "
           f"{record['seconds']['total']:.1f} s -> {args.out}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import runtime
 from ..sgatlin.ffn_types import FFN_TYPES, types_help
 
 ROUTER_CHOICES = ("product_dense", "product_key_value")
@@ -53,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: do not)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: show one)")
+    runtime.add_runtime_args(p, dtype_help="precision of the forward pass (autocast; weights and optimizer "
+                                           "stay float32)")
     p.set_defaults(func=handle)
 
 
@@ -86,7 +89,6 @@ def handle(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .. import distributed
     from ..errors import UsageError
     from ..io import atomic_output_dir, check_output_dir
     from ..sgatlin.checkpoint import load_checkpoint
@@ -109,7 +111,9 @@ def handle(args: argparse.Namespace) -> int:
     ckpt = out.with_name(out.name + ".ckpt")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rank, world = distributed.init_from_env("cpu")
+    rt = runtime.setup(args.device, args.dtype, distributed=True)
+    rank, world = rt.rank, rt.world_size
+    autocast = None if args.dtype == "float32" else rt.dtype
     check_config(cfg, world)
     resume = load_checkpoint(ckpt) if args.resume else False
     if resume:
@@ -119,11 +123,12 @@ def handle(args: argparse.Namespace) -> int:
     if args.save_data and rank == 0:
         save_token_data(data, args.save_data)
     if rank != 0:
-        train(cfg, data, None, ckpt, args.checkpoint_every, resume, progress=False)
+        train(cfg, data, None, ckpt, args.checkpoint_every, resume, progress=False, device=rt.device,
+              autocast=autocast)
         return 0
     with atomic_output_dir(out) as tmp:
         metrics = train(cfg, data, tmp, ckpt, args.checkpoint_every, resume,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, device=rt.device, autocast=autocast)
     shutil.rmtree(ckpt, ignore_errors=True)
     print(f"{metrics['ffn']} scale {metrics['scale']:g}: {metrics['params']:,} params, "
           f"{metrics['steps']} steps, {metrics['tokens']:,} tokens, "

@@ -72,7 +72,7 @@ class SparseExpertLinear(nn.Module):
             module.experts.copy_(experts)
             if bias is not None:
                 module.bias.copy_(bias)
-        return module.to(experts.device)
+        return module.to_storage_dtype(experts.dtype).to(experts.device)
 
     # --- artifact: rebuilt from its spec when loading ----------------------------------------------
     def spec(self) -> dict[str, Any]:
@@ -101,6 +101,14 @@ class SparseExpertLinear(nn.Module):
         if self.bias is not None:
             out += self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def to_storage_dtype(self, dtype: torch.dtype) -> SparseExpertLinear:
+        """Experts and bias in `dtype`; the router stays float32, so routes do not depend on it."""
+        with torch.no_grad():
+            self.experts.data = self.experts.data.to(dtype)
+            if self.bias is not None:
+                self.bias.data = self.bias.data.to(dtype)
+        return self
 
     def expert_nonzeros(self) -> list[int]:
         return [int(n) for n in (self.experts != 0).flatten(1).sum(1)]

@@ -99,10 +99,11 @@ def plan_runs(budgets: list[float], ffns: list[str], scales: list[float],
 
 
 def _launch(spec: RunSpec, work: Path, data_dir: Path, batch_size: int, seq_len: int,
-            seed: int) -> subprocess.Popen:
+            seed: int, device: str, autocast: str | None) -> subprocess.Popen:
     job = {"ffn": spec.ffn, "scale": spec.scale, "budget": spec.budget,
            "overrides": spec.overrides, "batch_size": batch_size, "seq_len": seq_len,
-           "seed": seed, "data_dir": str(data_dir), "out": str(work / "runs" / spec.name)}
+           "seed": seed, "data_dir": str(data_dir), "out": str(work / "runs" / spec.name),
+           "device": device, "autocast": autocast}
     (work / "jobs").mkdir(parents=True, exist_ok=True)
     job_file = work / "jobs" / f"{spec.name}.json"
     job_file.write_text(json.dumps(job))
@@ -114,9 +115,10 @@ def _launch(spec: RunSpec, work: Path, data_dir: Path, batch_size: int, seq_len:
 
 def run_study(out: str | Path, budgets: list[float], ffns: list[str], scales: list[float],
               ablation_budget: float | None = None, jobs: int = 1, batch_size: int = 8,
-              seq_len: int = 128, seed: int = 0, data_dir: str | Path | None = None
-              ) -> list[dict[str, Any]]:
-    """Run (or finish) the study; write results.json, table.md, isoflop.png, ablation.md to out."""
+              seq_len: int = 128, seed: int = 0, data_dir: str | Path | None = None,
+              device: str = "cpu", autocast: str | None = None) -> list[dict[str, Any]]:
+    """Run (or finish) the study; write results.json, table.md, isoflop.png, ablation.md to out.
+    Every run trains on `device` (runs share it), with `autocast` (a dtype name) if given."""
     from .data import check_token_data, prepare_data, save_token_data
 
     out = check_output_dir(out)
@@ -142,7 +144,7 @@ def run_study(out: str | Path, budgets: list[float], ffns: list[str], scales: li
     while todo or running:
         while todo and len(running) < jobs:
             spec = todo.pop(0)
-            running.append((spec, _launch(spec, work, data_path, batch_size, seq_len, seed),
+            running.append((spec, _launch(spec, work, data_path, batch_size, seq_len, seed, device, autocast),
                             time.time()))
         time.sleep(0.5)
         for item in list(running):
@@ -286,7 +288,9 @@ def _worker(job_file: str) -> int:
     if out.exists():
         shutil.rmtree(out)  # a half-written run from an interrupted study
     with atomic_output_dir(out) as tmp:
-        train(cfg, load_token_data(job["data_dir"]), tmp, progress=False)
+        autocast = getattr(torch, job["autocast"]) if job.get("autocast") else None
+        train(cfg, load_token_data(job["data_dir"]), tmp, progress=False, device=job.get("device", "cpu"),
+              autocast=autocast)
     return 0
 
 

@@ -157,9 +157,15 @@ class MoE(nn.Module):
         logits = self.gate(flat)
         weights = logits.softmax(-1)
         chosen = logits.topk(self.k, dim=-1).indices  # [n, k]
+        # Group the (token, slot) pairs by expert with one stable sort and one host sync (the
+        # group sizes), instead of a .nonzero() per expert; tokens keep ascending order inside
+        # each group and groups are added in expert order, so the sums are the same as a loop's.
+        expert_of = chosen.flatten()
+        order = torch.argsort(expert_of, stable=True)
+        token_of = order // self.k
+        sizes = torch.bincount(expert_of, minlength=self.n_experts).tolist()
         out = torch.zeros_like(flat)
-        for e in range(self.n_experts):
-            token, slot = (chosen == e).nonzero(as_tuple=True)
+        for e, token in enumerate(torch.split(token_of, sizes)):
             if token.numel() == 0:
                 continue
             h = clamped_swiglu(flat[token] @ self.w_in[e] + self.b_in[e])

@@ -162,6 +162,8 @@ def train(
     resume: bool | Checkpoint = False,
     stop_after: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
+    autocast: torch.dtype | None = None,
 ) -> dict[str, Any] | None:
     """Train; save the model (artifact kind "sgatlin_lm", with its tokenizer) and metrics.json
     into out_dir.
@@ -170,6 +172,8 @@ def train(
     written every `checkpoint_every` steps and at the end, and `resume` (True, or a Checkpoint
     already read and checked) continues from it exactly. `stop_after` ends the run after that many
     steps without final outputs (to test resume). Returns the metrics, or None when stopped early.
+    On `device` (cpu or cuda:I, see runtime.py); `autocast` (e.g. torch.bfloat16) runs the forward
+    pass in that precision while the weights and optimizer stay float32.
     """
     from tqdm import tqdm
 
@@ -185,7 +189,7 @@ def train(
     if resume:
         resume.check_config(cfg.to_dict())
     torch.manual_seed(cfg.seed)
-    model = Transformer(mcfg)
+    model = Transformer(mcfg).to(device)  # built on the CPU from the seed: same weights on any device
     opt = _optimizer(model, cfg)
     history: list[float] = []
     start_step, wall_before = 0, 0.0
@@ -194,8 +198,10 @@ def train(
         start_step, history, wall_before = resume.step, list(resume.history), resume.wall_seconds
     net = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
-    windows = val_windows(data.val, cfg.val_windows, cfg.seq_len)
+        ids = [torch.device(device).index] if device.startswith("cuda") else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    windows = val_windows(data.val, cfg.val_windows, cfg.seq_len).to(device)
+    device_type = torch.device(device).type
     local_rows = slice(rank, cfg.batch_size, world)
     tokens_per_step = cfg.batch_size * cfg.seq_len
     bar = tqdm(total=steps, initial=start_step, disable=not progress or rank != 0,
@@ -206,11 +212,12 @@ def train(
     model.train()
     for step in range(start_step, end):
         ts = time.perf_counter()
-        batch = batch_at_step(data.train, step, cfg.batch_size, cfg.seq_len, cfg.seed)[local_rows]
+        batch = batch_at_step(data.train, step, cfg.batch_size, cfg.seq_len, cfg.seed)[local_rows].to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, cfg.lr, warmup, cfg.decay_fraction)
-        logits = net(batch[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        with torch.autocast(device_type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            logits = net(batch[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)

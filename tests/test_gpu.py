@@ -1,0 +1,107 @@
+"""The CUDA path, on tiny models: every command's result on the GPU equals its CPU result within
+tolerance, and torchrun with NCCL works. Skipped where CUDA is absent (CI); run on a GPU machine
+with `pytest -m gpu`."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparse_expansion.cli import main
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def logits(folder, device, ids):
+    from sparse_expansion.models import load_model
+
+    model, _ = load_model(str(folder), device=device)
+    with torch.no_grad():
+        return model(ids.to(device)).logits.float().cpu()
+
+
+@pytest.mark.parametrize("command", [["prune", "--method", "sparsegpt", "--sparsity", "0.5"],
+                                     ["prune", "--method", "wanda", "--sparsity", "2:4"],
+                                     ["expand", "--experts", "3", "--sparsity", "0.5"]])
+def test_compression_on_cuda_equals_cpu(tmp_path, tiny_model_dir, text_file, capsys, command):
+    calib = ["--calib", text_file, "--calib-windows", "4", "--seqlen", "32"]
+    for device in ("cpu", "cuda"):
+        run([command[0], tiny_model_dir, *command[1:], *calib, "--device", device, "--out", tmp_path / device],
+            capsys)
+    ids = torch.randint(2, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    a, b = logits(tmp_path / "cpu", "cpu", ids), logits(tmp_path / "cuda", "cuda", ids)
+    assert torch.allclose(a, b, atol=1e-2, rtol=1e-2)
+
+
+def test_eval_and_generate_on_cuda_equal_cpu(tiny_model_dir, text_file, capsys):
+    results = {}
+    for device in ("cpu", "cuda"):
+        out = run(["eval", tiny_model_dir, "--data", text_file, "--windows", "3", "--seqlen", "32", "--json",
+                   "--device", device], capsys)
+        results[device] = json.loads(out)["perplexity"]
+    assert results["cuda"] == pytest.approx(results["cpu"], rel=1e-3)
+    texts = {d: run(["generate", tiny_model_dir, "--prompt", "To be", "--max-new-tokens", "6", "--device", d],
+                    capsys) for d in ("cpu", "cuda")}
+    assert texts["cpu"] == texts["cuda"]
+
+
+def test_bfloat16_eval_on_cuda(tiny_model_dir, text_file, capsys):
+    out = run(["eval", tiny_model_dir, "--data", text_file, "--windows", "3", "--seqlen", "32", "--json",
+               "--device", "cuda", "--dtype", "bfloat16"], capsys)
+    result = json.loads(out)
+    assert result["device"].startswith("cuda") and result["dtype"] == "bfloat16"
+
+
+def test_sgatlin_training_on_cuda_tracks_cpu(tmp_path):
+    from sparse_expansion.sgatlin.data import TokenData, encode_documents, train_tokenizer
+    from sparse_expansion.sgatlin.training import TrainConfig, plan, train
+
+    text = "In the beginning God created the heaven and the earth. And the earth was without form. " * 6
+    tok = train_tokenizer([text], vocab_size=300)
+    stream = encode_documents(tok, {"a": text})[:400]
+    data = TokenData(tok, stream, stream.copy())
+    cfg = TrainConfig(ffn="sgatlin", scale=0.5, budget=1e30, batch_size=4, seq_len=32, lr=3e-3, val_windows=8,
+                      ffn_overrides={"n_channels": 4, "d_key": 16}, warmup_steps=2)
+    _, fpt, _ = plan(cfg, data.vocab_size)
+    cfg.budget = 3 * fpt * 4 * 32 * 10
+    cpu = train(cfg, data, tmp_path / "cpu", progress=False, device="cpu")
+    gpu = train(cfg, data, tmp_path / "gpu", progress=False, device="cuda")
+    assert gpu["val_loss"] == pytest.approx(cpu["val_loss"], abs=0.05)
+    amp = train(cfg, data, tmp_path / "amp", progress=False, device="cuda", autocast=torch.bfloat16)
+    assert amp["val_loss"] == pytest.approx(cpu["val_loss"], abs=0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_ranks_on_cuda_equal_one(tmp_path, tiny_model_dir, text_file):
+    """Two ranks share one GPU (or take two): NCCL, each rank on cuda:LOCAL_RANK % GPUs."""
+    common = ["expand", str(tiny_model_dir), "--experts", "3", "--sparsity", "0.5", "--calib", str(text_file),
+              "--calib-windows", "4", "--seqlen", "32", "--device", "cuda"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    single = subprocess.run([sys.executable, "-m", "sparse_expansion.cli", *common, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    double = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+                             str(free_port()), "-m", "sparse_expansion.cli", *common, "--out", str(tmp_path / "two")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    ids = torch.randint(2, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(logits(tmp_path / "one", "cuda", ids), logits(tmp_path / "two", "cuda", ids), atol=1e-4)
