@@ -1,8 +1,13 @@
+import json
+
 import pytest
 import torch
 
+from sparse_expansion.artifact import read_manifest, save_artifact
+from sparse_expansion.errors import UsageError
 from sparse_expansion.fpe import dnf
-from sparse_expansion.fpe.mlp import MaskedMLP, MLPConfig, load_mlp, save_mlp
+from sparse_expansion.fpe.mlp import MaskedMLP, MLPConfig, count_nonzeros
+from sparse_expansion.models import load_model
 
 
 @pytest.mark.parametrize("m", [4, 8, 16, 32])
@@ -45,13 +50,32 @@ def test_sample_rejects_odd_size():
         dnf.sample(dnf.make_task(8, 2, 2, seed=0), 11, seed=0)
 
 
-def test_save_load_roundtrip(tmp_path):
+def test_saved_then_loaded_mlp_gives_identical_outputs(tmp_path):
     torch.manual_seed(0)
     model = MaskedMLP(MLPConfig(6, (4, 3), 2))
     with torch.no_grad():
         model.layers[0].set_mask((torch.rand(4, 6) > 0.5).float())
-    save_mlp(model, tmp_path / "m")
-    again = load_mlp(tmp_path / "m")
+    save_artifact(tmp_path / "m", model, record={"rule": "random", "seed": 0})
+    again, tokenizer = load_model(str(tmp_path / "m"))
+    assert tokenizer is None and isinstance(again, MaskedMLP) and again.config == model.config
     x = torch.randn(5, 6)
     assert torch.equal(model(x), again(x))
-    assert not list(tmp_path.glob("m/*.pt")) and (tmp_path / "m" / "model.safetensors").is_file()
+    for a, b in zip(model.layers, again.layers, strict=True):
+        assert torch.equal(a.mask, b.mask) and torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert count_nonzeros(again) == count_nonzeros(model)
+    manifest = read_manifest(tmp_path / "m")
+    assert manifest["kind"] == "fpe_mlp" and manifest["record"] == {"rule": "random", "seed": 0}
+    assert manifest["spec"] == {"in_features": 6, "hidden": [4, 3], "out_features": 2, "activation": "relu"}
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "sparse_expansion.json"]
+
+
+def test_spec_roundtrip_and_bad_spec_is_one_line(tmp_path):
+    model = MaskedMLP(MLPConfig(3, (2,), 1, "identity"))
+    assert MaskedMLP.from_spec(model.spec()).config == model.config
+    save_artifact(tmp_path / "m", model)
+    manifest = tmp_path / "m" / "sparse_expansion.json"
+    data = json.loads(manifest.read_text())
+    data["spec"]["hidden"] = [5]  # no longer matches the weights
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match="cannot load"):
+        load_model(str(tmp_path / "m"))

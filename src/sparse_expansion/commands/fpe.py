@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--epochs", default=None, help="WARMUP,POST epochs (default 30,60 for dnf, 20,40 digits, 10,20 plays/bible)"
     )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--save-models", action="store_true", help="also save every trained network (safetensors + JSON)")
+    p.add_argument("--save-models", action="store_true",
+                   help="also save every trained network as a model folder (default off)")
     p.add_argument("--out", required=True, help="new folder for results.json, PNGs and report.md")
     p.set_defaults(func=handler)
 
@@ -109,15 +110,17 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(parts) + f" --out {args.out}"
 
 
-def _save_models(runs: list[dict], out) -> None:
-    from ..fpe.mlp import save_mlp
+def _save_models(runs: list[dict], out, task: str) -> None:
+    """Every trained network as an artifact (kind fpe_mlp), loadable with models.load_model."""
+    from ..artifact import save_artifact
 
     for i, run in enumerate(runs):
         model = run.pop("_model", None)
         if model is not None:
             name = f"{i:04d}-{run['rule']}-h{run['hidden']}-d{run['depth']}-s{run['seed']}"
             run["model_dir"] = f"models/{name}"
-            save_mlp(model, out / "models" / name, {"rule": run["rule"], "seed": run["seed"]})
+            facts = {k: v for k, v in run.items() if k != "model_dir"}
+            save_artifact(out / "models" / name, model, record={"method": "fpe", "task": task, **facts})
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -137,7 +140,7 @@ def handler(args: argparse.Namespace) -> int:
     result["command"] = command
     with atomic_output_dir(args.out) as out:
         if args.save_models:
-            _save_models(result["runs"], out)
+            _save_models(result["runs"], out, args.task)
         for run in result["runs"]:
             run.pop("_model", None)
         for name, fn in result.pop("_plots"):

@@ -4,7 +4,7 @@ Split each hidden neuron into alpha children with disjoint input masks, prune ba
 parent's exact non-zero count, keep the masks fixed while training continues.
 """
 
-from .mlp import MaskedLinear, MaskedMLP, MLPConfig, count_nonzeros, load_mlp, save_mlp
+from .mlp import MaskedLinear, MaskedMLP, MLPConfig, count_nonzeros
 from .split import RULES, ExpandInfo, clause_collisions, expand
 
 __all__ = [
@@ -16,6 +16,4 @@ __all__ = [
     "clause_collisions",
     "count_nonzeros",
     "expand",
-    "load_mlp",
-    "save_mlp",
 ]

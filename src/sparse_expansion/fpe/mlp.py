@@ -2,21 +2,19 @@
 
 The mask is applied in the forward pass (`weight * mask`), so a masked entry neither
 contributes to the output nor receives a gradient: it stays exactly where the split put it
-(zero) through any further training, whatever the optimizer. Saved as safetensors + JSON.
+(zero) through any further training, whatever the optimizer. Saved and loaded like every
+model of this library (artifact.py, kind "fpe_mlp"): `save_artifact(folder, mlp)`,
+`models.load_model(folder)`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-FORMAT_VERSION = 1
 
 
 class MaskedLinear(nn.Linear):
@@ -54,6 +52,8 @@ class MLPConfig:
 class MaskedMLP(nn.Module):
     """in → hidden[0] → … → hidden[-1] → out, activation between layers, every linear masked."""
 
+    artifact_kind = "fpe_mlp"  # its name in artifact.KINDS
+
     def __init__(self, config: MLPConfig) -> None:
         super().__init__()
         if config.activation not in ("relu", "identity"):
@@ -70,6 +70,17 @@ class MaskedMLP(nn.Module):
             if i < len(self.layers) - 1 and self.config.activation == "relu":
                 x = F.relu(x)
         return x
+
+    # --- artifact: rebuilt from its spec when loading ----------------------------------------------
+    def spec(self) -> dict[str, Any]:
+        c = self.config
+        return {"in_features": c.in_features, "hidden": list(c.hidden), "out_features": c.out_features,
+                "activation": c.activation}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> MaskedMLP:
+        return cls(MLPConfig(int(spec["in_features"]), tuple(int(h) for h in spec["hidden"]),
+                             int(spec["out_features"]), str(spec["activation"])))
 
 
 def count_nonzeros(model: MaskedMLP) -> int:
@@ -127,38 +138,3 @@ def accuracy(model: MaskedMLP, x: torch.Tensor, y: torch.Tensor) -> float:
     logits = model(x)
     pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
     return float((pred == y).float().mean())
-
-
-def save_mlp(model: MaskedMLP, folder: str | os.PathLike, extra: dict | None = None) -> None:
-    """Weights and masks to model.safetensors, constructor arguments to config.json."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(folder / "model.safetensors"))
-    cfg = model.config
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "kind": "fpe-masked-mlp",
-        "in_features": cfg.in_features,
-        "hidden": list(cfg.hidden),
-        "out_features": cfg.out_features,
-        "activation": cfg.activation,
-        **(extra or {}),
-    }
-    (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def load_mlp(folder: str | os.PathLike) -> MaskedMLP:
-    """Rebuild from config.json, then load the tensors strictly."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    meta = json.loads((folder / "config.json").read_text())
-    if meta.get("kind") != "fpe-masked-mlp" or meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{folder} is not an FPE MLP checkpoint of format {FORMAT_VERSION}")
-    config = MLPConfig(meta["in_features"], tuple(meta["hidden"]), meta["out_features"], meta["activation"])
-    model = MaskedMLP(config)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
-    return model
