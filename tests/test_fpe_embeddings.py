@@ -1,6 +1,7 @@
 import torch
 
 from sparse_expansion.fpe import embeddings as emb
+from sparse_expansion.fpe import studies
 
 
 def test_spoken_line_filter():
@@ -44,3 +45,10 @@ def test_split_is_stratified_and_standardised():
     assert len(y_te) == 48 and torch.bincount(y_te).tolist() == [12] * 4  # round(12.5) per class
     assert torch.allclose(x_tr.mean(0), torch.zeros(5), atol=1e-5)
     assert torch.allclose(x_tr.std(0), torch.ones(5), atol=1e-4)
+
+
+def test_task_table_matches_the_data():
+    assert studies.REAL_TASKS == ("plays", "bible", "digits")
+    x, y, classes = emb.load_task("digits")
+    assert x.shape == (1797, studies.TASKS["digits"].inputs) and len(classes) == 10
+    assert float(x.max()) == 1.0 and float(x.min()) == 0.0

@@ -5,13 +5,10 @@ import torch
 
 from sparse_expansion.fpe import dnf
 from sparse_expansion.fpe.mlp import MaskedMLP, MLPConfig, TrainConfig, count_nonzeros, train_epochs
-from sparse_expansion.fpe.split import (
-    RULES,
-    SPLIT_RULES,
-    clause_collisions,
-    clause_partition,
-    expand,
-)
+from sparse_expansion.fpe.rules import RULES, SplitInputs, clause_partition
+from sparse_expansion.fpe.split import clause_collisions, expand
+
+DISJOINT = [name for name, rule in RULES.items() if rule.disjoint]
 
 
 def make(in_f=12, hidden=(6,), out=3, act="relu", seed=0):
@@ -19,15 +16,30 @@ def make(in_f=12, hidden=(6,), out=3, act="relu", seed=0):
     return MaskedMLP(MLPConfig(in_f, hidden, out, act))
 
 
-@pytest.mark.parametrize("rule", SPLIT_RULES)
+@pytest.mark.parametrize("rule", DISJOINT)
 @pytest.mark.parametrize("alpha", [2, 3])
-def test_children_masks_disjoint_and_cover(rule, alpha):
+def test_children_cover_every_parent_input_exactly_once(rule, alpha):
     model = make()
     clauses = [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
-    _, info = expand(model, alpha, rule, clauses=clauses, seed=1)
+    parent_in, parent_out = model.layers[0], model.layers[1]
+    assert bool((parent_in.weight != 0).all())  # so a zero below means "not this child's input"
+    wide, info = expand(model, alpha, rule, clauses=clauses, seed=1, prune=False)
     masks = info.child_masks[0]  # (parents, alpha, inputs)
     assert masks.shape == (6, alpha, 12)
     assert torch.equal(masks.sum(dim=1), torch.ones(6, 12, dtype=torch.long))  # each edge: one child
+    w = wide.layers[0].effective_weight().view(6, alpha, 12)
+    assert torch.equal((w != 0).sum(dim=1), torch.ones(6, 12, dtype=torch.long))
+    assert torch.equal(w.sum(dim=1), parent_in.weight)  # the one child holding an edge holds its weight
+    assert torch.equal(w != 0, masks)
+    assert torch.allclose(wide.layers[0].bias.view(6, alpha).sum(dim=1), parent_in.bias)
+    for c in range(alpha):  # outgoing weights copied to every child
+        assert torch.equal(wide.layers[1].weight[:, c::alpha], parent_out.weight)
+    assert torch.equal(wide.layers[1].bias, parent_out.bias)
+    # after pruning: the non-zero count is the parent's, and every survivor is a parent's weight
+    pruned, info = expand(model, alpha, rule, clauses=clauses, seed=1)
+    assert count_nonzeros(pruned) == count_nonzeros(model) == info.nonzeros
+    kept = pruned.layers[0].effective_weight().view(6, alpha, 12)
+    assert bool(((kept == 0) | (kept == w)).all())
 
 
 def test_overlapping_control_shares_inputs_and_dense_wide_keeps_all():
@@ -111,7 +123,8 @@ def test_masked_weights_stay_zero_through_training():
 
 def test_clause_split_puts_each_clause_in_one_child():
     task = dnf.make_task(24, 6, 3, seed=0)  # 6·3 ≤ 24: clauses share no variable
-    masks = clause_partition(8, 24, 2, task.clauses, torch.Generator().manual_seed(0))
+    inputs = SplitInputs(torch.Generator().manual_seed(0), clauses=task.clauses)
+    masks = clause_partition(torch.zeros(8, 24), 2, inputs)
     for p in range(8):
         for clause in task.clauses:
             holders = masks[p][:, clause].any(dim=1)

@@ -1,6 +1,7 @@
 """Real-data tasks for FPE: frozen MiniLM sentence embeddings (cached once) and sklearn digits.
 
-Subsets are small on purpose (2 CPU cores, a few minutes to embed, once):
+Subsets are small on purpose: embedding is the slow part, done once and cached (its rate on
+this machine: `benchmarks/fpe/timings.py`):
 - `plays`: 8 plays, 400 spoken lines each (≥ 6 words; stage directions, speaker tags and
   headings dropped), label = which play;
 - `bible`: 8 KJV books, 400 verses each, label = which book;
@@ -21,8 +22,9 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from ..io import cache_dir as root_cache_dir
+from .studies import REAL_TASKS
 
-TASKS = ("plays", "bible", "digits")
 PLAYS = (
     "hamlet",
     "macbeth",
@@ -40,8 +42,7 @@ CACHE_VERSION = 1
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SPARSE_EXPANSION_CACHE") or Path.home() / ".cache" / "sparse_expansion"
-    return Path(root) / "fpe"
+    return root_cache_dir() / "fpe"
 
 
 def _is_spoken(line: str) -> bool:
@@ -158,7 +159,7 @@ def load_task(task: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         d = load_digits()
         x = torch.tensor(d.data, dtype=torch.float32) / 16.0
         return x, torch.tensor(d.target, dtype=torch.long), [str(i) for i in range(10)]
-    raise UsageError(f"unknown real-data task {task!r}; use one of {', '.join(TASKS)}")
+    raise UsageError(f"unknown real-data task {task!r}; use one of {', '.join(REAL_TASKS)}")
 
 
 def train_test_split(x: torch.Tensor, y: torch.Tensor, test_fraction: float = 0.25, seed: int = 0):

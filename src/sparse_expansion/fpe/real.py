@@ -12,42 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from .embeddings import load_task, train_test_split
 from .mlp import MLPConfig, TrainConfig
-from .studies import schedule
-
-
-@dataclass(frozen=True)
-class RealConfig:
-    task: str = "digits"
-    fpe_widths: tuple[int, ...] = (8, 16, 32)
-    dense_widths: tuple[int, ...] = (4, 8, 12, 16, 24, 32, 48, 64, 96)
-    depths: tuple[int, ...] = (1, 3)
-    deep_fpe_widths: tuple[int, ...] = (8, 16)
-    alpha: int = 2
-    warmup_epochs: int = 30
-    post_epochs: int = 60
-    lr: float = 3e-3
-    batch_size: int = 128
-
-
-def default_config(task: str) -> RealConfig:
-    """Per-task defaults. The 384-d embedding tasks overfit fast (2,400 training examples):
-    a shorter schedule at a lower learning rate keeps test accuracy near its best."""
-    if task == "digits":
-        return RealConfig(
-            task=task, fpe_widths=(4, 8, 16), dense_widths=(4, 8, 16, 32, 64), warmup_epochs=20, post_epochs=40
-        )
-    return RealConfig(
-        task=task,
-        fpe_widths=(4, 8, 16),
-        dense_widths=(4, 8, 16, 32, 64),
-        warmup_epochs=10,
-        post_epochs=20,
-        lr=1e-3,
-    )
+from .rules import DENSE
+from .schedule import schedule
+from .studies import RealConfig
 
 
 def run_real(
@@ -95,7 +66,7 @@ def dense_match(runs: Sequence[dict], depth: int, target: float) -> float | None
     """Non-zeros a dense net of this depth needs to reach `target` mean accuracy (None if never)."""
     curve: dict[int, list] = {}
     for r in runs:
-        if r["rule"] == "dense" and r["depth"] == depth:
+        if r["rule"] == DENSE and r["depth"] == depth:
             curve.setdefault(r["nonzeros"], []).append(r["test_accuracy"])
     pts = sorted((nz, sum(a) / len(a)) for nz, a in curve.items())
     for (n0, a0), (n1, a1) in zip(pts, pts[1:], strict=False):

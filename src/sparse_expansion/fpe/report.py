@@ -5,19 +5,20 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .rules import DENSE, report_order
+
+if TYPE_CHECKING:
+    from .studies import DNFConfig, RealConfig
 
 PAPER_POINT = {"dense": 78.7, "random": 88.7, "clause": 99.4}  # arXiv 2510.04500, 8 clauses/8 neurons/α=2
-RULE_ORDER = ("dense", "random", "clause", "feature", "overlapping", "dense-wide")
 
 
 def _ms(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
     vals = [v * scale for v in values]
     sd = statistics.pstdev(vals) if len(vals) > 1 else 0.0
     return f"{statistics.fmean(vals):.{digits}f} ± {sd:.{digits}f}"
-
-
-def _rule_key(rule: str) -> int:
-    return RULE_ORDER.index(rule) if rule in RULE_ORDER else len(RULE_ORDER)
 
 
 def group(runs: Sequence[dict], keys: Sequence[str]) -> dict[tuple, list[dict]]:
@@ -37,7 +38,7 @@ def dnf_table(runs: Sequence[dict], vary: str) -> str:
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     groups = group(runs, [col, "rule"])
-    for key in sorted(groups, key=lambda k: (k[0], _rule_key(k[1]))):
+    for key in sorted(groups, key=lambda k: (k[0], report_order(k[1]))):
         g = groups[key]
         coll = [r["collisions"]["clauses_per_neuron"] for r in g if "collisions" in r]
         rows.append(
@@ -53,7 +54,7 @@ def dnf_table(runs: Sequence[dict], vary: str) -> str:
 def point_comparison(runs: Sequence[dict]) -> str:
     groups = group(runs, ["rule"])
     rows = ["| rule | ours: test acc % (mean ± std) | paper |", "|---|---:|---:|"]
-    for (rule,) in sorted(groups, key=lambda k: _rule_key(k[0])):
+    for (rule,) in sorted(groups, key=lambda k: report_order(k[0])):
         ref = PAPER_POINT.get(rule)
         accs = [r["test_accuracy"] for r in groups[(rule,)]]
         rows.append(f"| {rule} | {_ms(accs, 100)} | {f'{ref:.1f}' if ref else '–'} |")
@@ -78,7 +79,7 @@ def gain_table(fit: dict) -> str:
         "|---:|---|---:|---:|---:|---:|",
     ]
     groups = group(fit["points"], ["load", "rule"])
-    for key in sorted(groups, key=lambda k: (k[0], _rule_key(k[1]))):
+    for key in sorted(groups, key=lambda k: (k[0], report_order(k[1]))):
         g = groups[key]
         rows.append(
             f"| {key[0]:g} | {key[1]} | {_ms([p['gain'] for p in g], 100)} "
@@ -93,9 +94,9 @@ def real_tables(runs: Sequence[dict], matches: Sequence[dict]) -> str:
         "| depth | parent width | rule | hidden | non-zeros | test acc % | seeds |",
         "|---:|---:|---|---:|---:|---:|---:|",
     ]
-    fpe_widths = {(r["depth"], r["hidden_parent"]) for r in runs if r["rule"] != "dense"}
+    fpe_widths = {(r["depth"], r["hidden_parent"]) for r in runs if r["rule"] != DENSE}
     groups = group(runs, ["depth", "hidden_parent", "rule"])
-    for key in sorted(groups, key=lambda k: (k[0], k[1], _rule_key(k[2]))):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], report_order(k[2]))):
         if key[:2] not in fpe_widths:
             continue
         g = groups[key]
@@ -110,7 +111,7 @@ def real_tables(runs: Sequence[dict], matches: Sequence[dict]) -> str:
         "| depth | width | non-zeros | test acc % | seeds |",
         "|---:|---:|---:|---:|---:|",
     ]
-    for key in sorted(k for k in groups if k[2] == "dense"):
+    for key in sorted(k for k in groups if k[2] == DENSE):
         g = groups[key]
         rows.append(
             f"| {key[0]} | {key[1]} | {g[0]['nonzeros']} | {_ms([r['test_accuracy'] for r in g], 100)} | {len(g)} |"
@@ -140,10 +141,10 @@ def real_matches(runs: Sequence[dict]) -> list[dict]:
     out = []
     groups = group(runs, ["depth", "hidden_parent", "rule"])
     for (depth, width, rule), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        if rule == "dense":
+        if rule == DENSE:
             continue
         fpe_acc = statistics.fmean(r["test_accuracy"] for r in g)
-        dense = groups.get((depth, width, "dense"), [])
+        dense = groups.get((depth, width, DENSE), [])
         out.append(
             {
                 "depth": depth,
@@ -156,6 +157,59 @@ def real_matches(runs: Sequence[dict]) -> list[dict]:
             }
         )
     return out
+
+
+# ---------------------------------------------------------------- report.md
+
+
+def dnf_header(study: str, base: DNFConfig, seeds: Sequence[int]) -> str:
+    return "\n".join([
+        f"# FPE on Boolean DNF tasks — study `{study}`",
+        "",
+        f"n = {base.n_inputs} inputs (±1), k = {base.k} literals per clause, {base.n_train} train / "
+        f"{base.n_test} test examples (balanced), one hidden ReLU layer, Adam lr {base.lr}, "
+        f"batch {base.batch_size}; schedule {base.warmup_epochs} warm-up epochs → split → "
+        f"{base.post_epochs} epochs (fresh optimizer for every network, dense baseline included). "
+        f"Seeds {seeds[0]}..{seeds[-1]} (formula, data and init all follow the seed); mean ± std "
+        "(population) over seeds. Non-zeros = masked weights + biases; every FPE network equals "
+        "its dense parent's count exactly. Capacity = Σ feature capacity of the first layer; "
+        "mean abs cos = mean |cosine| over pairs of first-layer neurons; clauses/neuron = clauses "
+        "with at least one literal still read by a neuron.",
+        "",
+    ])
+
+
+def dnf_section(name: str, runs: Sequence[dict], vary: str, wall: float) -> str:
+    """One single study: its table (and the paper's numbers for the point study) and its plot."""
+    text = [f"## Study `{name}` ({wall:.0f} s wall)", "", dnf_table(runs, vary), ""]
+    if name == "point":
+        text += ["Against the paper (arXiv 2510.04500, 8 clauses, 8 neurons, α = 2):", "",
+                 point_comparison(runs), ""]
+    text.append(f"![{name}](dnf_{name}.png)\n")
+    return "\n".join(text)
+
+
+def gain_section(fit: dict) -> str:
+    return "\n".join(["## Relative gain against polysemantic load", "", gain_table(fit), "", fit_table(fit), "",
+                      "![gain](dnf_gain_vs_load.png)", ""])
+
+
+def real_report(task: str, description: str, cfg: RealConfig, rules: Sequence[str], seeds: Sequence[int],
+                wall: float, runs: Sequence[dict], matches: Sequence[dict]) -> str:
+    return "\n".join([
+        f"# FPE on real data — `{task}` ({wall:.0f} s wall)",
+        "",
+        f"{description}; stratified 75/25 split (fixed), features standardised on the training part. "
+        f"ReLU MLP, Adam lr {cfg.lr}, batch {cfg.batch_size}; {cfg.warmup_epochs} warm-up epochs "
+        f"→ split (α = {cfg.alpha}, rules {', '.join(rules)}; FPE at every hidden layer) → "
+        f"{cfg.post_epochs} epochs, fresh optimizer for all. Seeds {seeds[0]}..{seeds[-1]} (init "
+        "and batch order), mean ± std over seeds.",
+        "",
+        real_tables(runs, matches),
+        "",
+        f"![{task}]({task}.png)",
+        "",
+    ])
 
 
 # ---------------------------------------------------------------- plots
@@ -178,7 +232,7 @@ def plot_dnf(runs: Sequence[dict], vary: str, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     groups = group(runs, [col, "rule"])
     xs = sorted({k[0] for k in groups})
-    rules = sorted({k[1] for k in groups}, key=_rule_key)
+    rules = sorted({k[1] for k in groups}, key=report_order)
     if len(xs) == 1:  # a bar chart for a single setting
         for i, rule in enumerate(rules):
             accs = [r["test_accuracy"] * 100 for r in groups[(xs[0], rule)]]
@@ -210,7 +264,7 @@ def plot_dnf(runs: Sequence[dict], vary: str, path: Path, title: str) -> None:
 def plot_gain(fit: dict, path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for rule in sorted({p["rule"] for p in fit["points"]}, key=_rule_key):
+    for rule in sorted({p["rule"] for p in fit["points"]}, key=report_order):
         pts = [p for p in fit["points"] if p["rule"] == rule]
         axes[0].scatter([p["load"] for p in pts], [100 * p["gain"] for p in pts], label=rule, alpha=0.7)
         axes[1].scatter([p["capacity_fold"] for p in pts], [100 * p["gain"] for p in pts], label=rule, alpha=0.7)
@@ -239,19 +293,19 @@ def plot_real(runs: Sequence[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, len(depths), figsize=(5 * len(depths), 4), squeeze=False)
     for ax, depth in zip(axes[0], depths, strict=True):
         groups = group([r for r in runs if r["depth"] == depth], ["rule", "nonzeros"])
-        for rule in sorted({k[0] for k in groups}, key=_rule_key):
+        for rule in sorted({k[0] for k in groups}, key=report_order):
             keys = sorted(k for k in groups if k[0] == rule)
             nz = [k[1] for k in keys]
             m = [statistics.fmean(r["test_accuracy"] * 100 for r in groups[k]) for k in keys]
             s = [statistics.pstdev([r["test_accuracy"] * 100 for r in groups[k]]) for k in keys]
-            style = "-o" if rule == "dense" else "s"
+            style = "-o" if rule == DENSE else "s"
             ax.errorbar(
                 nz,
                 m,
                 yerr=s,
                 fmt=style,
                 capsize=3,
-                label=f"{rule}" + ("" if rule == "dense" else f" (α={groups[keys[0]][0]['alpha']})"),
+                label=f"{rule}" + ("" if rule == DENSE else f" (α={groups[keys[0]][0]['alpha']})"),
             )
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(plt.NullFormatter())

@@ -10,18 +10,8 @@
    random order) until its non-zero count equals the parent's exactly;
 3. the masks (split ∧ pruning) stay fixed in further training (`MaskedLinear`).
 
-Rules (which inputs each child keeps):
-- `random`: each parent's inputs shuffled and dealt into alpha equal groups (disjoint, cover);
-- `clause`: given the task's clauses (lists of input indices), each parent's clauses are dealt
-  to its children and every literal of a clause goes to that clause's child; an input used by
-  two clauses goes with the first of them in the parent's order; inputs in no clause are
-  dealt at random (disjoint, cover);
-- `feature`: the inputs are clustered by k-means on the unit-normalised rows of the Gram
-  matrix WᵀW of the layer's incoming weights (inputs read by the same neurons land together);
-  one partition for all parents (disjoint, cover; a cluster may be empty);
-- controls, to tell width from disjointness: `overlapping` (the random partition, plus each
-  input also given to one other child with probability `overlap`) and `dense-wide` (every
-  child keeps all inputs, i.e. no split mask; only the pruning decides what remains).
+Which inputs each child keeps is the rule's business: see rules.py, the one table of split
+rules (random, clause, feature, and the overlapping and dense-wide controls).
 """
 
 from __future__ import annotations
@@ -33,10 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .mlp import MaskedMLP, MLPConfig, count_nonzeros
-
-SPLIT_RULES = ("random", "clause", "feature")
-CONTROL_RULES = ("overlapping", "dense-wide")
-RULES = SPLIT_RULES + CONTROL_RULES
+from .rules import SplitInputs, get_rule
 
 
 @dataclass
@@ -51,89 +38,6 @@ class ExpandInfo:
     nonzeros_before_pruning: int = 0
     nonzeros: int = 0
     pruned: int = 0
-
-
-def random_partition(h: int, d_in: int, alpha: int, gen: torch.Generator) -> torch.Tensor:
-    """(h, alpha, d_in) bool: for every parent, its inputs dealt at random into alpha equal groups."""
-    masks = torch.zeros(h, alpha, d_in, dtype=torch.bool)
-    for p in range(h):
-        order = torch.randperm(d_in, generator=gen)
-        masks[p, torch.arange(d_in) % alpha, order] = True
-    return masks
-
-
-def clause_partition(
-    h: int, d_in: int, alpha: int, clauses: Sequence[Sequence[int]], gen: torch.Generator
-) -> torch.Tensor:
-    """(h, alpha, d_in) bool: each clause's inputs go to one child; clauses dealt evenly per parent."""
-    if not clauses:
-        raise ValueError("the clause rule needs the task's clauses")
-    masks = torch.zeros(h, alpha, d_in, dtype=torch.bool)
-    for p in range(h):
-        owner = torch.full((d_in,), -1, dtype=torch.long)
-        order = torch.randperm(len(clauses), generator=gen).tolist()
-        for slot, j in enumerate(order):
-            child = slot % alpha
-            for v in clauses[j]:
-                if not 0 <= v < d_in:
-                    raise ValueError(f"clause {j} names input {v}, outside 0..{d_in - 1}")
-                if owner[v] < 0:
-                    owner[v] = child
-        free = torch.nonzero(owner < 0).flatten()
-        free = free[torch.randperm(len(free), generator=gen)]
-        start = int(torch.randint(alpha, (1,), generator=gen))
-        owner[free] = (torch.arange(len(free)) + start) % alpha
-        masks[p, owner, torch.arange(d_in)] = True
-    return masks
-
-
-def feature_partition(weight: torch.Tensor, alpha: int, seed: int) -> torch.Tensor:
-    """(h, alpha, d_in) bool: k-means on the normalised rows of WᵀW, same partition for every parent."""
-    from sklearn.cluster import KMeans
-
-    w = weight.detach().to(torch.float64)
-    h, d_in = w.shape
-    gram = w.T @ w
-    rows = gram / gram.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    labels = KMeans(n_clusters=alpha, n_init=10, random_state=seed).fit_predict(rows.numpy())
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    masks = torch.zeros(h, alpha, d_in, dtype=torch.bool)
-    masks[:, labels, torch.arange(d_in)] = True
-    return masks
-
-
-def overlapping_partition(h: int, d_in: int, alpha: int, overlap: float, gen: torch.Generator) -> torch.Tensor:
-    """The random partition, plus each input also given to one other child with probability `overlap`."""
-    masks = random_partition(h, d_in, alpha, gen)
-    home = masks.to(torch.long).argmax(dim=1)  # (h, d_in)
-    extra = torch.rand(h, d_in, generator=gen) < overlap
-    other = (home + 1 + torch.randint(alpha - 1, (h, d_in), generator=gen)) % alpha
-    p_idx, i_idx = torch.nonzero(extra, as_tuple=True)
-    masks[p_idx, other[p_idx, i_idx], i_idx] = True
-    return masks
-
-
-def child_masks_for(
-    rule: str,
-    weight: torch.Tensor,
-    alpha: int,
-    gen: torch.Generator,
-    seed: int,
-    clauses: Sequence[Sequence[int]] | None,
-    overlap: float,
-) -> torch.Tensor:
-    h, d_in = weight.shape
-    if rule == "random":
-        return random_partition(h, d_in, alpha, gen)
-    if rule == "clause":
-        return clause_partition(h, d_in, alpha, clauses or [], gen)
-    if rule == "feature":
-        return feature_partition(weight, alpha, seed)
-    if rule == "overlapping":
-        return overlapping_partition(h, d_in, alpha, overlap, gen)
-    if rule == "dense-wide":
-        return torch.ones(h, alpha, d_in, dtype=torch.bool)
-    raise ValueError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
 
 
 @torch.no_grad()
@@ -205,21 +109,21 @@ def expand(
     first hidden layer only (its inputs are the literals). `prune=False` returns the split
     before pruning (used to check exactness).
     """
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
+    split_rule = get_rule(rule)
     if alpha < 1:
         raise ValueError(f"alpha must be ≥ 1, got {alpha}")
     layers = list(range(len(model.config.hidden))) if layers is None else sorted(set(layers))
-    if rule == "clause" and layers != [0]:
-        raise ValueError("the clause rule splits the first hidden layer only (its inputs are literals)")
+    if split_rule.needs_clauses and layers != [0]:
+        raise ValueError(f"the {rule} rule splits the first hidden layer only (its inputs are literals)")
     gen = torch.Generator().manual_seed(seed)
+    inputs = SplitInputs(generator=gen, seed=seed, clauses=clauses, overlap=overlap)
     info = ExpandInfo(rule=rule, alpha=alpha, layers=layers, nonzeros_parent=count_nonzeros(model))
     wide = copy.deepcopy(model)
     for layer in layers:
         incoming = wide.layers[layer]
-        if incoming.in_features < alpha and rule in SPLIT_RULES + ("overlapping",):
+        if incoming.in_features < alpha and split_rule.deals_inputs:
             raise ValueError(f"layer {layer} has {incoming.in_features} inputs, fewer than alpha={alpha}")
-        masks = child_masks_for(rule, incoming.effective_weight(), alpha, gen, seed, clauses, overlap)
+        masks = split_rule.partition(incoming.effective_weight(), alpha, inputs)
         info.child_masks[layer] = masks
         wide = split_layer(wide, layer, masks)
     info.nonzeros_before_pruning = count_nonzeros(wide)

@@ -1,101 +1,45 @@
-"""The FPE schedule and the DNF studies: one trained network per (setting, rule, seed).
+"""What each FPE study is: the tasks, the DNF study table, and `StudyConfig`, one `fpe` run as
+plain values, with every check that needs no data (run.py runs it).
 
-Schedule (DESIGN.md §5): train the dense parent `warmup` epochs → split it (every rule from
-the same parent) → train `post` more epochs. Every network, the dense baseline included,
-gets a fresh optimizer at the split point, so the only difference is the split itself; the
-dense baseline keeps the parent's width and trains the whole schedule.
+Light on purpose: the CLI reads TASKS, STUDIES and the rule registry for its choices and help,
+and checks a StudyConfig, before torch is imported.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
-import torch
+from ..errors import UsageError
+from .rules import DENSE, RULES, check_rules, known
 
-from ..metrics.polysemanticity import mean_pairwise_cosine, total_feature_capacity
-from . import dnf
-from .mlp import MaskedMLP, MLPConfig, TrainConfig, accuracy, count_nonzeros, train_epochs
-from .split import clause_collisions, expand
-
-Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_tr, y_tr, x_te, y_te
+DEFAULT_ALPHA = 2
+DEFAULT_DEPTH = 3  # real data: hidden layers of the deeper MLP
 
 
-def polysemanticity(model: MaskedMLP) -> dict:
-    """The §3 metrics on the first layer (neurons × inputs)."""
-    w = model.layers[0].effective_weight()
-    return {
-        "feature_capacity": total_feature_capacity(w),
-        "mean_abs_cosine": mean_pairwise_cosine(w, absolute=True),
-        "mean_cosine": mean_pairwise_cosine(w),
-    }
+@dataclass(frozen=True)
+class Task:
+    name: str
+    inputs: int  # input features: a rule that deals inputs needs at least alpha of them
+    has_clauses: bool  # DNF: the clause rule can read them
+    summary: str  # one line for --help
+    description: str = ""  # the report's description of the data (real-data tasks)
 
 
-def schedule(
-    config: MLPConfig,
-    data: Data,
-    rules: Sequence[str],
-    alpha: int,
-    seed: int,
-    warmup: int,
-    post: int,
-    train: TrainConfig,
-    clauses: Sequence[Sequence[int]] | None = None,
-    layers: Sequence[int] | None = None,
-    keep_models: bool = False,
-) -> list[dict]:
-    """Warm up one dense parent, then train the dense baseline and one FPE network per rule.
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("dnf", 32, True, "Boolean DNF formulas over 32 inputs (the studies below)"),
+    Task("plays", 384, False, "MiniLM embeddings of Shakespeare lines, label = play",
+         "frozen MiniLM (all-MiniLM-L6-v2) embeddings of 400 spoken lines from each of 8 plays, label = play"),
+    Task("bible", 384, False, "MiniLM embeddings of KJV verses, label = book",
+         "frozen MiniLM (all-MiniLM-L6-v2) embeddings of 400 KJV verses from each of 8 books, label = book"),
+    Task("digits", 64, False, "sklearn's 8x8 digits, label = digit",
+         "sklearn digits (1,797 8×8 images, pixels / 16), label = digit"),
+)}
+REAL_TASKS = tuple(name for name, task in TASKS.items() if not task.has_clauses)
 
-    `keep_models` puts each trained network under the run's "_model" key (for saving).
-    """
-    x_tr, y_tr, x_te, y_te = data
-    torch.manual_seed(seed)
-    parent = MaskedMLP(config)
-    t0 = time.perf_counter()
-    train_epochs(parent, x_tr, y_tr, warmup, train, torch.Generator().manual_seed(seed))
-    warm_seconds = time.perf_counter() - t0
-    common = {
-        "seed": seed,
-        "depth": len(config.hidden),
-        "hidden_parent": config.hidden[0],
-        "warmup_test_accuracy": accuracy(parent, x_te, y_te),
-        "before": polysemanticity(parent),
-    }
-    runs = []
-    for rule in ("dense", *rules):
-        t0 = time.perf_counter()
-        extra: dict = {}
-        if rule == "dense":
-            net, a = copy.deepcopy(parent), 1
-        else:
-            net, info = expand(parent, alpha, rule, layers=layers, clauses=clauses, seed=seed)
-            a = alpha
-            extra["at_split_test_accuracy"] = accuracy(net, x_te, y_te)
-            extra["pruned_at_split"] = info.pruned
-            if clauses:
-                extra["collisions_at_split"] = clause_collisions(net.layers[0].mask, clauses)
-        train_epochs(net, x_tr, y_tr, post, train, torch.Generator().manual_seed(10_000 + seed))
-        run = {
-            "rule": rule,
-            "alpha": a,
-            "hidden": net.config.hidden[0],
-            "test_accuracy": accuracy(net, x_te, y_te),
-            "train_accuracy": accuracy(net, x_tr, y_tr),
-            "nonzeros": count_nonzeros(net),
-            "after": polysemanticity(net),
-            "seconds": warm_seconds + time.perf_counter() - t0,
-            **common,
-            **extra,
-        }
-        if clauses:
-            run["collisions"] = clause_collisions(net.layers[0].effective_weight(), clauses)
-        if keep_models:
-            run["_model"] = net
-        runs.append(run)
-    return runs
+
+# ------------------------------------------------------------------------------------- DNF
 
 
 @dataclass(frozen=True)
@@ -106,7 +50,7 @@ class DNFConfig:
     clauses: int = 8
     k: int = 3
     neurons: int = 8
-    alpha: int = 2
+    alpha: int = DEFAULT_ALPHA
     n_train: int = 4000
     n_test: int = 4000
     warmup_epochs: int = 30
@@ -115,69 +59,225 @@ class DNFConfig:
     batch_size: int = 256
 
 
-def run_dnf(config: DNFConfig, rules: Sequence[str], seed: int, keep_models: bool = False) -> list[dict]:
-    """One seed of one DNF setting: the formula, the data and the init all follow the seed."""
-    task = dnf.make_task(config.n_inputs, config.clauses, config.k, seed=1000 + seed)
-    data = (*dnf.sample(task, config.n_train, 2000 + seed), *dnf.sample(task, config.n_test, 3000 + seed))
-    runs = schedule(
-        MLPConfig(config.n_inputs, (config.neurons,), 1),
-        data,
-        rules,
-        config.alpha,
-        seed,
-        config.warmup_epochs,
-        config.post_epochs,
-        TrainConfig(lr=config.lr, batch_size=config.batch_size),
-        clauses=task.clauses,
-        layers=[0],
-        keep_models=keep_models,
-    )
-    for run in runs:
-        run.update(clauses=config.clauses, n_inputs=config.n_inputs, k=config.k, config=asdict(config))
-    return runs
+# Negatives are inputs that satisfy no clause, found by rejection sampling (dnf.sample): the rarer
+# they are, the longer that takes, until it gives up. Below this fraction of random inputs a setting
+# is refused up front (benchmarks/fpe/timings.py times the sampling against the number of clauses).
+MIN_NEGATIVE_FRACTION = 1 / 256
 
 
-POINT_RULES = ("random", "clause", "feature", "overlapping", "dense-wide")
-SWEEP_RULES = ("random", "clause")
+def max_clauses(k: int) -> int:
+    """The most clauses of k literals whose formula still leaves MIN_NEGATIVE_FRACTION of random
+    inputs false ((1 - 2^-k)^m, exact for clauses that share no variable)."""
+    return int(math.log(MIN_NEGATIVE_FRACTION) / math.log(1 - 2.0**-k))
+
+
+# Default rule lists, checked against the registry when this module is read. Spelled out rather
+# than `tuple(RULES)`, so a new rule does not change what a published study runs.
+POINT_RULES = known(("random", "clause", "feature", "overlapping", "dense-wide"))
+ALPHA_RULES = known(("random", "clause", "overlapping", "dense-wide"))
+SWEEP_RULES = known(("random", "clause"))
+REAL_RULES = known(("random",))
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    summary: str  # one line for --help
+    vary: str  # the setting its table and plot run along: "clauses", "neurons" or "alpha"
+    rules: tuple[str, ...]  # what it runs unless --rule says otherwise
+    settings: Callable[[DNFConfig], list[DNFConfig]]  # its settings around the base one
+    fixes: tuple[str, ...] = ()  # settings it chooses itself (their flags would be ignored)
+
+
+STUDIES: dict[str, Study] = {s.name: s for s in (
+    Study("single", "one setting, from the flags", "clauses", SWEEP_RULES, lambda b: [b]),
+    Study("point", f"the paper's point: 8 clauses, 8 neurons, alpha 2; rules {', '.join(POINT_RULES)}", "alpha",
+          POINT_RULES, lambda b: [replace(b, clauses=8, neurons=8, alpha=2)], ("clauses", "neurons", "alpha")),
+    Study("alpha", "alpha 2 and 4 at 8 clauses, 8 neurons", "alpha", ALPHA_RULES,
+          lambda b: [replace(b, clauses=8, neurons=8, alpha=a) for a in (2, 4)], ("clauses", "neurons", "alpha")),
+    Study("clauses", "clauses 4, 8, 16, 32 at 8 neurons", "clauses", SWEEP_RULES,
+          lambda b: [replace(b, neurons=8, clauses=m) for m in (4, 8, 16, 32)], ("clauses", "neurons")),
+    Study("neurons", "neurons 4, 8, 16, 32 at 8 clauses", "neurons", SWEEP_RULES,
+          lambda b: [replace(b, clauses=8, neurons=h) for h in (4, 8, 16, 32)], ("clauses", "neurons")),
+)}
+# Studies run together. With both sweeps, the relative gain is fitted against the load.
+GROUPS: dict[str, tuple[str, ...]] = {"load": ("clauses", "neurons"), "all": ("point", "alpha", "clauses", "neurons")}
+GAIN_FIT_STUDIES = ("clauses", "neurons")
+
+
+def study_parts(name: str) -> tuple[str, ...]:
+    """The single studies a --study name runs."""
+    if name in STUDIES:
+        return (name,)
+    if name in GROUPS:
+        return GROUPS[name]
+    raise ValueError(f"unknown DNF study {name!r}; use one of {', '.join([*STUDIES, *GROUPS])}")
 
 
 def dnf_study(name: str, base: DNFConfig, rules: Sequence[str] | None = None) -> tuple[list, tuple, str]:
-    """(configs, rules, the parameter that varies) for a named study around `base`."""
-    if name == "single":
-        return [base], tuple(rules or SWEEP_RULES), "clauses"
-    if name == "point":
-        cfg = replace(base, clauses=8, neurons=8, alpha=2)
-        return [cfg], tuple(rules or POINT_RULES), "alpha"
-    if name == "alpha":
-        cfgs = [replace(base, clauses=8, neurons=8, alpha=a) for a in (2, 4)]
-        return cfgs, tuple(rules or ("random", "clause", "overlapping", "dense-wide")), "alpha"
-    if name == "clauses":
-        cfgs = [replace(base, neurons=8, clauses=m) for m in (4, 8, 16, 32)]
-        return cfgs, tuple(rules or SWEEP_RULES), "clauses"
-    if name == "neurons":
-        cfgs = [replace(base, clauses=8, neurons=h) for h in (4, 8, 16, 32)]
-        return cfgs, tuple(rules or SWEEP_RULES), "neurons"
-    raise ValueError(f"unknown DNF study {name!r}")
+    """(configs, rules, the parameter that varies) for a named single study around `base`."""
+    if name not in STUDIES:
+        raise ValueError(f"unknown DNF study {name!r}; use one of {', '.join(STUDIES)}")
+    study = STUDIES[name]
+    return study.settings(base), tuple(rules or study.rules), study.vary
 
 
-def run_grid(
-    configs: Sequence[DNFConfig],
-    rules: Sequence[str],
-    seeds: Sequence[int],
-    progress: Callable | None = None,
-    keep_models: bool = False,
-) -> list[dict]:
-    """Every config × seed."""
-    runs = []
-    jobs = [(c, s) for c in configs for s in seeds]
-    bar = progress(total=len(jobs), desc="DNF runs") if progress else None
-    for cfg, seed in jobs:
-        runs.extend(run_dnf(cfg, rules, seed, keep_models))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return runs
+# ------------------------------------------------------------------------------- real data
+
+
+@dataclass(frozen=True)
+class RealConfig:
+    task: str = "digits"
+    fpe_widths: tuple[int, ...] = (8, 16, 32)
+    dense_widths: tuple[int, ...] = (4, 8, 12, 16, 24, 32, 48, 64, 96)
+    depths: tuple[int, ...] = (1, DEFAULT_DEPTH)
+    deep_fpe_widths: tuple[int, ...] = (8, 16)
+    alpha: int = DEFAULT_ALPHA
+    warmup_epochs: int = 30
+    post_epochs: int = 60
+    lr: float = 3e-3
+    batch_size: int = 128
+
+
+def default_config(task: str) -> RealConfig:
+    """Per-task defaults. The 384-d embedding tasks overfit fast (2,400 training examples):
+    a shorter schedule at a lower learning rate keeps test accuracy near its best."""
+    if task == "digits":
+        return RealConfig(
+            task=task, fpe_widths=(4, 8, 16), dense_widths=(4, 8, 16, 32, 64), warmup_epochs=20, post_epochs=40
+        )
+    return RealConfig(
+        task=task,
+        fpe_widths=(4, 8, 16),
+        dense_widths=(4, 8, 16, 32, 64),
+        warmup_epochs=10,
+        post_epochs=20,
+        lr=1e-3,
+    )
+
+
+# --------------------------------------------------------------------------- one `fpe` run
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """One `fpe` run as plain values. None means the task's or the study's default."""
+
+    task: str
+    study: str | None = None  # DNF: a name in STUDIES or GROUPS (default "single")
+    rules: tuple[str, ...] | None = None  # default: the study's (DNF) or REAL_RULES
+    alpha: int | None = None  # children per neuron (default 2)
+    neurons: tuple[int, ...] | None = None  # DNF: one parent width (default 8); real: widths to split
+    clauses: int | None = None  # DNF (default 8)
+    depth: int | None = None  # real data: hidden layers of the deeper MLP (default 3; 1 = none)
+    seeds: int = 5  # seeds 0..seeds-1
+    epochs: tuple[int, int] | None = None  # (warm-up, after the split); default per task
+    threads: int = 1  # torch CPU threads
+    save_models: bool = False
+
+    @property
+    def is_dnf(self) -> bool:
+        return TASKS[self.task].has_clauses
+
+    def parts(self) -> tuple[str, ...]:
+        return study_parts(self.study or "single")
+
+    def check(self) -> StudyConfig:
+        """Refuse in one line (UsageError) whatever can be refused without data; returns self."""
+        if self.task not in TASKS:
+            raise UsageError(f"unknown --task {self.task}; use one of {', '.join(TASKS)}")
+        task = TASKS[self.task]
+        for flag, value, low in (("--alpha", self.alpha, 2), ("--clauses", self.clauses, 1),
+                                 ("--depth", self.depth, 1), ("--seeds", self.seeds, 1),
+                                 ("--threads", self.threads, 1)):
+            if value is not None and value < low:
+                raise UsageError(f"{flag} must be at least {low}, got {value}")
+        if self.neurons is not None and (not self.neurons or min(self.neurons) < 1):
+            raise UsageError(f"--neurons needs positive integers, got {self.neurons}")
+        if self.epochs is not None and (len(self.epochs) != 2 or min(self.epochs) < 0):
+            raise UsageError(f"--epochs takes WARMUP,POST (two integers ≥ 0), got {self.epochs}")
+        if self.is_dnf:
+            self._check_dnf()
+        else:
+            for flag, value in (("--study", self.study if self.study != "single" else None),
+                                ("--clauses", self.clauses)):
+                if value is not None:
+                    raise UsageError(f"{flag} applies to --task dnf only")
+        if self.rules is not None:
+            check_rules(self.rules, task=self.task, task_has_clauses=task.has_clauses)
+        alpha = self.alpha or DEFAULT_ALPHA
+        dealt = [r for r in self.rules_to_run() if RULES[r].deals_inputs]
+        if dealt and alpha > task.inputs:
+            raise UsageError(f"--alpha {alpha} exceeds the {task.inputs} inputs of --task {self.task}: the "
+                             f"{dealt[0]} rule gives every child at least one input")
+        return self
+
+    def _check_dnf(self) -> None:
+        name = self.study or "single"
+        if name not in STUDIES and name not in GROUPS:
+            raise UsageError(f"unknown --study {name}; use one of {', '.join([*STUDIES, *GROUPS])}")
+        if self.depth is not None:
+            raise UsageError("--depth applies to real-data tasks; a DNF network has one hidden layer")
+        if self.neurons is not None and len(self.neurons) != 1:
+            raise UsageError("--task dnf takes one --neurons value; the neurons study sweeps 4..32")
+        fixed = {f for part in self.parts() for f in STUDIES[part].fixes}
+        for flag in ("clauses", "neurons", "alpha"):
+            if flag in fixed and getattr(self, flag) is not None:
+                raise UsageError(f"--study {name} sets --{flag} itself; drop --{flag} or use --study single")
+        k = DNFConfig.k
+        if self.clauses is not None and self.clauses > max_clauses(k):
+            raise UsageError(f"--clauses {self.clauses} is too many: fewer than 1 in {1 / MIN_NEGATIVE_FRACTION:.0f} "
+                             f"random inputs would satisfy no clause of {k} literals, too few negatives to "
+                             f"sample; use at most {max_clauses(k)}")
+
+    def rules_to_run(self) -> tuple[str, ...]:
+        """Every rule this run trains besides the dense baseline: the chosen ones in their order,
+        else the defaults of the task or of every study it runs."""
+        if self.rules is not None:
+            return self.rules
+        if not self.is_dnf:
+            return REAL_RULES
+        return tuple(dict.fromkeys(r for part in self.parts() for r in STUDIES[part].rules))
+
+    def dnf_base(self) -> DNFConfig:
+        """The DNF setting the flags describe (what --study single runs; others vary around it)."""
+        base = DNFConfig()
+        if self.alpha is not None:
+            base = replace(base, alpha=self.alpha)
+        if self.clauses is not None:
+            base = replace(base, clauses=self.clauses)
+        if self.neurons is not None:
+            base = replace(base, neurons=self.neurons[0])
+        if self.epochs is not None:
+            base = replace(base, warmup_epochs=self.epochs[0], post_epochs=self.epochs[1])
+        return base
+
+    def real_config(self) -> RealConfig:
+        depth = self.depth or DEFAULT_DEPTH
+        cfg = replace(default_config(self.task), alpha=self.alpha or DEFAULT_ALPHA,
+                      depths=(1,) if depth == 1 else (1, depth))
+        if self.neurons is not None:
+            cfg = replace(cfg, fpe_widths=tuple(self.neurons))
+        if self.epochs is not None:
+            cfg = replace(cfg, warmup_epochs=self.epochs[0], post_epochs=self.epochs[1])
+        return cfg
+
+    def command_line(self, out: str) -> str:
+        """The command that reproduces this run."""
+        parts = ["sparse-expansion fpe", f"--task {self.task}"]
+        for name in ("study", "alpha", "rules", "neurons", "clauses", "depth", "seeds", "epochs", "threads"):
+            value = getattr(self, name)
+            if value is None or (name == "threads" and value == 1):
+                continue
+            flag = "rule" if name == "rules" else name
+            text = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+            parts.append(f"--{flag} {text}")
+        if self.save_models:
+            parts.append("--save-models")
+        return " ".join(parts) + f" --out {out}"
+
+
+# ------------------------------------------------------------------------------- analysis
 
 
 def gain_vs_load(runs: Sequence[dict]) -> dict:
@@ -189,10 +289,10 @@ def gain_vs_load(runs: Sequence[dict]) -> dict:
     """
     import numpy as np
 
-    dense = {(r["clauses"], r["hidden_parent"], r["seed"]): r for r in runs if r["rule"] == "dense"}
+    dense = {(r["clauses"], r["hidden_parent"], r["seed"]): r for r in runs if r["rule"] == DENSE}
     points = []
     for r in runs:
-        if r["rule"] == "dense":
+        if r["rule"] == DENSE:
             continue
         d = dense[(r["clauses"], r["hidden_parent"], r["seed"])]
         points.append(
