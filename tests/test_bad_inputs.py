@@ -223,3 +223,11 @@ def test_language_model_commands_refuse_other_kinds_of_saved_model(tmp_path, cap
     for command in (["eval", folder], ["generate", folder, "--prompt", "x"]):
         code, _, err = run(command, capsys)
         assert_refused(code, err, "holds a fpe_mlp model, not a causal language model")
+
+
+@pytest.mark.parametrize("args", [["prune", "--method", "obs", "--sparsity", "0.5", "--out", "x"],
+                                  ["eval", "--windows", "many"], ["fpe", "--alpha", "x"], ["nonsense"]])
+def test_argparse_errors_are_one_line_too(args):
+    proc = subprocess.run([sys.executable, "-m", "sparse_expansion.cli", *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "error:" in proc.stderr and "--help" in proc.stderr

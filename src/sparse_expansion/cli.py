@@ -28,8 +28,15 @@ COMMANDS = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its usage block before an error; our contract is one line on stderr."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sparse-expansion",
         description="Widen neural networks sparsely to untangle their neurons, and measure it.",
         epilog="example: sparse-expansion expand smollm2-135m --experts 4 --sparsity 0.5 --out runs/se4 && "
