@@ -78,7 +78,13 @@ def verdict(summary: dict[str, dict], headline: float) -> list[str]:
     if "ncen" not in summary or "independent" not in summary:
         return ["No verdict: the targets compare `ncen` with `independent`; run both."]
     n, i = summary["ncen"], summary["independent"]
+
+    def missing(key: str) -> bool:
+        return n[key][0] is None or i[key][0] is None
+
     lines = []
+    if missing("pgd") or missing("clean"):
+        return ["No verdict: PGD or clean accuracy is missing for `ncen` or `independent`."]
     (pn, sn), (pi, si) = n["pgd"], i["pgd"]
     spread = max(sn, si)
     gain = pn - pi
@@ -94,16 +100,19 @@ def verdict(summary: dict[str, dict], headline: float) -> list[str]:
         f"- **Clean accuracy within 2 points**: NCEn {100 * cn:.1f}% vs independent {100 * ci:.1f}% "
         f"({100 * (cn - ci):+.1f} points) — target {'MET' if ok else 'NOT met'}."
     )
-    (tn, stn), (ti, sti) = n["transfer"], i["transfer"]
-    ok = tn < ti
-    lines.append(
-        f"- **Lower transfer rate between members**: NCEn {100 * tn:.1f}% ± {100 * stn:.1f} vs independent "
-        f"{100 * ti:.1f}% ± {100 * sti:.1f} — target {'MET' if ok else 'NOT met'}."
-    )
-    (wn, _), (wi, _) = n["worst"], i["worst"]
-    lines.append(
-        f"- Worst case over all attacks at that ε: NCEn {100 * wn:.1f}% vs independent {100 * wi:.1f}%."
-    )
+    if missing("transfer"):
+        lines.append("- **Lower transfer rate between members**: not measurable (no example fooled a source member "
+                     "while its target was right).")
+    else:
+        (tn, stn), (ti, sti) = n["transfer"], i["transfer"]
+        ok = tn < ti
+        lines.append(
+            f"- **Lower transfer rate between members**: NCEn {100 * tn:.1f}% ± {100 * stn:.1f} vs independent "
+            f"{100 * ti:.1f}% ± {100 * sti:.1f} — target {'MET' if ok else 'NOT met'}."
+        )
+    if not missing("worst"):
+        (wn, _), (wi, _) = n["worst"], i["worst"]
+        lines.append(f"- Worst case over all attacks at that ε: NCEn {100 * wn:.1f}% vs independent {100 * wi:.1f}%.")
     return lines
 
 
