@@ -11,4 +11,4 @@ for v in "0.1 0.1 members" "1 1 members" "2 0 members" "0 1 members" "0.5 0.5 en
     "$se" ncen --data digits --methods ncen --tie-in none --ncen-direction "$1" --ncen-magnitude "$2" \
         --ncen-ce "$3" --out "$out/d$1_m$2_$3"
 done
-for d in "$out"/*/; do printf '%s ' "$(basename "$d")"; grep '^| `ncen`' "$d/report.md"; done
+for d in "$out"/*/; do printf '%s ' "$(basename "$d")"; grep -m1 '^| `ncen`' "$d/report.md"; done
