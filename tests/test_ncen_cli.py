@@ -91,6 +91,7 @@ def test_tie_in_experts_are_near_copies_and_fpe_layer0_siblings_are_orthogonal()
         assert st["among_experts"]["gradient_cosine"] > 0.5  # pruned copies of one weight
         assert abs(st["random_matrices"]["gradient_cosine"]) < 0.2
         assert st["among_experts"]["pairs"] == 6
+        assert st["mask_jaccard"] > st["mask_jaccard_random"]  # experts keep largely the same weights
     fpe = tie_in.fpe_children_study(hidden=8, examples=50)
     assert fpe["layers"]["0"]["siblings"]["gradient_cosine"] == 0.0  # disjoint masks
     assert fpe["layers"]["0"]["siblings"]["transfer_ratio"] == 0.0

@@ -245,8 +245,9 @@ def _tie_in_markdown(tie: dict, runs: list[dict]) -> list[str]:
     for name, st in se["linears"].items():
         a, d, r = st["among_experts"], st["expert_vs_dense"], st["random_matrices"]
         lines.append(f"| SE experts, layer {se['layer']} {name} ({st['experts']} experts, density "
-                     f"{st['expert_density']:.2f}) | {a['pairs']} | {a['gradient_cosine']:+.3f} | "
-                     f"{a['transfer_ratio']:+.3f} |")
+                     f"{st['expert_density']:.2f}, kept-weight Jaccard {st['mask_jaccard']:.2f} vs "
+                     f"{st['mask_jaccard_random']:.2f} for random masks) | {a['pairs']} | "
+                     f"{a['gradient_cosine']:+.3f} | {a['transfer_ratio']:+.3f} |")
         lines.append(f"| — each expert vs its dense parent | {st['experts']} | {d['gradient_cosine']:+.3f} | "
                      f"{d['transfer_ratio']:+.3f} |")
         lines.append(f"| — control: independent Gaussian matrices, same shape | {r['pairs']} | "

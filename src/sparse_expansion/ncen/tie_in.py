@@ -65,10 +65,18 @@ def expert_stats(experts: torch.Tensor, dense: torch.Tensor, projections: int = 
     vs_dense = [sibling_stats(torch.stack([gd[0], g[e]])) for e in range(k)]
     gen = torch.Generator().manual_seed(seed + 1)
     rand = torch.randn(k, *dense.shape, generator=gen, dtype=torch.float64)
+    masks = (experts != 0).flatten(1).double()  # (K, out·in)
+    i, j = losses.pair_indices(k)
+    inter = (masks[i] * masks[j]).sum(1)
+    union = masks[i].sum(1) + masks[j].sum(1) - inter
+    density = float(masks.mean())
     return {
         "experts": k,
         "shape": list(dense.shape),
-        "expert_density": float((experts != 0).double().mean()),
+        "expert_density": density,
+        # kept-weight overlap between experts (Jaccard), and what independent random masks would give
+        "mask_jaccard": float((inter / union.clamp_min(1)).mean()),
+        "mask_jaccard_random": density / (2 - density) if density < 1 else 1.0,
         "among_experts": sibling_stats(g),
         "expert_vs_dense": {
             "gradient_cosine": sum(v["gradient_cosine"] for v in vs_dense) / k,
