@@ -121,14 +121,14 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def matched_width(cfg: MemberConfig, total: int) -> int:
-    """The hidden width whose single network has the parameter count closest to `total`."""
-    best, best_gap = 1, None
-    for h in range(1, 8 * cfg.hidden * 4 + 1):
-        n = count_parameters(Member(MemberConfig(cfg.in_features, cfg.classes, cfg.arch, h, cfg.depth),
-                                    torch.zeros(cfg.in_features), torch.ones(cfg.in_features)))
-        gap = abs(n - total)
-        if best_gap is None or gap < best_gap:
-            best, best_gap = h, gap
+    """The hidden width whose single network has the parameter count closest to `total`
+    (counts grow with the width, so walk up until they pass it)."""
+    zeros, ones = torch.zeros(cfg.in_features), torch.ones(cfg.in_features)
+    best, best_gap, h = 1, None, 1
+    while True:
+        n = count_parameters(Member(MemberConfig(cfg.in_features, cfg.classes, cfg.arch, h, cfg.depth), zeros, ones))
+        if best_gap is None or abs(n - total) < best_gap:
+            best, best_gap = h, abs(n - total)
         if n > total:
-            break
-    return best
+            return best
+        h += 1
