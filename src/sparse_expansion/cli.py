@@ -25,6 +25,7 @@ COMMANDS = (
     "gating",
     "fpe",
     "neurons",
+    "ncen",
 )
 
 
