@@ -108,7 +108,7 @@ def expand_and_measure(model, windows: torch.Tensor, layer: int, experts: int, s
     measure the experts of every expanded linear of `layer`."""
     from ..arch import decoder_layers
     from ..engine import calibrate
-    from ..expand import ExpandCompressor, ExpandSettings, SparseExpertLinear
+    from ..expand import ExpandCompressor, ExpandConfig, SparseExpertLinear
     from ..prune import parse_sparsity
 
     layers = decoder_layers(model)
@@ -116,7 +116,7 @@ def expand_and_measure(model, windows: torch.Tensor, layer: int, experts: int, s
     block = layers[layer]
     dense = {name: mod.weight.detach().clone() for name, mod in block.named_modules()
              if isinstance(mod, torch.nn.Linear) and "mlp" in name}
-    comp = ExpandCompressor(ExpandSettings(experts=experts, sparsity=parse_sparsity(sparsity)))
+    comp = ExpandCompressor(ExpandConfig(experts=experts, sparsity=parse_sparsity(sparsity)))
     t0 = time.perf_counter()
     calibrate(model, windows, comp, batch_size=4, progress=False)
     seconds = time.perf_counter() - t0
@@ -168,7 +168,7 @@ def fpe_children_study(hidden: int = 16, alpha: int = 2, seed: int = 0, examples
     measure sibling children against random non-sibling pairs."""
     from ..fpe.embeddings import load_task, train_test_split
     from ..fpe.mlp import MLPConfig, TrainConfig
-    from ..fpe.studies import schedule
+    from ..fpe.schedule import schedule
 
     x, y, _ = load_task("digits")
     data = train_test_split(x, y, seed=0)
