@@ -131,7 +131,7 @@ def test_scalar_equals_avx2(compiled, fmt, dtype):
 
 
 def test_unpack_matches_decompress(backend):
-    for fmt in ("bitmask", "2:4"):
+    for fmt in ("bitmask", "2:4", "4:8", "1:4", "3:8"):  # 24 inputs: N:M rows with leftover values
         weight = F.compress(torch.stack([weights(fmt, 7, 24, e) for e in range(3)]), fmt, torch.bfloat16)
         assert torch.equal(ops.unpack(weight), F.decompress(weight).float())
 

@@ -24,10 +24,10 @@ from types import ModuleType
 import torch
 
 from . import build
-from .formats import CompressedWeight, decompress, parse_format
+from .formats import CompressedWeight, decompress
 
 BACKENDS = ("auto", "cpp", "scalar", "torch")
-DENSE_FROM = 32
+DENSE_FROM = 16
 
 
 class KernelFallbackWarning(UserWarning):
@@ -84,24 +84,27 @@ def backend() -> str:
     return "avx2" if simd and lib.simd_supported() else "scalar"
 
 
-def sparse_linear(x: torch.Tensor, weight: CompressedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., in] @ W^T (+ bias) for a compressed [out, in] W; output in x's dtype."""
+def sparse_linear(x: torch.Tensor, weight: CompressedWeight, bias: torch.Tensor | None = None,
+                  dense_from: int | None = None) -> torch.Tensor:
+    """x [..., in] @ W^T (+ bias) for a compressed [out, in] W; output in x's dtype.
+
+    `dense_from`: tokens from which to unpack W and call a GEMM (default DENSE_FROM; <= 0 never)."""
     if len(weight.shape) != 2:
         raise ValueError(f"sparse_linear takes an [out, in] weight, got {list(weight.shape)}; see expert_linear")
-    return _matmul(x, None, weight, bias, 1, DENSE_FROM)
+    return _matmul(x, None, weight, bias, 1, DENSE_FROM if dense_from is None else dense_from)
 
 
 def expert_linear(x: torch.Tensor, labels: torch.Tensor, weight: CompressedWeight,
-                  bias: torch.Tensor | None = None, dense_from: int = DENSE_FROM) -> torch.Tensor:
+                  bias: torch.Tensor | None = None, dense_from: int | None = None) -> torch.Tensor:
     """Token i of x [..., in] through expert labels[i] of a compressed [k, out, in] W (+ bias).
 
-    Tokens are grouped by expert; one token is one sparse matvec. `dense_from` <= 0 never uses
-    the unpack + GEMM path."""
+    Tokens are grouped by expert; one token is one sparse matvec; an expert with `dense_from` or
+    more tokens is unpacked for a GEMM, as in sparse_linear."""
     if len(weight.shape) != 3:
         raise ValueError(f"expert_linear takes a [k, out, in] weight, got {list(weight.shape)}")
     labels = labels.reshape(-1)
     return _matmul(x, labels if labels.dtype == torch.int64 else labels.long(), weight, bias, weight.shape[0],
-                   dense_from)
+                   DENSE_FROM if dense_from is None else dense_from)
 
 
 def _matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: CompressedWeight, bias: torch.Tensor | None,
@@ -149,5 +152,5 @@ def unpack(weight: CompressedWeight) -> torch.Tensor:
     if weight.row_offsets is not None:
         dense = lib.bitmask_unpack(weight.values, weight.index, weight.row_offsets, weight.in_features, simd)
     else:
-        dense = lib.nm_unpack(weight.values, weight.index, *parse_format(weight.format), weight.in_features)
+        dense = lib.nm_unpack(weight.values, weight.index, *weight.n_m, weight.in_features, simd)
     return dense.reshape(weight.shape)

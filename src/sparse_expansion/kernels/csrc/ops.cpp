@@ -12,6 +12,8 @@
 namespace se {
 namespace {
 
+constexpr int64_t kTileBytes = 256 * 1024;  // fp32 weight tile of the GEMM path: well inside L2
+
 int value_type(const torch::Tensor& values) {
   switch (values.scalar_type()) {
     case torch::kFloat: return kF32;
@@ -70,19 +72,27 @@ void run_sparse(const std::vector<Job<View>>& jobs, int64_t rows, Kernel kernel)
   });
 }
 
-// One expert's weight unpacked to fp32 [rows, in], then y[tokens] = x[tokens] @ W^T by GEMM.
+// y[tokens] = x[tokens] @ W^T by GEMM on tiles of W unpacked to fp32: a tile stays in L2, where
+// the whole fp32 matrix (3.5 MB for 1536x576) would be written out to L3 or DRAM and read back.
 template <typename View, typename Unpack>
-void run_dense(const View& view, int64_t rows, const torch::Tensor& x, torch::Tensor& y, const int64_t* tok,
-               int64_t count, Unpack unpack) {
-  torch::Tensor dense = torch::empty({rows, view.in}, x.options());
-  float* d = dense.data_ptr<float>();
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { unpack(view, r0, r1, d + r0 * view.in); });
-  if (tok == nullptr) {
-    torch::mm_out(y, x, dense.t());
-    return;
-  }
-  auto idx = torch::from_blob(const_cast<int64_t*>(tok), {count}, torch::kLong);
-  y.index_copy_(0, idx, torch::mm(x.index_select(0, idx), dense.t()));
+void run_dense(const View& view, int64_t rows, const torch::Tensor& x, torch::Tensor& y, const Tokens& t,
+               Unpack unpack) {
+  torch::Tensor xs = x;
+  if (t.tok != nullptr)
+    xs = x.index_select(0, torch::from_blob(const_cast<int64_t*>(t.tok), {t.count}, torch::kLong));
+  const int64_t tile_rows = std::max<int64_t>(8, (kTileBytes / (4 * view.in)) / 8 * 8);
+  const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
+  at::parallel_for(0, tiles, 1, [&](int64_t b0, int64_t b1) {
+    torch::Tensor tile = torch::empty({tile_rows, view.in}, x.options());
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * tile_rows, r1 = std::min(rows, r0 + tile_rows);
+      unpack(view, r0, r1, tile.data_ptr<float>());
+      const torch::Tensor part = torch::mm(xs, tile.narrow(0, 0, r1 - r0).t()).contiguous();
+      const float* src = part.data_ptr<float>();
+      for (int64_t i = 0; i < t.count; ++i)
+        std::copy(src + i * (r1 - r0), src + (i + 1) * (r1 - r0), t.y + token_at(t, i) * t.ldy + r0);
+    }
+  });
 }
 
 void add_bias(torch::Tensor& y, const c10::optional<torch::Tensor>& bias) {
@@ -140,7 +150,7 @@ torch::Tensor routed_matmul(const torch::Tensor& x, const c10::optional<torch::T
   std::vector<Job<View>> sparse;
   for (const auto& [e, t] : parts) {
     if (dense_ok && t.count >= dense_from) {
-      run_dense(make_view(e), rows, x, y, t.tok, t.count, unpack);
+      run_dense(make_view(e), rows, x, y, t, unpack);
     } else {
       sparse.push_back({make_view(e), t});
     }
@@ -223,7 +233,7 @@ torch::Tensor nm_matmul(const torch::Tensor& x, const c10::optional<torch::Tenso
   return routed_matmul<NMView>(
       x, labels, experts, rows, in, bias, dense_from,
       [&](int64_t e) { return nm_view(values, indices, n, m, in, rows, e); }, fast ? nm_rows_avx2 : nm_rows_scalar,
-      nm_unpack_scalar);
+      fast ? nm_unpack_avx2 : nm_unpack_scalar);
 }
 
 torch::Tensor bitmask_unpack(const torch::Tensor& values, const torch::Tensor& mask, const torch::Tensor& offsets,
@@ -240,13 +250,17 @@ torch::Tensor bitmask_unpack(const torch::Tensor& values, const torch::Tensor& m
   return dense;
 }
 
-torch::Tensor nm_unpack(const torch::Tensor& values, const torch::Tensor& indices, int64_t n, int64_t m, int64_t in) {
+torch::Tensor nm_unpack(const torch::Tensor& values, const torch::Tensor& indices, int64_t n, int64_t m, int64_t in,
+                        bool simd) {
   check_nm(values, indices, n, m, in);
   const int64_t rows = values.numel() / values.size(-1);
   auto dense = torch::empty({rows, in}, torch::kFloat);
   const NMView view = nm_view(values, indices, n, m, in, rows, 0);
+  const bool fast = use_simd(simd) && 8 % n == 0;
   float* d = dense.data_ptr<float>();
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { nm_unpack_scalar(view, r0, r1, d + r0 * in); });
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    (fast ? nm_unpack_avx2 : nm_unpack_scalar)(view, r0, r1, d + r0 * in);
+  });
   return dense;
 }
 

@@ -46,10 +46,14 @@ void nm_rows_scalar(const NMView& w, int64_t r0, int64_t r1, const Tokens& t);
 void bitmask_unpack_scalar(const BitmaskView& w, int64_t r0, int64_t r1, float* dense);
 void nm_unpack_scalar(const NMView& w, int64_t r0, int64_t r1, float* dense);
 
+// One stored value as fp32, whatever its type (for the few values a vector loop leaves over).
+float value_f32(const void* values, int vtype, int64_t i);
+
 bool avx2_supported();
 // The AVX2/FMA/F16C versions; callable only when avx2_supported().
 void bitmask_rows_avx2(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t);
 void nm_rows_avx2(const NMView& w, int64_t r0, int64_t r1, const Tokens& t);
 void bitmask_unpack_avx2(const BitmaskView& w, int64_t r0, int64_t r1, float* dense);
+void nm_unpack_avx2(const NMView& w, int64_t r0, int64_t r1, float* dense);
 
 }  // namespace se
