@@ -39,11 +39,10 @@ class _Compressed(nn.Module):
 
     def compressed(self) -> CompressedWeight:
         """The weight as one object, rebuilt only when a buffer was replaced (`.to()`, assignment)."""
-        names = ("values", "mask", "row_offsets") if parse_format(self.format) is None else ("values", "indices")
-        tensors = [getattr(self, n) for n in names]
-        cached = self._weight
-        if cached is None or any(a is not b for a, b in zip(tensors, _tensors_of(cached))):
-            cached = self._weight = CompressedWeight(self.format, self.weight_shape, *tensors)
+        buffers, cached = self._buffers, self._weight
+        if cached is None or cached.values is not buffers["values"] or not _same_index(cached, buffers):
+            names = ("values", "mask", "row_offsets") if parse_format(self.format) is None else ("values", "indices")
+            cached = self._weight = CompressedWeight(self.format, self.weight_shape, *(buffers[n] for n in names))
         return cached
 
     def dense_weight(self) -> torch.Tensor:
@@ -61,9 +60,10 @@ class _Compressed(nn.Module):
         return int((self.compressed().values != 0).sum())
 
 
-def _tensors_of(weight: CompressedWeight) -> list[torch.Tensor]:
-    rest = [] if weight.row_offsets is None else [weight.row_offsets]
-    return [weight.values, weight.index, *rest]
+def _same_index(weight: CompressedWeight, buffers: dict[str, torch.Tensor | None]) -> bool:
+    if weight.row_offsets is None:
+        return weight.index is buffers["indices"]
+    return weight.index is buffers["mask"] and weight.row_offsets is buffers["row_offsets"]
 
 
 def _empty_weight(shape: tuple[int, ...], spec: dict[str, Any]) -> CompressedWeight:
@@ -98,7 +98,7 @@ class CompressedLinear(_Compressed):
         return cls(_empty_weight(shape, spec), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.sparse_linear(x, self.compressed(), self.bias)
+        return ops.sparse_linear(x, self.compressed(), self._buffers["bias"])
 
     def flops_per_token(self) -> int:
         return 2 * self.nonzeros()
@@ -139,7 +139,7 @@ class CompressedExperts(_Compressed):
         return cls(_empty_weight(shape, spec), bias)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return ops.expert_linear(x, labels, self.compressed(), self.bias)
+        return ops.expert_linear(x, labels, self.compressed(), self._buffers["bias"])
 
     def expert_nonzeros(self) -> list[int]:
         weight = self.compressed()

@@ -6,7 +6,8 @@ Three backends give the same outputs (within float rounding; all accumulate in f
   - "torch":  pure torch, decompressing the weight on every call: slow, but needs no compiler.
 `SPARSE_EXPANSION_KERNELS` = auto (default) | cpp | scalar | torch picks one: auto builds the C++
 library at first use and falls back to torch with ONE warning if it cannot; cpp and scalar
-raise instead (for CI and tests); torch never builds. `use_backend` overrides it in code.
+raise instead (for CI and tests); torch never builds. It is read once, at the first call (a
+decode step makes hundreds of calls); `use_backend` overrides it in code.
 
 Groups of at least `DENSE_FROM` tokens on one expert are multiplied by unpacking that expert to
 fp32 and calling torch's GEMM: with that many tokens every weight is reused often enough that
@@ -36,6 +37,7 @@ class KernelFallbackWarning(UserWarning):
 
 _override: str | None = None
 _warned = False
+_resolved: tuple[ModuleType | None, bool] | None = None  # what _library() found, until use_backend
 
 
 def requested_backend() -> str:
@@ -48,18 +50,25 @@ def requested_backend() -> str:
 @contextlib.contextmanager
 def use_backend(mode: str) -> Iterator[None]:
     """Run the block with backend `mode` (one of BACKENDS) whatever the environment says."""
-    global _override
     if mode not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {mode!r}")
-    before, _override = _override, mode
+    global _override, _resolved
+    before, _override, _resolved = _override, mode, None
     try:
         yield
     finally:
-        _override = before
+        _override, _resolved = before, None
 
 
 def _library() -> tuple[ModuleType | None, bool]:
-    """(compiled library or None for torch, whether to use its SIMD kernels)."""
+    """(compiled library or None for torch, whether to use its SIMD kernels); resolved once."""
+    global _resolved
+    if _resolved is None:
+        _resolved = _resolve()
+    return _resolved
+
+
+def _resolve() -> tuple[ModuleType | None, bool]:
     global _warned
     mode = requested_backend()
     if mode == "torch":
@@ -109,13 +118,13 @@ def expert_linear(x: torch.Tensor, labels: torch.Tensor, weight: CompressedWeigh
 
 def _matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: CompressedWeight, bias: torch.Tensor | None,
             experts: int, dense_from: int) -> torch.Tensor:
-    out, cols = weight.shape[-2], weight.shape[-1]
+    cols = weight.shape[-1]
     flat = x.reshape(-1, cols)
     if flat.dtype != torch.float32:
         flat = flat.float()
     if bias is not None and bias.dtype != torch.float32:
         bias = bias.float()
-    lib, simd = _library()
+    lib, simd = _resolved or _library()
     if lib is None:
         y = _torch_matmul(flat, labels, weight, bias)
     elif weight.row_offsets is not None:
@@ -125,7 +134,8 @@ def _matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: CompressedWeig
         n, m = weight.n_m
         y = lib.nm_matmul(flat.contiguous(), labels, weight.values, weight.index, n, m, experts, cols, bias,
                           dense_from, simd)
-    y = y.reshape(*x.shape[:-1], out)
+    if x.dim() != 2:
+        y = y.reshape(*x.shape[:-1], weight.shape[-2])
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
