@@ -85,24 +85,25 @@ def make_variants(out: int, cols: int, sparsities: list[float], copies: int, wor
     return variants
 
 
-def time_pass(variant: Variant, x: torch.Tensor, count: int) -> float:
+def time_pass(variant: Variant, x: torch.Tensor, count: int, clock: Callable[[], float]) -> float:
     """Seconds per matmul over `count` distinct copies."""
     ws = variant.copies[:count]
-    start = time.perf_counter()
+    start = clock()
     for w in ws:
         variant.run(x, w)
-    return (time.perf_counter() - start) / len(ws)
+    return (clock() - start) / len(ws)
 
 
-def measure(variants: list[Variant], cols: int, tokens: int, repeats: int, count: int | None) -> dict[str, float]:
+def measure(variants: list[Variant], cols: int, tokens: int, repeats: int, count: int | None,
+            clock: Callable[[], float]) -> dict[str, float]:
     x = torch.randn(tokens, cols)
     for v in variants:  # warm-up: first-call costs, allocator, page faults
-        time_pass(v, x, min(4, len(v.copies)))
+        time_pass(v, x, min(4, len(v.copies)), clock)
     samples: dict[str, list[float]] = {v.name: [] for v in variants}
     for rep in range(repeats):
         order = variants[rep % len(variants):] + variants[:rep % len(variants)]
         for v in order:
-            samples[v.name].append(time_pass(v, x, count or len(v.copies)))
+            samples[v.name].append(time_pass(v, x, count or len(v.copies), clock))
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -156,6 +157,9 @@ def main() -> None:
     parser.add_argument("--working-set-mb", type=int, default=128)
     parser.add_argument("--gemm-from", type=int, default=64)
     parser.add_argument("--gemm-copies", type=int, default=8)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this thread's CPU time, for 1-thread runs on a shared, busy machine "
+                             "(time spent descheduled is not counted); runs with more threads stay on wall time")
     parser.add_argument("--out", type=Path, help="also write the tables as markdown here")
     args = parser.parse_args()
 
@@ -166,15 +170,17 @@ def main() -> None:
         results = {}
         for threads in args.threads:
             torch.set_num_threads(threads)
+            clock = time.thread_time if args.clock == "cpu" and threads == 1 else time.perf_counter
             for tokens in args.tokens:
                 count = args.gemm_copies if tokens >= args.gemm_from else None
-                results[(tokens, threads)] = measure(variants, cols, tokens, args.repeats, count)
+                results[(tokens, threads)] = measure(variants, cols, tokens, args.repeats, count, clock)
                 print(f"{out}x{cols} T={tokens} threads={threads} done (load {load()})", flush=True)
         sections.append(table((out, cols), variants, results))
         del variants
     header = [
         "# Sparse kernel speed (benchmarks/kernel_speed.py)", "",
-        f"`python benchmarks/kernel_speed.py --repeats {args.repeats} --working-set-mb {args.working_set_mb}` "
+        f"`python benchmarks/kernel_speed.py --repeats {args.repeats} --working-set-mb {args.working_set_mb} "
+        f"--clock {args.clock}` "
         f"at commit {commit()}, torch {torch.__version__}, backend `{backend()}`, GEMM path from "
         f"{ops.DENSE_FROM} tokens.",
         f"CPU: {cpu_name()}, {os.cpu_count()} cores. Load average (1/5/15 min) before: {load_before}; "
