@@ -128,3 +128,14 @@ def test_choose_format():
     very_sparse = torch.zeros(8, 32)
     very_sparse[0, 0] = 1.0  # satisfies 2:4, but would store 50% of the weights as fillers
     assert F.choose_format(very_sparse) == "bitmask"
+
+
+def test_converts_the_saved_expert_layout_without_densifying():
+    from sparse_expansion.expand.module import pack_sparse
+
+    experts = unstructured_weight((3, 7, 13), 0.4)
+    values, packed = pack_sparse(experts)
+    weight = F.bitmask_from_flat_msb(values, packed, tuple(experts.shape))
+    assert torch.equal(F.decompress(weight), experts)
+    half = weight.with_value_dtype("float16")
+    assert torch.equal(F.decompress(half), experts.half())

@@ -109,6 +109,12 @@ class CompressedWeight:
     def value_dtype(self) -> torch.dtype:
         return self.values.dtype
 
+    def with_value_dtype(self, dtype: torch.dtype | str) -> CompressedWeight:
+        """The same weight with its values cast: a value that becomes 0 stays stored, which every
+        kernel accepts (it multiplies by zero) and `nonzeros` counts do not include."""
+        return CompressedWeight(self.format, self.shape, self.values.to(value_dtype_of(dtype)), self.index,
+                                self.row_offsets)
+
     def nbytes(self) -> int:
         parts = [self.values, self.index] + ([self.row_offsets] if self.row_offsets is not None else [])
         return sum(t.numel() * t.element_size() for t in parts)
@@ -213,6 +219,19 @@ def row_offsets_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
+
+
+def bitmask_from_flat_msb(values: torch.Tensor, packed: torch.Tensor, shape: tuple[int, ...]) -> CompressedWeight:
+    """Convert expand.module.pack_sparse's layout (one MSB-first bitmask over the whole flattened
+    tensor, values in the same row-major order) without a dense detour: only the mask is redone."""
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    bits = (packed.unsqueeze(-1) >> torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)) & 1
+    keep = bits.flatten()[: rows * cols].reshape(rows, cols).bool()
+    mask = _bits_to_bytes(keep)
+    weight = CompressedWeight("bitmask", tuple(shape), values.flatten(), mask.reshape(*shape[:-1], -1),
+                              row_offsets_from_mask(mask))
+    weight.validate()
+    return weight
 
 
 def compress_bitmask(dense: torch.Tensor, value_dtype: torch.dtype) -> CompressedWeight:

@@ -111,7 +111,7 @@ def expert_linear(x: torch.Tensor, labels: torch.Tensor, weight: CompressedWeigh
     more tokens is unpacked for a GEMM, as in sparse_linear."""
     if len(weight.shape) != 3:
         raise ValueError(f"expert_linear takes a [k, out, in] weight, got {list(weight.shape)}")
-    labels = labels.reshape(-1)
+    labels = labels.reshape(-1).contiguous()
     return _matmul(x, labels if labels.dtype == torch.int64 else labels.long(), weight, bias, weight.shape[0],
                    DENSE_FROM if dense_from is None else dense_from)
 
