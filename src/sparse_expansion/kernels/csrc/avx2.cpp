@@ -1,5 +1,5 @@
 // AVX2 + FMA + F16C kernels, compiled for those instructions function by function (target
-// attribute) so the library still loads on CPUs without them; sparse.cpp calls them only after
+// attribute) so the library still loads on CPUs without them; ops.cpp calls them only after
 // avx2_supported() says yes. No torch or std templates here (see sparse.h).
 //
 // Bitmask: every mask byte covers 8 input columns. Eight values are loaded from the current
@@ -96,7 +96,7 @@ SE_AVX2 void bitmask_row(const ExpandTable& lut, const BitmaskView& w, int64_t r
   const int64_t full = w.in / 8;
   int64_t b = 0;
   for (; b + U <= full; b += U) {
-    _mm_prefetch(reinterpret_cast<const char*>(w.values) + (p + prefetch_values<VT>()) * elem_size<VT>(), _MM_HINT_T0);
+    _mm_prefetch(static_cast<const char*>(w.values) + (p + prefetch_values<VT>()) * elem_size<VT>(), _MM_HINT_T0);
     for (int u = 0; u < U; ++u) {
       const unsigned bits = mask[b + u];
       const __m256 wv = expand8<VT>(lut, bits, w.values, p);
