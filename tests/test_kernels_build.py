@@ -92,3 +92,14 @@ def test_concurrent_builders_compile_once(tmp_path, monkeypatch):
 def test_build_key_changes_with_the_compiler():
     assert build.build_key("/usr/bin/g++") != build.build_key("/usr/bin/clang++")
     assert build.build_key("/usr/bin/g++") == build.build_key("/usr/bin/g++")
+
+
+def test_a_cached_library_that_does_not_load_is_a_build_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSE_EXPANSION_CACHE", str(tmp_path))
+    monkeypatch.setattr(build, "find_compiler", lambda: "/usr/bin/c++")
+    folder = tmp_path / "kernels" / build.build_key("/usr/bin/c++")
+    folder.mkdir(parents=True)
+    (folder / "broken.so").write_bytes(b"not a library")
+    (folder / "READY").write_text("broken.so\n")
+    with pytest.raises(build.KernelBuildError, match="do not load"):
+        build.build()

@@ -80,11 +80,15 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _import_library(name: str, library: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, library)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {library}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Load a finished build; a library that will not load is a build error, not a crash."""
+    try:
+        spec = importlib.util.spec_from_file_location(name, library)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {library}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError) as error:
+        raise KernelBuildError(f"cached kernels {library} do not load ({error}); delete {library.parent}") from error
     return module
 
 
