@@ -28,7 +28,7 @@ from . import build
 from .formats import CompressedWeight, decompress
 
 BACKENDS = ("auto", "cpp", "scalar", "torch")
-DENSE_FROM = 16
+DENSE_FROM = 20  # measured crossover (benchmarks/kernel_speed.md): sparse kernel at 16 tokens, GEMM at 24
 
 
 class KernelFallbackWarning(UserWarning):
