@@ -1,0 +1,14 @@
+"""Compressed sparse weights (bitmask, N:M) and CPU kernels that multiply with them.
+
+formats.py  pure pack/unpack functions and the tensor layouts (read its docstring);
+build.py    compiles csrc/ once per machine and caches it, or says why it cannot;
+ops.py      the ops, dispatched to AVX2, scalar C++ or pure torch;
+linear.py   CompressedLinear (an nn.Linear stand-in) and CompressedExperts (routed experts).
+"""
+
+from .formats import CompressedWeight, choose_format, compress, decompress
+from .linear import CompressedExperts, CompressedLinear
+from .ops import KernelFallbackWarning, backend, expert_linear, sparse_linear, use_backend
+
+__all__ = ["CompressedExperts", "CompressedLinear", "CompressedWeight", "KernelFallbackWarning", "backend",
+           "choose_format", "compress", "decompress", "expert_linear", "sparse_linear", "use_backend"]

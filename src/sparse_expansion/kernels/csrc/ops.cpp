@@ -1,0 +1,278 @@
+// Torch entry points: check arguments, group tokens by expert, split rows over threads
+// (at::parallel_for, so torch.set_num_threads applies) and pick a kernel for each group:
+// a sparse kernel for few tokens, unpack-to-fp32 + GEMM for many (the weights are then read
+// once for many tokens, and the GEMM is faster than any sparse product).
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "sparse.h"
+
+namespace se {
+namespace {
+
+constexpr int64_t kTileBytes = 256 * 1024;  // fp32 weight tile of the GEMM path: well inside L2
+constexpr int64_t kTileMinRows = 128;
+
+int value_type(const torch::Tensor& values) {
+  switch (values.scalar_type()) {
+    case torch::kFloat: return kF32;
+    case torch::kHalf: return kF16;
+    case torch::kBFloat16: return kBF16;
+    default: TORCH_CHECK(false, "compressed values must be float32, float16 or bfloat16, got ", values.scalar_type());
+  }
+}
+
+void check_cpu_contiguous(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// Tokens sorted by expert: order[starts[e] .. starts[e + 1]) are expert e's tokens, in order.
+struct Groups {
+  std::vector<int64_t> order, starts;
+};
+
+Groups group_by_expert(const torch::Tensor& labels, int64_t experts) {
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  const int64_t n = labels.numel();
+  Groups g;
+  g.starts.assign(experts + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(lab[i] >= 0 && lab[i] < experts, "label ", lab[i], " is not an expert in [0, ", experts, ")");
+    ++g.starts[lab[i] + 1];
+  }
+  for (int64_t e = 0; e < experts; ++e) g.starts[e + 1] += g.starts[e];
+  g.order.resize(n);
+  std::vector<int64_t> fill(g.starts.begin(), g.starts.end() - 1);
+  for (int64_t i = 0; i < n; ++i) g.order[fill[lab[i]]++] = i;
+  return g;
+}
+
+// What a kernel needs to run the rows of one expert for some tokens.
+template <typename View>
+struct Job {
+  View view;
+  Tokens tokens;
+};
+
+// Rows are cheap and many: parallelise over (group, row) pairs in one region, so small groups
+// of a prefill still use every thread without one parallel region per expert.
+template <typename View, typename Kernel>
+void run_sparse(const std::vector<Job<View>>& jobs, int64_t rows, Kernel kernel) {
+  if (jobs.empty()) return;
+  const int64_t total = rows * static_cast<int64_t>(jobs.size());
+  at::parallel_for(0, total, 16, [&](int64_t begin, int64_t end) {
+    while (begin < end) {
+      const int64_t j = begin / rows, r0 = begin % rows;
+      const int64_t r1 = std::min(rows, r0 + (end - begin));
+      kernel(jobs[j].view, r0, r1, jobs[j].tokens);
+      begin += r1 - r0;
+    }
+  });
+}
+
+// y[tokens] = x[tokens] @ W^T by GEMM on tiles of W unpacked to fp32: a tile stays in L2, where
+// the whole fp32 matrix (3.5 MB for 1536x576) would be written out to L3 or DRAM and read back.
+template <typename View, typename Unpack>
+void run_dense(const View& view, int64_t rows, const torch::Tensor& x, torch::Tensor& y, const Tokens& t,
+               Unpack unpack) {
+  torch::Tensor xs = x;
+  if (t.tok != nullptr)
+    xs = x.index_select(0, torch::from_blob(const_cast<int64_t*>(t.tok), {t.count}, torch::kLong));
+  // At least kTileMinRows rows: a GEMM only 40 outputs wide (1536 inputs) ran 1.4x slower.
+  const int64_t tile_rows = std::min(rows, std::max<int64_t>(kTileMinRows, kTileBytes / (4 * view.in) / 8 * 8));
+  const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
+  at::parallel_for(0, tiles, 1, [&](int64_t b0, int64_t b1) {
+    torch::Tensor tile = torch::empty({tile_rows, view.in}, x.options());
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * tile_rows, r1 = std::min(rows, r0 + tile_rows);
+      unpack(view, r0, r1, tile.data_ptr<float>());
+      const torch::Tensor part = torch::mm(xs, tile.narrow(0, 0, r1 - r0).t()).contiguous();
+      const float* src = part.data_ptr<float>();
+      for (int64_t i = 0; i < t.count; ++i)
+        std::copy(src + i * (r1 - r0), src + (i + 1) * (r1 - r0), t.y + token_at(t, i) * t.ldy + r0);
+    }
+  });
+}
+
+void add_bias(torch::Tensor& y, const c10::optional<torch::Tensor>& bias) {
+  if (!bias) return;
+  const float* b = bias->data_ptr<float>();
+  float* out = y.data_ptr<float>();
+  const int64_t rows = y.size(0), cols = y.size(1);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < cols; ++c) out[i * cols + c] += b[c];
+}
+
+// The shared driver: `make_view(e)` gives expert e's view; kernels and unpack do the rest.
+template <typename View, typename MakeView, typename Kernel, typename Unpack>
+torch::Tensor routed_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels, int64_t experts,
+                            int64_t rows, int64_t in, const c10::optional<torch::Tensor>& bias, int64_t dense_from,
+                            MakeView make_view, Kernel kernel, Unpack unpack) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2 && x.size(1) == in,
+              "x must be float32 [tokens, ", in, "], got ", x.scalar_type(), " ", x.sizes());
+  check_cpu_contiguous(x, "x");
+  if (bias) {
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat && bias->numel() == rows, "bias must be float32 [", rows, "]");
+    check_cpu_contiguous(*bias, "bias");
+  }
+  const int64_t count = x.size(0);
+  auto y = torch::empty({count, rows}, x.options());
+  if (count == 0) return y;
+  const Tokens all{x.data_ptr<float>(), in, y.data_ptr<float>(), rows, nullptr, count};
+  const bool dense_ok = dense_from > 0;
+
+  Groups groups;
+  std::vector<std::pair<int64_t, Tokens>> parts;  // (expert, its tokens)
+  if (!labels) {
+    TORCH_CHECK(experts == 1, "labels are needed to route tokens over ", experts, " experts");
+    parts.push_back({0, all});
+  } else {
+    TORCH_CHECK(labels->numel() == count && labels->scalar_type() == torch::kLong && labels->dim() == 1,
+                "labels must be int64 [tokens]: one expert per token");
+    check_cpu_contiguous(*labels, "labels");
+    if (count == 1) {  // decode: one expert, no sorting
+      const int64_t e = labels->data_ptr<int64_t>()[0];
+      TORCH_CHECK(e >= 0 && e < experts, "label ", e, " is not an expert in [0, ", experts, ")");
+      parts.push_back({e, all});
+    } else {
+      groups = group_by_expert(*labels, experts);
+      for (int64_t e = 0; e < experts; ++e) {
+        const int64_t n = groups.starts[e + 1] - groups.starts[e];
+        if (n == 0) continue;
+        Tokens t = all;
+        t.tok = groups.order.data() + groups.starts[e];
+        t.count = n;
+        parts.push_back({e, t});
+      }
+    }
+  }
+  std::vector<Job<View>> sparse;
+  for (const auto& [e, t] : parts) {
+    if (dense_ok && t.count >= dense_from) {
+      run_dense(make_view(e), rows, x, y, t, unpack);
+    } else {
+      sparse.push_back({make_view(e), t});
+    }
+  }
+  run_sparse(sparse, rows, kernel);
+  add_bias(y, bias);
+  return y;
+}
+
+BitmaskView bitmask_view(const torch::Tensor& values, const torch::Tensor& mask, const torch::Tensor& offsets,
+                         int64_t in, int64_t rows, int64_t e) {
+  const int64_t row_bytes = mask.size(-1);
+  return BitmaskView{values.data_ptr(), values.numel(), mask.data_ptr<uint8_t>() + e * rows * row_bytes,
+                     offsets.data_ptr<int64_t>() + e * rows, in, row_bytes, value_type(values)};
+}
+
+void check_bitmask(const torch::Tensor& values, const torch::Tensor& mask, const torch::Tensor& offsets, int64_t in) {
+  check_cpu_contiguous(values, "values");
+  check_cpu_contiguous(mask, "mask");
+  check_cpu_contiguous(offsets, "row_offsets");
+  TORCH_CHECK(mask.scalar_type() == torch::kByte && mask.size(-1) == (in + 7) / 8, "mask must be uint8 [.., ",
+              (in + 7) / 8, "]");
+  TORCH_CHECK(offsets.scalar_type() == torch::kLong && offsets.numel() == mask.numel() / mask.size(-1) + 1,
+              "row_offsets must be int64 [rows + 1]");
+  TORCH_CHECK(offsets.data_ptr<int64_t>()[offsets.numel() - 1] == values.numel(),
+              "row_offsets end at ", offsets.data_ptr<int64_t>()[offsets.numel() - 1], " but there are ",
+              values.numel(), " values");
+  value_type(values);
+}
+
+NMView nm_view(const torch::Tensor& values, const torch::Tensor& indices, int64_t n, int64_t m, int64_t in,
+               int64_t rows, int64_t e) {
+  const int64_t per_row = values.size(-1), index_bytes = indices.size(-1);
+  const int64_t esize = values.element_size();
+  return NMView{static_cast<const char*>(values.data_ptr()) + e * rows * per_row * esize,
+                indices.data_ptr<uint8_t>() + e * rows * index_bytes,
+                in, n, m, m <= 4 ? 2 : 4, per_row, index_bytes, value_type(values)};
+}
+
+void check_nm(const torch::Tensor& values, const torch::Tensor& indices, int64_t n, int64_t m, int64_t in) {
+  check_cpu_contiguous(values, "values");
+  check_cpu_contiguous(indices, "indices");
+  TORCH_CHECK(0 < n && n < m && m <= 16 && in % m == 0, "bad N:M ", n, ":", m, " for in_features ", in);
+  const int64_t per_row = in / m * n, bits = m <= 4 ? 2 : 4;
+  TORCH_CHECK(values.size(-1) == per_row, "N:M values must have ", per_row, " per row");
+  TORCH_CHECK(indices.scalar_type() == torch::kByte && indices.size(-1) == (per_row * bits + 7) / 8 &&
+                  indices.numel() / indices.size(-1) == values.numel() / per_row,
+              "N:M indices must be uint8 [rows, ", (per_row * bits + 7) / 8, "]");
+  value_type(values);
+}
+
+bool use_simd(bool simd) { return simd && avx2_supported(); }
+
+}  // namespace
+
+torch::Tensor bitmask_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
+                             const torch::Tensor& values, const torch::Tensor& mask, const torch::Tensor& offsets,
+                             int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias,
+                             int64_t dense_from, bool simd) {
+  check_bitmask(values, mask, offsets, in);
+  const int64_t total_rows = offsets.numel() - 1;
+  TORCH_CHECK(experts > 0 && total_rows % experts == 0, total_rows, " rows do not split into ", experts, " experts");
+  const int64_t rows = total_rows / experts;
+  const bool fast = use_simd(simd);
+  return routed_matmul<BitmaskView>(
+      x, labels, experts, rows, in, bias, dense_from,
+      [&](int64_t e) { return bitmask_view(values, mask, offsets, in, rows, e); },
+      fast ? bitmask_rows_avx2 : bitmask_rows_scalar, fast ? bitmask_unpack_avx2 : bitmask_unpack_scalar);
+}
+
+torch::Tensor nm_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
+                        const torch::Tensor& values, const torch::Tensor& indices, int64_t n, int64_t m,
+                        int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias, int64_t dense_from,
+                        bool simd) {
+  check_nm(values, indices, n, m, in);
+  const int64_t total_rows = values.numel() / values.size(-1);
+  TORCH_CHECK(experts > 0 && total_rows % experts == 0, total_rows, " rows do not split into ", experts, " experts");
+  const int64_t rows = total_rows / experts;
+  const bool fast = use_simd(simd) && 8 % n == 0;
+  return routed_matmul<NMView>(
+      x, labels, experts, rows, in, bias, dense_from,
+      [&](int64_t e) { return nm_view(values, indices, n, m, in, rows, e); }, fast ? nm_rows_avx2 : nm_rows_scalar,
+      fast ? nm_unpack_avx2 : nm_unpack_scalar);
+}
+
+torch::Tensor bitmask_unpack(const torch::Tensor& values, const torch::Tensor& mask, const torch::Tensor& offsets,
+                             int64_t in, bool simd) {
+  check_bitmask(values, mask, offsets, in);
+  const int64_t rows = offsets.numel() - 1;
+  auto dense = torch::empty({rows, in}, torch::kFloat);
+  const BitmaskView view = bitmask_view(values, mask, offsets, in, rows, 0);
+  const bool fast = use_simd(simd);
+  float* d = dense.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    (fast ? bitmask_unpack_avx2 : bitmask_unpack_scalar)(view, r0, r1, d + r0 * in);
+  });
+  return dense;
+}
+
+torch::Tensor nm_unpack(const torch::Tensor& values, const torch::Tensor& indices, int64_t n, int64_t m, int64_t in,
+                        bool simd) {
+  check_nm(values, indices, n, m, in);
+  const int64_t rows = values.numel() / values.size(-1);
+  auto dense = torch::empty({rows, in}, torch::kFloat);
+  const NMView view = nm_view(values, indices, n, m, in, rows, 0);
+  const bool fast = use_simd(simd) && 8 % n == 0;
+  float* d = dense.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    (fast ? nm_unpack_avx2 : nm_unpack_scalar)(view, r0, r1, d + r0 * in);
+  });
+  return dense;
+}
+
+}  // namespace se
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "sparse_expansion compressed-weight kernels (see sparse_expansion/kernels)";
+  m.def("simd_supported", &se::avx2_supported, "whether this CPU runs the AVX2/FMA/F16C kernels");
+  m.def("bitmask_matmul", &se::bitmask_matmul, "y = x @ W^T for bitmask W (one or routed experts)");
+  m.def("nm_matmul", &se::nm_matmul, "y = x @ W^T for N:M W (one or routed experts)");
+  m.def("bitmask_unpack", &se::bitmask_unpack, "bitmask W -> dense fp32 [rows, in]");
+  m.def("nm_unpack", &se::nm_unpack, "N:M W -> dense fp32 [rows, in]");
+}

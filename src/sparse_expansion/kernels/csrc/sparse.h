@@ -1,0 +1,59 @@
+// Plain views of the compressed formats (see formats.py) shared by the scalar and AVX2 kernels.
+// No torch headers here: the AVX2 translation unit must not instantiate torch's inline code with
+// AVX2 enabled, or the linker could hand that copy to CPUs without AVX2.
+#pragma once
+
+#include <cstdint>
+
+namespace se {
+
+enum ValueType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// One expert's rows of a bitmask weight: mask/offsets already point at its first row.
+struct BitmaskView {
+  const void* values;      // the whole values buffer (offsets index into it)
+  int64_t values_len;      // its length, so kernels know when an 8-wide load would overrun
+  const uint8_t* mask;     // [rows, row_bytes]
+  const int64_t* offsets;  // [rows + 1]
+  int64_t in, row_bytes;
+  int vtype;
+};
+
+// One expert's rows of an N:M weight: values/indices already point at its first row.
+struct NMView {
+  const void* values;    // [rows, per_row]
+  const uint8_t* index;  // [rows, index_bytes]
+  int64_t in, n, m, bits, per_row, index_bytes;
+  int vtype;
+};
+
+// Which tokens a call computes: x rows tok[i] (or i when tok is null) -> y rows likewise.
+struct Tokens {
+  const float* x;
+  int64_t ldx;
+  float* y;
+  int64_t ldy;
+  const int64_t* tok;
+  int64_t count;
+};
+
+inline int64_t token_at(const Tokens& t, int64_t i) { return t.tok ? t.tok[i] : i; }
+
+// y[tok, r] = sum_c W[r, c] x[tok, c] for rows r in [r0, r1) of the view (no bias).
+void bitmask_rows_scalar(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t);
+void nm_rows_scalar(const NMView& w, int64_t r0, int64_t r1, const Tokens& t);
+// dense[r - r0, :] = W[r, :] in fp32, for rows [r0, r1); dense rows are `in` floats apart.
+void bitmask_unpack_scalar(const BitmaskView& w, int64_t r0, int64_t r1, float* dense);
+void nm_unpack_scalar(const NMView& w, int64_t r0, int64_t r1, float* dense);
+
+// One stored value as fp32, whatever its type (for the few values a vector loop leaves over).
+float value_f32(const void* values, int vtype, int64_t i);
+
+bool avx2_supported();
+// The AVX2/FMA/F16C versions; callable only when avx2_supported().
+void bitmask_rows_avx2(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t);
+void nm_rows_avx2(const NMView& w, int64_t r0, int64_t r1, const Tokens& t);
+void bitmask_unpack_avx2(const BitmaskView& w, int64_t r0, int64_t r1, float* dense);
+void nm_unpack_avx2(const NMView& w, int64_t r0, int64_t r1, float* dense);
+
+}  // namespace se

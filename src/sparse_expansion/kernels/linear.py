@@ -1,0 +1,155 @@
+"""nn.Modules holding compressed weights as buffers: a linear, and k stacked routed experts.
+
+The buffers are the format's own tensors (formats.py), so `state_dict()` is what a
+safetensors file stores and `from_spec(spec())` allocates exactly the buffers to load it into.
+Outputs come back in the input's dtype; the kernels compute in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import ops
+from .formats import CompressedWeight, choose_format, compress, dtype_name, parse_format, value_dtype_of
+
+
+class _Compressed(nn.Module):
+    """Shared by both modules: buffers <-> CompressedWeight, spec, non-zero counts."""
+
+    def __init__(self, weight: CompressedWeight, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.format = weight.format
+        self.weight_shape = tuple(weight.shape)
+        for name, tensor in weight.tensors().items():
+            self.register_buffer(name, tensor)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self._weight: CompressedWeight | None = None
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.compressed().validate())
+
+    @property
+    def in_features(self) -> int:
+        return self.weight_shape[-1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_shape[-2]
+
+    def compressed(self) -> CompressedWeight:
+        """The weight as one object, rebuilt only when a buffer was replaced (`.to()`, assignment)."""
+        buffers, cached = self._buffers, self._weight
+        if cached is None or cached.values is not buffers["values"] or not _same_index(cached, buffers):
+            names = ("values", "mask", "row_offsets") if parse_format(self.format) is None else ("values", "indices")
+            cached = self._weight = CompressedWeight(self.format, self.weight_shape, *(buffers[n] for n in names))
+        return cached
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight uncompressed, in fp32 (for checks and for code that needs a dense matrix)."""
+        return ops.unpack(self.compressed())
+
+    def _spec(self) -> dict[str, Any]:
+        weight = self.compressed()
+        return {"in_features": self.in_features, "out_features": self.out_features, "format": self.format,
+                "value_dtype": dtype_name(weight.value_dtype), "stored_values": weight.values.numel(),
+                "bias": self.bias is not None}
+
+    def nonzeros(self) -> int:
+        """Stored non-zero weights (an N:M group's zero fillers are not counted)."""
+        return int((self.compressed().values != 0).sum())
+
+
+def _same_index(weight: CompressedWeight, buffers: dict[str, torch.Tensor | None]) -> bool:
+    if weight.row_offsets is None:
+        return weight.index is buffers["indices"]
+    return weight.index is buffers["mask"] and weight.row_offsets is buffers["row_offsets"]
+
+
+def _empty_weight(shape: tuple[int, ...], spec: dict[str, Any]) -> CompressedWeight:
+    return CompressedWeight.empty({"format": spec["format"], "shape": shape, "value_dtype": spec["value_dtype"],
+                                   "stored_values": spec.get("stored_values", 0)})
+
+
+class CompressedLinear(_Compressed):
+    """Drop-in for nn.Linear (y = x W^T + b) with W stored as bitmask or N:M."""
+
+    def __init__(self, weight: CompressedWeight, bias: torch.Tensor | None = None) -> None:
+        if len(weight.shape) != 2:
+            raise ValueError(f"CompressedLinear needs an [out, in] weight, got {list(weight.shape)}")
+        super().__init__(weight, bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, value_dtype: torch.dtype | str = torch.float16,
+                    format: str = "auto") -> CompressedLinear:
+        """Compress a linear's weight; "auto" picks 2:4 or 4:8 when the weight satisfies it, else bitmask."""
+        weight = linear.weight.detach()
+        fmt = choose_format(weight) if format == "auto" else format
+        return cls(compress(weight, fmt, value_dtype_of(value_dtype)), linear.bias)
+
+    def spec(self) -> dict[str, Any]:
+        return self._spec()
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> CompressedLinear:
+        """An empty module with buffers shaped for `spec`, to load a state dict into."""
+        shape = (int(spec["out_features"]), int(spec["in_features"]))
+        bias = torch.zeros(shape[0]) if spec.get("bias") else None
+        return cls(_empty_weight(shape, spec), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.sparse_linear(x, self.compressed(), self._buffers["bias"])
+
+    def flops_per_token(self) -> int:
+        return 2 * self.nonzeros()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, "
+                f"values={dtype_name(self.values.dtype)}, bias={self.bias is not None}")
+
+
+class CompressedExperts(_Compressed):
+    """k compressed [out, in] experts stacked; token i goes through expert labels[i].
+
+    The router is not part of it: whoever routes adds the router's FLOPs."""
+
+    def __init__(self, weight: CompressedWeight, bias: torch.Tensor | None = None) -> None:
+        if len(weight.shape) != 3:
+            raise ValueError(f"CompressedExperts needs a [k, out, in] weight, got {list(weight.shape)}")
+        super().__init__(weight, bias)
+
+    @property
+    def num_experts(self) -> int:
+        return self.weight_shape[0]
+
+    @classmethod
+    def from_dense(cls, experts: torch.Tensor, bias: torch.Tensor | None = None,
+                   value_dtype: torch.dtype | str = torch.float16, format: str = "auto") -> CompressedExperts:
+        """Compress stacked dense experts [k, out, in]; "auto" as in CompressedLinear.from_linear."""
+        fmt = choose_format(experts) if format == "auto" else format
+        return cls(compress(experts.detach(), fmt, value_dtype_of(value_dtype)), bias)
+
+    def spec(self) -> dict[str, Any]:
+        return {**self._spec(), "num_experts": self.num_experts}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> CompressedExperts:
+        shape = (int(spec["num_experts"]), int(spec["out_features"]), int(spec["in_features"]))
+        bias = torch.zeros(shape[1]) if spec.get("bias") else None
+        return cls(_empty_weight(shape, spec), bias)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return ops.expert_linear(x, labels, self.compressed(), self._buffers["bias"])
+
+    def expert_nonzeros(self) -> list[int]:
+        weight = self.compressed()
+        return [int((weight.expert(e).values != 0).sum()) for e in range(self.num_experts)]
+
+    def flops_per_token(self) -> int:
+        """A token runs one expert: 2 x its non-zeros, the mean over experts."""
+        nnz = self.expert_nonzeros()
+        return round(2 * sum(nnz) / len(nnz))
+
+    def extra_repr(self) -> str:
+        return (f"experts={self.num_experts}, in_features={self.in_features}, out_features={self.out_features}, "
+                f"format={self.format}, values={dtype_name(self.values.dtype)}, bias={self.bias is not None}")

@@ -1,0 +1,166 @@
+"""y = x @ W^T with W compressed: one weight, or k stacked experts with one expert per token.
+
+Three backends give the same outputs (within float rounding; all accumulate in fp32):
+  - "avx2":   the C++ kernels, vectorised for AVX2/FMA/F16C (chosen when the CPU has them);
+  - "scalar": the same C++ library, portable loops (other x86, ARM);
+  - "torch":  pure torch, decompressing the weight on every call: slow, but needs no compiler.
+`SPARSE_EXPANSION_KERNELS` = auto (default) | cpp | scalar | torch picks one: auto builds the C++
+library at first use and falls back to torch with ONE warning if it cannot; cpp and scalar
+raise instead (for CI and tests); torch never builds. It is read once, at the first call (a
+decode step makes hundreds of calls); `use_backend` overrides it in code.
+
+Groups of at least `DENSE_FROM` tokens on one expert are multiplied by unpacking that expert to
+fp32 and calling torch's GEMM: with that many tokens every weight is reused often enough that
+a dense GEMM beats any sparse loop (benchmarks/kernel_speed.py measures the crossover).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from types import ModuleType
+
+import torch
+
+from . import build
+from .formats import CompressedWeight, decompress
+
+BACKENDS = ("auto", "cpp", "scalar", "torch")
+DENSE_FROM = 20  # measured crossover (benchmarks/kernel_speed.md): sparse kernel at 16 tokens, GEMM at 24
+
+
+class KernelFallbackWarning(UserWarning):
+    """The C++ kernels are unavailable; the (slower) pure-torch fallback runs instead."""
+
+
+_override: str | None = None
+_warned = False
+_resolved: tuple[ModuleType | None, bool] | None = None  # what _library() found, until use_backend
+
+
+def requested_backend() -> str:
+    mode = _override or os.environ.get("SPARSE_EXPANSION_KERNELS", "auto").strip().lower() or "auto"
+    if mode not in BACKENDS:
+        raise ValueError(f"SPARSE_EXPANSION_KERNELS must be one of {', '.join(BACKENDS)}, got {mode!r}")
+    return mode
+
+
+@contextlib.contextmanager
+def use_backend(mode: str) -> Iterator[None]:
+    """Run the block with backend `mode` (one of BACKENDS) whatever the environment says."""
+    if mode not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {mode!r}")
+    global _override, _resolved
+    before, _override, _resolved = _override, mode, None
+    try:
+        yield
+    finally:
+        _override, _resolved = before, None
+
+
+def _library() -> tuple[ModuleType | None, bool]:
+    """(compiled library or None for torch, whether to use its SIMD kernels); resolved once."""
+    global _resolved
+    if _resolved is None:
+        _resolved = _resolve()
+    return _resolved
+
+
+def _resolve() -> tuple[ModuleType | None, bool]:
+    global _warned
+    mode = requested_backend()
+    if mode == "torch":
+        return None, False
+    if mode in ("cpp", "scalar"):
+        return build.kernels(retry_failed=True), mode == "cpp"
+    try:
+        return build.kernels(), True
+    except build.KernelBuildError as error:
+        if not _warned:
+            _warned = True
+            warnings.warn(f"sparse_expansion kernels: {error}; using the slower pure-torch fallback",
+                          KernelFallbackWarning, stacklevel=4)
+        return None, False
+
+
+def backend() -> str:
+    """The backend calls run on now: "avx2", "scalar" or "torch"."""
+    lib, simd = _library()
+    if lib is None:
+        return "torch"
+    return "avx2" if simd and lib.simd_supported() else "scalar"
+
+
+def sparse_linear(x: torch.Tensor, weight: CompressedWeight, bias: torch.Tensor | None = None,
+                  dense_from: int | None = None) -> torch.Tensor:
+    """x [..., in] @ W^T (+ bias) for a compressed [out, in] W; output in x's dtype.
+
+    `dense_from`: tokens from which to unpack W and call a GEMM (default DENSE_FROM; <= 0 never)."""
+    if len(weight.shape) != 2:
+        raise ValueError(f"sparse_linear takes an [out, in] weight, got {list(weight.shape)}; see expert_linear")
+    return _matmul(x, None, weight, bias, 1, DENSE_FROM if dense_from is None else dense_from)
+
+
+def expert_linear(x: torch.Tensor, labels: torch.Tensor, weight: CompressedWeight,
+                  bias: torch.Tensor | None = None, dense_from: int | None = None) -> torch.Tensor:
+    """Token i of x [..., in] through expert labels[i] of a compressed [k, out, in] W (+ bias).
+
+    Tokens are grouped by expert; one token is one sparse matvec; an expert with `dense_from` or
+    more tokens is unpacked for a GEMM, as in sparse_linear."""
+    if len(weight.shape) != 3:
+        raise ValueError(f"expert_linear takes a [k, out, in] weight, got {list(weight.shape)}")
+    labels = labels.reshape(-1).contiguous()
+    return _matmul(x, labels if labels.dtype == torch.int64 else labels.long(), weight, bias, weight.shape[0],
+                   DENSE_FROM if dense_from is None else dense_from)
+
+
+def _matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: CompressedWeight, bias: torch.Tensor | None,
+            experts: int, dense_from: int) -> torch.Tensor:
+    cols = weight.shape[-1]
+    flat = x.reshape(-1, cols)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    if bias is not None and bias.dtype != torch.float32:
+        bias = bias.float()
+    lib, simd = _resolved or _library()
+    if lib is None:
+        y = _torch_matmul(flat, labels, weight, bias)
+    elif weight.row_offsets is not None:
+        y = lib.bitmask_matmul(flat.contiguous(), labels, weight.values, weight.index, weight.row_offsets,
+                               experts, cols, bias, dense_from, simd)
+    else:
+        n, m = weight.n_m
+        y = lib.nm_matmul(flat.contiguous(), labels, weight.values, weight.index, n, m, experts, cols, bias,
+                          dense_from, simd)
+    if x.dim() != 2:
+        y = y.reshape(*x.shape[:-1], weight.shape[-2])
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _torch_matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: CompressedWeight,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """The fallback: decompress (one expert at a time) and multiply in fp32."""
+    if labels is None:
+        y = x @ decompress(weight).float().t()
+    elif x.shape[0] == 1:
+        y = x @ decompress(weight.expert(int(labels[0]))).float().t()
+    else:
+        y = x.new_empty(x.shape[0], weight.shape[-2])
+        for e in labels.unique().tolist():
+            rows = (labels == e).nonzero().flatten()
+            y[rows] = x[rows] @ decompress(weight.expert(e)).float().t()
+    return y if bias is None else y + bias
+
+
+def unpack(weight: CompressedWeight) -> torch.Tensor:
+    """The dense fp32 weight, by the fastest available backend (the GEMM path's first step)."""
+    lib, simd = _library()
+    if lib is None:
+        return decompress(weight).float()
+    if weight.row_offsets is not None:
+        dense = lib.bitmask_unpack(weight.values, weight.index, weight.row_offsets, weight.in_features, simd)
+    else:
+        dense = lib.nm_unpack(weight.values, weight.index, *weight.n_m, weight.in_features, simd)
+    return dense.reshape(weight.shape)

@@ -1,0 +1,151 @@
+"""Every backend (AVX2, scalar C++, pure torch) against a float64 dense reference.
+
+The C++ tests skip only where no compiler exists; where one does, a failed build fails them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_kernels_formats import nm_weight, unstructured_weight
+
+from sparse_expansion.kernels import build, ops
+from sparse_expansion.kernels import formats as F
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TOKENS = (1, 2, 3, 5, 8, 13, 40)
+
+
+@pytest.fixture(scope="session")
+def compiled():
+    if build.find_compiler() is None:
+        pytest.skip("no C++ compiler: only the torch fallback can run here")
+    return build.kernels(retry_failed=True)
+
+
+@pytest.fixture(params=["cpp", "scalar", "torch"])
+def backend(request):
+    if request.param != "torch":
+        request.getfixturevalue("compiled")
+    with ops.use_backend(request.param):
+        yield request.param
+
+
+def reference(x: torch.Tensor, weight: F.CompressedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    y = x.double() @ F.decompress(weight).double().t()
+    return y if bias is None else y + bias.double()
+
+
+def assert_close(y: torch.Tensor, ref: torch.Tensor) -> None:
+    """fp32 accumulation in any order: relative to the size of the terms summed."""
+    assert y.dtype == torch.float32 and y.shape == ref.shape
+    assert (y.double() - ref).abs().max().item() <= 1e-5 * (1 + ref.abs().max().item())
+
+
+def weights(fmt: str, out: int, cols: int, seed: int) -> torch.Tensor:
+    if fmt == "bitmask":
+        return unstructured_weight((out, cols), 0.35, seed)
+    n, m = F.parse_format(fmt)
+    return nm_weight((out, cols), n, m, seed)
+
+
+SHAPES = {  # (out, in): odd sizes, a partial last mask byte, N:M rows whose value count is not a multiple of 8
+    "bitmask": [(37, 53), (8, 8), (3, 1), (64, 576), (19, 300)],
+    "2:4": [(37, 20), (16, 64), (5, 36)],
+    "4:8": [(37, 24), (9, 64)],
+    "1:4": [(11, 64), (7, 20)],  # window of 32 inputs: the gather path
+    "2:8": [(11, 64)],
+    "8:16": [(6, 48)],
+    "1:2": [(6, 34)],
+    "3:8": [(6, 40)],  # N not dividing 8: the scalar kernel even under AVX2
+}
+
+
+@pytest.mark.parametrize("fmt", list(SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_matches_dense(backend, fmt, dtype):
+    for i, (out, cols) in enumerate(SHAPES[fmt]):
+        weight = F.compress(weights(fmt, out, cols, i), fmt, dtype)
+        bias = torch.randn(out) if i % 2 else None
+        for tokens in TOKENS:
+            x = torch.randn(tokens, cols)
+            assert_close(ops.sparse_linear(x, weight, bias), reference(x, weight, bias))
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "2:4", "4:8"])
+def test_large_groups_use_gemm_with_same_result(backend, fmt):
+    weight = F.compress(weights(fmt, 40, 64, 3), fmt, torch.float16)
+    x = torch.randn(70, 64)
+    assert_close(ops.sparse_linear(x, weight), reference(x, weight))  # 70 >= DENSE_FROM: unpack + GEMM
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "2:4", "1:4"])
+@pytest.mark.parametrize("dense_from", [0, 3])
+def test_routed_experts_match_per_token_reference(backend, fmt, dense_from):
+    k, out, cols = 5, 23, 32
+    stacked = torch.stack([weights(fmt, out, cols, e) for e in range(k)])
+    stacked[3] = 0.0  # an expert with no weights at all
+    weight = F.compress(stacked, fmt, torch.bfloat16)
+    bias = torch.randn(out)
+    dense = F.decompress(weight).double()
+    for tokens in (1, 2, 9, 31):
+        x = torch.randn(tokens, cols)
+        labels = torch.randint(0, k, (tokens,), generator=torch.Generator().manual_seed(tokens))
+        labels[0] = 3
+        want = torch.stack([dense[e] @ row for row, e in zip(x.double(), labels.tolist())]) + bias.double()
+        assert_close(ops.expert_linear(x, labels, weight, bias, dense_from=dense_from), want)
+
+
+def test_half_inputs_come_back_in_their_dtype(backend):
+    weight = F.compress(weights("bitmask", 9, 16, 0), "bitmask", torch.float16)
+    x = torch.randn(2, 3, 16, dtype=torch.bfloat16)
+    y = ops.sparse_linear(x, weight)
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 3, 9)
+    want = reference(x.reshape(-1, 16).float(), weight).reshape(2, 3, 9)
+    assert (y.double() - want).abs().max() < 0.05 * (1 + want.abs().max())
+
+
+def test_no_tokens(backend):
+    weight = F.compress(weights("2:4", 9, 16, 0), "2:4", torch.float32)
+    assert ops.sparse_linear(torch.zeros(0, 16), weight).shape == (0, 9)
+
+
+def test_bad_labels_raise(compiled):
+    weight = F.compress(torch.stack([weights("bitmask", 4, 16, e) for e in range(2)]), "bitmask", torch.float32)
+    with ops.use_backend("cpp"), pytest.raises(RuntimeError, match="not an expert"):
+        ops.expert_linear(torch.randn(3, 16), torch.tensor([0, 2, 1]), weight)
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "2:4", "4:8"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scalar_equals_avx2(compiled, fmt, dtype):
+    if not compiled.simd_supported():
+        pytest.skip("this CPU has no AVX2/FMA/F16C")
+    weight = F.compress(weights(fmt, 50, 96, 1), fmt, dtype)
+    x = torch.randn(11, 96)
+    with ops.use_backend("cpp"):
+        fast = ops.sparse_linear(x, weight)
+    with ops.use_backend("scalar"):
+        slow = ops.sparse_linear(x, weight)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_unpack_matches_decompress(backend):
+    for fmt in ("bitmask", "2:4", "4:8", "1:4", "3:8"):  # 24 inputs: N:M rows with leftover values
+        weight = F.compress(torch.stack([weights(fmt, 7, 24, e) for e in range(3)]), fmt, torch.bfloat16)
+        assert torch.equal(ops.unpack(weight), F.decompress(weight).float())
+
+
+def test_threads_give_the_same_answer(compiled):
+    weight = F.compress(weights("bitmask", 300, 64, 0), "bitmask", torch.float16)
+    x = torch.randn(3, 64)
+    before = torch.get_num_threads()
+    with ops.use_backend("cpp"):
+        try:
+            torch.set_num_threads(1)
+            one = ops.sparse_linear(x, weight)
+            torch.set_num_threads(2)
+            two = ops.sparse_linear(x, weight)
+        finally:
+            torch.set_num_threads(before)
+    assert torch.equal(one, two)  # rows are split between threads, never a row's sum
