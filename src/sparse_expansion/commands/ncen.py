@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="new folder for results.json, PNGs and report.md")
     t = p.add_argument_group("members and training (defaults per data set)")
     t.add_argument("--members", type=int, default=3, help="ensemble size M (default 3)")
-    t.add_argument("--arch", choices=("mlp", "cnn"), default="mlp", help="member network: mlp (default) or cnn (digits only)")
+    t.add_argument("--arch", choices=("mlp", "cnn"), default="mlp",
+                   help="member network: mlp (default) or cnn (digits only)")
     t.add_argument("--hidden", type=int, default=None, help="MLP width / CNN channels of a member (default 64)")
     t.add_argument("--epochs", type=int, default=None, help="training epochs (default 40 digits, 20 plays)")
     t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 digits, 1e-3 plays)")

@@ -44,8 +44,9 @@ class KernelBuildError(RuntimeError):
 
 
 def cache_root() -> Path:
-    root = os.environ.get("SPARSE_EXPANSION_CACHE") or Path.home() / ".cache" / "sparse_expansion"
-    return Path(root) / "kernels"
+    from ..io import cache_dir
+
+    return cache_dir() / "kernels"
 
 
 def find_compiler() -> str | None:
