@@ -64,7 +64,7 @@ def test_bfloat16_prune_and_expand_keep_their_invariants(tmp_path, tiny_model_di
     assert code == 0, err
     model, _ = load_model(str(tmp_path / "e"), dtype=torch.bfloat16)
     experts = [m for m in model.modules() if isinstance(m, SparseExpertLinear)]
-    assert experts and all(m.experts.dtype is torch.bfloat16 for m in experts)
+    assert experts and all(m.value_dtype is torch.bfloat16 for m in experts)
     assert all(m.router.components.dtype is torch.float32 for m in experts)  # routes do not depend on dtype
     ids = torch.randint(2, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     again, _ = load_model(str(tmp_path / "e"), dtype=torch.bfloat16)

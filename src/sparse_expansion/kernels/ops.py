@@ -125,7 +125,7 @@ def _matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: CompressedWeig
     if bias is not None and bias.dtype != torch.float32:
         bias = bias.float()
     lib, simd = _resolved or _library()
-    if lib is None:
+    if lib is None or flat.device.type != "cpu":  # the C++ kernels are CPU kernels
         y = _torch_matmul(flat, labels, weight, bias)
     elif weight.row_offsets is not None:
         y = lib.bitmask_matmul(flat.contiguous(), labels, weight.values, weight.index, weight.row_offsets,
@@ -157,7 +157,7 @@ def _torch_matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: Compress
 def unpack(weight: CompressedWeight) -> torch.Tensor:
     """The dense fp32 weight, by the fastest available backend (the GEMM path's first step)."""
     lib, simd = _library()
-    if lib is None:
+    if lib is None or weight.values.device.type != "cpu":
         return decompress(weight).float()
     if weight.row_offsets is not None:
         dense = lib.bitmask_unpack(weight.values, weight.index, weight.row_offsets, weight.in_features, simd)
