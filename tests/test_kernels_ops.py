@@ -1,4 +1,4 @@
-"""Every backend (AVX2, scalar C++, pure torch) against a float64 dense reference.
+"""Every backend (AVX-512 where the CPU has it, AVX2, scalar C++, pure torch) against a float64 dense reference.
 
 The C++ tests skip only where no compiler exists; where one does, a failed build fails them.
 """
@@ -23,7 +23,7 @@ def compiled():
     return build.kernels(retry_failed=True)
 
 
-@pytest.fixture(params=["cpp", "scalar", "torch"])
+@pytest.fixture(params=["cpp", "avx2", "scalar", "torch"])
 def backend(request):
     if request.param != "torch":
         request.getfixturevalue("compiled")
@@ -116,14 +116,16 @@ def test_bad_labels_raise(compiled):
         ops.expert_linear(torch.randn(3, 16), torch.tensor([0, 2, 1]), weight)
 
 
-@pytest.mark.parametrize("fmt", ["bitmask", "2:4", "4:8"])
+@pytest.mark.parametrize("fmt", ["bitmask", "2:4", "4:8", "8:16", "1:4"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_scalar_equals_avx2(compiled, fmt, dtype):
-    if not compiled.simd_supported():
-        pytest.skip("this CPU has no AVX2/FMA/F16C")
+@pytest.mark.parametrize("isa", [1, 2])
+def test_scalar_equals_vector_kernels(compiled, fmt, dtype, isa):
+    if compiled.isa_level(isa) != isa:
+        pytest.skip(f"this CPU has no {('AVX2/FMA/F16C', 'AVX-512 F/BW/VL/VBMI2')[isa - 1]}")
     weight = F.compress(weights(fmt, 50, 96, 1), fmt, dtype)
     x = torch.randn(11, 96)
-    with ops.use_backend("cpp"):
+    with ops.use_backend("cpp" if isa == 2 else "avx2"):
+        assert ops.backend() == ("avx512" if isa == 2 else "avx2")
         fast = ops.sparse_linear(x, weight)
     with ops.use_backend("scalar"):
         slow = ops.sparse_linear(x, weight)

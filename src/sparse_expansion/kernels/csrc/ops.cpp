@@ -204,65 +204,87 @@ void check_nm(const torch::Tensor& values, const torch::Tensor& indices, int64_t
   value_type(values);
 }
 
-bool use_simd(bool simd) { return simd && avx2_supported(); }
+// Instruction sets, as the Python side names them: 0 portable C++, 1 AVX2, 2 AVX-512. A request is
+// capped by what this CPU runs.
+int isa_level(int64_t requested) {
+  if (requested >= 2 && avx512_supported()) return 2;
+  if (requested >= 1 && avx2_supported()) return 1;
+  return 0;
+}
+
+template <typename View>
+using RowsKernel = void (*)(const View&, int64_t, int64_t, const Tokens&);
+template <typename View>
+using UnpackKernel = void (*)(const View&, int64_t, int64_t, float*);
+
+RowsKernel<BitmaskView> bitmask_rows(int level) {
+  return level == 2 ? bitmask_rows_avx512 : level == 1 ? bitmask_rows_avx2 : bitmask_rows_scalar;
+}
+UnpackKernel<BitmaskView> bitmask_unpack_kernel(int level) {
+  return level == 2 ? bitmask_unpack_avx512 : level == 1 ? bitmask_unpack_avx2 : bitmask_unpack_scalar;
+}
+// The vector N:M kernels need N to divide 8 (one window per 8 values).
+RowsKernel<NMView> nm_rows(int level, int64_t n) {
+  if (8 % n != 0) return nm_rows_scalar;
+  return level == 2 ? nm_rows_avx512 : level == 1 ? nm_rows_avx2 : nm_rows_scalar;
+}
+UnpackKernel<NMView> nm_unpack_kernel(int level, int64_t n) {
+  return level >= 1 && 8 % n == 0 ? nm_unpack_avx2 : nm_unpack_scalar;
+}
 
 }  // namespace
 
 torch::Tensor bitmask_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
                              const torch::Tensor& values, const torch::Tensor& mask, const torch::Tensor& offsets,
                              int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias,
-                             int64_t dense_from, bool simd) {
+                             int64_t dense_from, int64_t isa) {
   check_bitmask(values, mask, offsets, in);
   const int64_t total_rows = offsets.numel() - 1;
   TORCH_CHECK(experts > 0 && total_rows % experts == 0, total_rows, " rows do not split into ", experts, " experts");
   const int64_t rows = total_rows / experts;
-  const bool fast = use_simd(simd);
+  const int level = isa_level(isa);
   return routed_matmul<BitmaskView>(
       x, labels, experts, rows, in, bias, dense_from,
-      [&](int64_t e) { return bitmask_view(values, mask, offsets, in, rows, e); },
-      fast ? bitmask_rows_avx2 : bitmask_rows_scalar, fast ? bitmask_unpack_avx2 : bitmask_unpack_scalar);
+      [&](int64_t e) { return bitmask_view(values, mask, offsets, in, rows, e); }, bitmask_rows(level),
+      bitmask_unpack_kernel(level));
 }
 
 torch::Tensor nm_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
                         const torch::Tensor& values, const torch::Tensor& indices, int64_t n, int64_t m,
                         int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias, int64_t dense_from,
-                        bool simd) {
+                        int64_t isa) {
   check_nm(values, indices, n, m, in);
   const int64_t total_rows = values.numel() / values.size(-1);
   TORCH_CHECK(experts > 0 && total_rows % experts == 0, total_rows, " rows do not split into ", experts, " experts");
   const int64_t rows = total_rows / experts;
-  const bool fast = use_simd(simd) && 8 % n == 0;
+  const int level = isa_level(isa);
   return routed_matmul<NMView>(
       x, labels, experts, rows, in, bias, dense_from,
-      [&](int64_t e) { return nm_view(values, indices, n, m, in, rows, e); }, fast ? nm_rows_avx2 : nm_rows_scalar,
-      fast ? nm_unpack_avx2 : nm_unpack_scalar);
+      [&](int64_t e) { return nm_view(values, indices, n, m, in, rows, e); }, nm_rows(level, n),
+      nm_unpack_kernel(level, n));
 }
 
 torch::Tensor bitmask_unpack(const torch::Tensor& values, const torch::Tensor& mask, const torch::Tensor& offsets,
-                             int64_t in, bool simd) {
+                             int64_t in, int64_t isa) {
   check_bitmask(values, mask, offsets, in);
   const int64_t rows = offsets.numel() - 1;
   auto dense = torch::empty({rows, in}, torch::kFloat);
   const BitmaskView view = bitmask_view(values, mask, offsets, in, rows, 0);
-  const bool fast = use_simd(simd);
+  const auto unpack = bitmask_unpack_kernel(isa_level(isa));
   float* d = dense.data_ptr<float>();
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    (fast ? bitmask_unpack_avx2 : bitmask_unpack_scalar)(view, r0, r1, d + r0 * in);
-  });
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { unpack(view, r0, r1, d + r0 * in); });
   return dense;
 }
 
 torch::Tensor nm_unpack(const torch::Tensor& values, const torch::Tensor& indices, int64_t n, int64_t m, int64_t in,
-                        bool simd) {
+                        int64_t isa) {
   check_nm(values, indices, n, m, in);
   const int64_t rows = values.numel() / values.size(-1);
   auto dense = torch::empty({rows, in}, torch::kFloat);
   const NMView view = nm_view(values, indices, n, m, in, rows, 0);
-  const bool fast = use_simd(simd) && 8 % n == 0;
+  const auto unpack = nm_unpack_kernel(isa_level(isa), n);
   float* d = dense.data_ptr<float>();
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    (fast ? nm_unpack_avx2 : nm_unpack_scalar)(view, r0, r1, d + r0 * in);
-  });
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { unpack(view, r0, r1, d + r0 * in); });
   return dense;
 }
 
@@ -271,6 +293,7 @@ torch::Tensor nm_unpack(const torch::Tensor& values, const torch::Tensor& indice
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "sparse_expansion compressed-weight kernels (see sparse_expansion/kernels)";
   m.def("simd_supported", &se::avx2_supported, "whether this CPU runs the AVX2/FMA/F16C kernels");
+  m.def("isa_level", &se::isa_level, "the instruction set a request runs with here: 0 C++, 1 AVX2, 2 AVX-512");
   m.def("bitmask_matmul", &se::bitmask_matmul, "y = x @ W^T for bitmask W (one or routed experts)");
   m.def("nm_matmul", &se::nm_matmul, "y = x @ W^T for N:M W (one or routed experts)");
   m.def("bitmask_unpack", &se::bitmask_unpack, "bitmask W -> dense fp32 [rows, in]");

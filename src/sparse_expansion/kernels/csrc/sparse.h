@@ -56,4 +56,11 @@ void nm_rows_avx2(const NMView& w, int64_t r0, int64_t r1, const Tokens& t);
 void bitmask_unpack_avx2(const BitmaskView& w, int64_t r0, int64_t r1, float* dense);
 void nm_unpack_avx2(const NMView& w, int64_t r0, int64_t r1, float* dense);
 
+bool avx512_supported();
+// The AVX-512 (F, BW, VL, VBMI2) versions; callable only when avx512_supported(). N:M shapes other
+// than 16 values per 32 columns go to the AVX2 kernel (N:M unpacking always does).
+void bitmask_rows_avx512(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t);
+void nm_rows_avx512(const NMView& w, int64_t r0, int64_t r1, const Tokens& t);
+void bitmask_unpack_avx512(const BitmaskView& w, int64_t r0, int64_t r1, float* dense);
+
 }  // namespace se
