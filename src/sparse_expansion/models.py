@@ -120,7 +120,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
         model, tokenizer = _load_hf(path, dtype, shipped=name_or_path in SHIPPED)
     if weights is not None:
         set_weights(model, weights, device)
-    return model.to(device).eval(), tokenizer
+    model = model.to(device).eval()
+    release_freed_memory()
+    return model, tokenizer
 
 
 def load_causal_lm(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
@@ -148,8 +150,8 @@ COMPRESS_FROM_SPARSITY = 0.3
 
 
 def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
-    """Put the sparse weights of a causal LM in memory as `weights` says; returns "compressed" or
-    "dense", what the sparse weights now are.
+    """Put the sparse weights of a causal LM in memory as `weights` says; returns
+    `weights_in_memory(model)` afterwards.
 
     - "compressed": every decoder-layer linear at least COMPRESS_FROM_SPARSITY sparse (a pruned
       model's) becomes a kernels.CompressedLinear with values in the model's dtype, and expanded
@@ -174,21 +176,60 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
                 parent, _, attr = name.rpartition(".")
                 linears.append((layer.get_submodule(parent) if parent else layer, attr, module))
     if not experts and not linears:
-        return "dense"
+        return weights_in_memory(model)
     on_cpu = torch.device(device).type == "cpu"
     kernels = on_cpu and ops.backend() != "torch"
     for module in experts:
         dense = weights == "dense" or (weights == "auto" and not on_cpu)
         module.use_dense_weights(dense)
     compress = weights == "compressed" or (weights == "auto" and kernels)
+    changed = False
     for parent, attr, module in linears:
         if compress and not isinstance(module, CompressedLinear):
             dtype = linear_weight(module).dtype
             setattr(parent, attr, CompressedLinear.from_dense(linear_weight(module), module.bias, dtype))
+            changed = True
         elif not compress and isinstance(module, CompressedLinear):
             setattr(parent, attr, _dense_linear(module))
-    compressed = any(not m.uses_dense_weights for m in experts) or (compress and bool(linears))
-    return "compressed" if compressed else "dense"
+    if changed:
+        _release_dense_copies(model)
+    return weights_in_memory(model)
+
+
+def _release_dense_copies(model: nn.Module) -> None:
+    """Let the replaced dense weights' memory go: Hugging Face leaves parameters as views of the
+    memory-mapped weights file, and the whole mapping stays resident while any view lives; copying
+    the parameters that remain releases it."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc's malloc_trim; elsewhere
+    only the collection): loading converts and copies, and what it freed would otherwise still
+    count in the process's resident memory."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def weights_in_memory(model: nn.Module) -> str:
+    """"compressed" when some weights are held compressed (CompressedLinear, or expanded experts
+    without a dense copy), else "dense"."""
+    from .expand.module import SparseExpertLinear
+    from .kernels import CompressedLinear
+
+    for module in model.modules():
+        if isinstance(module, CompressedLinear) or (isinstance(module, SparseExpertLinear)
+                                                    and not module.uses_dense_weights):
+            return "compressed"
+    return "dense"
 
 
 def _sparsity(weight: torch.Tensor) -> float:
