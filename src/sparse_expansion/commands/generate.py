@@ -73,12 +73,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def timed_generate(model, tokenizer, prompt: str, max_new_tokens: int, *, temperature: float = 0.0,
-                   ignore_eos: bool = False, device: str = "cpu") -> dict:
-    """Greedy or sampled KV-cached generation through Hugging Face `generate`, timed."""
+def timed_generate(model, ids, max_new_tokens: int, *, pad_token_id: int | None = None, temperature: float = 0.0,
+                   ignore_eos: bool = False) -> dict:
+    """KV-cached generation of a [1, prompt] batch through Hugging Face `generate` (greedy, or sampled
+    above temperature 0), timed: the new token ids, and prefill (the prompt's forward pass and the
+    first token) apart from decode (every later token), in wall and process CPU seconds."""
     import torch
 
-    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     sample = temperature > 0
     timer = StepTimer()
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -86,15 +87,13 @@ def timed_generate(model, tokenizer, prompt: str, max_new_tokens: int, *, temper
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              min_new_tokens=max_new_tokens if ignore_eos else None,
                              do_sample=sample, temperature=temperature if sample else None, top_p=None, top_k=None,
-                             pad_token_id=tokenizer.eos_token_id, streamer=timer)
+                             pad_token_id=pad_token_id, streamer=timer)
     wall1, cpu1 = time.perf_counter(), time.process_time()
-    new = out[0, ids.shape[1]:]
     steps = timer.stamps[1:]  # stamps[0]: the prompt, handed over before any forward pass
     first = steps[0] if steps else (wall1, cpu1)
     decoded = max(len(steps) - 1, 0)
     decode_wall, decode_cpu = wall1 - first[0], cpu1 - first[1]
-    return {"text": tokenizer.decode(new, skip_special_tokens=True), "prompt_tokens": ids.shape[1],
-            "new_tokens": int(new.numel()),
+    return {"new_ids": out[0, ids.shape[1]:], "prompt_tokens": ids.shape[1], "new_tokens": out.shape[1] - ids.shape[1],
             "prefill_seconds": first[0] - wall0, "prefill_cpu_seconds": first[1] - cpu0,
             "decode_seconds": decode_wall, "decode_cpu_seconds": decode_cpu,
             "decode_tokens_per_second": decoded / decode_wall if decoded and decode_wall > 0 else None,
@@ -119,13 +118,16 @@ def run(args) -> int:
     load_seconds = time.perf_counter() - start
     loaded_rss = rss_mb()
     torch.manual_seed(args.seed)
-    result = timed_generate(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
-                            ignore_eos=args.ignore_eos, device=rt.device)
+    ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(rt.device)
+    result = timed_generate(model, ids, args.max_new_tokens, pad_token_id=tokenizer.eos_token_id,
+                            temperature=args.temperature, ignore_eos=args.ignore_eos)
+    text = tokenizer.decode(result.pop("new_ids"), skip_special_tokens=True)
     if not args.json:
-        print(args.prompt + result["text"])
+        print(args.prompt + text)
         return 0
     info = {"model": args.model, "weights": weights, "dtype": args.dtype, "device": rt.device,
             "kernels": ops.backend() if weights == "compressed" else None, "threads": torch.get_num_threads(),
-            "load_seconds": load_seconds, "loaded_rss_mb": loaded_rss, **result, "peak_rss_mb": peak_rss_mb()}
+            "load_seconds": load_seconds, "loaded_rss_mb": loaded_rss, "text": text, **result,
+            "peak_rss_mb": peak_rss_mb()}
     print(json.dumps(info))
     return 0
