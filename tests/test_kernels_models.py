@@ -124,8 +124,10 @@ def test_save_load_generate_is_identical(folders, tmp_path, tokenizer):
     assert greedy(back) == greedy(pruned)
 
 
-def test_shared_router_is_stored_once_and_evaluated_once(folders):
+def test_shared_router_is_stored_once_and_evaluated_once(folders, monkeypatch):
     from safetensors import safe_open
+
+    from sparse_expansion.expand import module
 
     manifest = read_manifest(folders["expanded"])["modules"]
     assert manifest["model.layers.0.mlp.up_proj"]["router_from"] == "model.layers.0.mlp.gate_proj"
@@ -139,12 +141,14 @@ def test_shared_router_is_stored_once_and_evaluated_once(folders):
     mlp = model.model.layers[0].mlp
     assert mlp.gate_proj.router is mlp.up_proj.router and mlp.down_proj.router is not mlp.gate_proj.router
     calls = []
-    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in model.modules() if isinstance(m, Router)]
-    with torch.no_grad():
-        model(windows(2, 10))
-    for hook in hooks:
-        hook.remove()
-    assert len(calls) == 2 * len(model.model.layers)  # gate+up once, down once, per layer
+    evaluate = module.evaluate_router
+    monkeypatch.setattr(module, "evaluate_router", lambda router, x: calls.append(router) or evaluate(router, x))
+    for tokens in (1, 20):  # one C++ call at decode, torch's GEMM for a batch
+        calls.clear()
+        with torch.no_grad():
+            model(windows(1, tokens))
+        assert len(calls) == 2 * len(model.model.layers)  # gate+up once, down once, per layer
+        assert len({id(r) for r in calls}) == len(calls)
 
     # The cache is keyed by the tensor and its version: a changed or new input is routed afresh.
     router = mlp.gate_proj.router
@@ -153,6 +157,9 @@ def test_shared_router_is_stored_once_and_evaluated_once(folders):
     assert mlp.up_proj.route(x) is first
     x.mul_(-3)
     assert mlp.up_proj.route(x) is not first and torch.equal(mlp.up_proj.route(x), router(x))
+    for tokens in (1, 3):  # the C++ route agrees with the router's own forward
+        y = torch.randn(tokens, 32)
+        assert torch.equal(module.evaluate_router(router, y), router(y))
     assert mlp.gate_proj.route(x.clone()) is not mlp.gate_proj.route(x)
 
 

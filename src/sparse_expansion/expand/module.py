@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..kernels import CompressedExperts
+from ..kernels import CompressedExperts, ops
 from ..kernels.formats import bitmask_from_flat_msb, dtype_name, value_dtype_of
 from .router import Router
 
@@ -204,9 +204,30 @@ def route_once(router: Router, x: torch.Tensor) -> torch.Tensor:
     cached = router.__dict__.get("_last_route")
     if version is not None and cached is not None and cached[0]() is x and cached[1] == version:
         return cached[2]
-    labels = router(x)
+    labels = evaluate_router(router, x)
     router.__dict__["_last_route"] = (weakref.ref(x), version, labels) if version is not None else None
     return labels
+
+
+def evaluate_router(router: Router, x: torch.Tensor) -> torch.Tensor:
+    """router(x); a folded router (k <= pca_dim) on the CPU scores a few tokens in one kernel call
+    (kernels.ops.route: the same nearest centroid, ~3 us instead of ~20 us of torch ops at decode)."""
+    if x.device.type == "cpu":
+        folded = _folded(router)
+        if folded is not None:
+            return ops.route(x.reshape(-1, x.shape[-1]), *folded).reshape(x.shape[:-1])
+    return router(x)
+
+
+def _folded(router: Router) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The router's folded (bias, matrix), or None when it does not fold; checked against its buffers'
+    identities and versions as Router does, without its per-call attribute lookups."""
+    buffers = router._buffers
+    key = tuple((id(t), t._version) for t in (buffers["mean"], buffers["components"], buffers["centroids"]))
+    cached = router.__dict__.get("_fast_fold")
+    if cached is None or cached[0] != key:
+        cached = router.__dict__["_fast_fold"] = (key, router._folded_scoring() if router.folds else None)
+    return cached[1]
 
 
 def _load_legacy(module: SparseExpertLinear, state_dict: dict, prefix: str, *_args) -> None:

@@ -159,6 +159,20 @@ def _torch_matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: Compress
     return y if bias is None else y + bias
 
 
+ROUTE_TOKENS = 4  # up to this many tokens `route` runs in C++ (one call); more go to torch's GEMM
+
+
+def route(x: torch.Tensor, bias: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """argmin over k of bias + x @ matrix for every row of x [tokens, in] (float32 bias [k], matrix
+    [in, k]): a folded router's nearest centroid. Few tokens on the CPU take one C++ call, where
+    torch's addmm + argmin cost more in dispatch than in arithmetic; otherwise torch."""
+    lib, _ = _resolved or _library()
+    if lib is not None and x.shape[0] <= ROUTE_TOKENS and x.device.type == "cpu":
+        flat = x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
+        return lib.route(flat, bias, matrix)
+    return torch.addmm(bias, x.to(matrix.dtype), matrix).argmin(1)
+
+
 def unpack(weight: CompressedWeight) -> torch.Tensor:
     """The dense fp32 weight, by the fastest available backend (the GEMM path's first step)."""
     lib, isa = _library()

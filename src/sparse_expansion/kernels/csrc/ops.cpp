@@ -288,6 +288,40 @@ torch::Tensor nm_unpack(const torch::Tensor& values, const torch::Tensor& indice
   return dense;
 }
 
+// Nearest centroid for a few tokens: argmin_j (bias[j] + x . matrix[:, j]), the router's folded
+// scoring (expand/router.py), in one call instead of five torch ops. Ties go to the lowest j, as
+// torch's argmin. Meant for decode; a batch of many tokens is better served by torch's GEMM.
+torch::Tensor route(const torch::Tensor& x, const torch::Tensor& bias, const torch::Tensor& matrix) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2, "x must be float32 [tokens, in]");
+  TORCH_CHECK(matrix.scalar_type() == torch::kFloat && matrix.dim() == 2 && matrix.size(0) == x.size(1),
+              "matrix must be float32 [in, k]");
+  TORCH_CHECK(bias.scalar_type() == torch::kFloat && bias.numel() == matrix.size(1), "bias must be float32 [k]");
+  check_cpu_contiguous(x, "x");
+  check_cpu_contiguous(matrix, "matrix");
+  check_cpu_contiguous(bias, "bias");
+  const int64_t tokens = x.size(0), in = x.size(1), k = matrix.size(1);
+  auto labels = torch::empty({tokens}, torch::kLong);
+  int64_t* out = labels.data_ptr<int64_t>();
+  const float* xs = x.data_ptr<float>();
+  const float* m = matrix.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  std::vector<float> score(k);
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::copy(b, b + k, score.begin());
+    const float* row = xs + t * in;
+    for (int64_t i = 0; i < in; ++i) {
+      const float xi = row[i];
+      const float* mi = m + i * k;
+      for (int64_t j = 0; j < k; ++j) score[j] += xi * mi[j];
+    }
+    int64_t best = 0;
+    for (int64_t j = 1; j < k; ++j)
+      if (score[j] < score[best]) best = j;
+    out[t] = best;
+  }
+  return labels;
+}
+
 }  // namespace se
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -296,6 +330,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa_level", &se::isa_level, "the instruction set a request runs with here: 0 C++, 1 AVX2, 2 AVX-512");
   m.def("bitmask_matmul", &se::bitmask_matmul, "y = x @ W^T for bitmask W (one or routed experts)");
   m.def("nm_matmul", &se::nm_matmul, "y = x @ W^T for N:M W (one or routed experts)");
+  m.def("route", &se::route, "argmin over k of bias + x @ matrix, per token (a folded router)");
   m.def("bitmask_unpack", &se::bitmask_unpack, "bitmask W -> dense fp32 [rows, in]");
   m.def("nm_unpack", &se::nm_unpack, "N:M W -> dense fp32 [rows, in]");
 }
