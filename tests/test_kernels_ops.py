@@ -151,3 +151,17 @@ def test_threads_give_the_same_answer(compiled):
         finally:
             torch.set_num_threads(before)
     assert torch.equal(one, two)  # rows are split between threads, never a row's sum
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "2:4"])
+def test_bfloat16_inputs_take_a_bfloat16_gemm_for_big_groups(backend, fmt):
+    """bf16 inputs and bf16 values: from 64 tokens on one expert the GEMM runs in bf16 (its outputs
+    rounded to bf16 once); fewer tokens and other value dtypes as before."""
+    weight = F.compress(torch.stack([weights(fmt, 40, 64, e) for e in range(2)]), fmt, torch.bfloat16)
+    x = torch.randn(150, 64).bfloat16()
+    labels = torch.cat([torch.zeros(100, dtype=torch.long), torch.ones(50, dtype=torch.long)])[torch.randperm(150)]
+    y = ops.expert_linear(x, labels, weight)
+    assert y.dtype == torch.bfloat16 and y.shape == (150, 40)
+    dense = F.decompress(weight).double()
+    want = torch.einsum("toi,ti->to", dense[labels], x.double())
+    assert (y.double() - want).abs().max() <= 2 ** -7 * (1 + want.abs().max())  # bf16 rounding of outputs

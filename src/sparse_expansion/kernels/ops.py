@@ -14,7 +14,8 @@ decode step makes hundreds of calls); `use_backend` overrides it in code.
 
 Groups of at least `DENSE_FROM` tokens on one expert are multiplied by unpacking that expert to
 fp32 and calling torch's GEMM: with that many tokens every weight is reused often enough that
-a dense GEMM beats any sparse loop (benchmarks/kernel_speed.py measures the crossover).
+a dense GEMM beats any sparse loop (benchmarks/kernel_speed.py measures the crossover). Inputs
+in bfloat16 with bfloat16 values take a bfloat16 GEMM there (AMX / AVX512-BF16 where present).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .formats import CompressedWeight, decompress
 BACKENDS = ("auto", "cpp", "avx2", "scalar", "torch")
 _ISA = {"auto": 2, "cpp": 2, "avx2": 1, "scalar": 0}  # widest instruction set each mode may use
 _ISA_NAMES = ("scalar", "avx2", "avx512")
-DENSE_FROM = 20  # measured crossover (benchmarks/kernel_speed.md): sparse kernel at 16 tokens, GEMM at 24
+DENSE_FROM = 24  # measured crossover, AVX-512 kernels: sparse kernel ahead at 16 tokens, even at 24, GEMM ahead at 32
 
 
 class KernelFallbackWarning(UserWarning):
@@ -125,13 +126,13 @@ def _matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: CompressedWeig
             experts: int, dense_from: int) -> torch.Tensor:
     cols = weight.shape[-1]
     flat = x.reshape(-1, cols)
-    if flat.dtype != torch.float32:
-        flat = flat.float()
+    if flat.dtype != torch.float32 and flat.dtype != torch.bfloat16:
+        flat = flat.float()  # the C++ side takes bfloat16 as it is: its GEMM path runs in bfloat16
     if bias is not None and bias.dtype != torch.float32:
         bias = bias.float()
     lib, isa = _resolved or _library()
     if lib is None or flat.device.type != "cpu":  # the C++ kernels are CPU kernels
-        y = _torch_matmul(flat, labels, weight, bias)
+        y = _torch_matmul(flat.float(), labels, weight, bias)
     elif weight.row_offsets is not None:
         y = lib.bitmask_matmul(flat.contiguous(), labels, weight.values, weight.index, weight.row_offsets,
                                experts, cols, bias, dense_from, isa)
@@ -167,7 +168,8 @@ def route(x: torch.Tensor, bias: torch.Tensor, matrix: torch.Tensor) -> torch.Te
     [in, k]): a folded router's nearest centroid. Few tokens on the CPU take one C++ call, where
     torch's addmm + argmin cost more in dispatch than in arithmetic; otherwise torch."""
     lib, _ = _resolved or _library()
-    if lib is not None and x.shape[0] <= ROUTE_TOKENS and x.device.type == "cpu":
+    if (lib is not None and x.shape[0] <= ROUTE_TOKENS and x.device.type == "cpu"
+            and matrix.dtype == torch.float32 and bias.dtype == torch.float32):
         flat = x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
         return lib.route(flat, bias, matrix)
     return torch.addmm(bias, x.to(matrix.dtype), matrix).argmin(1)
