@@ -15,7 +15,7 @@ from conftest import tiny_model
 from sparse_expansion.artifact import read_manifest, save_artifact
 from sparse_expansion.cli import main
 from sparse_expansion.engine import calibrate
-from sparse_expansion.expand import ExpandCompressor, ExpandConfig, Router, SparseExpertLinear
+from sparse_expansion.expand import ExpandCompressor, ExpandConfig, SparseExpertLinear
 from sparse_expansion.kernels import CompressedLinear, build, ops
 from sparse_expansion.methods import compress
 from sparse_expansion.models import load_model, set_weights, weights_in_memory
