@@ -17,6 +17,7 @@ and evaluate.model_costs counts its FLOPs once.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from typing import Any
 
@@ -247,7 +248,10 @@ def _load_legacy(module: SparseExpertLinear, state_dict: dict, prefix: str, *_ar
     except ValueError as error:
         raise RuntimeError(f"{prefix}expert_values do not match expert_mask: {error}") from None
     dtype = module.value_dtype
-    experts = CompressedExperts(weight.with_value_dtype(dtype), None if bias is None else bias.float())
+    weight = weight.with_value_dtype(dtype)
+    if weight.values.data_ptr() == values.data_ptr():  # a view of the file's (memory-mapped) tensor: own it
+        weight = dataclasses.replace(weight, values=weight.values.clone())
+    experts = CompressedExperts(weight, None if bias is None else bias.float())
     module.experts = experts.to(module.router.mean.device)
     for name, tensor in experts.state_dict().items():
         state_dict[prefix + "experts." + name] = tensor
