@@ -15,6 +15,7 @@ from conftest import tiny_model
 from sparse_expansion.artifact import read_manifest, save_artifact
 from sparse_expansion.cli import main
 from sparse_expansion.engine import calibrate
+from sparse_expansion.evaluate import model_costs
 from sparse_expansion.expand import ExpandCompressor, ExpandConfig, SparseExpertLinear
 from sparse_expansion.kernels import CompressedLinear, build, ops
 from sparse_expansion.methods import compress
@@ -74,6 +75,7 @@ def test_kernels_fallback_and_dense_weights_generate_the_same_tokens(folders, na
                 assert len(compressed) == 6 and all(m.format == ("2:4" if name == "pruned24" else "bitmask")
                                                     for m in compressed)
             assert greedy(model) == want, backend
+            assert model_costs(model) == model_costs(dense)  # the same FLOPs, non-zeros and params
             with torch.no_grad():
                 torch.testing.assert_close(model(ids).logits, logits, rtol=1e-5, atol=1e-5)
 

@@ -66,7 +66,8 @@ def module_cost(module: nn.Module) -> tuple[int, int]:
 
 
 def model_costs(model: nn.Module) -> dict[str, Any]:
-    """flops_per_token, nonzeros (stored, of the counted matmuls), params (all parameters)."""
+    """flops_per_token, nonzeros (stored, of the counted matmuls), params (all parameters, a compressed
+    weight counted as the dense weight it stands for)."""
     mlp = set(architecture_of(model).mlp)
     flops = nonzeros = mlp_nonzeros = 0
     seen: set[int] = set()  # shared parts already counted, by identity
@@ -81,7 +82,9 @@ def model_costs(model: nn.Module) -> dict[str, Any]:
         nonzeros += n
         if name.split(".", 1)[-1] in mlp:
             mlp_nonzeros += n
-    params = sum(p.numel() for p in model.parameters())
+    # Compressed weights are buffers: counted as the dense weights they stand for, as before compression.
+    params = sum(p.numel() for p in model.parameters()) + sum(
+        m.dense_numel() for m in model.modules() if hasattr(m, "dense_numel"))
     return {"flops_per_token": flops, "nonzeros": nonzeros, "mlp_nonzeros": mlp_nonzeros,
             "params": params}
 

@@ -7,6 +7,7 @@ Outputs come back in the input's dtype; the kernels compute in fp32.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -58,6 +59,10 @@ class _Compressed(nn.Module):
     def nonzeros(self) -> int:
         """Stored non-zero weights (an N:M group's zero fillers are not counted)."""
         return int((self.compressed().values != 0).sum())
+
+    def dense_numel(self) -> int:
+        """Weights (and biases) the dense layer it stands for would hold: what `params` counts."""
+        return math.prod(self.weight_shape) + (0 if self.bias is None else self.bias.numel())
 
     def to_storage_dtype(self, dtype: torch.dtype | str) -> _Compressed:
         """Values in `dtype` (float32, bfloat16 or float16); the bias stays float32, as the kernels
