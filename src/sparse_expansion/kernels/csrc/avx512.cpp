@@ -260,7 +260,96 @@ SE_AVX512 void nm_rows_vt(const NMView& w, int64_t r0, int64_t r1, const Tokens&
   w.bits == 2 ? nm_rows_impl<VT, 2>(w, r0, r1, t) : nm_rows_impl<VT, 4>(w, r0, r1, t);
 }
 
+// --- bitmask, bfloat16 values and bfloat16 inputs -------------------------------------------------
+// Four mask bytes are one 32-bit lane mask: one expand-load places the next popcount stored bfloat16
+// values among 32 lanes, and one VDPBF16PS multiplies them with 32 bfloat16 inputs and adds pairs
+// of products into 16 float32 lanes: 32 columns for what the kernels above spend on 16.
+
+#define SE_AVX512BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,avx512bf16,avx2,fma,f16c,popcnt,bmi2")))
+
+SE_AVX512BF16 inline __m512 dot_bf16(__m512 acc, __m512i w, __m512i x) {
+  return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh&>(w), reinterpret_cast<__m512bh&>(x));
+}
+
+template <int TB>
+SE_AVX512BF16 void bitmask_row_bf16(const BitmaskView& w, int64_t r, const uint16_t* const* xs, float* const* ys) {
+  constexpr int U = TB >= 4 ? 1 : 4 / TB;
+  const uint8_t* mask = w.mask + r * w.row_bytes;
+  const uint16_t* values = static_cast<const uint16_t*>(w.values);
+  int64_t p = w.offsets[r];
+  __m512 acc[TB][U];
+  for (int t = 0; t < TB; ++t)
+    for (int u = 0; u < U; ++u) acc[t][u] = _mm512_setzero_ps();
+  const int64_t full = w.in / 32;
+  int64_t c = 0;
+  for (; c + U <= full; c += U) {
+    _mm_prefetch(reinterpret_cast<const char*>(values + p) + 2048, _MM_HINT_T0);
+    for (int u = 0; u < U; ++u) {
+      uint32_t bits;
+      __builtin_memcpy(&bits, mask + 4 * (c + u), 4);
+      const __m512i wv = _mm512_maskz_expandloadu_epi16(bits, values + p);
+      p += __builtin_popcount(bits);
+      for (int t = 0; t < TB; ++t) acc[t][u] = dot_bf16(acc[t][u], wv, _mm512_loadu_si512(xs[t] + (c + u) * 32));
+    }
+  }
+  for (; c < full; ++c) {
+    uint32_t bits;
+    __builtin_memcpy(&bits, mask + 4 * c, 4);
+    const __m512i wv = _mm512_maskz_expandloadu_epi16(bits, values + p);
+    p += __builtin_popcount(bits);
+    for (int t = 0; t < TB; ++t) acc[t][0] = dot_bf16(acc[t][0], wv, _mm512_loadu_si512(xs[t] + c * 32));
+  }
+  const int64_t rest = w.in % 32;
+  if (rest) {  // the last columns: their mask bytes one by one, inputs past `in` not read
+    uint32_t bits = 0;
+    for (int64_t b = 0; b * 8 < rest; ++b) bits |= uint32_t(mask[full * 4 + b]) << (8 * b);
+    const __m512i wv = _mm512_maskz_expandloadu_epi16(bits, values + p);
+    const __mmask32 inside = static_cast<__mmask32>((uint64_t(1) << rest) - 1);
+    for (int t = 0; t < TB; ++t)
+      acc[t][0] = dot_bf16(acc[t][0], wv, _mm512_maskz_loadu_epi16(inside, xs[t] + full * 32));
+  }
+  for (int t = 0; t < TB; ++t) {
+    __m512 sum = acc[t][0];
+    for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[t][u]);
+    ys[t][r] = _mm512_reduce_add_ps(sum);
+  }
+}
+
+inline int token_block_bf16(const Tokens& t, int64_t i, const uint16_t** xs, float** ys) {
+  const int64_t left = t.count - i;
+  const int tb = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+  for (int j = 0; j < tb; ++j) {
+    const int64_t tok = token_at(t, i + j);
+    xs[j] = t.xh + tok * t.ldx;
+    ys[j] = t.y + tok * t.ldy;
+  }
+  return tb;
+}
+
 }  // namespace
+
+bool avx512bf16_supported() {
+  __builtin_cpu_init();
+  return avx512_supported() && __builtin_cpu_supports("avx512bf16");
+}
+
+SE_AVX512BF16 void bitmask_rows_avx512_bf16(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* xs[8];
+    float* ys[8];
+    for (int64_t i = 0; i < t.count;) {
+      const int tb = token_block_bf16(t, i, xs, ys);
+      switch (tb) {
+        case 8: bitmask_row_bf16<8>(w, r, xs, ys); break;
+        case 4: bitmask_row_bf16<4>(w, r, xs, ys); break;
+        case 2: bitmask_row_bf16<2>(w, r, xs, ys); break;
+        default: bitmask_row_bf16<1>(w, r, xs, ys); break;
+      }
+      i += tb;
+    }
+  }
+}
 
 bool avx512_supported() {
   __builtin_cpu_init();
@@ -305,6 +394,10 @@ void nm_rows_avx512(const NMView& w, int64_t r0, int64_t r1, const Tokens& t) {
 
 namespace se {
 bool avx512_supported() { return false; }
+bool avx512bf16_supported() { return false; }
+void bitmask_rows_avx512_bf16(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t) {
+  bitmask_rows_scalar(w, r0, r1, t);
+}
 void bitmask_rows_avx512(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t) {
   bitmask_rows_scalar(w, r0, r1, t);
 }
