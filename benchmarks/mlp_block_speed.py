@@ -85,8 +85,9 @@ def main() -> None:
     rows = []
     for tokens in (1, 512):
         x = real[:, -tokens:].contiguous().to(dtype)
-        dense = median_seconds(dense_mlp, x, args.repeats)
-        expanded = median_seconds(expanded_mlp, x, args.repeats)
+        # A fresh copy per call, for both: the shared router remembers the last tensor it routed.
+        dense = median_seconds(lambda v: dense_mlp(v.clone()), x, args.repeats)
+        expanded = median_seconds(lambda v: expanded_mlp(v.clone()), x, args.repeats)
         rows.append({"tokens": tokens, "dense_ms": dense * 1e3, "expanded_ms": expanded * 1e3,
                      "ratio": expanded / dense})
     print(json.dumps({"experts": args.experts, "sparsity": args.sparsity, "threads": args.threads,
