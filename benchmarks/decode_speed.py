@@ -89,6 +89,50 @@ def worker(model_name: str, dtype_name: str, weights: str, threads: int) -> dict
             "text_head": decode["new_ids"][:8].tolist()}
 
 
+def step_parts(model_name: str, dtype_name: str, weights: str, repeats: int = 7) -> dict:
+    """Where one decode step's time goes (1 thread, CPU ms, medians): the attention projections,
+    the MLP blocks and the LM head run on their own for one token, layer after layer as decoding
+    does, and the whole forward pass of one token after a 64-token prompt; the rest of the step
+    is attention itself, norms, rotary embeddings, the cache and Python."""
+    import torch
+
+    torch.set_num_threads(1)
+    from sparse_expansion.arch import decoder_layers
+    from sparse_expansion.data import corpus_tokens
+    from sparse_expansion.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(model_name, "cpu", getattr(torch, dtype_name), weights=weights)
+    layers = decoder_layers(model)
+    hidden = model.config.hidden_size
+    x = torch.randn(1, 1, hidden, dtype=model.dtype)
+
+    def cpu_ms(fn) -> float:
+        fn()
+        samples = []
+        for _ in range(repeats):
+            start = time.process_time()
+            fn()
+            samples.append(time.process_time() - start)
+        return statistics.median(samples) * 1e3
+
+    prompt = corpus_tokens("shakespeare:test", tokenizer)[:PROMPT].reshape(1, -1)
+    with torch.no_grad():
+        cache = model(prompt, use_cache=True).past_key_values
+        token = torch.tensor([[tokenizer.eos_token_id or 0]])
+
+        def step():  # the cache grows by one position a call: 64 -> 72 tokens over the timings
+            model(token, past_key_values=cache, use_cache=True)
+
+        attention = [getattr(layer.self_attn, n) for layer in layers for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        parts = {"attention projections": cpu_ms(lambda: [p(x) for p in attention]),
+                 # a fresh input per block: the shared router would otherwise reuse the last routes
+                 "MLP blocks": cpu_ms(lambda: [layer.mlp(x.clone()) for layer in layers]),
+                 "LM head": cpu_ms(lambda: model.lm_head(x)),
+                 "whole step": cpu_ms(step)}
+    parts["rest of the step"] = parts["whole step"] - sum(v for k, v in parts.items() if k != "whole step")
+    return parts
+
+
 def run_worker(name: str, threads: int) -> dict:
     model, dtype, weights = VARIANTS[name]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
@@ -155,10 +199,26 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="names from VARIANTS")
     parser.add_argument("--out", type=Path, default=HERE / "decode_speed.jsonl", help="raw rows, appended")
     parser.add_argument("--summary", type=Path, help="only print the tables of an earlier --out file")
+    parser.add_argument("--parts", action="store_true",
+                        help="instead: where one decode step's time goes, per variant (1 thread, CPU ms)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(*VARIANTS[args.worker], args.threads[0])))
+        result = step_parts(*VARIANTS[args.worker]) if args.parts else worker(*VARIANTS[args.worker], args.threads[0])
+        print(json.dumps(result))
+        return
+    if args.parts:
+        print("| variant | " + " | ".join(("attention projections", "MLP blocks", "LM head", "rest of the step",
+                                            "whole step")) + " |\n|---|---|---|---|---|---|")
+        for name in args.variants:
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                   "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+            done = subprocess.run([sys.executable, __file__, "--worker", name, "--parts"], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=1800, check=True)
+            parts = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"| {name} | " + " | ".join(f"{parts[k]:.1f}" for k in ("attention projections", "MLP blocks",
+                                                                          "LM head", "rest of the step",
+                                                                          "whole step")) + " |", flush=True)
         return
     if args.summary:
         print(summary([json.loads(line) for line in args.summary.read_text().splitlines() if line.strip()]))
