@@ -113,13 +113,13 @@ class SparseExpertLinear(nn.Module):
 
     # --- compute ------------------------------------------------------------------------------
     def route(self, x: torch.Tensor) -> torch.Tensor:
-        """Expert labels for x [..., in]; reused when the shared router last routed this very tensor."""
-        return route_once(self.router, x)
+        """Expert labels for x [..., in] -> [...]; reused when the shared router last routed this very tensor."""
+        return route_once(self.router, x).view(x.shape[:-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        labels = self.route(x)
-        if self._dense is None:
-            return self.experts(x, labels)
+        labels = route_once(self.router, x)
+        if self._dense is None:  # CompressedExperts.forward, without a second module call
+            return ops.expert_linear(x, labels, self.experts.compressed(), self.experts._buffers["bias"])
         return self._dense_forward(x, labels)
 
     def _dense_forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -195,8 +195,9 @@ def router_nonzeros(router: Router) -> int:
 
 
 def route_once(router: Router, x: torch.Tensor) -> torch.Tensor:
-    """router(x), remembered for the last x: a second call with the same, unmodified tensor (gate_proj
-    and up_proj get the very same one) returns the same labels without computing them again.
+    """router(x) flattened to [tokens], remembered for the last x: a second call with the same,
+    unmodified tensor (gate_proj and up_proj get the very same one) returns the same labels without
+    computing them again.
 
     The tensor is held by a weak reference (a freed tensor never matches a new one at the same
     address) and its version counter catches in-place writes. Inference-mode tensors have no
@@ -211,13 +212,11 @@ def route_once(router: Router, x: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_router(router: Router, x: torch.Tensor) -> torch.Tensor:
-    """router(x); a folded router (k <= pca_dim) on the CPU scores a few tokens in one kernel call
+    """router(x) for x [..., in], flattened to [tokens]; a folded router (k <= pca_dim) on the CPU scores a few tokens in one kernel call
     (kernels.ops.route: the same nearest centroid, ~3 us instead of ~20 us of torch ops at decode)."""
-    if x.device.type == "cpu":
-        folded = _folded(router)
-        if folded is not None:
-            return ops.route(x.reshape(-1, x.shape[-1]), *folded).reshape(x.shape[:-1])
-    return router(x)
+    flat = x.reshape(-1, x.shape[-1])
+    folded = _folded(router) if x.is_cpu else None
+    return router(flat) if folded is None else ops.route(flat, *folded)
 
 
 def _folded(router: Router) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -317,8 +317,9 @@ torch::Tensor nm_unpack(const torch::Tensor& values, const torch::Tensor& indice
 // Nearest centroid for a few tokens: argmin_j (bias[j] + x . matrix[:, j]), the router's folded
 // scoring (expand/router.py), in one call instead of five torch ops. Ties go to the lowest j, as
 // torch's argmin. Meant for decode; a batch of many tokens is better served by torch's GEMM.
-torch::Tensor route(const torch::Tensor& x, const torch::Tensor& bias, const torch::Tensor& matrix) {
-  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2, "x must be float32 [tokens, in]");
+torch::Tensor route(const torch::Tensor& x_in, const torch::Tensor& bias, const torch::Tensor& matrix) {
+  TORCH_CHECK(x_in.dim() == 2, "x must be [tokens, in]");
+  const torch::Tensor x = x_in.scalar_type() == torch::kFloat ? x_in : x_in.to(torch::kFloat);
   TORCH_CHECK(matrix.scalar_type() == torch::kFloat && matrix.dim() == 2 && matrix.size(0) == x.size(1),
               "matrix must be float32 [in, k]");
   TORCH_CHECK(bias.scalar_type() == torch::kFloat && bias.numel() == matrix.size(1), "bias must be float32 [k]");
