@@ -212,8 +212,9 @@ def route_once(router: Router, x: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_router(router: Router, x: torch.Tensor) -> torch.Tensor:
-    """router(x) for x [..., in], flattened to [tokens]; a folded router (k <= pca_dim) on the CPU scores a few tokens in one kernel call
-    (kernels.ops.route: the same nearest centroid, ~3 us instead of ~20 us of torch ops at decode)."""
+    """router(x) for x [..., in], flattened to [tokens]. A folded router (k <= pca_dim) on the CPU
+    scores a few tokens in one kernel call (kernels.ops.route: the same nearest centroid, ~3 us
+    instead of ~20 us of torch ops at decode)."""
     flat = x.reshape(-1, x.shape[-1])
     folded = _folded(router) if x.is_cpu else None
     return router(flat) if folded is None else ops.route(flat, *folded)
