@@ -161,6 +161,12 @@ def test_shared_router_is_stored_once_and_evaluated_once(folders, monkeypatch):
     again = module.route_once(router, x)
     assert again is not first and torch.equal(again, router(x)) and torch.equal(mlp.up_proj.route(x), router(x))
     assert module.route_once(router, x.clone()) is not module.route_once(router, x)
+    import copy
+    import pickle
+
+    copied = pickle.loads(pickle.dumps(copy.deepcopy(model)))  # the remembered route does not get in the way
+    with torch.no_grad():
+        assert torch.equal(copied(windows(1, 5)).logits, model(windows(1, 5)).logits)
     for shape in ((1, 32), (3, 32), (1, 1, 32)):  # the C++ route agrees with the router's own forward
         y = torch.randn(shape)
         assert torch.equal(module.evaluate_router(router, y), router(y).reshape(-1))

@@ -203,12 +203,18 @@ def route_once(router: Router, x: torch.Tensor) -> torch.Tensor:
     address) and its version counter catches in-place writes. Inference-mode tensors have no
     version counter, so they are routed every time."""
     version = None if x.is_inference() else x._version
-    cached = router.__dict__.get("_last_route")
+    cached = _LAST_ROUTE.get(router)
     if version is not None and cached is not None and cached[0]() is x and cached[1] == version:
         return cached[2]
     labels = evaluate_router(router, x)
-    router.__dict__["_last_route"] = (weakref.ref(x), version, labels) if version is not None else None
+    if version is not None:
+        _LAST_ROUTE[router] = (weakref.ref(x), version, labels)
     return labels
+
+
+# router -> (weak reference to the last input, its version, its labels). Kept outside the router so
+# that a model still pickles and deep-copies (a weak reference does neither).
+_LAST_ROUTE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def evaluate_router(router: Router, x: torch.Tensor) -> torch.Tensor:

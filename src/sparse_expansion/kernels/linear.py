@@ -28,7 +28,7 @@ class _Compressed(nn.Module):
             self.register_buffer(name, tensor)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self._weight: CompressedWeight | None = None
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.compressed().validate())
+        self.register_load_state_dict_post_hook(_validate_after_load)
 
     @property
     def in_features(self) -> int:
@@ -71,6 +71,12 @@ class _Compressed(nn.Module):
         if self.values.dtype != dtype:
             self.values = self.values.to(dtype)
         return self
+
+
+def _validate_after_load(module: _Compressed, _keys) -> None:
+    """After loading: the tensors must agree with each other (a module-level function, so the module
+    pickles)."""
+    module.compressed().validate()
 
 
 def _same_index(weight: CompressedWeight, buffers: dict[str, torch.Tensor | None]) -> bool:
