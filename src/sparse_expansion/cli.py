@@ -25,6 +25,7 @@ COMMANDS = (
     "gating",
     "fpe",
     "neurons",
+    "export", "lm_eval",
 )
 
 
