@@ -31,8 +31,10 @@ def test_next_line_questions_are_true_continuations():
     questions = next_line_questions({"hamlet": text}, n=4, seed=1)
     assert questions == next_line_questions({"hamlet": text}, n=4, seed=1)  # seeded
     for q in questions:
-        assert len(q["choices"]) == 4 and len(set(q["choices"])) == 4 and q["context"] not in q["choices"]
-        assert (q["context"], q["choices"][q["label"]]) in pairs
+        context = q["context"].split("\n")
+        assert len(q["choices"]) == 4 and len(set(q["choices"])) == 4 and not set(context) & set(q["choices"])
+        assert (context[-1], q["choices"][q["label"]]) in pairs and 1 <= len(context) <= 3
+        assert all((a, b) in pairs for a, b in zip(context, context[1:]))  # consecutive lines of one speech
     with pytest.raises(Exception, match="fewer than"):
         next_line_questions({"hamlet": text}, n=50)
 

@@ -7,8 +7,9 @@ the SparseGPT, Wanda and OWL papers report (arc_easy, hellaswag, piqa, winogrand
 dataset hub is reachable.
 
 Offline, `shakespeare_next_line` is built in: a multiple-choice task written on the fly from the
-held-out plays (shakespeare:test): given a line of verse, pick the line that follows it among four
-(the three others are lines drawn from elsewhere in the same plays). Chance is 25%. It is an
+held-out plays (shakespeare:test): given up to three consecutive lines of one speech, pick the line
+that follows them among four (the three others are lines drawn from elsewhere in the same plays).
+Chance is 25%. It is an
 ordinary lm-eval task (YAML + a JSONL data file read by the `json` dataset builder), so it also
 shows how to run lm-eval on any local data.
 
@@ -65,26 +66,28 @@ def verse_lines(text: str, min_words: int = 4) -> list[list[str]]:
     return runs
 
 
-def next_line_questions(documents: dict[str, str], n: int, seed: int = 0, choices: int = 4) -> list[dict]:
-    """`n` questions {context, choices, label}: a line, its true next line and `choices - 1` lines
-    drawn at random from the same documents (never the context or the answer itself)."""
+def next_line_questions(documents: dict[str, str], n: int, seed: int = 0, choices: int = 4,
+                        context_lines: int = 3) -> list[dict]:
+    """`n` questions {context, choices, label}: up to `context_lines` consecutive lines of one speech,
+    the line that follows them, and `choices - 1` lines drawn at random from the same documents
+    (never a context line or the answer itself)."""
     rng = random.Random(seed)
-    pairs = [(run[i], run[i + 1]) for name in sorted(documents) for run in verse_lines(documents[name])
-             for i in range(len(run) - 1)]
-    pool = sorted({line for pair in pairs for line in pair})
-    if len(pairs) < n or len(pool) < choices + 1:
-        raise UsageError(f"the corpus holds {len(pairs)} pairs of adjacent verse lines, fewer than the "
+    items = [(run[max(0, i + 1 - context_lines): i + 1], run[i + 1]) for name in sorted(documents)
+             for run in verse_lines(documents[name]) for i in range(len(run) - 1)]
+    pool = sorted({line for _, answer in items for line in (answer,)} | {line for ctx, _ in items for line in ctx})
+    if len(items) < n or len(pool) < choices + context_lines:
+        raise UsageError(f"the corpus holds {len(items)} pairs of adjacent verse lines, fewer than the "
                          f"{n} questions asked for; give a larger corpus or fewer questions")
     questions = []
-    for context, answer in rng.sample(pairs, n):
+    for context, answer in rng.sample(items, n):
         wrong: list[str] = []
         while len(wrong) < choices - 1:
             line = rng.choice(pool)
-            if line not in (context, answer) and line not in wrong:
+            if line != answer and line not in context and line not in wrong:
                 wrong.append(line)
         label = rng.randrange(choices)
         options = wrong[:label] + [answer] + wrong[label:]
-        questions.append({"context": context, "choices": options, "label": label})
+        questions.append({"context": "\n".join(context), "choices": options, "label": label})
     return questions
 
 
