@@ -163,6 +163,8 @@ def run_one(side: str, config: str, out: Path, keep: bool) -> dict:
     else:
         record = read_record(model_dir) if is_artifact(model_dir) else {}
         compress_s, achieved = record.get("seconds", {}).get("total"), record.get("mean_sparsity")
+    if side == "ours":  # keep how it was made (per-linear sparsity, damping) after the folder is deleted
+        shutil.copy2(model_dir / "sparse_expansion.json", log.with_suffix(".record.json"))
     result = evaluate(model_dir, log)
     row = {"side": side, "config": config, "perplexity": result["perplexity"], "wall_s": wall, "peak_gib": peak,
            "compress_s": compress_s, "mlp_sparsity": achieved, "nonzeros": result["nonzeros"],
