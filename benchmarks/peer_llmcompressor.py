@@ -18,6 +18,7 @@ Then, from this project's venv (configs: sparsegpt-0.5 sparsegpt-0.7 sparsegpt-2
     OMP_NUM_THREADS=1 python benchmarks/peer_llmcompressor.py run --out runs/peer --side theirs --only sparsegpt-0.5
     OMP_NUM_THREADS=1 python benchmarks/peer_llmcompressor.py run --out runs/peer --side ours --only sparsegpt-0.5
     python benchmarks/peer_llmcompressor.py table --out runs/peer
+    python benchmarks/peer_llmcompressor.py compare OURS_DIR THEIRS_DIR   # per-layer mask agreement (--keep)
 
 `run` skips configurations already in RESULTS/results.jsonl, so it resumes. The `_oneshot`
 subcommand is what runs inside the llm-compressor venv: this file imports only the standard
@@ -203,7 +204,7 @@ def minutes(seconds: float) -> str:
 def table(out: Path) -> None:
     rows = {(r["side"], r["config"]): r for r in load_results(out)}
     print("| config | perplexity ours | perplexity llm-compressor | gap | MLP sparsity ours / theirs | "
-          "wall ours / theirs | compression s ours / theirs | peak GB ours / theirs | load (1 min) ours / theirs |")
+          "wall ours / theirs | compression s ours / theirs | peak GiB ours / theirs | load (15 min) ours / theirs |")
     print("|---|---|---|---|---|---|---|---|---|")
     for config in CONFIGS:
         ours, theirs = rows.get(("ours", config)), rows.get(("theirs", config))
@@ -214,8 +215,32 @@ def table(out: Path) -> None:
               f"{ours['mlp_sparsity']:.6f} / {theirs['mlp_sparsity']:.6f} | "
               f"{minutes(ours['wall_s'])} / {minutes(theirs['wall_s'])} | "
               f"{ours['compress_s']:.0f} / {theirs['compress_s']:.0f} | "
-              f"{ours['peak_gib'] * 1.073741824:.2f} / {theirs['peak_gib'] * 1.073741824:.2f} | "
-              f"{ours['load'][0]:.1f} / {theirs['load'][0]:.1f} |")
+              f"{ours['peak_gib']:.2f} / {theirs['peak_gib']:.2f} | "
+              f"{ours['load'][2]:.1f} / {theirs['load'][2]:.1f} |")
+
+
+def compare(a: Path, b: Path) -> None:
+    """Layer by layer, how far two pruned models of the same source agree: the fraction of MLP weights
+    whose keep/prune decision differs, and the relative difference of the kept weights."""
+    from safetensors import safe_open
+
+    def tensors(folder: Path) -> dict:
+        handle = safe_open(str(folder / "model.safetensors"), "pt")
+        return {k: handle.get_tensor(k) for k in handle.keys() if k.endswith(("gate_proj.weight", "up_proj.weight",
+                                                                              "down_proj.weight"))}
+
+    ta, tb = tensors(a), tensors(b)
+    print("| layer | mask differs (gate / up / down) | relative weight difference (gate / up / down) |")
+    print("|---|---|---|")
+    layers = sorted({int(k.split(".")[2]) for k in ta})
+    for layer in layers:
+        masks, diffs = [], []
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            key = f"model.layers.{layer}.mlp.{proj}.weight"
+            wa, wb = ta[key].float(), tb[key].float()
+            masks.append(f"{((wa == 0) != (wb == 0)).float().mean().item():.2%}")
+            diffs.append(f"{((wa - wb).norm() / wa.norm()).item():.3f}")
+        print(f"| {layer} | {' / '.join(masks)} | {' / '.join(diffs)} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the pruned model folders")
     p = sub.add_parser("table", help="print the markdown table")
     p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("compare", help="layer-by-layer agreement of two pruned model folders (kept with --keep)")
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
     p = sub.add_parser("_oneshot", help=argparse.SUPPRESS)
     for flag in ("--model", "--calib", "--config", "--out"):
         p.add_argument(flag, required=True)
@@ -238,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         return oneshot_main(args)
     if args.command == "prepare":
         prepare(args.out)
+    elif args.command == "compare":
+        compare(args.a, args.b)
     elif args.command == "run":
         run(args.out, ["ours", "theirs"] if args.side == "both" else [args.side], args.only, args.keep)
     else:
