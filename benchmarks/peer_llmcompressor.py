@@ -198,7 +198,8 @@ def run(out: Path, sides: list[str], only: list[str] | None, keep: bool) -> None
 
 
 def minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}"
+    whole = int(round(seconds))
+    return f"{whole // 60}:{whole % 60:02d}"
 
 
 def table(out: Path) -> None:
