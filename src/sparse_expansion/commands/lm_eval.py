@@ -6,6 +6,7 @@ import json
 import sys
 import tempfile
 
+from .. import runtime
 from ..errors import UsageError
 from . import common
 
@@ -28,13 +29,13 @@ def register(subparsers) -> None:
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's own)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per forward pass (default 8)")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
-                   help="a folder of your own lm-eval task YAML files (repeatable)")
+                   help="a folder of your own lm-eval task YAML files (repeatable; default none)")
     p.add_argument("--questions", type=int, default=500,
                    help="questions written for the built-in task (default 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in task and of lm-eval (default 0)")
     p.add_argument("--out", default=None, help="folder to write results.json into (must not exist or be empty)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    common.add_device_arg(p)
+    runtime.add_runtime_args(p)
     p.set_defaults(func=run)
 
 
@@ -42,7 +43,7 @@ def run(args) -> int:
     from ..io import atomic_output_dir, check_output_dir, write_json
     from ..lmeval import NEXT_LINE_TASK, evaluate_tasks, parse_tasks, require_lm_eval, score_rows, task_manager
     from ..lmeval import write_next_line_task as write_task
-    from ..models import load_model, resolve_model_path
+    from ..models import load_causal_lm, resolve_model_path
 
     tasks = parse_tasks(args.tasks)
     if args.limit is not None:
@@ -53,7 +54,7 @@ def run(args) -> int:
     common.require_positive(args.questions, "--questions")
     if args.out is not None:
         check_output_dir(args.out)
-    device = common.check_device(args.device)
+    rt = runtime.setup(args.device, args.dtype)
     resolve_model_path(args.model)  # a missing model is refused before lm-eval indexes its tasks
     require_lm_eval()
     with tempfile.TemporaryDirectory(prefix="sparse-expansion-tasks-") as builtin:
@@ -61,7 +62,7 @@ def run(args) -> int:
         if any(t == NEXT_LINE_TASK for t in tasks):
             include.append(str(write_task(builtin, n=args.questions, seed=args.seed)))
         manager = task_manager(tasks, include)
-        model, tokenizer = load_model(args.model, device=device)
+        model, tokenizer = load_causal_lm(args.model, rt.device, rt.dtype)
         result = evaluate_tasks(model, tokenizer, tasks, manager=manager, limit=args.limit,
                                 num_fewshot=args.num_fewshot, batch_size=args.batch_size, seed=args.seed)
     result = {"model": args.model, "tasks": tasks, **result}
