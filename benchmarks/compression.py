@@ -181,16 +181,17 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix for the names of expand runs made with --extra")
     parser.add_argument("--keep", nargs="*", help="keep these configurations' model folders")
     parser.add_argument("--name", help="`run`: the row's name (skipped if OUT/results.jsonl has it)")
-    parser.add_argument("command", nargs=argparse.REMAINDER,
-                        help="`run`: the CLI command after --, e.g. -- prune --method wanda --sparsity 0.7")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.command = argv[split + 1 :]  # `run`: the CLI command after --, e.g. -- prune --method wanda
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.grid == "table":
         print(table(args.out))
     elif args.grid == "pivot":
         print(pivot(args.out))
     elif args.grid == "run":
-        command = [c for c in args.command if c != "--"]
+        command = args.command
         if not args.name or not command:
             parser.error("run needs --name and a command after --")
         args.out.mkdir(parents=True, exist_ok=True)
