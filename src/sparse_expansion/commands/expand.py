@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from . import common
+from .prune import add_allocation_args, allocation_options
 
 
 def register(subparsers) -> None:
@@ -36,6 +37,7 @@ def register(subparsers) -> None:
                         "the router's tokens, through one routing offset per expert (B >= 1; default 0 = off)")
     p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization of the experts (2-8)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    add_allocation_args(p)
     common.add_calibration_args(p)
     common.add_device_arg(p)
     p.set_defaults(func=run)
@@ -61,7 +63,8 @@ def run(args) -> int:
         sparsity = parse_sparsity(budget_sparsity(args.memory_budget, args.experts))
     else:
         sparsity = parse_sparsity(args.sparsity)
-    config = ExpandConfig(experts=args.experts, sparsity=sparsity, pca_dim=args.pca_dim, bits=args.bits,
+    allocation = {k: v for k, v in allocation_options(args).items() if v is not None}
+    config = ExpandConfig(experts=args.experts, sparsity=sparsity, pca_dim=args.pca_dim, bits=args.bits, **allocation,
                           seed=args.seed, n_init=args.n_init, blend_below=args.blend_below, shrink=args.shrink,
                           router_tokens=args.router_tokens, balance=args.balance)
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,

@@ -21,6 +21,8 @@ from .. import distributed
 from ..arch import linear_weight
 from ..engine import Groups, LayerCompressor
 from ..errors import UsageError
+from ..prune.allocation import TokenSample, block_counts
+from ..prune.compressors import AllocationFields
 from ..prune.sparsegpt import sparsegpt_solve
 from ..prune.sparsity import Sparsity, check_divisible
 from ..prune.stats import HessianStat
@@ -31,8 +33,13 @@ SHRINK_RULES = ("blend", "prior", "lw", "none")
 
 
 @dataclass(frozen=True)
-class ExpandConfig:
-    """Sparse Expansion: `experts` SparseGPT experts per linear, each at `sparsity`, behind a router."""
+class ExpandConfig(AllocationFields):
+    """Sparse Expansion: `experts` SparseGPT experts per linear, each at `sparsity`, behind a router.
+
+    The allocation fields (`layer_alloc`, `row_alloc`, ...) apply to every expert alike: all experts
+    of a linear get the linear's zero count and, with a row rule, the same row quotas, scored on the
+    router's token sample.
+    """
 
     experts: int
     sparsity: Sparsity
@@ -53,6 +60,7 @@ class ExpandConfig:
     percdamp: float = 0.01
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.shrink not in SHRINK_RULES:
             raise UsageError(f"unknown shrink rule '{self.shrink}'; choose from {', '.join(SHRINK_RULES)}")
         if self.router_tokens < self.experts:
@@ -193,6 +201,7 @@ class _GroupState:
     router: Router | None = None
     sample_size: int = 0
     stat: ClusterHessianStat | None = None
+    row_sample: torch.Tensor | None = None  # for row allocation by wd / variance
 
 
 class ExpandCompressor(LayerCompressor):
@@ -204,6 +213,16 @@ class ExpandCompressor(LayerCompressor):
         self.config = config
         self._records: dict[str, dict[str, Any]] = {}
         self.times = {"clustering": 0.0, "hessians": 0.0, "solves": 0.0}
+        self.allocator = config.allocator(config.seed) if config.layer_alloc != "uniform" or \
+            config.row_alloc != "uniform" else None
+
+    def prepare(self, model: nn.Module, windows: torch.Tensor | None, *, targets: str = "mlp",
+                batch_size: int = 8) -> None:
+        """Before the layer-sequential pass: fix every linear's zero count (and OWL's layer sparsities)."""
+        if self.allocator is not None:
+            start = time.perf_counter()
+            self.allocator.prepare(model, windows, targets=targets, batch_size=batch_size)
+            self.times["allocation"] = time.perf_counter() - start
 
     def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
         self.index, self.layer, self.groups = index, layer, groups
@@ -248,6 +267,10 @@ class ExpandCompressor(LayerCompressor):
         pca_dim = min(s.pca_dim or default_pca_dim(d), d)
         state.router, _ = Router.fit(x, s.experts, pca_dim, seed=seed, n_init=s.n_init, balance=s.balance)
         state.sample_size = x.shape[0]
+        if self.allocator is not None and self.allocator.needs_sample:
+            rows = TokenSample(self.allocator.row_tokens, seed)
+            rows.add(x)
+            state.row_sample = rows.value()
         del x
         self.times["clustering"] += time.perf_counter() - t0
         state.stat = ClusterHessianStat(s.experts)
@@ -272,7 +295,7 @@ class ExpandCompressor(LayerCompressor):
                 if not state.buffer:
                     raise RuntimeError(f"layer {self.index}: no inputs were observed for {group}")
                 self._fit_router(group, state)
-            router, stat, sample_size = state.router, state.stat, state.sample_size
+            router, stat, sample_size, row_sample = state.router, state.stat, state.sample_size, state.row_sample
             assert router is not None and stat is not None
             t0 = time.perf_counter()
             counts = stat.counts
@@ -298,8 +321,15 @@ class ExpandCompressor(LayerCompressor):
                 weight = linear_weight(module).detach().float()
                 t0 = time.perf_counter()
                 mine = distributed.my_share(s.experts)  # all experts unless run under torchrun
+                zeros, rows, allocated = None, None, {}
+                if self.allocator is not None:
+                    rows = self.allocator.row_zeros(self.index, name, weight, row_sample)
+                    count = torch.tensor(self.allocator.linear_zeros(self.index, name))
+                    zeros = block_counts(count if rows is None else rows, weight.shape[1], s.blocksize)
+                    allocated = self.allocator.record(self.index, name, rows)
                 local, info = sparsegpt_solve(weight.expand(len(mine), *weight.shape), hessians[mine], s.sparsity,
-                                              bits=s.bits, blocksize=s.blocksize, percdamp=s.percdamp)
+                                              bits=s.bits, blocksize=s.blocksize, percdamp=s.percdamp,
+                                              zeros=zeros, zeros_per_row=rows is not None)
                 experts = distributed.gather_shares(local, s.experts)
                 damping = distributed.gather_lists(info["damping"], s.experts)
                 self.times["solves"] += time.perf_counter() - t0
@@ -318,7 +348,7 @@ class ExpandCompressor(LayerCompressor):
                     "blended_clusters": [c for c, v in enumerate(lam) if v > 0],
                     "expert_sparsity": expert_sparsity,
                     "router_flops_per_token": router.flops_per_token(),
-                    "damping": damping,
+                    "damping": damping, **allocated,
                 }
         return out
 
