@@ -2,8 +2,9 @@
 
 Two levels, both keeping the model's total number of zeros exactly what a uniform run asks for:
 - layers: `owl` (outlier-weighted layerwise sparsity, Yin et al. 2024): a layer whose Wanda scores
-  |W_ij| ||X_j|| hold more outliers (above `owl_m` x the layer's mean score) is pruned less; the
-  sparsities span target +- `owl_lmbda`, as in the OWL paper and llm-compressor.
+  |W_ij| ||X_j|| (over all its linears, attention included) hold more outliers (above `owl_m` x
+  the layer's mean score) is pruned less; the sparsities span target +- `owl_lmbda`, as in the
+  OWL paper and llm-compressor.
 - rows (output neurons) of each linear: `wd` (Wasserstein distance of the row's outputs to a
   Gaussian: entangled neurons keep more weights), `variance` (of the outputs), `norm` (of the
   row's weights), or `equal` (every row the same count). A row's sparsity is
@@ -191,10 +192,13 @@ class Allocator:
         if self.layer_alloc == "owl":
             if windows is None:
                 raise ValueError("OWL needs calibration windows")
-            norms = dense_input_sq_norms(model, windows, groups, batch_size)
+            # As the OWL paper and llm-compressor: a layer's outlier ratio is over all its linears
+            # (attention too), whatever --targets prunes.
+            every = target_groups(model, "all")
+            norms = dense_input_sq_norms(model, windows, every, batch_size)
             for i, layer in enumerate(layers):
                 scores = [linear_weight(layer.get_submodule(name)).detach().abs().float()
-                          * norms[(i, g)].sqrt().unsqueeze(0) for g in groups for name in g]
+                          * norms[(i, g)].sqrt().unsqueeze(0) for g in every for name in g]
                 self.outlier_ratios[i] = outlier_ratio(torch.cat([s.flatten() for s in scores]), self.owl_m)
             per_layer = owl_layer_sparsities([self.outlier_ratios[i] for i in range(len(layers))], target,
                                              self.owl_lmbda)
