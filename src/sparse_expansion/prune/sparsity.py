@@ -85,3 +85,12 @@ def mask_lowest(scores: torch.Tensor, sparsity: Sparsity, per_row: bool) -> torc
     missing = count - mask.sum(-1, keepdim=True)
     mask |= ties & (ties.cumsum(-1) <= missing)
     return mask.reshape(scores.shape)
+
+
+def mask_counts(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the `counts[...]` lowest scores along the last dim of scores [..., n]
+    (counts broadcasts against the leading dims); ties by position, so each count is exact."""
+    n = scores.shape[-1]
+    order = scores.argsort(dim=-1, stable=True)
+    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=scores.device).expand_as(order))
+    return ranks < counts.to(scores.device).unsqueeze(-1)
