@@ -88,3 +88,14 @@ def test_training_under_bfloat16_autocast_learns_like_float32(tmp_path, single_t
     assert amp["val_loss"] != full["val_loss"]  # the forward pass really ran in bfloat16
     assert amp["val_loss"] == pytest.approx(full["val_loss"], abs=0.15)
     assert amp["loss_history"][-1] < amp["loss_history"][0] - 1.0
+
+
+def test_one_thread_switches_cpu_threads_only():
+    from sparse_expansion.threads import one_thread
+
+    before = torch.get_num_threads()
+    with one_thread("cpu"):
+        assert torch.get_num_threads() == 1
+    with one_thread("cuda:0"):  # nothing to switch for GPU work (no CUDA needed to check)
+        assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before
