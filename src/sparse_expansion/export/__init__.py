@@ -1,0 +1,1 @@
+"""Writing models in formats other tools read (serving engines, hubs)."""

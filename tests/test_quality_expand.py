@@ -1,0 +1,123 @@
+"""Streaming calibration statistics, Hessian shrinkage and balanced routing of Sparse Expansion."""
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight
+from sparse_expansion.engine import calibrate
+from sparse_expansion.expand import ExpandCompressor, ExpandConfig, Router
+from sparse_expansion.expand.compressor import ClusterHessianStat, shrinkage
+from sparse_expansion.expand.router import balance_offsets
+from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
+
+
+def windows(n=4, seqlen=24, seed=0):
+    return torch.randint(2, 128, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def expand(model, k, sparsity="0.5", n=4, **kw):
+    comp = ExpandCompressor(ExpandConfig(experts=k, sparsity=parse_sparsity(sparsity), **kw))
+    calibrate(model, windows(n), comp, batch_size=2, progress=False)
+    return comp
+
+
+@pytest.mark.parametrize("router_tokens", [16, 10_000])  # router fit mid-stream, or at the end
+def test_one_expert_is_exactly_sparsegpt_with_streaming_stats(router_tokens):
+    pruned = tiny_model("llama")
+    calibrate(pruned, windows(), PruneCompressor(SparseGPTConfig(parse_sparsity("0.5"))), batch_size=2,
+              progress=False)
+    expanded = tiny_model("llama")
+    expand(expanded, 1, router_tokens=router_tokens, shrink="lw")
+    for lp, le in zip(decoder_layers(pruned), decoder_layers(expanded)):
+        for name in architecture_of(pruned).mlp:
+            assert torch.equal(le.get_submodule(name).experts[0], linear_weight(lp.get_submodule(name)))
+
+
+def test_streaming_state_does_not_grow_with_calibration():
+    sizes = []
+    for n in (4, 16):
+        comp = ExpandCompressor(ExpandConfig(experts=3, sparsity=parse_sparsity("0.5"), router_tokens=32))
+        model = tiny_model("llama")
+        layer = decoder_layers(model)[0]
+        from sparse_expansion.arch import target_groups
+        groups = target_groups(model, "mlp")
+        comp.start_layer(0, layer, groups)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(n):  # batches of 24 tokens: the router is fit after two
+            for group in groups:
+                d = linear_weight(layer.get_submodule(group[0])).shape[1]
+                comp.observe(group, torch.randn(24, d, generator=g))
+        sizes.append(comp.state_bytes())
+        assert all(st.router is not None for st in comp.state.values())
+    assert sizes[0] == sizes[1] > 0
+
+
+def test_router_is_fit_on_a_seeded_subsample_and_every_token_counts():
+    comp = expand(tiny_model("llama"), 3, n=8, router_tokens=40)
+    for rec in comp.record().values():
+        assert rec["router_tokens"] == 40 and sum(rec["cluster_tokens"]) == 8 * 24
+    again = expand(tiny_model("llama"), 3, n=8, router_tokens=40)
+    assert comp.record() == again.record()
+
+
+def test_cluster_statistic_matches_direct_sums():
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(30, 6, generator=g) for _ in range(3)]
+    labels = [torch.randint(0, 3, (30,), generator=g) for _ in range(3)]
+    stat = ClusterHessianStat(3)
+    for x, lab in zip(batches, labels):
+        stat.add(x, lab)
+    x, lab = torch.cat(batches), torch.cat(labels)
+    for c in range(3):
+        xc = x[lab == c]
+        assert stat.counts[c] == xc.shape[0]
+        assert torch.allclose(stat.stats[c].value(), 2 * xc.t() @ xc / xc.shape[0], atol=1e-5)
+        assert torch.isclose(stat.fourth[c], xc.double().pow(2).sum(1).pow(2).sum())
+
+
+def test_shrinkage_rules():
+    counts = [0, 10, 1000]
+    assert shrinkage("blend", counts, min_tokens=100) == [1.0, 0.9, 0.0]
+    assert shrinkage("prior", counts, min_tokens=100) == [1.0, 100 / 110, 100 / 1100]
+    assert shrinkage("none", counts) == [1.0, 0.0, 0.0]
+    # Ledoit-Wolf: a cluster drawn from the layer's own distribution is pulled (nearly) all the way,
+    # a large cluster with a clearly different covariance keeps its own.
+    g = torch.Generator().manual_seed(0)
+    same = torch.randn(20, 8, generator=g)
+    other = torch.randn(1000, 8, generator=g) * torch.linspace(0.2, 3, 8)
+    rest = torch.randn(20000, 8, generator=g)
+    stat = ClusterHessianStat(3)
+    labels = torch.cat([torch.zeros(20), torch.ones(1000), 2 * torch.ones(20000)]).long()
+    stat.add(torch.cat([same, other, rest]), labels)
+    lam = shrinkage("lw", stat.counts, fourth=stat.fourth, totals=stat.totals(8))
+    assert lam[0] > 0.5 and lam[1] < 0.05 and all(0 <= v <= 1 for v in lam)
+
+
+def test_balanced_offsets_bound_cluster_sizes():
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat([torch.randn(900, 2, generator=g), torch.randn(100, 2, generator=g) + 6])
+    centroids = torch.tensor([[0.0, 0.0], [6.0, 6.0], [1.0, 0.0], [0.0, 1.0]])
+    offsets = balance_offsets(z, centroids, 1.5)
+    counts = torch.bincount((torch.cdist(z.double(), centroids.double()).pow(2) + offsets).argmin(1), minlength=4)
+    assert counts.max() <= 375 and counts.min() >= 166
+
+
+def test_balanced_router_routes_within_bounds_and_keeps_its_format():
+    x = torch.randn(600, 16)
+    x[:400] += 4 * torch.randn(16)  # one dense blob takes most tokens in plain k-means
+    router, labels = Router.fit(x, 4, 4, seed=0, balance=1.25)
+    counts = torch.bincount(labels, minlength=4)
+    assert counts.max() <= 188 and counts.min() >= 120
+    assert router.components.shape == (16, 5) and torch.equal(router.components[:, -1], torch.zeros(16))
+    fresh = Router(16, 5, 4)
+    fresh.load_state_dict(router.state_dict(), strict=True)
+    assert torch.equal(fresh(x), labels)
+
+
+def test_balance_and_shrink_run_end_to_end():
+    for kw in ({"balance": 1.5}, {"shrink": "lw"}, {"shrink": "prior"}):
+        model = tiny_model("llama")
+        comp = expand(model, 3, **kw)
+        assert all(r["expert_sparsity"] == [0.5] * 3 for r in comp.record().values())
+        assert torch.isfinite(model(windows(seed=9)).logits).all()
