@@ -157,10 +157,12 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
       model's) becomes a kernels.CompressedLinear with values in the model's dtype, and expanded
       experts stay compressed. The sparse kernels compute them (pure torch if they cannot build).
     - "dense": CompressedLinear back to nn.Linear; expanded experts also held dense (k x the layer).
+    - "compressed" and "auto" on the CPU with the C++ kernels also run every dense bfloat16 linear
+      through kernels.DecodeLinear (the same weights; a C++ path for decode steps); "dense" does not.
     - "auto": "compressed" on the CPU when the C++ kernels are available; otherwise pruned linears
       stay dense, and expanded experts stay compressed on the CPU (a dense copy would take k x the
       memory) and go dense on a GPU.
-    A model with nothing sparse is left as it is ("dense")."""
+    A model with nothing sparse keeps its weights as they are ("dense")."""
     from .arch import decoder_layers, is_linear_like, linear_weight
     from .expand.module import SparseExpertLinear
     from .kernels import CompressedLinear, ops
@@ -175,8 +177,6 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
                                                          >= COMPRESS_FROM_SPARSITY):
                 parent, _, attr = name.rpartition(".")
                 linears.append((layer.get_submodule(parent) if parent else layer, attr, module))
-    if not experts and not linears:
-        return weights_in_memory(model)
     on_cpu = torch.device(device).type == "cpu"
     kernels = on_cpu and ops.backend() != "torch"
     for module in experts:
@@ -193,7 +193,23 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
             setattr(parent, attr, _dense_linear(module))
     if changed:
         _release_dense_copies(model)
+    _set_decode_linears(model, weights != "dense" and kernels and ops.bf16_dot_available())
     return weights_in_memory(model)
+
+
+def _set_decode_linears(model: nn.Module, on: bool) -> None:
+    """Every plain bfloat16 nn.Linear (attention projections, LM head, a dense model's MLP) becomes a
+    kernels.DecodeLinear on the same Parameters when `on`, and back when not: at decode the C++
+    bfloat16 kernel reads half the bytes torch's CPU matvec does (benchmarks/decode_speed.py)."""
+    from .kernels import DecodeLinear
+
+    swaps = [(name, module) for name, module in model.named_modules()
+             if (on and type(module) is nn.Linear and module.weight.dtype == torch.bfloat16)
+             or (not on and isinstance(module, DecodeLinear))]
+    for name, module in swaps:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr,
+                DecodeLinear(module) if on else module.to_linear())
 
 
 def _release_dense_copies(model: nn.Module) -> None:

@@ -180,3 +180,28 @@ class CompressedExperts(_Compressed):
     def extra_repr(self) -> str:
         return (f"experts={self.num_experts}, in_features={self.in_features}, out_features={self.out_features}, "
                 f"format={self.format}, values={dtype_name(self.values.dtype)}, bias={self.bias is not None}")
+
+
+class DecodeLinear(nn.Module):
+    """An nn.Linear's weight and bias (the same Parameters: tied weights stay tied, the state dict keeps
+    its keys) multiplied by `ops.dense_linear`, which runs bfloat16 decode steps through the C++
+    AVX512-BF16 kernel. What `models.set_weights` puts in place of a model's dense linears when they are
+    bfloat16, so the layers that pruning left dense profit from half precision at decode too."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.dense_linear(x, self.weight, self.bias)
+
+    def to_linear(self) -> nn.Linear:
+        """Back to a plain nn.Linear on the same Parameters."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight, linear.bias = self.weight, self.bias
+        return linear
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -184,3 +184,27 @@ def unpack(weight: CompressedWeight) -> torch.Tensor:
     else:
         dense = lib.nm_unpack(weight.values, weight.index, *weight.n_m, weight.in_features, isa)
     return dense.reshape(weight.shape)
+
+
+BF16_DOT_TOKENS = 2  # dense_linear's C++ path: up to this many tokens (decode); more go to torch's GEMM
+
+
+def bf16_dot_available() -> bool:
+    """Whether dense_linear has a C++ path here: the kernels built, AVX-512 allowed, AVX512-BF16 present."""
+    lib, isa = _resolved or _library()
+    return lib is not None and isa >= 2 and bool(lib.bf16_dense_supported())
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear for a dense weight, with bfloat16 decode steps (1-2 tokens, bfloat16 x and W, CPU, no
+    autograd) done by the AVX512-BF16 dot product: torch's bfloat16 matvec reads no faster than its
+    float32 one on this CPU, so half-precision weights bought nothing at decode. Everything else is
+    F.linear itself."""
+    tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if (0 < tokens <= BF16_DOT_TOKENS and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
+            and x.is_cpu and weight.is_cpu and not grad and weight.is_contiguous() and bf16_dot_available()):
+        lib, _ = _resolved or _library()
+        y = lib.dense_bf16_matvec(x.reshape(tokens, -1).contiguous(), weight, bias)
+        return y.to(torch.bfloat16).reshape(*x.shape[:-1], weight.shape[0])
+    return torch.nn.functional.linear(x, weight, bias)

@@ -10,6 +10,8 @@
 // N:M with 16 values covering 32 input columns (2:4, 4:8, 8:16): the 16 in-window positions come
 // from one 32- or 64-bit word, and one two-source permute (vpermt2ps) fetches each value's input
 // from 32 loaded inputs. Other N:M shapes use the AVX2 kernel.
+#include <algorithm>
+
 #include "sparse.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -351,6 +353,45 @@ SE_AVX512BF16 void bitmask_rows_avx512_bf16(const BitmaskView& w, int64_t r0, in
   }
 }
 
+// --- dense bfloat16 weights times bfloat16 inputs (decode) ---------------------------------------
+// torch's bfloat16 linear gains nothing over float32 at one token on this CPU; read as they are, the
+// weights cost half the bytes. Four rows share each input load; one or two tokens.
+
+template <int TB>
+SE_AVX512BF16 static void dense_rows4_bf16(const uint16_t* w, int64_t in, int64_t r, const uint16_t* const* xs,
+                                    float* const* ys, int rows) {
+  __m512 acc[TB][4];
+  for (int t = 0; t < TB; ++t)
+    for (int k = 0; k < 4; ++k) acc[t][k] = _mm512_setzero_ps();
+  const int64_t full = in / 32, rest = in % 32;
+  const __mmask32 inside = static_cast<__mmask32>((uint64_t(1) << rest) - 1);
+  for (int64_t c = 0; c <= full; ++c) {
+    if (c == full && rest == 0) break;
+    const __mmask32 lanes = c < full ? static_cast<__mmask32>(~0u) : inside;
+    __m512i xv[TB];
+    for (int t = 0; t < TB; ++t) xv[t] = _mm512_maskz_loadu_epi16(lanes, xs[t] + c * 32);
+    for (int k = 0; k < rows; ++k) {
+      const uint16_t* row = w + (r + k) * in + c * 32;
+      _mm_prefetch(reinterpret_cast<const char*>(row) + 1024, _MM_HINT_T0);
+      const __m512i wv = _mm512_maskz_loadu_epi16(lanes, row);
+      for (int t = 0; t < TB; ++t) acc[t][k] = dot_bf16(acc[t][k], wv, xv[t]);
+    }
+  }
+  for (int t = 0; t < TB; ++t)
+    for (int k = 0; k < rows; ++k) ys[t][r + k] = _mm512_reduce_add_ps(acc[t][k]);
+}
+
+SE_AVX512BF16 void dense_rows_avx512_bf16(const uint16_t* w, int64_t in, int64_t r0, int64_t r1,
+                                          const uint16_t* const* xs, float* const* ys, int tokens) {
+  for (int64_t r = r0; r < r1; r += 4) {
+    const int rows = static_cast<int>(std::min<int64_t>(4, r1 - r));
+    if (tokens == 2)
+      dense_rows4_bf16<2>(w, in, r, xs, ys, rows);
+    else
+      dense_rows4_bf16<1>(w, in, r, xs, ys, rows);
+  }
+}
+
 bool avx512_supported() {
   __builtin_cpu_init();
   return avx2_supported() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -405,6 +446,7 @@ void bitmask_unpack_avx512(const BitmaskView& w, int64_t r0, int64_t r1, float* 
   bitmask_unpack_scalar(w, r0, r1, dense);
 }
 void nm_rows_avx512(const NMView& w, int64_t r0, int64_t r1, const Tokens& t) { nm_rows_scalar(w, r0, r1, t); }
+void dense_rows_avx512_bf16(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t* const*, float* const*, int) {}
 }  // namespace se
 
 #endif

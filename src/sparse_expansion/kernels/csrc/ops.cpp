@@ -314,6 +314,35 @@ torch::Tensor nm_unpack(const torch::Tensor& values, const torch::Tensor& indice
   return dense;
 }
 
+// y = x @ W^T (+ bias) for a dense bfloat16 W and one or two bfloat16 tokens, by the AVX512-BF16 dot
+// product; float32 out. The caller checks bf16_dense_supported() (ops.py falls back to torch).
+torch::Tensor dense_bf16_matvec(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(avx512bf16_supported(), "this CPU has no AVX512-BF16");
+  TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && w.scalar_type() == torch::kBFloat16,
+              "x and W must be bfloat16");
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "x must be [tokens, ", w.size(1), "]");
+  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= 2, "1 or 2 tokens, got ", x.size(0));
+  check_cpu_contiguous(x, "x");
+  check_cpu_contiguous(w, "W");
+  const int64_t tokens = x.size(0), rows = w.size(0), in = w.size(1);
+  auto y = torch::empty({tokens, rows}, torch::kFloat);
+  const uint16_t* xs[2];
+  float* ys[2];
+  for (int64_t t = 0; t < tokens; ++t) {
+    xs[t] = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()) + t * in;
+    ys[t] = y.data_ptr<float>() + t * rows;
+  }
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  at::parallel_for(0, (rows + 3) / 4, 16, [&](int64_t b0, int64_t b1) {
+    dense_rows_avx512_bf16(wp, in, b0 * 4, std::min(rows, b1 * 4), xs, ys, static_cast<int>(tokens));
+  });
+  if (bias) {
+    TORCH_CHECK(bias->numel() == rows, "bias must have ", rows, " values");
+    y.add_(bias->to(torch::kFloat));
+  }
+  return y;
+}
+
 // Nearest centroid for a few tokens: argmin_j (bias[j] + x . matrix[:, j]), the router's folded
 // scoring (expand/router.py), in one call instead of five torch ops. Ties go to the lowest j, as
 // torch's argmin. Meant for decode; a batch of many tokens is better served by torch's GEMM.
@@ -357,6 +386,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa_level", &se::isa_level, "the instruction set a request runs with here: 0 C++, 1 AVX2, 2 AVX-512");
   m.def("bitmask_matmul", &se::bitmask_matmul, "y = x @ W^T for bitmask W (one or routed experts)");
   m.def("nm_matmul", &se::nm_matmul, "y = x @ W^T for N:M W (one or routed experts)");
+  m.def("bf16_dense_supported", &se::avx512bf16_supported, "whether dense_bf16_matvec runs on this CPU");
+  m.def("dense_bf16_matvec", &se::dense_bf16_matvec, "y = x @ W^T for dense bfloat16 W and 1-2 bfloat16 tokens");
   m.def("route", &se::route, "argmin over k of bias + x @ matrix, per token (a folded router)");
   m.def("bitmask_unpack", &se::bitmask_unpack, "bitmask W -> dense fp32 [rows, in]");
   m.def("nm_unpack", &se::nm_unpack, "N:M W -> dense fp32 [rows, in]");
