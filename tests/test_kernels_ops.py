@@ -182,3 +182,20 @@ def test_bfloat16_inputs_and_values(backend, shape, tokens):
         lib, isa = ops._library()
         raw = lib.bitmask_matmul(x, None, weight.values, weight.index, weight.row_offsets, 1, shape[1], None, 0, isa)
         assert_close(raw, ref)
+
+
+@pytest.mark.parametrize("shape", SHAPES["bitmask"])
+def test_bfloat16_groups_below_64_tokens_unpack_straight_to_bfloat16(backend, shape):
+    """A group of 24-63 tokens takes the GEMM; with bf16 inputs and values on AVX512-BF16 CPUs the values
+    are unpacked straight into a bf16 weight (exactly: the same bits), so the output is torch's own bf16
+    GEMM of the decompressed weight, bit for bit."""
+    weight = F.compress(torch.stack([weights("bitmask", *shape, e) for e in range(2)]), "bitmask", torch.bfloat16)
+    x = torch.randn(40, shape[1]).bfloat16()
+    labels = torch.cat([torch.zeros(30, dtype=torch.long), torch.ones(10, dtype=torch.long)])
+    y = ops.expert_linear(x, labels, weight, dense_from=24)
+    dense = F.decompress(weight)
+    ref = torch.einsum("toi,ti->to", dense[labels].double(), x.double())
+    assert y.dtype == torch.bfloat16
+    assert (y.double() - ref).abs().max() <= 2 ** -7 * (1 + ref.abs().max())
+    if backend == "cpp" and ops.bf16_dot_available():
+        assert torch.equal(y[:30], (x[:30] @ dense[0].bfloat16().t()))

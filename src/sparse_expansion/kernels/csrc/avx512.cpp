@@ -381,6 +381,30 @@ SE_AVX512BF16 static void dense_rows4_bf16(const uint16_t* w, int64_t in, int64_
     for (int k = 0; k < rows; ++k) ys[t][r + k] = _mm512_reduce_add_ps(acc[t][k]);
 }
 
+// Unpack bfloat16 values to a dense bfloat16 tile for the prefill GEMM: one expand-load and one store per
+// 32 columns, where unpacking to float32 spends two of each plus conversions and writes twice the bytes.
+SE_AVX512BF16 void bitmask_unpack_avx512_bf16(const BitmaskView& w, int64_t r0, int64_t r1, uint16_t* dense) {
+  const int64_t full = w.in / 32, rest = w.in % 32;
+  const uint16_t* values = static_cast<const uint16_t*>(w.values);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* mask = w.mask + r * w.row_bytes;
+    uint16_t* out = dense + (r - r0) * w.in;
+    int64_t p = w.offsets[r];
+    for (int64_t c = 0; c < full; ++c) {
+      uint32_t bits;
+      __builtin_memcpy(&bits, mask + 4 * c, 4);
+      _mm512_storeu_si512(out + c * 32, _mm512_maskz_expandloadu_epi16(bits, values + p));
+      p += __builtin_popcount(bits);
+    }
+    if (rest) {
+      uint32_t bits = 0;
+      for (int64_t b = 0; b * 8 < rest; ++b) bits |= uint32_t(mask[full * 4 + b]) << (8 * b);
+      const __mmask32 inside = static_cast<__mmask32>((uint64_t(1) << rest) - 1);
+      _mm512_mask_storeu_epi16(out + full * 32, inside, _mm512_maskz_expandloadu_epi16(bits, values + p));
+    }
+  }
+}
+
 SE_AVX512BF16 void dense_rows_avx512_bf16(const uint16_t* w, int64_t in, int64_t r0, int64_t r1,
                                           const uint16_t* const* xs, float* const* ys, int tokens) {
   for (int64_t r = r0; r < r1; r += 4) {
@@ -447,6 +471,7 @@ void bitmask_unpack_avx512(const BitmaskView& w, int64_t r0, int64_t r1, float* 
 }
 void nm_rows_avx512(const NMView& w, int64_t r0, int64_t r1, const Tokens& t) { nm_rows_scalar(w, r0, r1, t); }
 void dense_rows_avx512_bf16(const uint16_t*, int64_t, int64_t, int64_t, const uint16_t* const*, float* const*, int) {}
+void bitmask_unpack_avx512_bf16(const BitmaskView&, int64_t, int64_t, uint16_t*) {}
 }  // namespace se
 
 #endif

@@ -68,6 +68,9 @@ bool avx512bf16_supported();
 // bfloat16 values times bfloat16 inputs (t.xh) with the AVX512-BF16 dot product, 32 columns a step;
 // callable only when avx512bf16_supported().
 void bitmask_rows_avx512_bf16(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t);
+// Bitmask rows with bfloat16 values to dense bfloat16 (the bits as stored), rows `in` apart;
+// callable only when avx512bf16_supported().
+void bitmask_unpack_avx512_bf16(const BitmaskView& w, int64_t r0, int64_t r1, uint16_t* dense);
 // A dense bfloat16 [rows, in] weight times 1 or 2 bfloat16 input rows, rows [r0, r1): ys[t][r] =
 // W[r, :] . xs[t]; callable only when avx512bf16_supported().
 void dense_rows_avx512_bf16(const uint16_t* w, int64_t in, int64_t r0, int64_t r1, const uint16_t* const* xs,
