@@ -13,7 +13,9 @@ A saved model is a folder with `model.safetensors` (tensors only, never pickles)
   pruned model is therefore a plain Hugging Face folder. A model with replaced modules (Sparse
   Expansion) gets `model_type: "sparse_expansion"` in config.json (the real one moves to
   `base_model_type`), so plain transformers refuses it loudly instead of loading its replaced
-  linears with random weights.
+  linears with random weights, unless given trust_remote_code=True: the folder also holds
+  hub/modeling_sparse_expansion.py, which config.json's `auto_map` names, and which rebuilds the
+  model in pure torch from the same files. This loader ignores that code and `auto_map`.
 - The other kinds are our own `nn.Module`s that know their `spec()` and `from_spec(spec)`.
 
 Both registries below map a stable name to an import path, resolved only when loading: no
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError
+from .hub import AUTO_MAP, write_remote_code
 from .io import read_json, write_json
 
 MANIFEST_FILE = "sparse_expansion.json"
@@ -136,7 +139,9 @@ def _write_guarded_config(model: nn.Module, folder: Path) -> None:
     config["base_model_type"] = config["model_type"]
     config["model_type"] = GUARD_MODEL_TYPE
     config["architectures"] = ["SparseExpansionForCausalLM"]
+    config["auto_map"] = AUTO_MAP  # AutoModelForCausalLM(..., trust_remote_code=True) runs the copied file
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_remote_code(folder)
     generation = getattr(model, "generation_config", None)
     if generation is not None:
         generation.save_pretrained(folder)
@@ -219,7 +224,9 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = hugging_face_config(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # Given the config, AutoTokenizer does not read config.json, whose auto_map would make it ask
+    # whether to run the folder's code.
+    tokenizer = AutoTokenizer.from_pretrained(path, config=config)
     if not modules:
         model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
         return model, tokenizer
@@ -274,19 +281,18 @@ def _equal_state(a: nn.Module, b: nn.Module) -> bool:
 
 
 def hugging_face_config(path: str | Path) -> Any:
-    """The model's transformers config, undoing the guard a folder with replaced modules carries."""
+    """The model's transformers config, undoing the guard a folder with replaced modules carries
+    (the same function the folder's own modeling file uses)."""
     from transformers import AutoConfig
+
+    from .hub.modeling_sparse_expansion import base_config
 
     raw = read_json(Path(path) / CONFIG_FILE)
     if raw.get("model_type") != GUARD_MODEL_TYPE:
         return AutoConfig.from_pretrained(path)
-    base = raw.pop("base_model_type", None)
-    raw.pop("model_type")
-    raw.pop("architectures", None)
-    raw.pop("auto_map", None)
-    if not isinstance(base, str):
+    if not isinstance(raw.get("base_model_type"), str):
         raise UsageError(f"{path}/{CONFIG_FILE} has no base_model_type; re-create the folder")
-    return AutoConfig.for_model(base, **raw)
+    return base_config(raw)
 
 
 def _load_own_kind(path: Path, manifest: dict[str, Any], dtype: torch.dtype) -> tuple[nn.Module, Any]:

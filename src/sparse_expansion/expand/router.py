@@ -1,7 +1,8 @@
 """The Sparse Expansion router: PCA to a few dimensions, then k-means; both in plain torch.
 
 Pure functions (fit_pca, kmeans) plus a small module (Router) that holds the fitted buffers and
-assigns each token to its nearest centroid. Deterministic given a seed, on CPU or GPU.
+assigns each token to its nearest centroid (with hub/modeling_sparse_expansion.py's functions, which
+a saved folder's own code routes with too). Deterministic given a seed, on CPU or GPU.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..hub.modeling_sparse_expansion import fold_router, nearest_centroid
 from ..threads import one_thread
 
 
@@ -43,11 +45,6 @@ def fit_pca(x: torch.Tensor, dim: int, second_moment: torch.Tensor | None = None
 
 def _sq_distances(z: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return (z.pow(2).sum(1, keepdim=True) - 2 * z @ centroids.t() + centroids.pow(2).sum(1)).clamp_min(0)
-
-
-def nearest_centroid(z: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """argmin_c |z - c|^2 without the |z|^2 term every centroid shares: one addmm and an argmin."""
-    return torch.addmm(centroids.pow(2).sum(1), z, centroids.t(), alpha=-2).argmin(1)
 
 
 def _kmeans_pp(z: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -204,11 +201,8 @@ class Router(nn.Module):
     def _folded_scoring(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(bias [k], matrix [in, k]), rebuilt whenever a buffer is replaced or written to."""
         key = tuple((id(t), t._version) for t in (self.mean, self.components, self.centroids))
-        if self._folded is None or self._folded[0] != key:
-            centroids, components = self.centroids.double(), self.components.double()
-            fold = components @ centroids.t()
-            bias = centroids.pow(2).sum(1) + 2 * (self.mean.double() @ fold)
-            self._folded = (key, bias.to(self.mean.dtype), (-2 * fold).to(self.mean.dtype))
+        if self._folded is None or self._folded[0] != key:  # the same fold as a saved folder's own code
+            self._folded = (key, *fold_router(self.mean, self.components, self.centroids))
         return self._folded[1], self._folded[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

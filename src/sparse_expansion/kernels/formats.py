@@ -20,6 +20,10 @@ treats it as R = k * out rows of `in` inputs, in row-major order (expert, then r
     non-zeros stores zeros at its lowest free positions. With N dividing 8, eight values (one
     AVX2 register) have their positions in one 16- or 32-bit word.
 
+Unpacking in plain torch (and `parse_format`, `index_bits`, `row_offsets_from_mask`) lives in
+hub/modeling_sparse_expansion.py, the file saved folders carry for trust_remote_code loading:
+this module imports it, so a folder's code and ours read the same tensors the same way.
+
 Value dtypes: float32, bfloat16, float16. The mask is taken after the cast, so
 `decompress(compress(w, f, d)) == w.to(d)` exactly (-0.0 comes back as +0.0).
 bitmask at density p costs p * bytes(dtype) + 1/8 bytes a weight; 2:4 costs
@@ -29,33 +33,24 @@ bitmask at density p costs p * bytes(dtype) + 1/8 bytes a weight; 2:4 costs
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import torch
 
+from ..hub.modeling_sparse_expansion import (
+    index_bits,
+    parse_format,
+    row_offsets_from_mask,
+    unpack_bitmask,
+    unpack_indices,
+    unpack_nm,
+)
+from ..hub.modeling_sparse_expansion import nm_columns as _nm_columns
+
 VALUE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DTYPE_NAMES = {v: k for k, v in VALUE_DTYPES.items()}
-
-
-def parse_format(fmt: str) -> tuple[int, int] | None:
-    """None for "bitmask", (N, M) for "N:M"; anything else is an error."""
-    if fmt == "bitmask":
-        return None
-    match = re.fullmatch(r"(\d+):(\d+)", fmt)
-    if not match:
-        raise ValueError(f"unknown compressed format {fmt!r}; use 'bitmask' or 'N:M' like '2:4'")
-    n, m = int(match[1]), int(match[2])
-    if not 0 < n < m <= 16:
-        raise ValueError(f"N:M format {fmt!r} needs 0 < N < M <= 16")
-    return n, m
-
-
-def index_bits(m: int) -> int:
-    """Bits per in-group position: 2 for M <= 4, else 4 (nibbles never straddle a byte)."""
-    return 2 if m <= 4 else 4
 
 
 def value_dtype_of(name_or_dtype: str | torch.dtype) -> torch.dtype:
@@ -206,21 +201,6 @@ def _bits_to_bytes(bits: torch.Tensor) -> torch.Tensor:
     return (padded.view(rows, -1, 8) * _BIT.to(bits.device)).sum(-1, dtype=torch.uint8)
 
 
-def _bytes_to_bits(packed: torch.Tensor, cols: int) -> torch.Tensor:
-    """Inverse of `_bits_to_bytes`: [R, B] uint8 -> [R, cols] bool."""
-    bits = (packed.unsqueeze(-1) & _BIT.to(packed.device)) != 0
-    return bits.flatten(-2)[:, :cols]
-
-
-def row_offsets_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """[R + 1] int64 start of every row's values, from a [..., bytes] mask."""
-    counts = _POPCOUNT.to(mask.device)[mask.reshape(-1, mask.shape[-1]).long()].sum(-1)
-    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-
-
-_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
-
-
 def bitmask_from_flat_msb(values: torch.Tensor, packed: torch.Tensor, shape: tuple[int, ...]) -> CompressedWeight:
     """Convert expand.module.pack_sparse's layout (one MSB-first bitmask over the whole flattened
     tensor, values in the same row-major order) without a dense detour: only the mask is redone."""
@@ -244,10 +224,7 @@ def compress_bitmask(dense: torch.Tensor, value_dtype: torch.dtype) -> Compresse
 
 
 def decompress_bitmask(weight: CompressedWeight) -> torch.Tensor:
-    keep = _bytes_to_bits(weight.index.reshape(weight.rows, -1), weight.in_features)
-    dense = torch.zeros(keep.shape, dtype=weight.values.dtype, device=weight.values.device)
-    dense.masked_scatter_(keep, weight.values)  # fills True positions in row-major order
-    return dense.reshape(weight.shape)
+    return unpack_bitmask(weight.values, weight.index, weight.shape)
 
 
 # --- N:M ------------------------------------------------------------------------------------------
@@ -260,12 +237,6 @@ def pack_indices(idx: torch.Tensor, bits: int) -> torch.Tensor:
     padded[:, :count] = idx
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=idx.device)
     return (padded.view(rows, -1, per_byte) << shifts).sum(-1, dtype=torch.uint8)
-
-
-def unpack_indices(packed: torch.Tensor, count: int, bits: int) -> torch.Tensor:
-    """Inverse of `pack_indices`: [R, B] uint8 -> [R, count] int64."""
-    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
-    return ((packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).flatten(-2)[:, :count].long()
 
 
 def satisfies_nm(dense: torch.Tensor, n: int, m: int) -> bool:
@@ -295,16 +266,11 @@ def compress_nm(dense: torch.Tensor, n: int, m: int, value_dtype: torch.dtype) -
 
 def nm_columns(weight: CompressedWeight) -> torch.Tensor:
     """[R, in*N/M] int64: the input column of every stored value."""
-    n, m = parse_format(weight.format)
-    per_row = weight.values.shape[-1]
-    idx = unpack_indices(weight.index.reshape(weight.rows, -1), per_row, index_bits(m))
-    return torch.arange(per_row, device=idx.device) // n * m + idx
+    return _nm_columns(weight.index, *weight.n_m, weight.values.shape[-1])
 
 
 def decompress_nm(weight: CompressedWeight) -> torch.Tensor:
-    dense = torch.zeros(weight.rows, weight.in_features, dtype=weight.values.dtype, device=weight.values.device)
-    dense.scatter_(-1, nm_columns(weight), weight.values.reshape(weight.rows, -1))
-    return dense.reshape(weight.shape)
+    return unpack_nm(weight.values, weight.index, *weight.n_m, weight.shape)
 
 
 # --- either ---------------------------------------------------------------------------------------
