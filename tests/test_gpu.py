@@ -90,8 +90,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_ranks_on_cuda_equal_one(tmp_path, tiny_model_dir, text_file):
-    """Two ranks share one GPU (or take two): NCCL, each rank on cuda:LOCAL_RANK % GPUs."""
+def test_torchrun_on_cuda_equals_one_process(tmp_path, tiny_model_dir, text_file):
+    """NCCL with one rank per GPU: two ranks equal one process where two GPUs exist; on one GPU, one rank
+    under torchrun equals a plain process, and two ranks are refused in one line (NCCL cannot put two
+    ranks on one GPU)."""
     common = ["expand", str(tiny_model_dir), "--experts", "3", "--sparsity", "0.5", "--calib", str(text_file),
               "--calib-windows", "4", "--seqlen", "32", "--device", "cuda"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -99,9 +101,18 @@ def test_torchrun_two_ranks_on_cuda_equal_one(tmp_path, tiny_model_dir, text_fil
                             capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr[-2000:]
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    double = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
-                             str(free_port()), "-m", "sparse_expansion.cli", *common, "--out", str(tmp_path / "two")],
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert double.returncode == 0, double.stderr[-3000:]
+
+    def launch(ranks: int, out: str) -> subprocess.CompletedProcess:
+        return subprocess.run([torchrun, "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1",
+                               "--master-port", str(free_port()), "-m", "sparse_expansion.cli", *common,
+                               "--out", str(tmp_path / out)], capture_output=True, text=True, env=env, timeout=600)
+
+    ranks = min(2, torch.cuda.device_count())
+    done = launch(ranks, "ranks")
+    assert done.returncode == 0, done.stderr[-3000:]
     ids = torch.randint(2, 128, (2, 16), generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(logits(tmp_path / "one", "cuda", ids), logits(tmp_path / "two", "cuda", ids), atol=1e-4)
+    assert torch.allclose(logits(tmp_path / "one", "cuda", ids), logits(tmp_path / "ranks", "cuda", ids), atol=1e-4)
+    if torch.cuda.device_count() == 1:
+        refused = launch(2, "refused")
+        assert refused.returncode != 0 and "NCCL needs one GPU per rank" in refused.stderr
+        assert not (tmp_path / "refused").exists()

@@ -11,7 +11,19 @@ from sparse_expansion.runtime import backend_for, resolve_device, resolve_dtype,
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answers")
+def test_more_ranks_than_gpus_are_refused_in_one_line(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="2 ranks .* 1 GPU.*--nproc-per-node 1"):
+        resolve_device("cuda")
+
+
 def test_device_rules_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU machine
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
     for spec in ("cuda", "cuda:0"):
@@ -19,7 +31,7 @@ def test_device_rules_without_cuda(monkeypatch):
             resolve_device(spec)
     with pytest.raises(UsageError, match="unknown --device 'gpu'"):
         resolve_device("gpu")
-    assert setup("auto", "bfloat16") .dtype is torch.bfloat16
+    assert setup("auto", "bfloat16").dtype is torch.bfloat16
 
 
 def test_dtype_names_and_backends():
@@ -34,7 +46,7 @@ def test_bfloat16_eval_stays_close_to_float32(tiny_model_dir, text_file, capsys)
     results = {}
     for dtype in ("float32", "bfloat16"):
         code, out, err = run_cli(["eval", tiny_model_dir, "--data", text_file, "--windows", "3", "--seqlen", "32",
-                              "--json", "--dtype", dtype], capsys)
+                              "--json", "--dtype", dtype, "--device", "cpu"], capsys)  # "auto" is a GPU where one is
         assert code == 0, err
         results[dtype] = json.loads(out)
     assert results["bfloat16"]["dtype"] == "bfloat16" and results["bfloat16"]["device"] == "cpu"

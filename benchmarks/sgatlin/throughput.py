@@ -9,6 +9,9 @@ Each configuration runs in a fresh process with one thread: 3 warm-up steps, the
 optimizer steps (forward, backward, clip, AdamW), like `sparse-expansion train`.
 
     python benchmarks/sgatlin/throughput.py [--steps 20] [--out throughput.json]
+    python benchmarks/sgatlin/throughput.py --device cuda --batch-size 64   # on a GPU (issue 12)
+
+On CUDA the step is timed after a synchronize, and the peak is the allocator's peak GPU memory.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ MATCHED = {
 }
 
 
-def measure(ffn: str, steps: int) -> dict:
+def measure(ffn: str, steps: int, device: str = "cpu", batch_size: int = 8) -> dict:
     import resource
     import time
 
@@ -40,42 +43,51 @@ def measure(ffn: str, steps: int) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = config_for_scale(ffn, 1, vocab_size=8192, seq_len=128, **MATCHED.get(ffn, {}))
-    model = Transformer(cfg)
+    model = Transformer(cfg).to(device)
     opt = _optimizer(model, TrainConfig(ffn=ffn, scale=1, budget=0))
     gen = torch.Generator().manual_seed(0)
+    cuda = device.startswith("cuda")
     times = []
     for step in range(3 + steps):
-        batch = torch.randint(0, 8192, (8, 129), generator=gen)
+        batch = torch.randint(0, 8192, (batch_size, 129), generator=gen).to(device)
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         loss = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         if step >= 3:
             times.append(time.perf_counter() - t0)
     ffn_flops = model.blocks[0].ffn.flops_per_token()
     return {"ffn": ffn, "ffn_kwargs": cfg.ffn_kwargs, "params": count_params(model),
             "ffn_flops_per_token": ffn_flops, "model_flops_per_token": model.flops_per_token(),
-            "tokens_per_second": 8 * 128 * len(times) / sum(times),
-            "median_step_seconds": sorted(times)[len(times) // 2],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "tokens_per_second": batch_size * 128 * len(times) / sum(times),
+            "median_step_seconds": sorted(times)[len(times) // 2], "device": device, "batch_size": batch_size,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.steps)))
+        print(json.dumps(measure(args.one, args.steps, args.device, args.batch_size)))
         return 0
     rows = []
     from sparse_expansion.sgatlin.ffn_types import FFN_TYPES
 
     for ffn in FFN_TYPES:
-        res = subprocess.run([sys.executable, __file__, "--one", ffn, "--steps", str(args.steps)],
+        res = subprocess.run([sys.executable, __file__, "--one", ffn, "--steps", str(args.steps), "--device",
+                              args.device, "--batch-size", str(args.batch_size)],
                              check=True, capture_output=True, text=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         r = rows[-1]

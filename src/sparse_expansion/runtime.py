@@ -3,8 +3,8 @@ process group.
 
 - Device: `auto` is the GPU when CUDA is present, else the CPU; `cuda` and `cuda:i` ask for one.
   Under torchrun (LOCAL_RANK set) a CUDA rank takes GPU LOCAL_RANK (and makes it current, so NCCL
-  collectives and bare `.cuda()` calls land there), modulo the GPUs present, so several ranks may
-  share one GPU in tests.
+  collectives and bare `.cuda()` calls land there); more ranks than GPUs on a machine are refused
+  in one line, since NCCL will not put two ranks on one GPU (seen on an H100).
 - Dtype: the storage precision of the model's weights (float32, bfloat16, float16). Calibration
   statistics, the router and the SparseGPT solves always compute in float32, whatever it is.
 - Process group: joined when torchrun says WORLD_SIZE > 1, NCCL for CUDA, gloo for the CPU.
@@ -58,8 +58,12 @@ def resolve_device(spec: str = "auto") -> str:
     if not torch.cuda.is_available():
         raise UsageError(f"--device {spec} asked for, but no CUDA GPU is available; use --device cpu")
     count = torch.cuda.device_count()
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_rank is not None and local_world > count:  # NCCL refuses two ranks on one GPU
+        raise UsageError(f"torchrun started {local_world} ranks on this machine but it has {count} GPU(s): NCCL "
+                         f"needs one GPU per rank; use --nproc-per-node {count} (or --device cpu)")
     if spec == "cuda":
-        index = int(local_rank) % count if local_rank is not None else torch.cuda.current_device()
+        index = int(local_rank) if local_rank is not None else torch.cuda.current_device()
     else:
         index = int(spec[5:])
         if index >= count:
