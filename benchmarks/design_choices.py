@@ -2,14 +2,19 @@
 alternative, on SmolLM2's shapes (synthetic data). The comments cite the keys printed here.
 
     python benchmarks/design_choices.py            # one JSON line: key -> {ours, alternative, ratio}
+    python benchmarks/design_choices.py --threads 1 --clock cpu    # on a machine others share
+
+`--clock cpu` counts this process's CPU time (all its threads), so time spent descheduled by other
+jobs is not charged to either side; with --threads 1 it is the work each choice does.
 
 - inverse_factor: SparseGPT's upper Cholesky factor of H^-1 through one Cholesky of the reversed
   H and a triangular inverse (prune/sparsegpt.py), against cholesky -> cholesky_inverse ->
-  cholesky (the reference's route); 4 Hessians of 576 x 576.
+  cholesky (the reference's route); 4 Hessians of 1536 x 1536.
 - triangular_inverse_1 / _16: the inverse of a lower-triangular matrix by halves, against
   solve_triangular with the identity; 1 and 16 matrices of 1536 x 1536.
 - solve_threads / kmeans_threads: SparseGPT's column loop and k-means on one thread
-  (threads.one_thread) against all threads (16 experts of 1536 x 576; 16384 tokens x 18 dims).
+  (threads.one_thread) against all threads (16 experts of 1536 x 576; 16384 tokens x 18 dims);
+  meaningful only when torch has several threads (not with --threads 1).
 - mask_kthvalue: the whole per-matrix mask by kthvalue and a tie fix (prune/sparsity.py) against a
   bare topk of the same count.
 - pack_numpy: packing 16 experts into values + bitmask with numpy (expand/module.py) against
@@ -20,6 +25,7 @@ Ratios are alternative / ours: above 1 means our choice is faster.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -33,14 +39,16 @@ from sparse_expansion.prune.sparsegpt import lower_triangular_inverse, upper_cho
 from sparse_expansion.prune.sparsity import mask_lowest
 from sparse_expansion.threads import one_thread
 
+CLOCK = time.perf_counter
+
 
 def seconds(fn, repeats: int = 3) -> float:
     fn()  # warm-up
     samples = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
-        samples.append(time.perf_counter() - start)
+        samples.append(CLOCK() - start)
     return statistics.median(samples)
 
 
@@ -69,9 +77,17 @@ def torch_pack(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def main() -> None:
+    global CLOCK
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="what is timed (default wall)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     g = torch.Generator().manual_seed(0)
-    result: dict = {"threads": torch.get_num_threads()}
-    h = hessians(4, 576, g)
+    result: dict = {"threads": torch.get_num_threads(), "clock": args.clock}
+    h = hessians(4, 1536, g)
     result["inverse_factor"] = compare(lambda: upper_cholesky_of_inverse(h), lambda: reference_route(h), 1)
     for batch in (1, 16):  # one SparseGPT Hessian; one per expert of a 16-expert linear
         lower = torch.linalg.cholesky(hessians(batch, 1536, g))

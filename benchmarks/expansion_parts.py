@@ -5,7 +5,10 @@
 - solve_gate_s / solve_down_s: `sparsegpt_solve` of 16 experts of a 1536 x 576 (gate/up) and a
   576 x 1536 (down) linear at 70%, each expert with its own Hessian from 2048 random tokens;
 - eigh64_s / eigh32_s: the router's 1536 x 1536 covariance eigenproblem in float64 and float32;
-- pack_model_s: `pack_sparse` of 90 linears x 16 experts at 50% (what saving a model packs);
+- pack_model_s: `pack_sparse` of 90 linears x 16 experts at 50% (what saving a model packed until the
+  experts were kept compressed; the old layout, still read when loading old folders);
+- compress_model_s: `kernels.compress` of the same into the bitmask format, float32 values (what
+  building an expanded model now does once per linear; absent from checkouts without kernels/);
 - route_one_token_us: one `Router` call on one token (576 inputs, 16 experts, 18 PCA dims).
 
 Only public functions that exist since the first release are used, so the same file can be run
@@ -56,6 +59,13 @@ def main() -> None:
     experts = torch.randn(16, 1536, 576, generator=g)
     experts[torch.rand(experts.shape, generator=g) < 0.5] = 0
     result["pack_model_s"] = seconds(lambda: [pack_sparse(experts) for _ in range(90)], repeats=1)
+    try:
+        from sparse_expansion.kernels import compress
+    except ImportError:  # an older checkout
+        pass
+    else:
+        result["compress_model_s"] = seconds(lambda: [compress(experts, "bitmask", torch.float32) for _ in range(90)],
+                                             repeats=1)
     router, _ = Router.fit(torch.randn(4096, 576, generator=g), 16, 18)
     token = torch.randn(1, 576, generator=g)
     result["route_one_token_us"] = seconds(lambda: [router(token) for _ in range(1000)]) * 1e3

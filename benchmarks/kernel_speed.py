@@ -19,6 +19,7 @@ the same tokens and threads. The sparse variants run sparse_expansion.kernels.sp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
@@ -42,6 +43,8 @@ class Variant:
     copies: list  # weights (tensors or CompressedWeight), each a distinct copy in memory
     run: Callable[[torch.Tensor, object], torch.Tensor]
     bytes_per_copy: int
+    backend: str | None = None  # ops.use_backend for the whole pass (None: as configured)
+    input_dtype: torch.dtype = torch.float32
 
 
 def magnitude_prune(w: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -66,7 +69,8 @@ def nbytes(w: torch.Tensor | CompressedWeight) -> int:
     return w.numel() * w.element_size() if isinstance(w, torch.Tensor) else w.nbytes()
 
 
-def make_variants(out: int, cols: int, sparsities: list[float], copies: int, working_set: int) -> list[Variant]:
+def make_variants(out: int, cols: int, sparsities: list[float], copies: int, working_set: int,
+                  backends: list[str] = ()) -> list[Variant]:
     torch.manual_seed(0)
     base = torch.randn(out, cols)
     weights: dict[str, tuple[torch.Tensor | CompressedWeight, Callable]] = {
@@ -78,20 +82,31 @@ def make_variants(out: int, cols: int, sparsities: list[float], copies: int, wor
             weights[f"bitmask {label} {round(s * 100)}%"] = (compress(magnitude_prune(base, s), "bitmask", dtype),
                                                              ops.sparse_linear)
     weights["2:4 fp16"] = (compress(two_four(base), "2:4", torch.float16), ops.sparse_linear)
+    weights["2:4 bf16"] = (compress(two_four(base), "2:4", torch.bfloat16), ops.sparse_linear)
     variants = []
     for name, (w, run) in weights.items():
         n = max(copies, math.ceil(working_set / nbytes(w)))
         variants.append(Variant(name, [copy_weight(w) for _ in range(n)], run, nbytes(w)))
+    # bf16 inputs (a bf16 model's activations) with bf16 values: the BF16 dot kernel at decode, the
+    # bf16 GEMM for big groups.
+    for v in [v for v in variants if v.name.startswith(("bitmask bf16 70%", "2:4 bf16"))]:
+        variants.append(Variant(v.name + ", bf16 inputs", v.copies, v.run, v.bytes_per_copy,
+                                input_dtype=torch.bfloat16))
+    for other in backends:  # the same weights under another backend, e.g. avx2 against avx512
+        variants += [Variant(f"{v.name} [{other}]", v.copies, v.run, v.bytes_per_copy, other, v.input_dtype)
+                     for v in list(variants) if v.run is ops.sparse_linear and v.backend is None]
     return variants
 
 
 def time_pass(variant: Variant, x: torch.Tensor, count: int, clock: Callable[[], float]) -> float:
     """Seconds per matmul over `count` distinct copies."""
     ws = variant.copies[:count]
-    start = clock()
-    for w in ws:
-        variant.run(x, w)
-    return (clock() - start) / len(ws)
+    x = x.to(variant.input_dtype)
+    with ops.use_backend(variant.backend) if variant.backend else contextlib.nullcontext():
+        start = clock()
+        for w in ws:
+            variant.run(x, w)
+        return (clock() - start) / len(ws)
 
 
 def measure(variants: list[Variant], cols: int, tokens: int, repeats: int, count: int | None,
@@ -161,12 +176,17 @@ def main() -> None:
                         help="cpu: this thread's CPU time, for 1-thread runs on a shared, busy machine "
                              "(time spent descheduled is not counted); runs with more threads stay on wall time")
     parser.add_argument("--out", type=Path, help="also write the tables as markdown here")
+    parser.add_argument("--backends", nargs="*", default=[], choices=["avx2", "scalar", "torch"],
+                        help="also run every sparse variant under these backends (ops.use_backend)")
+    parser.add_argument("--variants", nargs="*", help="only variants whose name starts with one of these")
     args = parser.parse_args()
 
     started, load_before = time.time(), load()
     sections = []
     for out, cols in SHAPES:
-        variants = make_variants(out, cols, args.sparsities, args.copies, args.working_set_mb * 2**20)
+        variants = make_variants(out, cols, args.sparsities, args.copies, args.working_set_mb * 2**20, args.backends)
+        if args.variants:
+            variants = [v for v in variants if v.name.startswith(("dense fp32", *args.variants))]
         results = {}
         for threads in args.threads:
             torch.set_num_threads(threads)
@@ -180,7 +200,10 @@ def main() -> None:
     header = [
         "# Sparse kernel speed (benchmarks/kernel_speed.py)", "",
         f"`python benchmarks/kernel_speed.py --repeats {args.repeats} --working-set-mb {args.working_set_mb} "
-        f"--clock {args.clock}` "
+        f"--clock {args.clock} --tokens {' '.join(map(str, args.tokens))} --threads "
+        f"{' '.join(map(str, args.threads))}"
+        f"{' --backends ' + ' '.join(args.backends) if args.backends else ''}"
+        f"{' --variants ' + ' '.join(repr(v) for v in args.variants) if args.variants else ''}` "
         f"at commit {commit()}, torch {torch.__version__}, backend `{backend()}`, GEMM path from "
         f"{ops.DENSE_FROM} tokens.",
         f"CPU: {cpu_name()}, {os.cpu_count()} cores. Load average (1/5/15 min) before: {load_before}; "

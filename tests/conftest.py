@@ -62,6 +62,18 @@ def tiny_tokenizer(vocab: int = 128):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
 
 
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `sparse-expansion ARGS` run in this process."""
+    from sparse_expansion.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture
 def single_thread():
     from sparse_expansion.threads import one_thread

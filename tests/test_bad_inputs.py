@@ -9,18 +9,9 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import run_cli, tiny_model
 
-from sparse_expansion.cli import build_parser, main
-
-
-def run(args, capsys):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from sparse_expansion.cli import build_parser
 
 
 def assert_refused(code, err, message, out_dir=None):
@@ -82,7 +73,7 @@ def test_refused_before_loading_the_model(tmp_path, text_file, binary_file, no_m
         args += ["--out", str(tmp_path / "out")]
     if args[0] in ("prune", "expand") and "--calib" not in args:
         args += ["--calib", str(text_file)]
-    code, _, err = run([args[0], "some-model", *args[1:]], capsys)
+    code, _, err = run_cli([args[0], "some-model", *args[1:]], capsys)
     assert_refused(code, err, message, tmp_path / "out")
 
 
@@ -96,7 +87,7 @@ def corrupt_weights(folder):
 
 def test_corrupt_hugging_face_folder(tiny_model_dir, capsys):
     corrupt_weights(tiny_model_dir)
-    code, _, err = run(["eval", tiny_model_dir], capsys)
+    code, _, err = run_cli(["eval", tiny_model_dir], capsys)
     assert_refused(code, err, "is corrupt")
 
 
@@ -107,7 +98,7 @@ def test_corrupt_cached_shipped_model_says_how_to_rebuild(tmp_path, tiny_model_d
     shutil.copytree(tiny_model_dir, cached)
     corrupt_weights(cached)
     monkeypatch.setenv("SPARSE_EXPANSION_CACHE", str(tmp_path / "cache"))
-    code, _, err = run(["eval", "smollm2-135m"], capsys)
+    code, _, err = run_cli(["eval", "smollm2-135m"], capsys)
     assert_refused(code, err, f"delete {cached} and run again")
 
 
@@ -117,7 +108,7 @@ def test_nan_weights_are_refused(tmp_path, tokenizer, capsys):
         model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
     model.save_pretrained(tmp_path / "nan", safe_serialization=True)
     tokenizer.save_pretrained(tmp_path / "nan")
-    code, _, err = run(["eval", tmp_path / "nan"], capsys)
+    code, _, err = run_cli(["eval", tmp_path / "nan"], capsys)
     assert_refused(code, err, "model.layers.1.mlp.down_proj.weight holds NaN or Inf")
 
 
@@ -125,7 +116,7 @@ def test_expanded_folder_refuses_plain_transformers(tmp_path, tiny_model_dir, te
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "se"
-    code, _, err = run(["expand", tiny_model_dir, "--experts", "2", "--sparsity", "0.5", "--out", out,
+    code, _, err = run_cli(["expand", tiny_model_dir, "--experts", "2", "--sparsity", "0.5", "--out", out,
                         "--calib", text_file, "--calib-windows", "2", "--seqlen", "16"], capsys)
     assert code == 0, err
     with pytest.raises(ValueError, match="sparse_expansion"):
@@ -136,7 +127,7 @@ def test_expanded_folder_refuses_plain_transformers(tmp_path, tiny_model_dir, te
 
 
 def test_eval_json_is_exactly_one_stdout_line(tiny_model_dir, text_file, capsys):
-    code, out, err = run(["eval", tiny_model_dir, "--data", text_file, "--windows", "0", "--seqlen", "32",
+    code, out, err = run_cli(["eval", tiny_model_dir, "--data", text_file, "--windows", "0", "--seqlen", "32",
                           "--json"], capsys)
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -158,7 +149,7 @@ def test_stale_temporary_folder_of_a_killed_run_is_removed(tmp_path, tiny_model_
     (stale / "model.safetensors").write_bytes(b"x" * 1000)
     alive = tmp_path / f".out.tmp-{os.getpid()}-def456"  # a live run's folder is left alone
     alive.mkdir()
-    code, _, err = run(["prune", tiny_model_dir, "--method", "magnitude", "--sparsity", "0.5",
+    code, _, err = run_cli(["prune", tiny_model_dir, "--method", "magnitude", "--sparsity", "0.5",
                         "--out", tmp_path / "out"], capsys)
     assert code == 0, err
     assert not stale.exists() and alive.exists() and f"removed {stale}" in err
@@ -221,7 +212,7 @@ def test_language_model_commands_refuse_other_kinds_of_saved_model(tmp_path, cap
     (folder / "sparse_expansion.json").write_text(json.dumps(
         {"format_version": 2, "kind": "fpe_mlp", "spec": {}, "modules": {}, "record": {}}))
     for command in (["eval", folder], ["generate", folder, "--prompt", "x"]):
-        code, _, err = run(command, capsys)
+        code, _, err = run_cli(command, capsys)
         assert_refused(code, err, "holds a fpe_mlp model, not a causal language model")
 
 

@@ -6,22 +6,14 @@ import sys
 
 import pytest
 import torch
+from conftest import run_cli
 
 from sparse_expansion.cli import main
 
 
-def run(args, capsys):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_prune_eval_generate_roundtrip(tmp_path, tiny_model_dir, text_file, capsys):
     out = tmp_path / "pruned"
-    code, stdout, err = run(["prune", tiny_model_dir, "--method", "sparsegpt", "--sparsity", "2:4",
+    code, stdout, err = run_cli(["prune", tiny_model_dir, "--method", "sparsegpt", "--sparsity", "2:4",
                              "--out", out, "--calib", text_file, "--calib-windows", "4", "--seqlen", "32"],
                             capsys)
     assert code == 0, err
@@ -29,20 +21,20 @@ def test_prune_eval_generate_roundtrip(tmp_path, tiny_model_dir, text_file, caps
     assert record["method"] == "sparsegpt" and record["sparsity"] == "2:4"
     assert all(r["sparsity"] == 0.5 for r in record["linears"].values())
     assert record["calibration"]["windows"] == 4
-    code, stdout, err = run(["eval", out, "--data", text_file, "--windows", "3", "--seqlen", "32", "--json"],
+    code, stdout, err = run_cli(["eval", out, "--data", text_file, "--windows", "3", "--seqlen", "32", "--json"],
                             capsys)
     assert code == 0, err
     result = json.loads(stdout.strip().splitlines()[-1])
     assert {"perplexity", "windows", "seqlen", "tokens", "model", "data", "flops_per_token",
             "nonzeros"} <= set(result)
     assert result["windows"] == 3 and result["tokens"] == 3 * 31 and result["perplexity"] > 1
-    code, dense_out, _ = run(["eval", tiny_model_dir, "--data", text_file, "--windows", "3",
+    code, dense_out, _ = run_cli(["eval", tiny_model_dir, "--data", text_file, "--windows", "3",
                               "--seqlen", "32", "--json"], capsys)
     dense = json.loads(dense_out.strip().splitlines()[-1])
     mlp = 2 * 3 * 32 * 64  # two layers: gate, up, down of 32x64
     assert dense["nonzeros"] - result["nonzeros"] == mlp // 2
     assert dense["flops_per_token"] - result["flops_per_token"] == mlp
-    code, stdout, err = run(["generate", out, "--prompt", "To be", "--max-new-tokens", "5"], capsys)
+    code, stdout, err = run_cli(["generate", out, "--prompt", "To be", "--max-new-tokens", "5"], capsys)
     assert code == 0 and stdout.startswith("To be"), err
 
 
@@ -69,19 +61,19 @@ def test_bad_prune_input(tmp_path, tiny_model_dir, text_file, capsys, extra, mes
         args[key] = value
     out = tmp_path / "out"
     flat = [a for kv in args.items() for a in kv]
-    code, _, err = run(["prune", tiny_model_dir, "--out", out, *flat], capsys)
+    code, _, err = run_cli(["prune", tiny_model_dir, "--out", out, *flat], capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
 
 
 def test_missing_model_and_nonempty_out(tmp_path, tiny_model_dir, capsys):
-    code, _, err = run(["eval", tmp_path / "nope"], capsys)
+    code, _, err = run_cli(["eval", tmp_path / "nope"], capsys)
     assert code == 2 and "not found" in err
     out = tmp_path / "full"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    code, _, err = run(["prune", tiny_model_dir, "--method", "magnitude", "--sparsity", "0.5", "--out", out],
+    code, _, err = run_cli(["prune", tiny_model_dir, "--method", "magnitude", "--sparsity", "0.5", "--out", out],
                        capsys)
     assert code == 2 and "not empty" in err and (out / "keep.txt").read_text() == "x"
 
@@ -113,7 +105,7 @@ def test_run_record_reports_mean_sparsity(tmp_path, tiny_model_dir, text_file, c
     commands = (["prune", "--method", "wanda", "--sparsity", "0.5"], ["expand", "--experts", "2", "--sparsity", "0.5"])
     for command in commands:
         out = tmp_path / command[0]
-        code, _, err = run([command[0], tiny_model_dir, *command[1:], "--out", out, "--calib", text_file,
+        code, _, err = run_cli([command[0], tiny_model_dir, *command[1:], "--out", out, "--calib", text_file,
                             "--calib-windows", "2", "--seqlen", "16"], capsys)
         assert code == 0, err
         assert json.loads((out / "sparse_expansion.json").read_text())["record"]["mean_sparsity"] == 0.5

@@ -84,7 +84,7 @@ def test_one_expert_is_exactly_sparsegpt():
         for name in architecture_of(pruned).mlp:
             module = le.get_submodule(name)
             assert isinstance(module, SparseExpertLinear)
-            assert torch.allclose(module.experts[0], linear_weight(lp.get_submodule(name)), atol=1e-6)
+            assert torch.allclose(module.dense_experts()[0], linear_weight(lp.get_submodule(name)), atol=1e-6)
     ids = windows(seed=5)
     assert torch.allclose(expanded(ids).logits, pruned(ids).logits, atol=1e-4)
 
@@ -109,7 +109,8 @@ def test_every_expert_reaches_sparsity(family, sparsity):
         assert sum(rec["cluster_tokens"]) == 4 * 24
     module = decoder_layers(model)[0].get_submodule(architecture_of(model).mlp[0])
     if sparsity == "2:4":
-        assert ((module.experts != 0).reshape(3, module.out_features, -1, 4).sum(-1) == 2).all()
+        assert module.experts.format == "2:4"
+        assert ((module.dense_experts() != 0).reshape(3, module.out_features, -1, 4).sum(-1) == 2).all()
     assert torch.isfinite(model(windows()).logits).all()
 
 
@@ -197,7 +198,10 @@ def test_expand_cli_roundtrip(tmp_path, tiny_model_dir, text_file, capsys):
     dense, _ = load_model(str(tiny_model_dir))
     mlp_numel = sum(linear_weight(layer.get_submodule(n)).numel() for layer in decoder_layers(dense)
                     for n in architecture_of(dense).mlp)
-    routers = sum(m.router.flops_per_token() for m in model.modules() if isinstance(m, SparseExpertLinear))
+    # gate_proj and up_proj share one router: its FLOPs are counted once.
+    routers = {id(m.router): m.router for m in model.modules() if isinstance(m, SparseExpertLinear)}
+    assert len(routers) == 2 * len(decoder_layers(model))
+    routers = sum(r.flops_per_token() for r in routers.values())
     dense_flops = 2 * sum(linear_weight(m).numel() for m in dense.modules() if isinstance(m, torch.nn.Linear))
     assert result["flops_per_token"] == dense_flops - mlp_numel + routers
 
@@ -214,22 +218,51 @@ def test_expand_cli_bad_budget(tmp_path, tiny_model_dir, capsys):
     assert code == 2 and "--memory-budget" in capsys.readouterr().err
 
 
-def test_experts_are_stored_packed_and_restored_exactly():
-    from sparse_expansion.expand.module import pack_sparse, unpack_sparse
-
-    dense = torch.randn(3, 5, 7)
+def test_experts_are_saved_as_the_compressed_tensors_they_are_in_memory():
+    dense = torch.randn(3, 5, 16)
     dense[dense.abs() < 0.8] = 0
-    values, mask = pack_sparse(dense)
-    assert values.numel() == int((dense != 0).sum()) and mask.dtype == torch.uint8 and mask.numel() == 14
-    assert torch.equal(unpack_sparse(values, mask, dense.shape), dense)
-    x = torch.randn(100, 7)
+    x = torch.randn(100, 16)
     router, _ = Router.fit(x, 3, 2)
-    module = SparseExpertLinear.build(router, dense, None)
+    module = SparseExpertLinear.build(router, dense, torch.randn(5))
     state = module.state_dict()
-    assert "experts" not in state and {"expert_values", "expert_mask"} <= set(state)
+    assert set(state) == {"router.mean", "router.components", "router.centroids", "experts.values", "experts.mask",
+                          "experts.row_offsets", "experts.bias"}
+    assert state["experts.values"].numel() == int((dense != 0).sum())
+    assert module.spec()["format"] == "bitmask" and module.spec()["value_dtype"] == "float32"
     fresh = SparseExpertLinear.from_spec(module.spec())
     fresh.load_state_dict(state, strict=True)
-    assert torch.equal(fresh.experts, dense) and torch.equal(fresh(x), module(x))
+    assert torch.equal(fresh.dense_experts(), dense) and torch.equal(fresh(x), module(x))
+
+
+def legacy_state(module: SparseExpertLinear, dense: torch.Tensor, bias: torch.Tensor | None) -> dict:
+    """The state dict main wrote before the experts were kept compressed (pack_sparse's layout)."""
+    from sparse_expansion.expand.module import pack_sparse
+
+    values, mask = pack_sparse(dense)
+    state = {f"router.{k}": v for k, v in module.router.state_dict().items()}
+    state.update({"expert_values": values, "expert_mask": mask})
+    if bias is not None:
+        state["bias"] = bias.to(dense.dtype)
+    return state
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_layout_saved_before_the_kernels_loads_bit_exact(dtype):
+    dense = torch.randn(4, 6, 10).to(dtype)
+    dense[dense.abs() < 0.5] = 0
+    router, _ = Router.fit(torch.randn(50, 10), 4, 2)
+    bias = torch.randn(6)
+    module = SparseExpertLinear.build(router, dense, bias)
+    old_spec = {k: module.spec()[k] for k in ("in_features", "out_features", "num_experts", "pca_dim", "bias")}
+    fresh = SparseExpertLinear.from_spec(old_spec)
+    fresh.load_state_dict(legacy_state(module, dense, bias), strict=True)
+    assert fresh.value_dtype == torch.float32  # what the spec's module allocates; artifact.py casts after
+    assert torch.equal(fresh.dense_experts(), dense.float())
+    assert torch.equal(fresh.bias, bias.to(dtype).float())
+    state = legacy_state(module, dense, bias)
+    state["expert_values"] = state["expert_values"][1:]
+    with pytest.raises(RuntimeError, match="do not match expert_mask"):
+        SparseExpertLinear.from_spec(old_spec).load_state_dict(state)
 
 
 def test_pca_matches_svd_of_centred_inputs():
@@ -243,16 +276,3 @@ def test_pca_matches_svd_of_centred_inputs():
     assert torch.allclose(comps.abs().double(), vt[:4].t().abs(), atol=1e-4)
     _, again = fit_pca(x, 4, second_moment=x.t() @ x)
     assert torch.allclose(again, comps, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_packing_keeps_every_dtype_bit_exact(dtype):
-    from sparse_expansion.expand.module import pack_sparse, unpack_sparse
-
-    dense = torch.randn(4, 6, 10).to(dtype)
-    dense[dense.abs() < 0.5] = 0
-    values, mask = pack_sparse(dense)
-    assert values.dtype == dtype and values.numel() == int((dense != 0).sum())
-    assert torch.equal(unpack_sparse(values, mask, dense.shape), dense)
-    with pytest.raises(RuntimeError, match="values for a mask"):
-        unpack_sparse(values[1:], mask, dense.shape)

@@ -5,24 +5,16 @@ import json
 
 import pytest
 import torch
-
-from sparse_expansion.cli import main
+from conftest import run_cli
 
 pytest.importorskip("compressed_tensors")
 
 
-def run(args, capsys):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def make(kind, tmp_path, tiny_model_dir, text_file, capsys, *flags):
     out = tmp_path / kind
-    code, _, err = run([kind, tiny_model_dir, *flags, "--out", out, "--calib", text_file, "--calib-windows", "4",
+    code, _, err = run_cli([kind, tiny_model_dir, *flags, "--out", out, "--calib", text_file, "--calib-windows", "4",
                         "--seqlen", "32"], capsys)
     assert code == 0, err
     return out
@@ -51,7 +43,7 @@ def test_round_trip_identical_logits(tmp_path, tiny_model_dir, text_file, capsys
 
     pruned = make("prune", tmp_path, tiny_model_dir, text_file, capsys, *flags)
     out = tmp_path / "ct"
-    code, stdout, err = run(["export", pruned, "--format", "compressed-tensors", "--out", out], capsys)
+    code, stdout, err = run_cli(["export", pruned, "--format", "compressed-tensors", "--out", out], capsys)
     assert code == 0, err
     assert "compressed-tensors" in stdout
     ours, _ = load_model(str(pruned))
@@ -85,7 +77,7 @@ def test_compressed_tensors_decompresses_identical_weights(tmp_path, tiny_model_
     pruned = make("prune", tmp_path, tiny_model_dir, text_file, capsys, "--method", "sparsegpt",
                   "--sparsity", "0.5", "--bits", "4")
     out = tmp_path / "ct"
-    assert run(["export", pruned, "--format", "compressed-tensors", "--out", out], capsys)[0] == 0
+    assert run_cli(["export", pruned, "--format", "compressed-tensors", "--out", out], capsys)[0] == 0
     config = QuantizationConfig.model_validate(json.loads((out / "config.json").read_text())["quantization_config"])
     scheme = config.config_groups["group_0"]
     assert scheme.weights.num_bits == 8 and scheme.weights.strategy == "channel"  # 4-bit grids fit 8 signed bits
@@ -122,7 +114,7 @@ def test_row_grid_recovery_is_exact():
 def test_expanded_folder_refused(tmp_path, tiny_model_dir, text_file, capsys):
     expanded = make("expand", tmp_path, tiny_model_dir, text_file, capsys, "--experts", "2", "--sparsity", "0.5")
     out = tmp_path / "ct"
-    code, _, err = run(["export", expanded, "--format", "compressed-tensors", "--out", out], capsys)
+    code, _, err = run_cli(["export", expanded, "--format", "compressed-tensors", "--out", out], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "export supports pruned models; expanded models" in err
     assert not out.exists()
@@ -156,7 +148,7 @@ def test_bad_export_input(tmp_path, tiny_model_dir, text_file, capsys, source, f
         folder.mkdir()
     else:
         folder = tmp_path / "nope"
-    code, _, err = run(["export", folder, *flags, "--out", out], capsys)
+    code, _, err = run_cli(["export", folder, *flags, "--out", out], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert message in lines[-1] and [line for line in lines if "error:" in line] == lines[-1:], err

@@ -1,4 +1,4 @@
-"""Every backend (AVX2, scalar C++, pure torch) against a float64 dense reference.
+"""Every backend (AVX-512 where the CPU has it, AVX2, scalar C++, pure torch) against a float64 dense reference.
 
 The C++ tests skip only where no compiler exists; where one does, a failed build fails them.
 """
@@ -23,7 +23,7 @@ def compiled():
     return build.kernels(retry_failed=True)
 
 
-@pytest.fixture(params=["cpp", "scalar", "torch"])
+@pytest.fixture(params=["cpp", "avx2", "scalar", "torch"])
 def backend(request):
     if request.param != "torch":
         request.getfixturevalue("compiled")
@@ -116,14 +116,16 @@ def test_bad_labels_raise(compiled):
         ops.expert_linear(torch.randn(3, 16), torch.tensor([0, 2, 1]), weight)
 
 
-@pytest.mark.parametrize("fmt", ["bitmask", "2:4", "4:8"])
+@pytest.mark.parametrize("fmt", ["bitmask", "2:4", "4:8", "8:16", "1:4"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_scalar_equals_avx2(compiled, fmt, dtype):
-    if not compiled.simd_supported():
-        pytest.skip("this CPU has no AVX2/FMA/F16C")
+@pytest.mark.parametrize("isa", [1, 2])
+def test_scalar_equals_vector_kernels(compiled, fmt, dtype, isa):
+    if compiled.isa_level(isa) != isa:
+        pytest.skip(f"this CPU has no {('AVX2/FMA/F16C', 'AVX-512 F/BW/VL/VBMI2')[isa - 1]}")
     weight = F.compress(weights(fmt, 50, 96, 1), fmt, dtype)
     x = torch.randn(11, 96)
-    with ops.use_backend("cpp"):
+    with ops.use_backend("cpp" if isa == 2 else "avx2"):
+        assert ops.backend() == ("avx512" if isa == 2 else "avx2")
         fast = ops.sparse_linear(x, weight)
     with ops.use_backend("scalar"):
         slow = ops.sparse_linear(x, weight)
@@ -149,3 +151,34 @@ def test_threads_give_the_same_answer(compiled):
         finally:
             torch.set_num_threads(before)
     assert torch.equal(one, two)  # rows are split between threads, never a row's sum
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "2:4"])
+def test_bfloat16_inputs_take_a_bfloat16_gemm_for_big_groups(backend, fmt):
+    """bf16 inputs and bf16 values: from 64 tokens on one expert the GEMM runs in bf16 (its outputs
+    rounded to bf16 once); fewer tokens and other value dtypes as before."""
+    weight = F.compress(torch.stack([weights(fmt, 40, 64, e) for e in range(2)]), fmt, torch.bfloat16)
+    x = torch.randn(150, 64).bfloat16()
+    labels = torch.cat([torch.zeros(100, dtype=torch.long), torch.ones(50, dtype=torch.long)])[torch.randperm(150)]
+    y = ops.expert_linear(x, labels, weight)
+    assert y.dtype == torch.bfloat16 and y.shape == (150, 40)
+    dense = F.decompress(weight).double()
+    want = torch.einsum("toi,ti->to", dense[labels], x.double())
+    assert (y.double() - want).abs().max() <= 2 ** -7 * (1 + want.abs().max())  # bf16 rounding of outputs
+
+
+@pytest.mark.parametrize("shape", SHAPES["bitmask"])
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_bfloat16_inputs_and_values(backend, shape, tokens):
+    """bf16 inputs with bf16 values: on AVX512-BF16 CPUs the dot-product kernel, 32 columns a step
+    (partial last steps: `in` of 53, 300, 1)."""
+    weight = F.compress(weights("bitmask", *shape, 7), "bitmask", torch.bfloat16)
+    x = torch.randn(tokens, shape[1]).bfloat16()
+    y = ops.sparse_linear(x, weight, dense_from=0)  # never the GEMM path
+    ref = reference(x.float(), weight)
+    assert y.dtype == torch.bfloat16
+    assert (y.double() - ref).abs().max().item() <= 2 ** -7 * (1 + ref.abs().max().item())
+    if backend == "cpp":  # the kernel's float32 outputs, before the final rounding to bf16
+        lib, isa = ops._library()
+        raw = lib.bitmask_matmul(x, None, weight.values, weight.index, weight.row_offsets, 1, shape[1], None, 0, isa)
+        assert_close(raw, ref)

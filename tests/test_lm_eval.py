@@ -5,17 +5,7 @@ import json
 import sys
 
 import pytest
-
-from sparse_expansion.cli import main
-
-
-def run(args, capsys):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import run_cli
 
 
 def test_next_line_questions_are_true_continuations():
@@ -42,11 +32,11 @@ def test_next_line_questions_are_true_continuations():
 def test_lm_eval_local_task_dense_and_expanded(tmp_path, tiny_model_dir, text_file, capsys):
     pytest.importorskip("lm_eval")
     expanded = tmp_path / "se"
-    code, _, err = run(["expand", tiny_model_dir, "--experts", "2", "--sparsity", "0.5", "--out", expanded,
+    code, _, err = run_cli(["expand", tiny_model_dir, "--experts", "2", "--sparsity", "0.5", "--out", expanded,
                         "--calib", text_file, "--calib-windows", "2", "--seqlen", "16"], capsys)
     assert code == 0, err
     for model, out in ((tiny_model_dir, tmp_path / "dense-scores"), (expanded, tmp_path / "se-scores")):
-        code, stdout, err = run(["lm-eval", model, "--tasks", "shakespeare_next_line", "--limit", "6",
+        code, stdout, err = run_cli(["lm-eval", model, "--tasks", "shakespeare_next_line", "--limit", "6",
                                  "--questions", "12", "--batch-size", "4", "--json", "--out", out], capsys)
         assert code == 0, err
         result = json.loads(stdout.strip().splitlines()[-1])
@@ -64,7 +54,7 @@ def test_lm_eval_on_own_task_folder(tmp_path, tiny_model_dir, capsys):
     tasks = write_next_line_task(tmp_path / "tasks", n=8)
     yaml = (tasks / "shakespeare_next_line.yaml").read_text()
     (tasks / "shakespeare_next_line.yaml").write_text(yaml.replace("task: shakespeare_next_line", "task: my_lines"))
-    code, stdout, err = run(["lm-eval", tiny_model_dir, "--tasks", "my_lines", "--include-path", tasks,
+    code, stdout, err = run_cli(["lm-eval", tiny_model_dir, "--tasks", "my_lines", "--include-path", tasks,
                              "--limit", "4"], capsys)
     assert code == 0, err
     assert "my_lines" in stdout and "acc" in stdout
@@ -100,7 +90,7 @@ def test_bad_lm_eval_input(tmp_path, tiny_model_dir, capsys, flags, message):
             args.append(value)
     if "--out" not in flags:
         args += ["--out", str(out)]
-    code, _, err = run(["lm-eval", model, *args], capsys)
+    code, _, err = run_cli(["lm-eval", model, *args], capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() and (full / "keep.txt").read_text() == "x"
@@ -109,5 +99,5 @@ def test_bad_lm_eval_input(tmp_path, tiny_model_dir, capsys, flags, message):
 
 def test_lm_eval_missing_is_one_line(tmp_path, tiny_model_dir, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import fails as if not installed
-    code, _, err = run(["lm-eval", tiny_model_dir, "--tasks", "shakespeare_next_line"], capsys)
+    code, _, err = run_cli(["lm-eval", tiny_model_dir, "--tasks", "shakespeare_next_line"], capsys)
     assert code == 2 and "lm-eval is not installed" in err and len(err.strip().splitlines()) == 1

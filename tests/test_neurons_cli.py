@@ -76,3 +76,15 @@ def test_neurons_usage_errors(tmp_path, tiny_model_dir, text_file, capsys, flags
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_windows_zero_means_every_window_as_in_eval(tmp_path, tiny_model_dir, text_file):
+    from sparse_expansion.data import corpus_tokens
+    from sparse_expansion.models import load_model
+
+    out = tmp_path / "all"
+    fast = ["--windows", "0", *FAST[2:]]  # FAST starts with --windows 4
+    assert main(["neurons", str(tiny_model_dir), "--data", str(text_file), "--out", str(out), *fast]) == 0
+    _, tokenizer = load_model(str(tiny_model_dir))
+    assert json.loads((out / "neurons.json").read_text())["windows"] == corpus_tokens(str(text_file),
+                                                                                      tokenizer).numel() // 32

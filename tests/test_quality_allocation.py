@@ -90,7 +90,7 @@ def mlp_zeros(model):
     for layer in decoder_layers(model):
         for name in ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
             module = layer.get_submodule(name)
-            w = module.experts if isinstance(module, SparseExpertLinear) else linear_weight(module)
+            w = module.dense_experts() if isinstance(module, SparseExpertLinear) else linear_weight(module)
             total += int((w == 0).sum())
             numel += w.numel()
     return total, numel
@@ -112,7 +112,7 @@ def test_total_zeros_are_exactly_the_requested_ones(config):
     for name, rec in record["linears"].items():
         index, linear = name.split(".", 1)
         w = decoder_layers(model)[int(index)].get_submodule(linear)
-        w = w.experts if isinstance(w, SparseExpertLinear) else linear_weight(w)[None]
+        w = w.dense_experts() if isinstance(w, SparseExpertLinear) else linear_weight(w)[None]
         assert ((w == 0).flatten(1).sum(1) == rec["target_zeros"]).all()  # every expert: the linear's count
     if config.layer_alloc == "owl":
         layer = [r["layer_sparsity"] for r in record["linears"].values()]

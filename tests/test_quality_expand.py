@@ -32,7 +32,7 @@ def test_one_expert_is_exactly_sparsegpt_with_streaming_stats(router_tokens, shr
     expand(expanded, 1, router_tokens=router_tokens, **({} if shrink is None else {"shrink": shrink}))
     for lp, le in zip(decoder_layers(pruned), decoder_layers(expanded)):
         for name in architecture_of(pruned).mlp:
-            assert torch.equal(le.get_submodule(name).experts[0], linear_weight(lp.get_submodule(name)))
+            assert torch.equal(le.get_submodule(name).dense_experts()[0], linear_weight(lp.get_submodule(name)))
 
 
 def test_streaming_state_does_not_grow_with_calibration():

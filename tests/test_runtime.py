@@ -4,16 +4,10 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli
 
-from sparse_expansion.cli import main
 from sparse_expansion.errors import UsageError
 from sparse_expansion.runtime import backend_for, resolve_device, resolve_dtype, setup
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answers")
@@ -39,7 +33,7 @@ def test_dtype_names_and_backends():
 def test_bfloat16_eval_stays_close_to_float32(tiny_model_dir, text_file, capsys):
     results = {}
     for dtype in ("float32", "bfloat16"):
-        code, out, err = run(["eval", tiny_model_dir, "--data", text_file, "--windows", "3", "--seqlen", "32",
+        code, out, err = run_cli(["eval", tiny_model_dir, "--data", text_file, "--windows", "3", "--seqlen", "32",
                               "--json", "--dtype", dtype], capsys)
         assert code == 0, err
         results[dtype] = json.loads(out)
@@ -53,18 +47,18 @@ def test_bfloat16_prune_and_expand_keep_their_invariants(tmp_path, tiny_model_di
     from sparse_expansion.models import load_model
 
     calib = ["--calib", text_file, "--calib-windows", "4", "--seqlen", "32", "--dtype", "bfloat16"]
-    code, _, err = run(["prune", tiny_model_dir, "--method", "sparsegpt", "--sparsity", "2:4",
+    code, _, err = run_cli(["prune", tiny_model_dir, "--method", "sparsegpt", "--sparsity", "2:4",
                         "--out", tmp_path / "p", *calib], capsys)
     assert code == 0, err
     record = json.loads((tmp_path / "p" / "sparse_expansion.json").read_text())["record"]
     assert record["dtype"] == "bfloat16" and all(r["sparsity"] == 0.5 for r in record["linears"].values())
 
-    code, _, err = run(["expand", tiny_model_dir, "--experts", "2", "--sparsity", "0.5", "--out", tmp_path / "e",
+    code, _, err = run_cli(["expand", tiny_model_dir, "--experts", "2", "--sparsity", "0.5", "--out", tmp_path / "e",
                         *calib], capsys)
     assert code == 0, err
     model, _ = load_model(str(tmp_path / "e"), dtype=torch.bfloat16)
     experts = [m for m in model.modules() if isinstance(m, SparseExpertLinear)]
-    assert experts and all(m.experts.dtype is torch.bfloat16 for m in experts)
+    assert experts and all(m.value_dtype is torch.bfloat16 for m in experts)
     assert all(m.router.components.dtype is torch.float32 for m in experts)  # routes do not depend on dtype
     ids = torch.randint(2, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     again, _ = load_model(str(tmp_path / "e"), dtype=torch.bfloat16)
@@ -88,3 +82,14 @@ def test_training_under_bfloat16_autocast_learns_like_float32(tmp_path, single_t
     assert amp["val_loss"] != full["val_loss"]  # the forward pass really ran in bfloat16
     assert amp["val_loss"] == pytest.approx(full["val_loss"], abs=0.15)
     assert amp["loss_history"][-1] < amp["loss_history"][0] - 1.0
+
+
+def test_one_thread_switches_cpu_threads_only():
+    from sparse_expansion.threads import one_thread
+
+    before = torch.get_num_threads()
+    with one_thread("cpu"):
+        assert torch.get_num_threads() == 1
+    with one_thread("cuda:0"):  # nothing to switch for GPU work (no CUDA needed to check)
+        assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before

@@ -51,6 +51,7 @@ KINDS: dict[str, str] = {
 #: stable type name -> "module:Class" of a module that replaces a linear inside a causal_lm.
 MODULE_TYPES: dict[str, str] = {
     "sparse_expert_linear": "sparse_expansion.expand.module:SparseExpertLinear",
+    "compressed_linear": "sparse_expansion.kernels.linear:CompressedLinear",
 }
 
 # Format 1 named module types by class name.
@@ -75,12 +76,22 @@ def _registered_name(obj: object, table: dict[str, str], attribute: str) -> str 
 
 
 def replaced_modules(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Every registered replacement module inside `model`: dotted name -> {"type", ...spec}."""
+    """Every registered replacement module inside `model`: dotted name -> {"type", ...spec}.
+
+    A replacement that holds a submodule listed in its class's `shareable` (a SparseExpertLinear's
+    router) which an earlier replacement holds too gets `"<part>_from": "<earlier name>"`: the
+    weights file stores that part once, and loading gives both modules the same object again."""
     out = {}
+    owners: dict[int, str] = {}
     for name, module in model.named_modules():
         kind = _registered_name(module, MODULE_TYPES, "artifact_type")
-        if kind is not None:
-            out[name] = {"type": kind, **module.spec()}
+        if kind is None:
+            continue
+        out[name] = {"type": kind, **module.spec()}
+        for part in getattr(type(module), "shareable", ()):
+            owner = owners.setdefault(id(getattr(module, part)), name)
+            if owner != name:
+                out[name][f"{part}_from"] = owner
     return out
 
 
@@ -218,12 +229,48 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
         if target is None:
             raise UsageError(f"{path}: module {name} has unknown type {spec.get('type')!r}; "
                              "was it written by a newer sparse-expansion?")
-        model.set_submodule(name, _resolve(target).from_spec(spec))
+        module = _resolve(target).from_spec(spec)
+        for part in getattr(type(module), "shareable", ()):
+            owner = spec.get(f"{part}_from")
+            if owner is not None:  # the file holds this part once, under the owner's name
+                setattr(module, part, getattr(model.get_submodule(owner), part))
+        if hasattr(module, "to_storage_dtype"):  # before loading: the file's tensors are cast as they are copied
+            module.to_storage_dtype(dtype)
+        model.set_submodule(name, module)
     load_safetensors(model, str(path / WEIGHTS_FILE), strict=True)
     for module in model.modules():
         if hasattr(module, "to_storage_dtype"):  # a replacement keeps what must stay float32 (a router)
             module.to_storage_dtype(dtype)
+    share_identical_parts(model, modules)
     return model, tokenizer
+
+
+def share_identical_parts(model: nn.Module, modules: dict[str, dict[str, Any]]) -> None:
+    """Folders written before parts were shared hold two equal copies (gate_proj's and up_proj's
+    router): replacements under the same parent whose shareable parts are equal get one object,
+    which computes exactly what either copy did."""
+    for name, spec in modules.items():
+        module = model.get_submodule(name)
+        parent = name.rpartition(".")[0]
+        for part in getattr(type(module), "shareable", ()):
+            if f"{part}_from" in spec:
+                continue
+            mine = getattr(module, part)
+            for other in modules:
+                if other == name:
+                    break
+                if other.rpartition(".")[0] != parent or not hasattr(model.get_submodule(other), part):
+                    continue
+                theirs = getattr(model.get_submodule(other), part)
+                if theirs is not mine and _equal_state(theirs, mine):
+                    setattr(module, part, theirs)
+                    break
+
+
+def _equal_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def hugging_face_config(path: str | Path) -> Any:

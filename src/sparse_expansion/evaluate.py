@@ -2,7 +2,8 @@
 
 FLOPs per token count the weight matmuls a token goes through: 2 x non-zeros of every linear in
 the decoder layers plus the LM head, or, for a replacement module (e.g. a sparse expert layer),
-that module's own count (one expert plus its router). Attention scores (which grow with the
+that module's own count (one expert plus its router); a part two modules share (gate_proj's and
+up_proj's one router) is counted once. Attention scores (which grow with the
 context) and embedding lookups are left out, the same way for every model.
 """
 
@@ -65,16 +66,25 @@ def module_cost(module: nn.Module) -> tuple[int, int]:
 
 
 def model_costs(model: nn.Module) -> dict[str, Any]:
-    """flops_per_token, nonzeros (stored, of the counted matmuls), params (all parameters)."""
+    """flops_per_token, nonzeros (stored, of the counted matmuls), params (all parameters, a compressed
+    weight counted as the dense weight it stands for)."""
     mlp = set(architecture_of(model).mlp)
     flops = nonzeros = mlp_nonzeros = 0
+    seen: set[int] = set()  # shared parts already counted, by identity
     for name, module in _cost_modules(model).items():
         f, n = module_cost(module)
+        if hasattr(module, "shared_costs"):
+            for part, part_flops, part_nonzeros in module.shared_costs().values():
+                if id(part) in seen:
+                    f, n = f - part_flops, n - part_nonzeros
+                seen.add(id(part))
         flops += f
         nonzeros += n
         if name.split(".", 1)[-1] in mlp:
             mlp_nonzeros += n
-    params = sum(p.numel() for p in model.parameters())
+    # Compressed weights are buffers: counted as the dense weights they stand for, as before compression.
+    params = sum(p.numel() for p in model.parameters()) + sum(
+        m.dense_numel() for m in model.modules() if hasattr(m, "dense_numel"))
     return {"flops_per_token": flops, "nonzeros": nonzeros, "mlp_nonzeros": mlp_nonzeros,
             "params": params}
 

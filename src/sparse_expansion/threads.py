@@ -2,7 +2,8 @@
 
 For loops of small ops, thread hand-offs cost more than they save: SparseGPT's column loop and
 k-means are faster on one thread (`benchmarks/design_choices.py`, keys solve_threads and
-kmeans_threads). Big matmuls and eigensolvers still gain from threads.
+kmeans_threads). Big matmuls and eigensolvers still gain from threads. On a GPU the CPU's thread
+count is irrelevant, so the switch is skipped there (it would only add a call per loop step).
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import torch
 
 
 @contextlib.contextmanager
-def one_thread() -> Iterator[None]:
+def one_thread(device: torch.device | str | None = None) -> Iterator[None]:
+    """The enclosed CPU work on one thread; a no-op when `device` is a GPU."""
+    if device is not None and torch.device(device).type != "cpu":
+        yield
+        return
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

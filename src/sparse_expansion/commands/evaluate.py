@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--json", action="store_true",
                    help="print exactly one JSON object on stdout (the summary line goes to stderr)")
+    from .generate import add_weights_arg
+
+    add_weights_arg(p)
     runtime.add_runtime_args(p)
     p.set_defaults(func=run)
 
@@ -28,7 +31,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..data import check_corpus, check_seqlen_value
     from ..evaluate import evaluate_model
-    from ..models import load_causal_lm
+    from ..models import load_causal_lm, weights_in_memory
 
     common.require_positive(args.batch_size, "--batch-size")
     if args.windows < 0:
@@ -36,8 +39,8 @@ def run(args) -> int:
     check_seqlen_value(args.seqlen)
     check_corpus(args.data)
     rt = runtime.setup(args.device, args.dtype)
-    model, tokenizer = load_causal_lm(args.model, rt.device, rt.dtype)
-    result = {"model": args.model, "dtype": args.dtype, "device": rt.device,
+    model, tokenizer = load_causal_lm(args.model, rt.device, rt.dtype, weights=args.weights)
+    result = {"model": args.model, "dtype": args.dtype, "device": rt.device, "weights": weights_in_memory(model),
               **evaluate_model(model, tokenizer, args.data, args.windows, args.seqlen, batch_size=args.batch_size,
                                device=rt.device)}
     summary = (f"{args.model} on {args.data}: perplexity {result['perplexity']:.3f} over "

@@ -1,141 +1,263 @@
 """SparseExpertLinear: a linear layer expanded into k sparse experts behind a router.
 
-Forward routes every token, groups tokens by expert, runs one matmul per expert and scatters
-the results back: the dense layer is never computed. Saved and restored by `artifact.py`.
+The experts live in memory exactly as they are saved: compressed (kernels.CompressedExperts:
+bitmask or N:M, values in float32, bfloat16 or float16). Forward routes every token and runs
+each token through its own expert with the sparse kernels (kernels/ops.py); the dense layer is
+never computed and the experts are never unpacked whole. `use_dense_weights()` switches to a
+dense copy of the experts and grouped torch matmuls (the layout before the kernels existed: a
+reference, and the fast path on a GPU).
+
+**Shared router.** Linears that read the same input (gate_proj and up_proj of a Llama MLP) are
+built with the same Router object (`build(router, ...)` keeps the object it is given). It is
+evaluated once per input: the router remembers the labels of the last tensor it routed, by
+identity and version counter, and the second linear fed that very tensor reuses them. A saved
+folder stores it once (artifact.py: the manifest names the module whose router another reuses),
+and evaluate.model_costs counts its FLOPs once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..kernels import CompressedExperts, ops
+from ..kernels.formats import bitmask_from_flat_msb, dtype_name, value_dtype_of
 from .router import Router
 
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _raw(t: torch.Tensor) -> np.ndarray:
-    """The tensor's bits as a numpy integer array (numpy has no bfloat16)."""
-    return t.detach().cpu().contiguous().flatten().view(_SAME_SIZE_INT[t.element_size()]).numpy()
-
-
 def pack_sparse(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(non-zero values in row-major order, bitmask packed 8 per byte, most significant bit first):
-    k sparse experts stored in ~(1 - s) x 4 + 1/8 bytes per weight instead of 4.
-
-    Done in numpy (np.compress, packbits), faster than torch's boolean indexing
-    (benchmarks/design_choices.py, key pack_numpy)."""
+    """The layout folders were saved in before the experts were kept compressed (`expert_values`,
+    `expert_mask`): the non-zero values in row-major order and one bitmask over the whole flattened
+    tensor, 8 bits per byte, most significant bit first. Loading still reads it (_load_legacy);
+    tests and benchmarks/design_choices.py write it."""
     mask = (dense != 0).cpu().flatten().numpy()
-    values = torch.from_numpy(np.compress(mask, _raw(dense))).view(dense.dtype)
+    raw = dense.detach().cpu().contiguous().flatten().view(_SAME_SIZE_INT[dense.element_size()]).numpy()
+    values = torch.from_numpy(np.compress(mask, raw)).view(dense.dtype)
     return values.to(dense.device), torch.from_numpy(np.packbits(mask)).to(dense.device)
 
 
-def unpack_sparse(values: torch.Tensor, packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    numel = int(torch.Size(shape).numel())
-    if packed.numel() * 8 < numel:
-        raise RuntimeError(f"packed experts hold a mask of {packed.numel() * 8} bits for {numel} weights")
-    mask = np.unpackbits(packed.cpu().numpy(), count=numel).view(bool)
-    if int(mask.sum()) != values.numel():
-        raise RuntimeError(f"packed experts hold {values.numel()} values for a mask of {int(mask.sum())}")
-    raw = _raw(values)
-    dense = np.zeros(numel, dtype=raw.dtype)
-    np.put(dense, np.flatnonzero(mask), raw)
-    return torch.from_numpy(dense).view(values.dtype).reshape(shape).to(values.device)
-
-
 class SparseExpertLinear(nn.Module):
-    """k copies of a linear's weight, each pruned for one cluster of inputs, and the router."""
+    """k compressed copies of a linear's weight, each pruned for one cluster of inputs, and the router."""
 
     artifact_type = "sparse_expert_linear"  # its name in artifact.MODULE_TYPES
+    shareable = ("router",)  # submodules another SparseExpertLinear may hold too (artifact.py)
 
-    def __init__(self, in_features: int, out_features: int, num_experts: int, pca_dim: int,
-                 bias: bool = False) -> None:
+    def __init__(self, router: Router, experts: CompressedExperts) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.num_experts, self.pca_dim = num_experts, pca_dim
-        self.router = Router(in_features, pca_dim, num_experts)
-        self.experts = nn.Parameter(torch.zeros(num_experts, out_features, in_features), requires_grad=False)
-        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        # Saved state holds the experts packed (values + bitmask); in memory they are dense.
-        self.register_state_dict_post_hook(_pack_experts)
-        self.register_load_state_dict_pre_hook(_unpack_experts)
+        self.router = router
+        self.experts = experts
+        self._dense: torch.Tensor | None = None  # use_dense_weights()
+        self.register_load_state_dict_pre_hook(_load_legacy)
+
+    @property
+    def in_features(self) -> int:
+        return self.experts.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.experts.out_features
+
+    @property
+    def num_experts(self) -> int:
+        return self.experts.num_experts
+
+    @property
+    def pca_dim(self) -> int:
+        return self.router.components.shape[1]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.experts.bias
+
+    @property
+    def value_dtype(self) -> torch.dtype:
+        return self.experts.values.dtype
 
     @classmethod
-    def build(cls, router: Router, experts: torch.Tensor, bias: torch.Tensor | None) -> SparseExpertLinear:
-        k, out_features, in_features = experts.shape
-        module = cls(in_features, out_features, k, router.components.shape[1], bias is not None)
-        module.router.load_state_dict(router.state_dict())
-        with torch.no_grad():
-            module.experts.copy_(experts)
-            if bias is not None:
-                module.bias.copy_(bias)
-        return module.to_storage_dtype(experts.dtype).to(experts.device)
+    def build(cls, router: Router, experts: torch.Tensor, bias: torch.Tensor | None, *,
+              format: str = "auto", value_dtype: torch.dtype | str | None = None) -> SparseExpertLinear:
+        """From dense experts [k, out, in] (what the compressor solved): compressed in `format`
+        ("auto": 2:4 or 4:8 when every expert satisfies it, else bitmask), values in `value_dtype`
+        (default: the experts' dtype). `router` is kept, not copied: give linears that read the
+        same input the same router."""
+        dtype = value_dtype_of(value_dtype) if value_dtype is not None else experts.dtype
+        compressed = CompressedExperts.from_dense(experts.detach(), bias, dtype, format)
+        return cls(router, compressed.to(experts.device))
 
     # --- artifact: rebuilt from its spec when loading ----------------------------------------------
     def spec(self) -> dict[str, Any]:
+        spec = self.experts.spec()
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "num_experts": self.num_experts, "pca_dim": self.pca_dim, "bias": self.bias is not None}
+                "num_experts": self.num_experts, "pca_dim": self.pca_dim, "bias": self.bias is not None,
+                "format": spec["format"], "value_dtype": spec["value_dtype"],
+                "stored_values": spec["stored_values"]}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> SparseExpertLinear:
-        return cls(int(spec["in_features"]), int(spec["out_features"]), int(spec["num_experts"]),
-                   int(spec["pca_dim"]), bool(spec["bias"]))
+        """An empty module to load a state dict into. A spec without "format" was written before
+        the experts were kept compressed: its tensors are converted while loading."""
+        k, out, d = int(spec["num_experts"]), int(spec["out_features"]), int(spec["in_features"])
+        router = Router(d, int(spec["pca_dim"]), k)
+        experts = CompressedExperts.from_spec({
+            "num_experts": k, "out_features": out, "in_features": d, "bias": bool(spec["bias"]),
+            "format": spec.get("format", "bitmask"), "value_dtype": spec.get("value_dtype", "float32"),
+            "stored_values": spec.get("stored_values", 0)})
+        return cls(router, experts)
 
     # --- compute ------------------------------------------------------------------------------
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """Expert labels for x [..., in] -> [...]; reused when the shared router last routed this very tensor."""
+        return route_once(self.router, x).view(x.shape[:-1])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        labels = route_once(self.router, x)
+        if self._dense is None:  # CompressedExperts.forward, without a second module call
+            return ops.expert_linear(x, labels, self.experts.compressed(), self.experts._buffers["bias"])
+        return self._dense_forward(x, labels)
+
+    def _dense_forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        labels = self.router(flat)
+        labels = labels.reshape(-1)
+        weights = self._dense.to(flat.dtype) if self._dense.dtype != flat.dtype else self._dense
         if flat.shape[0] == 1 or self.num_experts == 1 or bool((labels == labels[0]).all()):
-            out = flat @ self.experts[int(labels[0])].t()  # one expert: no gather at all
+            out = flat @ weights[int(labels[0])].t()  # one expert: no gather at all
         else:
             # Sort tokens by expert once, run one matmul per contiguous chunk, unsort once.
             order = torch.argsort(labels, stable=True)
             counts = torch.bincount(labels, minlength=self.num_experts).tolist()
             chunks = torch.split(flat.index_select(0, order), counts)
-            parts = [chunk @ self.experts[e].t() for e, chunk in enumerate(chunks) if chunk.shape[0]]
+            parts = [chunk @ weights[e].t() for e, chunk in enumerate(chunks) if chunk.shape[0]]
             out = torch.empty(flat.shape[0], self.out_features, dtype=flat.dtype, device=flat.device)
             out.index_copy_(0, order, torch.cat(parts))
         if self.bias is not None:
-            out += self.bias
+            out += self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def to_storage_dtype(self, dtype: torch.dtype) -> SparseExpertLinear:
-        """Experts and bias in `dtype`; the router stays float32, so routes do not depend on it."""
-        with torch.no_grad():
-            self.experts.data = self.experts.data.to(dtype)
-            if self.bias is not None:
-                self.bias.data = self.bias.data.to(dtype)
+    def use_dense_weights(self, dense: bool = True) -> SparseExpertLinear:
+        """Also hold the experts uncompressed (k x the dense layer, in the value dtype) and compute
+        with torch matmuls; `False` drops that copy again. The saved state stays compressed."""
+        self._dense = self.dense_experts().to(self.value_dtype) if dense else None
         return self
 
+    @property
+    def uses_dense_weights(self) -> bool:
+        return self._dense is not None
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .float(): the dense copy follows the buffers
+        super()._apply(fn, recurse)
+        if self._dense is not None:
+            self._dense = fn(self._dense)
+        return self
+
+    def dense_experts(self) -> torch.Tensor:
+        """The experts as one dense float32 tensor [k, out, in] (exact: every stored value is a float32)."""
+        return self.experts.dense_weight()
+
+    def to_storage_dtype(self, dtype: torch.dtype) -> SparseExpertLinear:
+        """Expert values in `dtype`; the router and the bias stay float32, so routes do not depend on it."""
+        self.experts.to_storage_dtype(dtype)
+        if self._dense is not None:
+            self._dense = self._dense.to(dtype)
+        return self
+
+    # --- costs --------------------------------------------------------------------------------
     def expert_nonzeros(self) -> list[int]:
-        return [int(n) for n in (self.experts != 0).flatten(1).sum(1)]
+        return self.experts.expert_nonzeros()
 
     def flops_per_token(self) -> int:
-        """A token runs one expert (2 x its non-zeros; the mean over experts) plus the router."""
-        nnz = self.expert_nonzeros()
-        return round(2 * sum(nnz) / len(nnz)) + self.router.flops_per_token()
+        """A token runs one expert (2 x its non-zeros; the mean over experts) plus the router. A
+        router shared with another module is counted once by evaluate.model_costs."""
+        return self.experts.flops_per_token() + self.router.flops_per_token()
 
     def nonzeros(self) -> int:
         """Stored non-zeros: every expert, plus the router's buffers."""
-        router = sum(int((b != 0).sum()) for b in self.router.buffers())
-        return sum(self.expert_nonzeros()) + router
+        return sum(self.expert_nonzeros()) + router_nonzeros(self.router)
+
+    def shared_costs(self) -> dict[str, tuple[nn.Module, int, int]]:
+        """Parts of this module's cost another module may share: name -> (part, FLOPs, non-zeros)."""
+        return {"router": (self.router, self.router.flops_per_token(), router_nonzeros(self.router))}
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"experts={self.num_experts}, pca_dim={self.pca_dim}")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, experts={self.num_experts}, "
+                f"pca_dim={self.pca_dim}, format={self.experts.format}, values={dtype_name(self.value_dtype)}"
+                f"{', dense copy' if self._dense is not None else ''}")
 
 
-def _pack_experts(module: SparseExpertLinear, state_dict: dict, prefix: str, _metadata) -> None:
-    experts = state_dict.pop(prefix + "experts")
-    values, mask = pack_sparse(experts.detach())
-    state_dict[prefix + "expert_values"] = values
-    state_dict[prefix + "expert_mask"] = mask
+def router_nonzeros(router: Router) -> int:
+    return sum(int((b != 0).sum()) for b in router.buffers())
 
 
-def _unpack_experts(module: SparseExpertLinear, state_dict: dict, prefix: str, *_args) -> None:
-    values, mask = state_dict.pop(prefix + "expert_values", None), state_dict.pop(prefix + "expert_mask", None)
-    if values is not None and mask is not None:
-        state_dict[prefix + "experts"] = unpack_sparse(values, mask, module.experts.shape)
+def route_once(router: Router, x: torch.Tensor) -> torch.Tensor:
+    """router(x) flattened to [tokens], remembered for the last x: a second call with the same,
+    unmodified tensor (gate_proj and up_proj get the very same one) returns the same labels without
+    computing them again.
+
+    The tensor is held by a weak reference (a freed tensor never matches a new one at the same
+    address) and its version counter catches in-place writes. Inference-mode tensors have no
+    version counter, so they are routed every time."""
+    version = None if x.is_inference() else x._version
+    cached = _LAST_ROUTE.get(router)
+    if version is not None and cached is not None and cached[0]() is x and cached[1] == version:
+        return cached[2]
+    labels = evaluate_router(router, x)
+    if version is not None:
+        _LAST_ROUTE[router] = (weakref.ref(x), version, labels)
+    return labels
+
+
+# router -> (weak reference to the last input, its version, its labels). Kept outside the router so
+# that a model still pickles and deep-copies (a weak reference does neither).
+_LAST_ROUTE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def evaluate_router(router: Router, x: torch.Tensor) -> torch.Tensor:
+    """router(x) for x [..., in], flattened to [tokens]. A folded router (k <= pca_dim) on the CPU
+    scores a few tokens in one kernel call (kernels.ops.route: the same nearest centroid, ~3 us
+    instead of ~20 us of torch ops at decode)."""
+    flat = x.reshape(-1, x.shape[-1])
+    folded = _folded(router) if x.is_cpu else None
+    return router(flat) if folded is None else ops.route(flat, *folded)
+
+
+def _folded(router: Router) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The router's folded (bias, matrix), or None when it does not fold; checked against its buffers'
+    identities and versions as Router does, without its per-call attribute lookups."""
+    buffers = router._buffers
+    key = tuple((id(t), t._version) for t in (buffers["mean"], buffers["components"], buffers["centroids"]))
+    cached = router.__dict__.get("_fast_fold")
+    if cached is None or cached[0] != key:
+        cached = router.__dict__["_fast_fold"] = (key, router._folded_scoring() if router.folds else None)
+    return cached[1]
+
+
+def _load_legacy(module: SparseExpertLinear, state_dict: dict, prefix: str, *_args) -> None:
+    """Convert a state saved before the experts were kept compressed: `expert_values` + `expert_mask`
+    (pack_sparse's layout) and a `bias` parameter become the CompressedExperts' bitmask tensors.
+    Only the mask is re-laid out; no dense copy is made."""
+    values, packed = state_dict.pop(prefix + "expert_values", None), state_dict.pop(prefix + "expert_mask", None)
+    if values is None or packed is None:
+        return
+    shape = (module.num_experts, module.out_features, module.in_features)
+    numel = shape[0] * shape[1] * shape[2]
+    if packed.numel() * 8 < numel:
+        raise RuntimeError(f"{prefix}expert_mask holds {packed.numel() * 8} bits for {numel} weights")
+    bias = state_dict.pop(prefix + "bias", None)
+    try:
+        weight = bitmask_from_flat_msb(values, packed, shape)
+    except ValueError as error:
+        raise RuntimeError(f"{prefix}expert_values do not match expert_mask: {error}") from None
+    dtype = module.value_dtype
+    weight = weight.with_value_dtype(dtype)
+    if weight.values.data_ptr() == values.data_ptr():  # a view of the file's (memory-mapped) tensor: own it
+        weight = dataclasses.replace(weight, values=weight.values.clone())
+    experts = CompressedExperts(weight, None if bias is None else bias.float())
+    module.experts = experts.to(module.router.mean.device)
+    for name, tensor in experts.state_dict().items():
+        state_dict[prefix + "experts." + name] = tensor

@@ -179,7 +179,7 @@ class Router(nn.Module):
         """
         mean, components = fit_pca(x, pca_dim, second_moment)
         z = (x.float() - mean) @ components
-        with one_thread():  # many small k-means steps: faster on one thread
+        with one_thread(z.device):  # many small k-means steps: faster on one thread (CPU)
             result = kmeans(z, num_experts, seed=seed, n_init=n_init)
         centroids = result.centroids
         if balance and num_experts > 1:

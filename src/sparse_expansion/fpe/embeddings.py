@@ -162,8 +162,8 @@ def load_task(task: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     raise UsageError(f"unknown real-data task {task!r}; use one of {', '.join(REAL_TASKS)}")
 
 
-def train_test_split(x: torch.Tensor, y: torch.Tensor, test_fraction: float = 0.25, seed: int = 0):
-    """Stratified split, then standardised with the training mean and std."""
+def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) indices with every class split in the same proportion, fixed by `seed`."""
     gen = torch.Generator().manual_seed(seed)
     tr, te = [], []
     for c in torch.unique(y):
@@ -172,6 +172,11 @@ def train_test_split(x: torch.Tensor, y: torch.Tensor, test_fraction: float = 0.
         n_te = int(round(test_fraction * len(idx)))
         te.append(idx[:n_te])
         tr.append(idx[n_te:])
-    tr, te = torch.cat(tr), torch.cat(te)
+    return torch.cat(tr), torch.cat(te)
+
+
+def train_test_split(x: torch.Tensor, y: torch.Tensor, test_fraction: float = 0.25, seed: int = 0):
+    """Stratified split, then standardised with the training mean and std."""
+    tr, te = stratified_split(y, test_fraction, seed)
     mean, std = x[tr].mean(0), x[tr].std(0).clamp_min(1e-6)
     return (x[tr] - mean) / std, y[tr], (x[te] - mean) / std, y[te]

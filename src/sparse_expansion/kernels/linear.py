@@ -7,6 +7,7 @@ Outputs come back in the input's dtype; the kernels compute in fp32.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ class _Compressed(nn.Module):
             self.register_buffer(name, tensor)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self._weight: CompressedWeight | None = None
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.compressed().validate())
+        self.register_load_state_dict_post_hook(_validate_after_load)
 
     @property
     def in_features(self) -> int:
@@ -59,6 +60,24 @@ class _Compressed(nn.Module):
         """Stored non-zero weights (an N:M group's zero fillers are not counted)."""
         return int((self.compressed().values != 0).sum())
 
+    def dense_numel(self) -> int:
+        """Weights (and biases) the dense layer it stands for would hold: what `params` counts."""
+        return math.prod(self.weight_shape) + (0 if self.bias is None else self.bias.numel())
+
+    def to_storage_dtype(self, dtype: torch.dtype | str) -> _Compressed:
+        """Values in `dtype` (float32, bfloat16 or float16); the bias stays float32, as the kernels
+        take it. Called by artifact.py after loading with the model's --dtype."""
+        dtype = value_dtype_of(dtype)
+        if self.values.dtype != dtype:
+            self.values = self.values.to(dtype)
+        return self
+
+
+def _validate_after_load(module: _Compressed, _keys) -> None:
+    """After loading: the tensors must agree with each other (a module-level function, so the module
+    pickles)."""
+    module.compressed().validate()
+
 
 def _same_index(weight: CompressedWeight, buffers: dict[str, torch.Tensor | None]) -> bool:
     if weight.row_offsets is None:
@@ -74,6 +93,8 @@ def _empty_weight(shape: tuple[int, ...], spec: dict[str, Any]) -> CompressedWei
 class CompressedLinear(_Compressed):
     """Drop-in for nn.Linear (y = x W^T + b) with W stored as bitmask or N:M."""
 
+    artifact_type = "compressed_linear"  # its name in artifact.MODULE_TYPES
+
     def __init__(self, weight: CompressedWeight, bias: torch.Tensor | None = None) -> None:
         if len(weight.shape) != 2:
             raise ValueError(f"CompressedLinear needs an [out, in] weight, got {list(weight.shape)}")
@@ -83,9 +104,15 @@ class CompressedLinear(_Compressed):
     def from_linear(cls, linear: nn.Linear, value_dtype: torch.dtype | str = torch.float16,
                     format: str = "auto") -> CompressedLinear:
         """Compress a linear's weight; "auto" picks 2:4 or 4:8 when the weight satisfies it, else bitmask."""
-        weight = linear.weight.detach()
+        return cls.from_dense(linear.weight, linear.bias, value_dtype, format)
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   value_dtype: torch.dtype | str = torch.float16, format: str = "auto") -> CompressedLinear:
+        """Compress a dense [out, in] weight; `format` as in from_linear."""
+        weight = weight.detach()
         fmt = choose_format(weight) if format == "auto" else format
-        return cls(compress(weight, fmt, value_dtype_of(value_dtype)), linear.bias)
+        return cls(compress(weight, fmt, value_dtype_of(value_dtype)), bias)
 
     def spec(self) -> dict[str, Any]:
         return self._spec()

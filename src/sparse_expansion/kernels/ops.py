@@ -1,17 +1,21 @@
 """y = x @ W^T with W compressed: one weight, or k stacked experts with one expert per token.
 
-Three backends give the same outputs (within float rounding; all accumulate in fp32):
-  - "avx2":   the C++ kernels, vectorised for AVX2/FMA/F16C (chosen when the CPU has them);
+Four backends give the same outputs (within float rounding; all accumulate in fp32):
+  - "avx512": the C++ kernels, vectorised for AVX-512 F/BW/VL/VBMI2 (chosen when the CPU has them);
+  - "avx2":   the same for AVX2/FMA/F16C;
   - "scalar": the same C++ library, portable loops (other x86, ARM);
   - "torch":  pure torch, decompressing the weight on every call: slow, but needs no compiler.
-`SPARSE_EXPANSION_KERNELS` = auto (default) | cpp | scalar | torch picks one: auto builds the C++
-library at first use and falls back to torch with ONE warning if it cannot; cpp and scalar
-raise instead (for CI and tests); torch never builds. It is read once, at the first call (a
+`SPARSE_EXPANSION_KERNELS` = auto (default) | cpp | avx2 | scalar | torch picks one: auto builds
+the C++ library at first use, takes the widest vectors the CPU runs, and falls back to torch with
+ONE warning if it cannot build; cpp, avx2 and scalar raise instead (for CI, tests and
+benchmarks; avx2 caps the vectors at AVX2); torch never builds. Tensors off the CPU always take
+the torch path. It is read once, at the first call (a
 decode step makes hundreds of calls); `use_backend` overrides it in code.
 
 Groups of at least `DENSE_FROM` tokens on one expert are multiplied by unpacking that expert to
 fp32 and calling torch's GEMM: with that many tokens every weight is reused often enough that
-a dense GEMM beats any sparse loop (benchmarks/kernel_speed.py measures the crossover).
+a dense GEMM beats any sparse loop (benchmarks/kernel_speed.py measures the crossover). Inputs
+in bfloat16 with bfloat16 values take a bfloat16 GEMM there (AMX / AVX512-BF16 where present).
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import torch
 from . import build
 from .formats import CompressedWeight, decompress
 
-BACKENDS = ("auto", "cpp", "scalar", "torch")
-DENSE_FROM = 20  # measured crossover (benchmarks/kernel_speed.md): sparse kernel at 16 tokens, GEMM at 24
+BACKENDS = ("auto", "cpp", "avx2", "scalar", "torch")
+_ISA = {"auto": 2, "cpp": 2, "avx2": 1, "scalar": 0}  # widest instruction set each mode may use
+_ISA_NAMES = ("scalar", "avx2", "avx512")
+DENSE_FROM = 24  # measured crossover, AVX-512 kernels: sparse kernel ahead at 16 tokens, even at 24, GEMM ahead at 32
 
 
 class KernelFallbackWarning(UserWarning):
@@ -37,7 +43,7 @@ class KernelFallbackWarning(UserWarning):
 
 _override: str | None = None
 _warned = False
-_resolved: tuple[ModuleType | None, bool] | None = None  # what _library() found, until use_backend
+_resolved: tuple[ModuleType | None, int] | None = None  # what _library() found, until use_backend
 
 
 def requested_backend() -> str:
@@ -60,37 +66,37 @@ def use_backend(mode: str) -> Iterator[None]:
         _override, _resolved = before, None
 
 
-def _library() -> tuple[ModuleType | None, bool]:
-    """(compiled library or None for torch, whether to use its SIMD kernels); resolved once."""
+def _library() -> tuple[ModuleType | None, int]:
+    """(compiled library or None for torch, the instruction set to ask it for); resolved once."""
     global _resolved
     if _resolved is None:
         _resolved = _resolve()
     return _resolved
 
 
-def _resolve() -> tuple[ModuleType | None, bool]:
+def _resolve() -> tuple[ModuleType | None, int]:
     global _warned
     mode = requested_backend()
     if mode == "torch":
-        return None, False
-    if mode in ("cpp", "scalar"):
-        return build.kernels(retry_failed=True), mode == "cpp"
+        return None, 0
+    if mode != "auto":
+        return build.kernels(retry_failed=True), _ISA[mode]
     try:
-        return build.kernels(), True
+        return build.kernels(), _ISA[mode]
     except build.KernelBuildError as error:
         if not _warned:
             _warned = True
             warnings.warn(f"sparse_expansion kernels: {error}; using the slower pure-torch fallback",
                           KernelFallbackWarning, stacklevel=4)
-        return None, False
+        return None, 0
 
 
 def backend() -> str:
-    """The backend calls run on now: "avx2", "scalar" or "torch"."""
-    lib, simd = _library()
+    """The backend calls run on now: "avx512", "avx2", "scalar" or "torch"."""
+    lib, isa = _library()
     if lib is None:
         return "torch"
-    return "avx2" if simd and lib.simd_supported() else "scalar"
+    return _ISA_NAMES[lib.isa_level(isa)]
 
 
 def sparse_linear(x: torch.Tensor, weight: CompressedWeight, bias: torch.Tensor | None = None,
@@ -120,20 +126,20 @@ def _matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: CompressedWeig
             experts: int, dense_from: int) -> torch.Tensor:
     cols = weight.shape[-1]
     flat = x.reshape(-1, cols)
-    if flat.dtype != torch.float32:
-        flat = flat.float()
+    if flat.dtype != torch.float32 and flat.dtype != torch.bfloat16:
+        flat = flat.float()  # the C++ side takes bfloat16 as it is: its GEMM path runs in bfloat16
     if bias is not None and bias.dtype != torch.float32:
         bias = bias.float()
-    lib, simd = _resolved or _library()
-    if lib is None:
-        y = _torch_matmul(flat, labels, weight, bias)
+    lib, isa = _resolved or _library()
+    if lib is None or flat.device.type != "cpu":  # the C++ kernels are CPU kernels
+        y = _torch_matmul(flat.float(), labels, weight, bias)
     elif weight.row_offsets is not None:
         y = lib.bitmask_matmul(flat.contiguous(), labels, weight.values, weight.index, weight.row_offsets,
-                               experts, cols, bias, dense_from, simd)
+                               experts, cols, bias, dense_from, isa)
     else:
         n, m = weight.n_m
         y = lib.nm_matmul(flat.contiguous(), labels, weight.values, weight.index, n, m, experts, cols, bias,
-                          dense_from, simd)
+                          dense_from, isa)
     if x.dim() != 2:
         y = y.reshape(*x.shape[:-1], weight.shape[-2])
     return y if y.dtype == x.dtype else y.to(x.dtype)
@@ -154,13 +160,27 @@ def _torch_matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: Compress
     return y if bias is None else y + bias
 
 
+ROUTE_TOKENS = 4  # up to this many tokens `route` runs in C++ (one call); more go to torch's GEMM
+
+
+def route(x: torch.Tensor, bias: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """argmin over k of bias + x @ matrix for every row of x [tokens, in] (float32 bias [k], matrix
+    [in, k]): a folded router's nearest centroid. Few tokens on the CPU take one C++ call, where
+    torch's addmm + argmin cost more in dispatch than in arithmetic; otherwise torch."""
+    lib, _ = _resolved or _library()
+    if (lib is not None and x.shape[0] <= ROUTE_TOKENS and x.is_cpu and matrix.dtype == torch.float32
+            and bias.dtype == torch.float32):
+        return lib.route(x if x.is_contiguous() else x.contiguous(), bias, matrix)
+    return torch.addmm(bias, x.to(matrix.dtype), matrix).argmin(1)
+
+
 def unpack(weight: CompressedWeight) -> torch.Tensor:
     """The dense fp32 weight, by the fastest available backend (the GEMM path's first step)."""
-    lib, simd = _library()
-    if lib is None:
+    lib, isa = _library()
+    if lib is None or weight.values.device.type != "cpu":
         return decompress(weight).float()
     if weight.row_offsets is not None:
-        dense = lib.bitmask_unpack(weight.values, weight.index, weight.row_offsets, weight.in_features, simd)
+        dense = lib.bitmask_unpack(weight.values, weight.index, weight.row_offsets, weight.in_features, isa)
     else:
-        dense = lib.nm_unpack(weight.values, weight.index, *weight.n_m, weight.in_features, simd)
+        dense = lib.nm_unpack(weight.values, weight.index, *weight.n_m, weight.in_features, isa)
     return dense.reshape(weight.shape)

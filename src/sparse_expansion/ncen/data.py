@@ -74,25 +74,12 @@ def class_mean_scale(u: torch.Tensor, y: torch.Tensor) -> float:
     return float(d[i, j].median())
 
 
-def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of a stratified train/test split (fixed by `seed`)."""
-    gen = torch.Generator().manual_seed(seed)
-    tr, te = [], []
-    for c in torch.unique(y):
-        idx = torch.nonzero(y == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_te = int(round(test_fraction * len(idx)))
-        te.append(idx[:n_te])
-        tr.append(idx[n_te:])
-    return torch.cat(tr), torch.cat(te)
-
-
 def load(name: str, limit: int | None = None) -> Dataset:
     """The named data set in box coordinates; `limit` keeps the first examples of a seeded
     stratified subsample (for tests)."""
     if name not in DATASETS:
         raise UsageError(f"unknown --data {name!r}; use one of {', '.join(DATASETS)}")
-    from ..fpe.embeddings import load_task
+    from ..fpe.embeddings import load_task, stratified_split
 
     x, y, classes = load_task(name)
     x = x.to(torch.float32)

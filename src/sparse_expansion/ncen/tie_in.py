@@ -123,7 +123,7 @@ def expand_and_measure(model, windows: torch.Tensor, layer: int, experts: int, s
     out = {"layer": layer, "experts": experts, "sparsity": sparsity, "expand_seconds": seconds, "linears": {}}
     for name, mod in block.named_modules():
         if isinstance(mod, SparseExpertLinear) and name in dense:
-            out["linears"][name] = expert_stats(mod.experts, dense[name], projections, seed)
+            out["linears"][name] = expert_stats(mod.dense_experts(), dense[name], projections, seed)
     return out
 
 

@@ -31,11 +31,12 @@ def is_expanded(module: nn.Module) -> bool:
 @torch.no_grad()
 def routed_outputs(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(expert label per token [tokens], each token's output from its own expert [tokens, out], float64)."""
-    labels = module.router(x.to(module.experts.dtype)).reshape(-1).cpu()
-    y = torch.empty(x.shape[0], module.experts.shape[1], dtype=torch.float64)
+    labels = module.router(x.to(module.value_dtype)).reshape(-1).cpu()
+    experts = module.dense_experts()
+    y = torch.empty(x.shape[0], module.out_features, dtype=torch.float64)
     for expert in labels.unique().tolist():
         idx = (labels == expert).nonzero().squeeze(1)
-        y[idx] = x[idx].to(torch.float64) @ module.experts[expert].detach().to(torch.float64).t()
+        y[idx] = x[idx].to(torch.float64) @ experts[expert].to(torch.float64).t()
     if module.bias is not None:
         y += module.bias.detach().to(torch.float64)
     return labels, y

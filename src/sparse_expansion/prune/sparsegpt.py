@@ -17,8 +17,8 @@ def upper_cholesky_of_inverse(hessian: torch.Tensor) -> tuple[torch.Tensor, torc
     """U upper-triangular with H^-1 = U^T U, without forming H^-1; returns (U, info) like cholesky_ex.
 
     With P the index reversal, if P H P = L L^T then U = P L^-1 P. One Cholesky and one triangular
-    inverse instead of Cholesky, cholesky_inverse and a second Cholesky; torch's batched CPU
-    cholesky_inverse is far slower (`benchmarks/design_choices.py`, key inverse_factor).
+    inverse instead of Cholesky, cholesky_inverse and a second Cholesky, which is slower
+    (`benchmarks/design_choices.py`, key inverse_factor).
     """
     lower, info = torch.linalg.cholesky_ex(hessian.flip(-1, -2))
     return lower_triangular_inverse(lower).flip(-1, -2), info
@@ -168,7 +168,7 @@ def _solve_blocks(W, Hinv, sparsity: Sparsity, quantizer, errors, blocksize: int
         Err1 = torch.empty_like(W1)
         for j1 in range(0, i2 - i1, inner):
             j2 = min(j1 + inner, i2 - i1)
-            with one_thread():  # many tiny ops: thread hand-offs cost more than they save
+            with one_thread(W1.device):  # many tiny ops: thread hand-offs cost more than they save
                 _solve_columns(W1, Err1, Hinv1, d1, mask1, sparsity, quantizer, j1, j2)
             W1[..., j2:, :] -= Hinv1[..., j1:j2, j2:].transpose(-1, -2) @ Err1[..., j1:j2, :]
         W[..., i1:i2] = W1.transpose(-1, -2)

@@ -14,6 +14,10 @@ namespace {
 
 constexpr int64_t kTileBytes = 256 * 1024;  // fp32 weight tile of the GEMM path: well inside L2
 constexpr int64_t kTileMinRows = 128;
+// From this many tokens a bfloat16 GEMM (AMX here) beats the float32 one despite re-laying out the
+// weight on each call; 1536x576 bf16 70%, 1 thread: 64 tokens 0.99 vs 1.27 ms, 512 tokens 2.8 vs 6.4.
+constexpr int64_t kHalfGemmFrom = 64;
+constexpr int64_t kBf16DotTokens = 2;  // the BF16 dot kernel up to this many tokens per call
 
 int value_type(const torch::Tensor& values) {
   switch (values.scalar_type()) {
@@ -75,21 +79,28 @@ void run_sparse(const std::vector<Job<View>>& jobs, int64_t rows, Kernel kernel)
 
 // y[tokens] = x[tokens] @ W^T by GEMM on tiles of W unpacked to fp32: a tile stays in L2, where
 // the whole fp32 matrix (3.5 MB for 1536x576) would be written out to L3 or DRAM and read back.
+// With `half` (bfloat16 inputs and bfloat16 values) the tile is turned into bfloat16, exactly,
+// and the GEMM runs in bfloat16 with float32 accumulation, as torch's own bfloat16 linear does
+// (AMX or AVX512-BF16 where the CPU has them); its outputs are rounded to bfloat16 once.
 template <typename View, typename Unpack>
 void run_dense(const View& view, int64_t rows, const torch::Tensor& x, torch::Tensor& y, const Tokens& t,
-               Unpack unpack) {
+               Unpack unpack, bool half) {
   torch::Tensor xs = x;
   if (t.tok != nullptr)
     xs = x.index_select(0, torch::from_blob(const_cast<int64_t*>(t.tok), {t.count}, torch::kLong));
-  // At least kTileMinRows rows: a GEMM only 40 outputs wide (1536 inputs) ran 1.4x slower.
-  const int64_t tile_rows = std::min(rows, std::max<int64_t>(kTileMinRows, kTileBytes / (4 * view.in) / 8 * 8));
+  // At least kTileMinRows rows: a GEMM only 40 outputs wide (1536 inputs) ran 1.4x slower. A bfloat16
+  // GEMM re-lays out its weight operand on every call: one call for the whole weight costs least.
+  const int64_t tile_rows =
+      half ? rows : std::min(rows, std::max<int64_t>(kTileMinRows, kTileBytes / (4 * view.in) / 8 * 8));
   const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
   at::parallel_for(0, tiles, 1, [&](int64_t b0, int64_t b1) {
-    torch::Tensor tile = torch::empty({tile_rows, view.in}, x.options());
+    torch::Tensor tile = torch::empty({tile_rows, view.in}, torch::kFloat);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * tile_rows, r1 = std::min(rows, r0 + tile_rows);
       unpack(view, r0, r1, tile.data_ptr<float>());
-      const torch::Tensor part = torch::mm(xs, tile.narrow(0, 0, r1 - r0).t()).contiguous();
+      torch::Tensor w = tile.narrow(0, 0, r1 - r0);
+      if (half) w = w.to(torch::kBFloat16);
+      const torch::Tensor part = torch::mm(xs, w.t()).to(torch::kFloat).contiguous();
       const float* src = part.data_ptr<float>();
       for (int64_t i = 0; i < t.count; ++i)
         std::copy(src + i * (r1 - r0), src + (i + 1) * (r1 - r0), t.y + token_at(t, i) * t.ldy + r0);
@@ -110,19 +121,32 @@ void add_bias(torch::Tensor& y, const c10::optional<torch::Tensor>& bias) {
 template <typename View, typename MakeView, typename Kernel, typename Unpack>
 torch::Tensor routed_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels, int64_t experts,
                             int64_t rows, int64_t in, const c10::optional<torch::Tensor>& bias, int64_t dense_from,
-                            MakeView make_view, Kernel kernel, Unpack unpack) {
-  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2 && x.size(1) == in,
-              "x must be float32 [tokens, ", in, "], got ", x.scalar_type(), " ", x.sizes());
+                            bool value_bf16, MakeView make_view, Kernel kernel, Unpack unpack,
+                            Kernel bf16_kernel = nullptr) {
+  TORCH_CHECK((x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kBFloat16) && x.dim() == 2 &&
+                  x.size(1) == in,
+              "x must be float32 or bfloat16 [tokens, ", in, "], got ", x.scalar_type(), " ", x.sizes());
   check_cpu_contiguous(x, "x");
   if (bias) {
     TORCH_CHECK(bias->scalar_type() == torch::kFloat && bias->numel() == rows, "bias must be float32 [", rows, "]");
     check_cpu_contiguous(*bias, "bias");
   }
   const int64_t count = x.size(0);
-  auto y = torch::empty({count, rows}, x.options());
+  auto y = torch::empty({count, rows}, x.options().dtype(torch::kFloat));
   if (count == 0) return y;
-  const Tokens all{x.data_ptr<float>(), in, y.data_ptr<float>(), rows, nullptr, count};
+  // bfloat16 inputs with bfloat16 values: the BF16 dot kernel (when given) reads them as they are, and
+  // so does the GEMM path for big groups; anything else computes on float32 inputs.
   const bool dense_ok = dense_from > 0;
+  const bool half_ok = x.scalar_type() == torch::kBFloat16 && value_bf16;
+  // It pays at decode (1536x576 bf16 70%, weights from DRAM: 110 -> 86 us a token), not for blocks of 8
+  // tokens, where the dot products, not the expansion, are the work (208 -> 231 us).
+  const bool use_dot = half_ok && bf16_kernel != nullptr && count <= kBf16DotTokens;
+  if (use_dot) kernel = bf16_kernel;
+  const bool need_float = !use_dot || (dense_ok && count >= dense_from);
+  const torch::Tensor xf = x.scalar_type() == torch::kFloat || !need_float ? x : x.to(torch::kFloat);
+  Tokens all{xf.scalar_type() == torch::kFloat ? xf.data_ptr<float>() : nullptr, in, y.data_ptr<float>(), rows,
+             nullptr, count};
+  if (half_ok) all.xh = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
 
   Groups groups;
   std::vector<std::pair<int64_t, Tokens>> parts;  // (expert, its tokens)
@@ -152,7 +176,8 @@ torch::Tensor routed_matmul(const torch::Tensor& x, const c10::optional<torch::T
   std::vector<Job<View>> sparse;
   for (const auto& [e, t] : parts) {
     if (dense_ok && t.count >= dense_from) {
-      run_dense(make_view(e), rows, x, y, t, unpack);
+      const bool half = half_ok && t.count >= kHalfGemmFrom;
+      run_dense(make_view(e), rows, half ? x : xf, y, t, unpack, half);
     } else {
       sparse.push_back({make_view(e), t});
     }
@@ -204,66 +229,124 @@ void check_nm(const torch::Tensor& values, const torch::Tensor& indices, int64_t
   value_type(values);
 }
 
-bool use_simd(bool simd) { return simd && avx2_supported(); }
+// Instruction sets, as the Python side names them: 0 portable C++, 1 AVX2, 2 AVX-512. A request is
+// capped by what this CPU runs.
+int isa_level(int64_t requested) {
+  if (requested >= 2 && avx512_supported()) return 2;
+  if (requested >= 1 && avx2_supported()) return 1;
+  return 0;
+}
+
+template <typename View>
+using RowsKernel = void (*)(const View&, int64_t, int64_t, const Tokens&);
+template <typename View>
+using UnpackKernel = void (*)(const View&, int64_t, int64_t, float*);
+
+RowsKernel<BitmaskView> bitmask_rows(int level) {
+  return level == 2 ? bitmask_rows_avx512 : level == 1 ? bitmask_rows_avx2 : bitmask_rows_scalar;
+}
+UnpackKernel<BitmaskView> bitmask_unpack_kernel(int level) {
+  return level == 2 ? bitmask_unpack_avx512 : level == 1 ? bitmask_unpack_avx2 : bitmask_unpack_scalar;
+}
+// The vector N:M kernels need N to divide 8 (one window per 8 values).
+RowsKernel<NMView> nm_rows(int level, int64_t n) {
+  if (8 % n != 0) return nm_rows_scalar;
+  return level == 2 ? nm_rows_avx512 : level == 1 ? nm_rows_avx2 : nm_rows_scalar;
+}
+UnpackKernel<NMView> nm_unpack_kernel(int level, int64_t n) {
+  return level >= 1 && 8 % n == 0 ? nm_unpack_avx2 : nm_unpack_scalar;
+}
 
 }  // namespace
 
 torch::Tensor bitmask_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
                              const torch::Tensor& values, const torch::Tensor& mask, const torch::Tensor& offsets,
                              int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias,
-                             int64_t dense_from, bool simd) {
+                             int64_t dense_from, int64_t isa) {
   check_bitmask(values, mask, offsets, in);
   const int64_t total_rows = offsets.numel() - 1;
   TORCH_CHECK(experts > 0 && total_rows % experts == 0, total_rows, " rows do not split into ", experts, " experts");
   const int64_t rows = total_rows / experts;
-  const bool fast = use_simd(simd);
+  const int level = isa_level(isa);
+  const bool bf16_dot = level == 2 && avx512bf16_supported();
   return routed_matmul<BitmaskView>(
-      x, labels, experts, rows, in, bias, dense_from,
-      [&](int64_t e) { return bitmask_view(values, mask, offsets, in, rows, e); },
-      fast ? bitmask_rows_avx2 : bitmask_rows_scalar, fast ? bitmask_unpack_avx2 : bitmask_unpack_scalar);
+      x, labels, experts, rows, in, bias, dense_from, values.scalar_type() == torch::kBFloat16,
+      [&](int64_t e) { return bitmask_view(values, mask, offsets, in, rows, e); }, bitmask_rows(level),
+      bitmask_unpack_kernel(level), bf16_dot ? bitmask_rows_avx512_bf16 : nullptr);
 }
 
 torch::Tensor nm_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
                         const torch::Tensor& values, const torch::Tensor& indices, int64_t n, int64_t m,
                         int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias, int64_t dense_from,
-                        bool simd) {
+                        int64_t isa) {
   check_nm(values, indices, n, m, in);
   const int64_t total_rows = values.numel() / values.size(-1);
   TORCH_CHECK(experts > 0 && total_rows % experts == 0, total_rows, " rows do not split into ", experts, " experts");
   const int64_t rows = total_rows / experts;
-  const bool fast = use_simd(simd) && 8 % n == 0;
+  const int level = isa_level(isa);
   return routed_matmul<NMView>(
-      x, labels, experts, rows, in, bias, dense_from,
-      [&](int64_t e) { return nm_view(values, indices, n, m, in, rows, e); }, fast ? nm_rows_avx2 : nm_rows_scalar,
-      fast ? nm_unpack_avx2 : nm_unpack_scalar);
+      x, labels, experts, rows, in, bias, dense_from, values.scalar_type() == torch::kBFloat16,
+      [&](int64_t e) { return nm_view(values, indices, n, m, in, rows, e); }, nm_rows(level, n),
+      nm_unpack_kernel(level, n));
 }
 
 torch::Tensor bitmask_unpack(const torch::Tensor& values, const torch::Tensor& mask, const torch::Tensor& offsets,
-                             int64_t in, bool simd) {
+                             int64_t in, int64_t isa) {
   check_bitmask(values, mask, offsets, in);
   const int64_t rows = offsets.numel() - 1;
   auto dense = torch::empty({rows, in}, torch::kFloat);
   const BitmaskView view = bitmask_view(values, mask, offsets, in, rows, 0);
-  const bool fast = use_simd(simd);
+  const auto unpack = bitmask_unpack_kernel(isa_level(isa));
   float* d = dense.data_ptr<float>();
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    (fast ? bitmask_unpack_avx2 : bitmask_unpack_scalar)(view, r0, r1, d + r0 * in);
-  });
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { unpack(view, r0, r1, d + r0 * in); });
   return dense;
 }
 
 torch::Tensor nm_unpack(const torch::Tensor& values, const torch::Tensor& indices, int64_t n, int64_t m, int64_t in,
-                        bool simd) {
+                        int64_t isa) {
   check_nm(values, indices, n, m, in);
   const int64_t rows = values.numel() / values.size(-1);
   auto dense = torch::empty({rows, in}, torch::kFloat);
   const NMView view = nm_view(values, indices, n, m, in, rows, 0);
-  const bool fast = use_simd(simd) && 8 % n == 0;
+  const auto unpack = nm_unpack_kernel(isa_level(isa), n);
   float* d = dense.data_ptr<float>();
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    (fast ? nm_unpack_avx2 : nm_unpack_scalar)(view, r0, r1, d + r0 * in);
-  });
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { unpack(view, r0, r1, d + r0 * in); });
   return dense;
+}
+
+// Nearest centroid for a few tokens: argmin_j (bias[j] + x . matrix[:, j]), the router's folded
+// scoring (expand/router.py), in one call instead of five torch ops. Ties go to the lowest j, as
+// torch's argmin. Meant for decode; a batch of many tokens is better served by torch's GEMM.
+torch::Tensor route(const torch::Tensor& x_in, const torch::Tensor& bias, const torch::Tensor& matrix) {
+  TORCH_CHECK(x_in.dim() == 2, "x must be [tokens, in]");
+  const torch::Tensor x = x_in.scalar_type() == torch::kFloat ? x_in : x_in.to(torch::kFloat);
+  TORCH_CHECK(matrix.scalar_type() == torch::kFloat && matrix.dim() == 2 && matrix.size(0) == x.size(1),
+              "matrix must be float32 [in, k]");
+  TORCH_CHECK(bias.scalar_type() == torch::kFloat && bias.numel() == matrix.size(1), "bias must be float32 [k]");
+  check_cpu_contiguous(x, "x");
+  check_cpu_contiguous(matrix, "matrix");
+  check_cpu_contiguous(bias, "bias");
+  const int64_t tokens = x.size(0), in = x.size(1), k = matrix.size(1);
+  auto labels = torch::empty({tokens}, torch::kLong);
+  int64_t* out = labels.data_ptr<int64_t>();
+  const float* xs = x.data_ptr<float>();
+  const float* m = matrix.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  std::vector<float> score(k);
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::copy(b, b + k, score.begin());
+    const float* row = xs + t * in;
+    for (int64_t i = 0; i < in; ++i) {
+      const float xi = row[i];
+      const float* mi = m + i * k;
+      for (int64_t j = 0; j < k; ++j) score[j] += xi * mi[j];
+    }
+    int64_t best = 0;
+    for (int64_t j = 1; j < k; ++j)
+      if (score[j] < score[best]) best = j;
+    out[t] = best;
+  }
+  return labels;
 }
 
 }  // namespace se
@@ -271,8 +354,10 @@ torch::Tensor nm_unpack(const torch::Tensor& values, const torch::Tensor& indice
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "sparse_expansion compressed-weight kernels (see sparse_expansion/kernels)";
   m.def("simd_supported", &se::avx2_supported, "whether this CPU runs the AVX2/FMA/F16C kernels");
+  m.def("isa_level", &se::isa_level, "the instruction set a request runs with here: 0 C++, 1 AVX2, 2 AVX-512");
   m.def("bitmask_matmul", &se::bitmask_matmul, "y = x @ W^T for bitmask W (one or routed experts)");
   m.def("nm_matmul", &se::nm_matmul, "y = x @ W^T for N:M W (one or routed experts)");
+  m.def("route", &se::route, "argmin over k of bias + x @ matrix, per token (a folded router)");
   m.def("bitmask_unpack", &se::bitmask_unpack, "bitmask W -> dense fp32 [rows, in]");
   m.def("nm_unpack", &se::nm_unpack, "N:M W -> dense fp32 [rows, in]");
 }

@@ -35,6 +35,7 @@ struct Tokens {
   int64_t ldy;
   const int64_t* tok;
   int64_t count;
+  const uint16_t* xh = nullptr;  // the same inputs in bfloat16 (rows ldx apart), for the BF16 dot kernel
 };
 
 inline int64_t token_at(const Tokens& t, int64_t i) { return t.tok ? t.tok[i] : i; }
@@ -55,5 +56,17 @@ void bitmask_rows_avx2(const BitmaskView& w, int64_t r0, int64_t r1, const Token
 void nm_rows_avx2(const NMView& w, int64_t r0, int64_t r1, const Tokens& t);
 void bitmask_unpack_avx2(const BitmaskView& w, int64_t r0, int64_t r1, float* dense);
 void nm_unpack_avx2(const NMView& w, int64_t r0, int64_t r1, float* dense);
+
+bool avx512_supported();
+// The AVX-512 (F, BW, VL, VBMI2) versions; callable only when avx512_supported(). N:M shapes other
+// than 16 values per 32 columns go to the AVX2 kernel (N:M unpacking always does).
+void bitmask_rows_avx512(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t);
+void nm_rows_avx512(const NMView& w, int64_t r0, int64_t r1, const Tokens& t);
+void bitmask_unpack_avx512(const BitmaskView& w, int64_t r0, int64_t r1, float* dense);
+
+bool avx512bf16_supported();
+// bfloat16 values times bfloat16 inputs (t.xh) with the AVX512-BF16 dot product, 32 columns a step;
+// callable only when avx512bf16_supported().
+void bitmask_rows_avx512_bf16(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t);
 
 }  // namespace se

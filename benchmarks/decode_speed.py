@@ -1,0 +1,252 @@
+"""Whole-model decode and prefill speed: dense against pruned and expanded models, compressed weights.
+
+    python benchmarks/decode_speed.py --runs 5 --threads 1 2 --out benchmarks/decode_speed.jsonl
+    python benchmarks/decode_speed.py --summary benchmarks/decode_speed.jsonl   # the tables again
+
+Every (variant, threads) pair is its own process (`--worker`), started in turn: all variants once
+(A B C ...), then all again, --runs times, each round in a rotated order, so slow phases of a
+shared machine fall on every variant alike. A worker loads its model, generates 4 tokens to warm
+up, then times
+  - decode: 128 new tokens after a 64-token prompt (KV-cached Hugging Face `generate`, greedy,
+    end-of-text ignored): tokens per second over the 127 tokens after the first;
+  - prefill: the forward pass of a 512-token prompt up to its first new token;
+both in wall seconds and in the process's CPU seconds, and its resident memory once loaded.
+Prompts are the first 64 and 512 tokens of shakespeare:test. The model folders are made first:
+
+    sparse-expansion prune smollm2-135m --method sparsegpt --sparsity 0.7 --out runs/sg70
+    sparse-expansion prune smollm2-135m --method sparsegpt --sparsity 2:4 --out runs/sg24
+    sparse-expansion expand smollm2-135m --experts 4 --sparsity 0.7 --out runs/se4-70
+    sparse-expansion expand smollm2-135m --experts 16 --sparsity 0.7 --out runs/se16-70
+    sparse-expansion expand smollm2-135m --experts 4 --sparsity 2:4 --out runs/se4-24
+    sparse-expansion expand smollm2-135m --experts 16 --sparsity 2:4 --out runs/se16-24
+
+The summary gives medians: with 1 thread of CPU time (immune to being descheduled by other jobs)
+and of wall time; ratios are to dense fp32 and dense bf16 at the same threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+#: name -> (model, --dtype, --weights). "half" storage is bfloat16: on this CPU torch's bf16 runs the
+#: dense parts (attention, head) at least as fast as fp32, and prefill through AMX.
+VARIANTS = {
+    "dense fp32": ("smollm2-135m", "float32", "dense"),
+    "dense bf16": ("smollm2-135m", "bfloat16", "dense"),
+    "SparseGPT 70% fp32": ("runs/sg70", "float32", "compressed"),
+    "SparseGPT 70% bf16": ("runs/sg70", "bfloat16", "compressed"),
+    "SparseGPT 2:4 fp32": ("runs/sg24", "float32", "compressed"),
+    "SparseGPT 2:4 bf16": ("runs/sg24", "bfloat16", "compressed"),
+    "SE-4 70% fp32": ("runs/se4-70", "float32", "compressed"),
+    "SE-4 70% bf16": ("runs/se4-70", "bfloat16", "compressed"),
+    "SE-16 70% fp32": ("runs/se16-70", "float32", "compressed"),
+    "SE-16 70% bf16": ("runs/se16-70", "bfloat16", "compressed"),
+    "SE-4 2:4 fp32": ("runs/se4-24", "float32", "compressed"),
+    "SE-4 2:4 bf16": ("runs/se4-24", "bfloat16", "compressed"),
+    "SE-16 2:4 fp32": ("runs/se16-24", "float32", "compressed"),
+    "SE-16 2:4 bf16": ("runs/se16-24", "bfloat16", "compressed"),
+}
+PROMPT, NEW, PREFILL = 64, 128, 512
+
+
+def worker(model_name: str, dtype_name: str, weights: str, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    from sparse_expansion.commands.generate import peak_rss_mb, rss_mb, timed_generate
+    from sparse_expansion.data import corpus_tokens
+    from sparse_expansion.kernels import ops
+    from sparse_expansion.models import load_causal_lm, weights_in_memory
+
+    start = time.perf_counter()
+    model, tokenizer = load_causal_lm(model_name, "cpu", getattr(torch, dtype_name), weights=weights)
+    load_seconds = time.perf_counter() - start
+    loaded = rss_mb()
+    tokens = corpus_tokens("shakespeare:test", tokenizer)
+    short, long = tokens[:PROMPT].reshape(1, -1), tokens[:PREFILL].reshape(1, -1)
+    pad = tokenizer.eos_token_id
+    timed_generate(model, short, 4, pad_token_id=pad, ignore_eos=True)  # warm-up
+    decode = timed_generate(model, short, NEW, pad_token_id=pad, ignore_eos=True)
+    prefill = timed_generate(model, long, 1, pad_token_id=pad, ignore_eos=True)
+    in_memory = weights_in_memory(model)
+    return {"model": model_name, "dtype": dtype_name, "weights": in_memory, "threads": threads,
+            "kernels": ops.backend() if in_memory == "compressed" else None, "load_seconds": load_seconds,
+            "loaded_rss_mb": loaded, "peak_rss_mb": peak_rss_mb(), "new_tokens": decode["new_tokens"],
+            "decode_tokens_per_second": decode["decode_tokens_per_second"],
+            "decode_tokens_per_cpu_second": decode["decode_tokens_per_cpu_second"],
+            "prefill_seconds": prefill["prefill_seconds"], "prefill_cpu_seconds": prefill["prefill_cpu_seconds"],
+            "text_head": decode["new_ids"][:8].tolist()}
+
+
+def step_parts(model_name: str, dtype_name: str, weights: str, repeats: int = 7) -> dict:
+    """Where one decode step's time goes (1 thread, CPU ms, medians): the attention projections,
+    the MLP blocks and the LM head run on their own for one token, layer after layer as decoding
+    does, and the whole forward pass of one token after a 64-token prompt; the rest of the step
+    is attention itself, norms, rotary embeddings, the cache and Python."""
+    import torch
+
+    torch.set_num_threads(1)
+    from sparse_expansion.arch import decoder_layers
+    from sparse_expansion.data import corpus_tokens
+    from sparse_expansion.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(model_name, "cpu", getattr(torch, dtype_name), weights=weights)
+    layers = decoder_layers(model)
+    hidden = model.config.hidden_size
+    x = torch.randn(1, 1, hidden, dtype=model.dtype)
+
+    def cpu_ms(fn) -> float:
+        fn()
+        samples = []
+        for _ in range(repeats):
+            start = time.process_time()
+            fn()
+            samples.append(time.process_time() - start)
+        return statistics.median(samples) * 1e3
+
+    prompt = corpus_tokens("shakespeare:test", tokenizer)[:PROMPT].reshape(1, -1)
+    with torch.no_grad():
+        cache = model(prompt, use_cache=True).past_key_values
+        token = torch.tensor([[tokenizer.eos_token_id or 0]])
+
+        def step():  # the cache grows by one position a call: 64 -> 72 tokens over the timings
+            model(token, past_key_values=cache, use_cache=True)
+
+        attention = [getattr(layer.self_attn, n) for layer in layers for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        parts = {"attention projections": cpu_ms(lambda: [p(x) for p in attention]),
+                 # a fresh input per block: the shared router would otherwise reuse the last routes
+                 "MLP blocks": cpu_ms(lambda: [layer.mlp(x.clone()) for layer in layers]),
+                 "LM head": cpu_ms(lambda: model.lm_head(x)),
+                 "whole step": cpu_ms(step)}
+    parts["rest of the step"] = parts["whole step"] - sum(v for k, v in parts.items() if k != "whole step")
+    return parts
+
+
+def run_worker(name: str, threads: int) -> dict:
+    model, dtype, weights = VARIANTS[name]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, __file__, "--worker", name, "--threads", str(threads)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} ({threads} threads) failed:\n{done.stderr[-2000:]}")
+    return {"variant": name, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def summary(rows: list[dict]) -> str:
+    by: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        by.setdefault((row["variant"], row["threads"]), []).append(row)
+
+    def med(name: str, threads: int, key: str) -> float | None:
+        values = [r[key] for r in by.get((name, threads), []) if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    lines = []
+    for threads in sorted({t for _, t in by}):
+        clock = "CPU" if threads == 1 else "wall"
+        tps_key = "decode_tokens_per_cpu_second" if threads == 1 else "decode_tokens_per_second"
+        pre_key = "prefill_cpu_seconds" if threads == 1 else "prefill_seconds"
+        dense32, dense16 = med("dense fp32", threads, tps_key), med("dense bf16", threads, tps_key)
+        pre32 = med("dense fp32", threads, pre_key)
+        lines += [f"**{threads} thread{'s' if threads > 1 else ''}** ({clock} time; medians of "
+                  f"{min(len(v) for (n, t), v in by.items() if t == threads)}+ runs)", "",
+                  "| variant | decode tok/s | vs dense fp32 | vs dense bf16 | decode tok/s (wall) | prefill-512 s "
+                  "| vs dense fp32 | loaded RSS MB |", "|---|---|---|---|---|---|---|---|"]
+        for name in VARIANTS:
+            if (name, threads) not in by:
+                continue
+            tps, wall, pre = med(name, threads, tps_key), med(name, threads, "decode_tokens_per_second"), \
+                med(name, threads, pre_key)
+            rss = med(name, threads, "loaded_rss_mb")
+            lines.append(f"| {name} | {tps:.1f} | {tps / dense32:.2f}x | {tps / dense16:.2f}x | {wall:.1f} | "
+                         f"{pre:.2f} | {pre / pre32:.2f}x | {rss:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="names from VARIANTS")
+    parser.add_argument("--out", type=Path, default=HERE / "decode_speed.jsonl", help="raw rows, appended")
+    parser.add_argument("--summary", type=Path, help="only print the tables of an earlier --out file")
+    parser.add_argument("--parts", action="store_true",
+                        help="instead: where one decode step's time goes, per variant (1 thread, CPU ms)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = step_parts(*VARIANTS[args.worker]) if args.parts else worker(*VARIANTS[args.worker], args.threads[0])
+        print(json.dumps(result))
+        return
+    if args.parts:
+        print("| variant | " + " | ".join(("attention projections", "MLP blocks", "LM head", "rest of the step",
+                                            "whole step")) + " |\n|---|---|---|---|---|---|")
+        for name in args.variants:
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                   "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+            done = subprocess.run([sys.executable, __file__, "--worker", name, "--parts"], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=1800, check=True)
+            parts = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"| {name} | " + " | ".join(f"{parts[k]:.1f}" for k in ("attention projections", "MLP blocks",
+                                                                          "LM head", "rest of the step",
+                                                                          "whole step")) + " |", flush=True)
+        return
+    if args.summary:
+        print(summary([json.loads(line) for line in args.summary.read_text().splitlines() if line.strip()]))
+        return
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}")
+    for name in args.variants:
+        folder = VARIANTS[name][0]
+        if folder.startswith("runs/") and not (ROOT / folder / "sparse_expansion.json").is_file():
+            parser.error(f"{folder} is missing: make it first (see the module docstring)")
+    print(f"# {machine()}; load before: {load()}", file=sys.stderr)
+    rows = []
+    pairs = [(name, t) for t in args.threads for name in args.variants]
+    with args.out.open("a") as raw:
+        for run in range(args.runs):
+            shift = run % len(pairs)
+            for name, threads in pairs[shift:] + pairs[:shift]:
+                row = {**run_worker(name, threads), "run": run, "load_average": load(), "time": time.time()}
+                raw.write(json.dumps(row) + "\n")
+                raw.flush()
+                rows.append(row)
+                print(f"run {run} {name} {threads}t: {row['decode_tokens_per_cpu_second']:.1f} tok/cpu-s, "
+                      f"{row['decode_tokens_per_second']:.1f} tok/s, prefill {row['prefill_seconds']:.2f} s, "
+                      f"load {row['load_average']}", file=sys.stderr, flush=True)
+    print(f"# load after: {load()}", file=sys.stderr)
+    print(summary(rows))
+
+
+if __name__ == "__main__":
+    main()
