@@ -143,12 +143,12 @@ def test_tiny_cluster_is_blended_not_nan():
 
 def test_blend_threshold_is_a_multiple_of_in_features():
     # 96 calibration tokens: R = 0 blends nothing; otherwise exactly the clusters under R x in_features.
-    off = expand(tiny_model("llama"), 3, blend_below=0.0).record()
+    off = expand(tiny_model("llama"), 3, blend_below=0.0, shrink="blend").record()
     assert all(r["blended_clusters"] == [] for r in off.values())
     model = tiny_model("llama")
     inputs = {"gate_proj": model.config.hidden_size, "up_proj": model.config.hidden_size,
               "down_proj": model.config.intermediate_size}
-    record = expand(model, 3, blend_below=0.75).record()
+    record = expand(model, 3, blend_below=0.75, shrink="blend").record()
     some = 0
     for name, r in record.items():
         threshold = round(0.75 * inputs[name.rsplit(".", 1)[1]])

@@ -22,13 +22,14 @@ def expand(model, k, sparsity="0.5", n=4, **kw):
     return comp
 
 
+@pytest.mark.parametrize("shrink", [None, "lw", "blend"])  # None: the default rule (prior)
 @pytest.mark.parametrize("router_tokens", [16, 10_000])  # router fit mid-stream, or at the end
-def test_one_expert_is_exactly_sparsegpt_with_streaming_stats(router_tokens):
+def test_one_expert_is_exactly_sparsegpt_with_streaming_stats(router_tokens, shrink):
     pruned = tiny_model("llama")
     calibrate(pruned, windows(), PruneCompressor(SparseGPTConfig(parse_sparsity("0.5"))), batch_size=2,
               progress=False)
     expanded = tiny_model("llama")
-    expand(expanded, 1, router_tokens=router_tokens, shrink="lw")
+    expand(expanded, 1, router_tokens=router_tokens, **({} if shrink is None else {"shrink": shrink}))
     for lp, le in zip(decoder_layers(pruned), decoder_layers(expanded)):
         for name in architecture_of(pruned).mlp:
             assert torch.equal(le.get_submodule(name).dense_experts()[0], linear_weight(lp.get_submodule(name)))
@@ -74,6 +75,10 @@ def test_cluster_statistic_matches_direct_sums():
         assert stat.counts[c] == xc.shape[0]
         assert torch.allclose(stat.stats[c].value(), 2 * xc.t() @ xc / xc.shape[0], atol=1e-5)
         assert torch.isclose(stat.fourth[c], xc.double().pow(2).sum(1).pow(2).sum())
+
+
+def test_default_shrink_is_prior():
+    assert ExpandConfig(experts=2, sparsity=parse_sparsity("0.5")).shrink == "prior"
 
 
 def test_shrinkage_rules():

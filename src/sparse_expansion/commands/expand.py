@@ -24,12 +24,15 @@ def register(subparsers) -> None:
     p.add_argument("--pca-dim", type=int, default=None, help="router PCA dimensions (default in_features//32, >= 8)")
     p.add_argument("--n-init", type=int, default=10, help="k-means restarts (default 10)")
     p.add_argument("--blend-below", type=float, default=1.0, metavar="R",
-                   help="a cluster with fewer than R x in_features tokens has the layer's full Hessian mixed in, "
-                        "in proportion to what it lacks (default 1; 0 turns blending off)")
-    p.add_argument("--shrink", choices=("blend", "prior", "lw", "none"), default="blend",
-                   help="how each cluster Hessian is pulled toward the layer's: blend (default, as --blend-below "
-                        "says), prior (the layer's Hessian counts as R x in_features extra tokens, R from "
-                        "--blend-below), lw (Ledoit-Wolf: from each cluster's own spread), none")
+                   help="strength of the pull of every cluster Hessian toward the layer's, in multiples of "
+                        "in_features tokens: with --shrink prior the layer's Hessian counts as R x in_features "
+                        "extra tokens, with blend clusters under R x in_features get it mixed in (default 1; "
+                        "0 = no pull)")
+    p.add_argument("--shrink", choices=("blend", "prior", "lw", "none"), default="prior",
+                   help="how each cluster Hessian is pulled toward the layer's: prior (default: the layer's "
+                        "Hessian counts as R x in_features extra tokens, R from --blend-below), blend (only "
+                        "clusters under R x in_features tokens, in proportion to what they lack; the rule before "
+                        "issue 13), lw (Ledoit-Wolf: from each cluster's own spread), none")
     p.add_argument("--router-tokens", type=int, default=32768, metavar="N",
                    help="the router of each layer is fit on N tokens drawn (seeded) from its first calibration "
                         "batches; every token still goes into its cluster's Hessian (default 32768)")

@@ -48,11 +48,12 @@ class ExpandConfig(AllocationFields):
     seed: int = 0
     n_init: int = 10
     # Cluster Hessian H_c -> (1 - lam_c) H_c + lam_c H (H: the layer's): `shrink` picks lam_c.
-    #   blend: lam = 1 - n_c / (R d) below R d tokens, else 0 (R = blend_below; the first rule);
-    #   prior: lam = R d / (n_c + R d), the layer's Hessian as a prior worth R d tokens;
+    #   prior: lam = R d / (n_c + R d), the layer's Hessian as a prior worth R d tokens (R = blend_below;
+    #          the default: best in and out of domain at 4 and 16 experts, BENCHMARKS issue 13);
+    #   blend: lam = 1 - n_c / (R d) below R d tokens, else 0 (the first rule);
     #   lw:    Ledoit-Wolf's estimate of the shrinkage that minimises the expected squared error of
     #          H_c, from each cluster's own spread (no parameter); none: lam = 0.
-    shrink: str = "blend"
+    shrink: str = "prior"
     blend_below: float = 1.0  # R above: a multiple of in_features
     router_tokens: int = 32768  # the router is fit on at most this many tokens per layer (seeded)
     balance: float = 0.0  # >= 1: cluster sizes within [n/(k b), b n/k] on the router's sample; 0 = plain k-means
