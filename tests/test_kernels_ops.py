@@ -184,12 +184,12 @@ def test_bfloat16_inputs_and_values(backend, shape, tokens):
         assert_close(raw, ref)
 
 
-@pytest.mark.parametrize("shape", SHAPES["bitmask"])
-def test_bfloat16_groups_below_64_tokens_unpack_straight_to_bfloat16(backend, shape):
-    """A group of 24-63 tokens takes the GEMM; with bf16 inputs and values on AVX512-BF16 CPUs the values
-    are unpacked straight into a bf16 weight (exactly: the same bits), so the output is torch's own bf16
-    GEMM of the decompressed weight, bit for bit."""
-    weight = F.compress(torch.stack([weights("bitmask", *shape, e) for e in range(2)]), "bitmask", torch.bfloat16)
+@pytest.mark.parametrize("fmt,shape", [(fmt, shape) for fmt, shapes in SHAPES.items() for shape in shapes])
+def test_bfloat16_groups_below_64_tokens_unpack_straight_to_bfloat16(backend, fmt, shape):
+    """A group of 24-63 tokens takes the GEMM; with bf16 inputs and values the values are unpacked
+    straight into a bf16 weight (exactly: the same bits; bitmask on AVX512-BF16 CPUs, N:M on any), so
+    the output is torch's own bf16 GEMM of the decompressed weight, bit for bit."""
+    weight = F.compress(torch.stack([weights(fmt, *shape, e) for e in range(2)]), fmt, torch.bfloat16)
     x = torch.randn(40, shape[1]).bfloat16()
     labels = torch.cat([torch.zeros(30, dtype=torch.long), torch.ones(10, dtype=torch.long)])
     y = ops.expert_linear(x, labels, weight, dense_from=24)
@@ -197,5 +197,5 @@ def test_bfloat16_groups_below_64_tokens_unpack_straight_to_bfloat16(backend, sh
     ref = torch.einsum("toi,ti->to", dense[labels].double(), x.double())
     assert y.dtype == torch.bfloat16
     assert (y.double() - ref).abs().max() <= 2 ** -7 * (1 + ref.abs().max())
-    if backend == "cpp" and ops.bf16_dot_available():
+    if backend in ("cpp", "avx2", "scalar") and (fmt != "bitmask" or ops.bf16_dot_available()):
         assert torch.equal(y[:30], (x[:30] @ dense[0].bfloat16().t()))

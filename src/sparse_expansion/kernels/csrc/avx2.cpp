@@ -123,18 +123,6 @@ SE_AVX2 void bitmask_row(const ExpandTable& lut, const BitmaskView& w, int64_t r
   }
 }
 
-// The next block of tokens from i (8, 4, 2 or 1 of them): their input and output rows.
-inline int token_block(const Tokens& t, int64_t i, const float** xs, float** ys) {
-  const int64_t left = t.count - i;
-  const int tb = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-  for (int j = 0; j < tb; ++j) {
-    const int64_t tok = token_at(t, i + j);
-    xs[j] = t.x + tok * t.ldx;
-    ys[j] = t.y + tok * t.ldy;
-  }
-  return tb;
-}
-
 template <int VT>
 SE_AVX2 void bitmask_rows_vt(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t) {
   const ExpandTable& lut = expand_table();
@@ -148,7 +136,7 @@ SE_AVX2 void bitmask_rows_vt(const BitmaskView& w, int64_t r0, int64_t r1, const
     const float* xs[8];
     float* ys[8];
     for (int64_t i = 0; i < t.count;) {
-      const int tb = token_block(t, i, xs, ys);
+      const int tb = token_block(t, t.x, i, xs, ys);
       switch (tb) {
         case 8: bitmask_row<VT, 8>(lut, w, r, xs, ys); break;
         case 4: bitmask_row<VT, 4>(lut, w, r, xs, ys); break;
@@ -267,7 +255,7 @@ SE_AVX2 void nm_rows_impl(const NMView& w, int64_t r0, int64_t r1, const Tokens&
     const float* xs[8];
     float* ys[8];
     for (int64_t i = 0; i < t.count;) {
-      const int tb = token_block(t, i, xs, ys);
+      const int tb = token_block(t, t.x, i, xs, ys);
       switch (tb) {
         case 8: nm_row<VT, 8, BITS, GATHER>(k, w, r, xs, ys); break;
         case 4: nm_row<VT, 4, BITS, GATHER>(k, w, r, xs, ys); break;

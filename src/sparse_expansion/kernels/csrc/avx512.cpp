@@ -100,25 +100,13 @@ SE_AVX512 void bitmask_row(const BitmaskView& w, int64_t r, const float* const* 
   }
 }
 
-// The next block of tokens from i (8, 4, 2 or 1 of them): their input and output rows.
-inline int token_block(const Tokens& t, int64_t i, const float** xs, float** ys) {
-  const int64_t left = t.count - i;
-  const int tb = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-  for (int j = 0; j < tb; ++j) {
-    const int64_t tok = token_at(t, i + j);
-    xs[j] = t.x + tok * t.ldx;
-    ys[j] = t.y + tok * t.ldy;
-  }
-  return tb;
-}
-
 template <int VT>
 SE_AVX512 void bitmask_rows_vt(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xs[8];
     float* ys[8];
     for (int64_t i = 0; i < t.count;) {
-      const int tb = token_block(t, i, xs, ys);
+      const int tb = token_block(t, t.x, i, xs, ys);
       switch (tb) {
         case 8: bitmask_row<VT, 8>(w, r, xs, ys); break;
         case 4: bitmask_row<VT, 4>(w, r, xs, ys); break;
@@ -245,7 +233,7 @@ SE_AVX512 void nm_rows_impl(const NMView& w, int64_t r0, int64_t r1, const Token
     const float* xs[8];
     float* ys[8];
     for (int64_t i = 0; i < t.count;) {
-      const int tb = token_block(t, i, xs, ys);
+      const int tb = token_block(t, t.x, i, xs, ys);
       switch (tb) {
         case 8: nm_row<VT, 8, BITS>(k, w, r, xs, ys); break;
         case 4: nm_row<VT, 4, BITS>(k, w, r, xs, ys); break;
@@ -318,17 +306,6 @@ SE_AVX512BF16 void bitmask_row_bf16(const BitmaskView& w, int64_t r, const uint1
   }
 }
 
-inline int token_block_bf16(const Tokens& t, int64_t i, const uint16_t** xs, float** ys) {
-  const int64_t left = t.count - i;
-  const int tb = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-  for (int j = 0; j < tb; ++j) {
-    const int64_t tok = token_at(t, i + j);
-    xs[j] = t.xh + tok * t.ldx;
-    ys[j] = t.y + tok * t.ldy;
-  }
-  return tb;
-}
-
 }  // namespace
 
 bool avx512bf16_supported() {
@@ -341,7 +318,7 @@ SE_AVX512BF16 void bitmask_rows_avx512_bf16(const BitmaskView& w, int64_t r0, in
     const uint16_t* xs[8];
     float* ys[8];
     for (int64_t i = 0; i < t.count;) {
-      const int tb = token_block_bf16(t, i, xs, ys);
+      const int tb = token_block(t, t.xh, i, xs, ys);
       switch (tb) {
         case 8: bitmask_row_bf16<8>(w, r, xs, ys); break;
         case 4: bitmask_row_bf16<4>(w, r, xs, ys); break;

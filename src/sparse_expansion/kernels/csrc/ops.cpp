@@ -304,7 +304,8 @@ torch::Tensor nm_matmul(const torch::Tensor& x, const c10::optional<torch::Tenso
   return routed_matmul<NMView>(
       x, labels, experts, rows, in, bias, dense_from, values.scalar_type() == torch::kBFloat16,
       [&](int64_t e) { return nm_view(values, indices, n, m, in, rows, e); }, nm_rows(level, n),
-      nm_unpack_kernel(level, n));
+      nm_unpack_kernel(level, n), RowsKernel<NMView>{nullptr},
+      values.scalar_type() == torch::kBFloat16 ? nm_unpack_bf16 : nullptr);
 }
 
 torch::Tensor bitmask_unpack(const torch::Tensor& values, const torch::Tensor& mask, const torch::Tensor& offsets,

@@ -129,6 +129,23 @@ void nm_unpack_scalar(const NMView& w, int64_t r0, int64_t r1, float* dense) {
   }
 }
 
+void nm_unpack_bf16(const NMView& w, int64_t r0, int64_t r1, uint16_t* dense) {
+  const unsigned field = (1u << w.bits) - 1;
+  const uint16_t* values = static_cast<const uint16_t*>(w.values);
+  for (int64_t r = r0; r < r1; ++r) {
+    uint16_t* out = dense + (r - r0) * w.in;
+    std::memset(out, 0, sizeof(uint16_t) * w.in);
+    const uint8_t* index = w.index + r * w.index_bytes;
+    const uint16_t* v = values + r * w.per_row;
+    int64_t j = 0;
+    for (int64_t group = 0; group < w.in; group += w.m)
+      for (int64_t i = 0; i < w.n; ++i, ++j) {
+        const int64_t bit = j * w.bits;
+        out[group + ((index[bit >> 3] >> (bit & 7)) & field)] = v[j];
+      }
+  }
+}
+
 float value_f32(const void* values, int vtype, int64_t i) { return value_at(values, vtype, i); }
 
 }  // namespace se

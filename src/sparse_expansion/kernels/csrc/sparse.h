@@ -40,12 +40,28 @@ struct Tokens {
 
 inline int64_t token_at(const Tokens& t, int64_t i) { return t.tok ? t.tok[i] : i; }
 
+// The next block of tokens from i (8, 4, 2 or 1 of them): their input rows in `x` (t.x, or t.xh for
+// bfloat16 inputs) and their output rows. Plain scalar code: inlined alike into every kernel file.
+template <typename X>
+inline int token_block(const Tokens& t, const X* x, int64_t i, const X** xs, float** ys) {
+  const int64_t left = t.count - i;
+  const int tb = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+  for (int j = 0; j < tb; ++j) {
+    const int64_t tok = token_at(t, i + j);
+    xs[j] = x + tok * t.ldx;
+    ys[j] = t.y + tok * t.ldy;
+  }
+  return tb;
+}
+
 // y[tok, r] = sum_c W[r, c] x[tok, c] for rows r in [r0, r1) of the view (no bias).
 void bitmask_rows_scalar(const BitmaskView& w, int64_t r0, int64_t r1, const Tokens& t);
 void nm_rows_scalar(const NMView& w, int64_t r0, int64_t r1, const Tokens& t);
 // dense[r - r0, :] = W[r, :] in fp32, for rows [r0, r1); dense rows are `in` floats apart.
 void bitmask_unpack_scalar(const BitmaskView& w, int64_t r0, int64_t r1, float* dense);
 void nm_unpack_scalar(const NMView& w, int64_t r0, int64_t r1, float* dense);
+// N:M rows with bfloat16 values to dense bfloat16 (the stored bits; any CPU), rows `in` apart.
+void nm_unpack_bf16(const NMView& w, int64_t r0, int64_t r1, uint16_t* dense);
 
 // One stored value as fp32, whatever its type (for the few values a vector loop leaves over).
 float value_f32(const void* values, int vtype, int64_t i);
