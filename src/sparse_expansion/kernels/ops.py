@@ -189,10 +189,18 @@ def unpack(weight: CompressedWeight) -> torch.Tensor:
 BF16_DOT_TOKENS = 2  # dense_linear's C++ path: up to this many tokens (decode); more go to torch's GEMM
 
 
+_bf16_dot: tuple[object, bool] | None = None  # (the _resolved it was read for, the answer)
+
+
 def bf16_dot_available() -> bool:
-    """Whether dense_linear has a C++ path here: the kernels built, AVX-512 allowed, AVX512-BF16 present."""
-    lib, isa = _resolved or _library()
-    return lib is not None and isa >= 2 and bool(lib.bf16_dense_supported())
+    """Whether dense_linear has a C++ path here: the kernels built, AVX-512 allowed, AVX512-BF16 present.
+    Asked on every decode call of every dense linear, so the answer is kept until the backend changes."""
+    global _bf16_dot
+    resolved = _resolved or _library()
+    if _bf16_dot is None or _bf16_dot[0] is not resolved:
+        lib, isa = resolved
+        _bf16_dot = (resolved, lib is not None and isa >= 2 and bool(lib.bf16_dense_supported()))
+    return _bf16_dot[1]
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
