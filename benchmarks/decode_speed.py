@@ -92,6 +92,18 @@ def worker(model_name: str, dtype_name: str, weights: str, threads: int) -> dict
             "text_head": decode["new_ids"][:8].tolist()}
 
 
+def cpu_ms(fn, repeats: int = 7) -> float:
+    """Median CPU milliseconds of fn over `repeats` calls after one warm-up (CPU time, so a
+    descheduled process on a shared machine does not count the time it waited)."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        samples.append(time.process_time() - start)
+    return statistics.median(samples) * 1e3
+
+
 def step_parts(model_name: str, dtype_name: str, weights: str, repeats: int = 7) -> dict:
     """Where one decode step's time goes (1 thread, CPU ms, medians): the attention projections,
     the MLP blocks and the LM head run on their own for one token, layer after layer as decoding
@@ -109,15 +121,6 @@ def step_parts(model_name: str, dtype_name: str, weights: str, repeats: int = 7)
     hidden = model.config.hidden_size
     x = torch.randn(1, 1, hidden, dtype=model.dtype)
 
-    def cpu_ms(fn) -> float:
-        fn()
-        samples = []
-        for _ in range(repeats):
-            start = time.process_time()
-            fn()
-            samples.append(time.process_time() - start)
-        return statistics.median(samples) * 1e3
-
     prompt = corpus_tokens("shakespeare:test", tokenizer)[:PROMPT].reshape(1, -1)
     with torch.no_grad():
         cache = model(prompt, use_cache=True).past_key_values
@@ -127,11 +130,11 @@ def step_parts(model_name: str, dtype_name: str, weights: str, repeats: int = 7)
             model(token, past_key_values=cache, use_cache=True)
 
         attention = [getattr(layer.self_attn, n) for layer in layers for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        parts = {"attention projections": cpu_ms(lambda: [p(x) for p in attention]),
+        parts = {"attention projections": cpu_ms(lambda: [p(x) for p in attention], repeats),
                  # a fresh input per block: the shared router would otherwise reuse the last routes
-                 "MLP blocks": cpu_ms(lambda: [layer.mlp(x.clone()) for layer in layers]),
-                 "LM head": cpu_ms(lambda: model.lm_head(x)),
-                 "whole step": cpu_ms(step)}
+                 "MLP blocks": cpu_ms(lambda: [layer.mlp(x.clone()) for layer in layers], repeats),
+                 "LM head": cpu_ms(lambda: model.lm_head(x), repeats),
+                 "whole step": cpu_ms(step, repeats)}
     parts["rest of the step"] = parts["whole step"] - sum(v for k, v in parts.items() if k != "whole step")
     return parts
 

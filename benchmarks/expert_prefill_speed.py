@@ -11,20 +11,9 @@ over and over sits in cache: the whole-model figure is benchmarks/decode_speed.p
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-
-
-def cpu_ms(fn, repeats: int = 7) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        samples.append(time.process_time() - start)
-    return statistics.median(samples) * 1e3
+from decode_speed import cpu_ms
 
 
 def main() -> None:
