@@ -70,7 +70,8 @@ def worker(model_name: str, dtype_name: str, weights: str, threads: int) -> dict
     from sparse_expansion.commands.generate import peak_rss_mb, rss_mb, timed_generate
     from sparse_expansion.data import corpus_tokens
     from sparse_expansion.kernels import ops
-    from sparse_expansion.models import load_causal_lm, weights_in_memory
+    from sparse_expansion.models import load_causal_lm
+    from sparse_expansion.storage import weights_in_memory
 
     start = time.perf_counter()
     model, tokenizer = load_causal_lm(model_name, "cpu", getattr(torch, dtype_name), weights=weights)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import tiny_model
 
 from sparse_expansion.kernels import DecodeLinear, build, ops
-from sparse_expansion.models import set_weights
+from sparse_expansion.storage import set_weights
 
 SHAPES = [(1, 1), (7, 33), (5, 32), (9, 70), (64, 576), (131, 200)]
 

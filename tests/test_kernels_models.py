@@ -19,8 +19,9 @@ from sparse_expansion.evaluate import model_costs
 from sparse_expansion.expand import ExpandCompressor, ExpandConfig, SparseExpertLinear
 from sparse_expansion.kernels import CompressedLinear, build, ops
 from sparse_expansion.methods import compress
-from sparse_expansion.models import load_model, set_weights, weights_in_memory
+from sparse_expansion.models import load_model
 from sparse_expansion.prune import SparseGPTConfig, parse_sparsity
+from sparse_expansion.storage import set_weights, weights_in_memory
 
 DATA = Path(__file__).parent / "data"
 # The kernels' backends: the C++ library where a compiler exists, and always the pure-torch

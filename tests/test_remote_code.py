@@ -25,8 +25,9 @@ from sparse_expansion.hub import modeling_sparse_expansion as remote
 from sparse_expansion.kernels import CompressedExperts, CompressedLinear
 from sparse_expansion.kernels import formats as F
 from sparse_expansion.methods import compress
-from sparse_expansion.models import load_model, set_weights
+from sparse_expansion.models import load_model
 from sparse_expansion.prune import MagnitudeConfig, parse_sparsity
+from sparse_expansion.storage import set_weights
 
 DATA = Path(__file__).parent / "data"
 NEW_TOKENS = 8

@@ -31,7 +31,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..data import check_corpus, check_seqlen_value
     from ..evaluate import evaluate_model
-    from ..models import load_causal_lm, weights_in_memory
+    from ..models import load_causal_lm
+    from ..storage import weights_in_memory
 
     common.require_positive(args.batch_size, "--batch-size")
     if args.windows < 0:

@@ -20,8 +20,8 @@ WEIGHTS_HELP = ("how sparse weights sit in memory: auto (default: compressed wit
 
 
 def add_weights_arg(parser) -> None:
-    """--weights, spelled the same on eval and generate (models.set_weights)."""
-    from ..models import WEIGHTS
+    """--weights, spelled the same on eval and generate (storage.set_weights)."""
+    from ..storage import WEIGHTS
 
     parser.add_argument("--weights", default="auto", choices=WEIGHTS, help=WEIGHTS_HELP)
 
@@ -104,7 +104,8 @@ def run(args) -> int:
     import torch
 
     from ..kernels import ops
-    from ..models import load_causal_lm, weights_in_memory
+    from ..models import load_causal_lm
+    from ..storage import weights_in_memory
 
     common.require_positive(args.max_new_tokens, "--max-new-tokens")
     if args.temperature < 0:

@@ -185,7 +185,7 @@ class CompressedExperts(_Compressed):
 class DecodeLinear(nn.Module):
     """An nn.Linear's weight and bias (the same Parameters: tied weights stay tied, the state dict keeps
     its keys) multiplied by `ops.dense_linear`, which runs bfloat16 decode steps through the C++
-    AVX512-BF16 kernel. What `models.set_weights` puts in place of a model's dense linears when they are
+    AVX512-BF16 kernel. What `storage.set_weights` puts in place of a model's dense linears when they are
     bfloat16, so the layers that pruning left dense profit from half precision at decode too."""
 
     def __init__(self, linear: nn.Linear) -> None:

@@ -1,0 +1,133 @@
+"""How a loaded causal LM's weights sit in memory: sparse linears compressed or dense, expanded experts
+compressed or with a dense copy, dense bfloat16 linears on the C++ decode path.
+
+`models.load_model` asks here once the weights are loaded (`weights=`); `eval` and `generate` pass
+their `--weights`. Loading and placement are apart so a new storage (quantized values, a fast decode
+step) changes this module only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+WEIGHTS = ("auto", "compressed", "dense")
+#: A decoder-layer linear at least this sparse is worth compressing: bitmask storage is then <= 0.73x
+#: dense in the same dtype, and the kernels read less than a dense matvec does.
+COMPRESS_FROM_SPARSITY = 0.3
+
+
+def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
+    """Put the sparse weights of a causal LM in memory as `weights` says; returns
+    `weights_in_memory(model)` afterwards.
+
+    - "compressed": every decoder-layer linear at least COMPRESS_FROM_SPARSITY sparse (a pruned
+      model's) becomes a kernels.CompressedLinear with values in the model's dtype, and expanded
+      experts stay compressed. The sparse kernels compute them (pure torch if they cannot build).
+    - "dense": CompressedLinear back to nn.Linear; expanded experts also held dense (k x the layer).
+    - "compressed" and "auto" on the CPU with the C++ kernels also run every dense bfloat16 linear
+      through kernels.DecodeLinear (the same weights; a C++ path for decode steps); "dense" does not.
+    - "auto": "compressed" on the CPU when the C++ kernels are available; otherwise pruned linears
+      stay dense, and expanded experts stay compressed on the CPU (a dense copy would take k x the
+      memory) and go dense on a GPU.
+    A model with nothing sparse keeps its weights as they are ("dense")."""
+    from .arch import decoder_layers, is_linear_like, linear_weight
+    from .expand.module import SparseExpertLinear
+    from .kernels import CompressedLinear, ops
+
+    if weights not in WEIGHTS:
+        raise UsageError(f"unknown weights {weights!r}; use {', '.join(WEIGHTS)}")
+    experts = [m for m in model.modules() if isinstance(m, SparseExpertLinear)]
+    linears: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, linear)
+    for layer in decoder_layers(model):
+        for name, module in layer.named_modules():
+            if isinstance(module, CompressedLinear) or (is_linear_like(module) and _sparsity(linear_weight(module))
+                                                         >= COMPRESS_FROM_SPARSITY):
+                parent, _, attr = name.rpartition(".")
+                linears.append((layer.get_submodule(parent) if parent else layer, attr, module))
+    on_cpu = torch.device(device).type == "cpu"
+    kernels = on_cpu and ops.backend() != "torch"
+    for module in experts:
+        dense = weights == "dense" or (weights == "auto" and not on_cpu)
+        module.use_dense_weights(dense)
+    compress = weights == "compressed" or (weights == "auto" and kernels)
+    changed = False
+    for parent, attr, module in linears:
+        if compress and not isinstance(module, CompressedLinear):
+            dtype = linear_weight(module).dtype
+            setattr(parent, attr, CompressedLinear.from_dense(linear_weight(module), module.bias, dtype))
+            changed = True
+        elif not compress and isinstance(module, CompressedLinear):
+            setattr(parent, attr, _dense_linear(module))
+    if changed:
+        _release_dense_copies(model)
+    _set_decode_linears(model, weights != "dense" and kernels and ops.bf16_dot_available())
+    return weights_in_memory(model)
+
+
+def _set_decode_linears(model: nn.Module, on: bool) -> None:
+    """Every plain bfloat16 nn.Linear (attention projections, LM head, a dense model's MLP) becomes a
+    kernels.DecodeLinear on the same Parameters when `on`, and back when not: at decode the C++
+    bfloat16 kernel reads half the bytes torch's CPU matvec does (benchmarks/decode_speed.py)."""
+    from .kernels import DecodeLinear
+
+    swaps = [(name, module) for name, module in model.named_modules()
+             if (on and type(module) is nn.Linear and module.weight.dtype == torch.bfloat16)
+             or (not on and isinstance(module, DecodeLinear))]
+    for name, module in swaps:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr,
+                DecodeLinear(module) if on else module.to_linear())
+
+
+def _release_dense_copies(model: nn.Module) -> None:
+    """Let the replaced dense weights' memory go: Hugging Face leaves parameters as views of the
+    memory-mapped weights file, and the whole mapping stays resident while any view lives; copying
+    the parameters that remain releases it."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc's malloc_trim; elsewhere
+    only the collection): loading converts and copies, and what it freed would otherwise still
+    count in the process's resident memory."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def weights_in_memory(model: nn.Module) -> str:
+    """"compressed" when some weights are held compressed (CompressedLinear, or expanded experts
+    without a dense copy), else "dense"."""
+    from .expand.module import SparseExpertLinear
+    from .kernels import CompressedLinear
+
+    for module in model.modules():
+        if isinstance(module, CompressedLinear) or (isinstance(module, SparseExpertLinear)
+                                                    and not module.uses_dense_weights):
+            return "compressed"
+    return "dense"
+
+
+def _sparsity(weight: torch.Tensor) -> float:
+    return 1.0 - int(torch.count_nonzero(weight)) / max(weight.numel(), 1)
+
+
+def _dense_linear(module: nn.Module) -> nn.Linear:
+    weight = module.dense_weight()
+    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                       dtype=module.values.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias)
+    return linear
