@@ -8,11 +8,11 @@ process's CPU seconds (all its threads; on a shared machine the CPU time is the 
 from __future__ import annotations
 
 import json
-import resource
 import time
 
 from .. import runtime
 from ..errors import UsageError
+from ..resources import peak_rss_mb, rss_mb
 from . import common
 
 WEIGHTS_HELP = ("how sparse weights sit in memory: auto (default: compressed with the C++ kernels on the CPU), "
@@ -57,20 +57,6 @@ class StepTimer:
 
     def end(self) -> None:
         pass
-
-
-def rss_mb() -> float:
-    """Resident memory of this process now, in MB (Linux; 0 where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as handle:
-            pages = int(handle.read().split()[1])
-    except OSError:
-        return 0.0
-    return pages * resource.getpagesize() / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def timed_generate(model, ids, max_new_tokens: int, *, pad_token_id: int | None = None, temperature: float = 0.0,

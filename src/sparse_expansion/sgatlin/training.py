@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from .. import distributed
 from ..errors import UsageError
+from ..resources import peak_rss_mb
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import TokenData, batch_at_step, val_windows
 from .transformer import ModelConfig, Transformer, config_for_scale, count_params
@@ -256,7 +256,7 @@ def train(
         "val_loss": val_loss,
         "wall_seconds": wall,
         "tokens_per_second": tokens_per_step * (steps - start_step) / max(train_seconds, 1e-9),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "world_size": world,
         "threads": torch.get_num_threads(),
         "warmup_steps": warmup,
