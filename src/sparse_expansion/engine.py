@@ -35,6 +35,11 @@ class LayerCompressor(ABC):
     #: False for data-free methods (magnitude): the engine then skips every forward pass.
     needs_calibration: bool = True
 
+    def prepare(self, model: nn.Module, windows: torch.Tensor | None, *, targets: str = "mlp",
+                batch_size: int = 8) -> None:
+        """Whole-model planning before the layer-sequential pass (non-uniform sparsity); none by default."""
+        return None
+
     @abstractmethod
     def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
         """Prepare state for the layer's target linears; `groups` lists linears sharing an input."""
@@ -49,6 +54,10 @@ class LayerCompressor(ABC):
 
     def record(self) -> dict[str, Any]:
         """Per-linear facts for the run record (sparsity achieved, damping, cluster sizes, ...)."""
+        return {}
+
+    def timings(self) -> dict[str, float]:
+        """Seconds spent in the method's own steps (allocation, clustering, ...) for the run record."""
         return {}
 
 

@@ -121,9 +121,7 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
             raise ValueError(f"{method.name} needs calibration windows")
         check_calibration_size(config, windows.numel())
     start = time.perf_counter()
-    prepare = getattr(compressor, "prepare", None)  # whole-model planning first (non-uniform sparsity)
-    if prepare is not None:
-        prepare(model, windows if needs_calibration(config) else None, targets=targets, batch_size=batch_size)
+    compressor.prepare(model, windows if needs_calibration(config) else None, targets=targets, batch_size=batch_size)
     times = calibrate(model, windows if needs_calibration(config) else None, compressor, targets=targets,
                       batch_size=batch_size, device=device, progress=progress)
     elapsed = time.perf_counter() - start
@@ -138,7 +136,7 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
         "linears": linears,
         "costs": model_costs(model),
         "seconds": {"total": elapsed, "capture": times.capture, "forward": times.forward,
-                    "compress": times.compress, **getattr(compressor, "times", {})},
+                    "compress": times.compress, **compressor.timings()},
     }
 
 

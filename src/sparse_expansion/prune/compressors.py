@@ -101,18 +101,16 @@ def prune_weight(config: PruneConfig, weight: torch.Tensor, statistic: torch.Ten
 _STATISTICS = {MagnitudeConfig: None, WandaConfig: SquaredNormStat, SparseGPTConfig: HessianStat}
 
 
-class PruneCompressor(LayerCompressor):
-    """Prunes every target linear of a layer with one method; one input statistic per group."""
+class SparsityCompressor(LayerCompressor):
+    """What every compressor that prunes each target linear to `config.sparsity` shares (pruning
+    and Sparse Expansion): the config, the allocation planned over the whole model before the pass,
+    the width check, the per-linear record and the timings of its own steps."""
 
-    def __init__(self, config: PruneConfig) -> None:
-        if type(config) not in _STATISTICS:
-            raise TypeError(f"not a pruning config: {config!r}")
+    def __init__(self, config: Any, seed: int = 0) -> None:
         self.config = config
-        self.statistic = _STATISTICS[type(config)]
-        self.needs_calibration = self.statistic is not None
-        self.allocator = config.allocator() if isinstance(config, AllocationFields) else None
-        if self.allocator is not None and not self.allocator.active:
-            self.allocator = None
+        allocator = config.allocator(seed) if isinstance(config, AllocationFields) else None
+        self.allocator = allocator if allocator is not None and allocator.active else None
+        self.times: dict[str, float] = {}
         self._records: dict[str, dict[str, Any]] = {}
 
     def prepare(self, model: nn.Module, windows: torch.Tensor | None, *, targets: str = "mlp",
@@ -121,7 +119,7 @@ class PruneCompressor(LayerCompressor):
         if self.allocator is not None:
             start = time.perf_counter()
             self.allocator.prepare(model, windows, targets=targets, batch_size=batch_size)
-            self.times = {"allocation": time.perf_counter() - start}
+            self.times["allocation"] = time.perf_counter() - start
 
     def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
         self.index, self.layer, self.groups = index, layer, groups
@@ -129,6 +127,26 @@ class PruneCompressor(LayerCompressor):
             for name in group:
                 check_divisible(linear_weight(layer.get_submodule(name)).shape[1], self.config.sparsity,
                                 f"layer {index} {name}")
+
+    def record(self) -> dict[str, Any]:
+        return dict(self._records)
+
+    def timings(self) -> dict[str, float]:
+        return dict(self.times)
+
+
+class PruneCompressor(SparsityCompressor):
+    """Prunes every target linear of a layer with one method; one input statistic per group."""
+
+    def __init__(self, config: PruneConfig) -> None:
+        if type(config) not in _STATISTICS:
+            raise TypeError(f"not a pruning config: {config!r}")
+        super().__init__(config)
+        self.statistic = _STATISTICS[type(config)]
+        self.needs_calibration = self.statistic is not None
+
+    def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
+        super().start_layer(index, layer, groups)
         self.stats = {group: self.statistic() for group in groups} if self.statistic else {}
         self.samples: dict[tuple[str, ...], TokenSample | None] = {
             g: self.allocator.sampler(index, gi) if self.allocator else None for gi, g in enumerate(groups)}
@@ -157,6 +175,3 @@ class PruneCompressor(LayerCompressor):
                 self._records[f"{self.index}.{name}"] = {"sparsity": zero_fraction(new), **info}
         self.stats, self.samples = {}, {}
         return out
-
-    def record(self) -> dict[str, Any]:
-        return dict(self._records)
