@@ -247,22 +247,13 @@ def dense_input_sq_norms(model: nn.Module, windows: torch.Tensor, groups, batch_
     """Mean of x_j^2 per input feature of every target group of every layer, from one forward pass
     of the (dense, unchanged) model over the calibration windows."""
     from ..arch import decoder_layers
+    from ..surgery import flat_inputs, hooks, layer_site
     from .stats import SquaredNormStat
 
-    stats: dict[tuple[int, tuple[str, ...]], SquaredNormStat] = {}
-    handles = []
-    for i, layer in enumerate(decoder_layers(model)):
-        for g in groups:
-            stats[(i, g)] = stat = SquaredNormStat()
-
-            def hook(_module, args, _output, stat=stat):
-                stat.add(args[0].reshape(-1, args[0].shape[-1]))
-            handles.append(layer.get_submodule(g[0]).register_forward_hook(hook))
-    try:
-        device = next(model.parameters()).device
+    stats = {(i, g): SquaredNormStat() for i in range(len(decoder_layers(model))) for g in groups}
+    sites = {layer_site(model, i, g[0]): flat_inputs(stat.add) for (i, g), stat in stats.items()}
+    device = next(model.parameters()).device
+    with hooks(model, sites):
         for start in range(0, windows.shape[0], batch_size):
             model(windows[start : start + batch_size].to(device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
     return {k: s.value() for k, s in stats.items()}
