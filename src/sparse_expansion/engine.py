@@ -36,6 +36,11 @@ class LayerCompressor(ABC):
     #: False for data-free methods (magnitude): the engine then skips every forward pass.
     needs_calibration: bool = True
 
+    def check_calibration(self, tokens: int) -> None:
+        """Refuse (UsageError), before any work, `tokens` calibration tokens per layer that are too
+        few for the method; any number will do unless the method says otherwise."""
+        return None
+
     def prepare(self, model: nn.Module, windows: torch.Tensor | None, *, targets: str = "mlp",
                 batch_size: int = 8) -> None:
         """Whole-model planning before the layer-sequential pass (non-uniform sparsity); none by default."""

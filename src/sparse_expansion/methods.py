@@ -90,20 +90,6 @@ def config_json(config: Any) -> dict[str, Any]:
             for f in dataclasses.fields(config)}
 
 
-def needs_calibration(config: Any) -> bool:
-    """False for data-free methods (magnitude): they must not read, or fail on, a corpus."""
-    return getattr(config, "needs_calibration", True)
-
-
-def check_calibration_size(config: Any, tokens: int) -> None:
-    """Refuse, before any work, a calibration set too small for the method (k-means needs at
-    least one token per expert)."""
-    experts = getattr(config, "experts", 1)
-    if experts > tokens:
-        raise UsageError(f"{experts} experts need at least {experts} calibration tokens per layer, "
-                         f"the calibration set has {tokens}; lower --experts or raise --calib-windows")
-
-
 def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, targets: str = "mlp",
              batch_size: int = 8, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Compress `model` in place, layer by layer, with the method `config` belongs to.
@@ -116,13 +102,15 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
 
     method = method_of(config)
     compressor = method.compressor(config)
-    if needs_calibration(config):
+    if compressor.needs_calibration:
         if windows is None:
             raise ValueError(f"{method.name} needs calibration windows")
-        check_calibration_size(config, windows.numel())
+        compressor.check_calibration(windows.numel())
+    else:
+        windows = None  # data-free (magnitude): it must not read, or fail on, a corpus
     start = time.perf_counter()
-    compressor.prepare(model, windows if needs_calibration(config) else None, targets=targets, batch_size=batch_size)
-    times = calibrate(model, windows if needs_calibration(config) else None, compressor, targets=targets,
+    compressor.prepare(model, windows, targets=targets, batch_size=batch_size)
+    times = calibrate(model, windows, compressor, targets=targets,
                       batch_size=batch_size, device=device, progress=progress)
     elapsed = time.perf_counter() - start
     linears = compressor.record()
@@ -158,14 +146,15 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
     from .models import load_causal_lm
 
     check_output_dir(out)
-    if needs_calibration(config):
+    asked = method_of(config).compressor(config)  # what data the method needs, asked before any work
+    needs_data = asked.needs_calibration
+    if needs_data:
         calibration.check()
-        check_calibration_size(config, calibration.windows * calibration.seqlen)
+        asked.check_calibration(calibration.windows * calibration.seqlen)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
     runtime.join_process_group(device)
     model, tokenizer = load_causal_lm(source, dtype=dtype) if dtype is not None else load_causal_lm(source)
-    needs_data = needs_calibration(config)
     windows = calibration.sample(tokenizer, model) if needs_data else None
     record = compress(model, windows, config, targets=targets, batch_size=batch_size, device=device,
                       progress=progress and distributed.is_main())

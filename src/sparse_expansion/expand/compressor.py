@@ -103,6 +103,13 @@ class ExpandCompressor(SparsityCompressor):
         super().__init__(config, seed=config.seed)
         self.times.update(clustering=0.0, hessians=0.0, solves=0.0)
 
+    def check_calibration(self, tokens: int) -> None:
+        """k-means needs at least one token per expert."""
+        if self.config.experts > tokens:
+            raise UsageError(f"{self.config.experts} experts need at least {self.config.experts} calibration "
+                             f"tokens per layer, the calibration set has {tokens}; lower --experts or raise "
+                             "--calib-windows")
+
     def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
         super().start_layer(index, layer, groups)
         self.state: dict[tuple[str, ...], _GroupState] = {g: _GroupState() for g in groups}

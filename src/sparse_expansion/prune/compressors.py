@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,8 +26,7 @@ from .wanda import wanda_prune
 
 @dataclass(frozen=True)
 class MagnitudeConfig:
-    sparsity: Sparsity
-    needs_calibration: ClassVar[bool] = False  # data-free: no calibration corpus is read
+    sparsity: Sparsity  # data-free: its compressor reads no calibration corpus
 
 
 @dataclass(frozen=True, kw_only=True)
