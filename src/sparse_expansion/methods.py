@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Method:
+class CompressionMethod:
     """One registry row. Config and compressor are import paths ("module:Name"), resolved on use,
     so reading the registry (the CLI's --help) does not import torch."""
 
@@ -49,14 +49,14 @@ def _resolve(path: str) -> Any:
 
 
 _PRUNE = "sparse_expansion.prune.compressors"
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("magnitude", f"{_PRUNE}:MagnitudeConfig", f"{_PRUNE}:PruneCompressor", "pruned",
+METHODS: dict[str, CompressionMethod] = {m.name: m for m in (
+    CompressionMethod("magnitude", f"{_PRUNE}:MagnitudeConfig", f"{_PRUNE}:PruneCompressor", "pruned",
            "drop the smallest |w| of each matrix; needs no data"),
-    Method("wanda", f"{_PRUNE}:WandaConfig", f"{_PRUNE}:PruneCompressor", "pruned",
+    CompressionMethod("wanda", f"{_PRUNE}:WandaConfig", f"{_PRUNE}:PruneCompressor", "pruned",
            "drop the smallest |w| x input norm within each row (Sun et al. 2023)"),
-    Method("sparsegpt", f"{_PRUNE}:SparseGPTConfig", f"{_PRUNE}:PruneCompressor", "pruned",
+    CompressionMethod("sparsegpt", f"{_PRUNE}:SparseGPTConfig", f"{_PRUNE}:PruneCompressor", "pruned",
            "prune column by column, updating the rest to compensate (Frantar & Alistarh 2023)"),
-    Method("sparse_expansion", "sparse_expansion.expand.compressor:ExpandConfig",
+    CompressionMethod("sparse_expansion", "sparse_expansion.expand.compressor:ExpandConfig",
            "sparse_expansion.expand.compressor:ExpandCompressor", "expanded",
            "k SparseGPT experts per linear, one per input cluster, behind a router (Kong et al. 2024)"),
 )}
@@ -64,7 +64,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 PRUNING_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.kind == "pruned")
 
 
-def method_of(config: Any) -> Method:
+def method_of(config: Any) -> CompressionMethod:
     for method in METHODS.values():
         if type(config) is method.config:
             return method
