@@ -25,8 +25,8 @@ from .. import distributed
 from ..arch import linear_weight
 from ..engine import Groups
 from ..errors import UsageError
-from ..prune.allocation import TokenSample, block_counts
-from ..prune.compressors import AllocationFields, SparsityCompressor
+from ..prune.allocation import AllocationFields, TokenSample, block_counts
+from ..prune.compressors import SparsityCompressor
 from ..prune.sparsegpt import sparsegpt_solve
 from ..prune.sparsity import Sparsity
 from .hessians import SHRINK_RULES, ClusterHessianStat, shrunk_hessians

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -148,6 +149,28 @@ def row_scores(rule: str, weight: torch.Tensor, sample: torch.Tensor | None) -> 
     raise ValueError(f"row rule {rule!r} has no score")
 
 
+@dataclass(frozen=True, kw_only=True)
+class AllocationFields:
+    """Where the zeros go at a fixed total, the fields every config that allocates shares:
+    `layer_alloc` one of LAYER_RULES, `row_alloc` one of ROW_RULES. Uniform + uniform is the method
+    as published. Checked once, when the config is made."""
+
+    layer_alloc: str = "uniform"
+    owl_m: float = 5.0  # OWL: a score is an outlier above owl_m x its layer's mean score
+    owl_lmbda: float = 0.08  # OWL: layer sparsities span target +- owl_lmbda
+    row_alloc: str = "uniform"
+    row_lmbda: float = 0.1  # rows: sparsities span target +- row_lmbda, linear in the score's rank
+    row_tokens: int = 4096  # rows: tokens per layer (seeded, from the first batches) for wd / variance
+
+    # `sparsity` is each method's own first field.
+
+    def __post_init__(self) -> None:
+        check_rules(self.sparsity, self.layer_alloc, self.row_alloc, self.owl_lmbda, self.row_lmbda)
+
+    def allocator(self, seed: int = 0) -> Allocator:
+        return Allocator(self, seed)
+
+
 class Allocator:
     """The zero counts of every target linear (and, when asked, of its rows) for one run.
 
@@ -157,12 +180,10 @@ class Allocator:
     inputs the layer actually gets.
     """
 
-    def __init__(self, sparsity: Sparsity, layer_alloc: str = "uniform", row_alloc: str = "uniform", *,
-                 owl_m: float = 5.0, owl_lmbda: float = 0.08, row_lmbda: float = 0.1, row_tokens: int = 4096,
-                 seed: int = 0) -> None:
-        check_rules(sparsity, layer_alloc, row_alloc, owl_lmbda, row_lmbda)
-        self.sparsity, self.layer_alloc, self.row_alloc = sparsity, layer_alloc, row_alloc
-        self.owl_m, self.owl_lmbda, self.row_lmbda, self.row_tokens = owl_m, owl_lmbda, row_lmbda, row_tokens
+    def __init__(self, rules: AllocationFields, seed: int = 0) -> None:
+        self.sparsity, self.layer_alloc, self.row_alloc = rules.sparsity, rules.layer_alloc, rules.row_alloc
+        self.owl_m, self.owl_lmbda = rules.owl_m, rules.owl_lmbda
+        self.row_lmbda, self.row_tokens = rules.row_lmbda, rules.row_tokens
         self.seed = seed
         self.zeros: dict[tuple[int, str], int] = {}
         self.layer_sparsity: dict[int, float] = {}

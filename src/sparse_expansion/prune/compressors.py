@@ -16,7 +16,7 @@ from torch import nn
 
 from ..arch import linear_weight
 from ..engine import Groups, LayerCompressor
-from .allocation import Allocator, TokenSample, block_counts, check_rules, exact_counts
+from .allocation import AllocationFields, TokenSample, block_counts, exact_counts
 from .magnitude import magnitude_prune
 from .sparsegpt import sparsegpt_solve
 from .sparsity import Sparsity, check_divisible
@@ -27,28 +27,6 @@ from .wanda import wanda_prune
 @dataclass(frozen=True)
 class MagnitudeConfig:
     sparsity: Sparsity  # data-free: its compressor reads no calibration corpus
-
-
-@dataclass(frozen=True, kw_only=True)
-class AllocationFields:
-    """Where the zeros go at a fixed total (prune/allocation.py): `layer_alloc` uniform | owl,
-    `row_alloc` uniform | equal | wd | variance | norm. Uniform + uniform is the method as published."""
-
-    layer_alloc: str = "uniform"
-    owl_m: float = 5.0  # OWL: a score is an outlier above owl_m x its layer's mean score
-    owl_lmbda: float = 0.08  # OWL: layer sparsities span target +- owl_lmbda
-    row_alloc: str = "uniform"
-    row_lmbda: float = 0.1  # rows: sparsities span target +- row_lmbda, linear in the score's rank
-    row_tokens: int = 4096  # rows: tokens per layer (seeded, from the first batches) for wd / variance
-
-    # `sparsity` is each method's own first field.
-
-    def __post_init__(self) -> None:
-        check_rules(self.sparsity, self.layer_alloc, self.row_alloc, self.owl_lmbda, self.row_lmbda)
-
-    def allocator(self, seed: int = 0) -> Allocator:
-        return Allocator(self.sparsity, self.layer_alloc, self.row_alloc, owl_m=self.owl_m, owl_lmbda=self.owl_lmbda,
-                         row_lmbda=self.row_lmbda, row_tokens=self.row_tokens, seed=seed)
 
 
 @dataclass(frozen=True)
