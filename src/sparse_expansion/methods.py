@@ -90,6 +90,19 @@ def config_json(config: Any) -> dict[str, Any]:
             for f in dataclasses.fields(config)}
 
 
+def check_widths(config: Any, model: nn.Module, targets: str = "mlp") -> None:
+    """Refuse an N:M sparsity whose M does not divide the input width of every target linear
+    (`model` may be a skeleton on the meta device: only shapes are read)."""
+    from .arch import decoder_layers, in_features, target_groups
+    from .prune.sparsity import check_divisible
+
+    groups = target_groups(model, targets)
+    for index, layer in enumerate(decoder_layers(model)):
+        for group in groups:
+            for name in group:
+                check_divisible(in_features(layer.get_submodule(name)), config.sparsity, f"layer {index} {name}")
+
+
 def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, targets: str = "mlp",
              batch_size: int = 8, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Compress `model` in place, layer by layer, with the method `config` belongs to.
@@ -108,6 +121,7 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
         compressor.check_calibration(windows.numel())
     else:
         windows = None  # data-free (magnitude): it must not read, or fail on, a corpus
+    check_widths(config, model, targets)
     start = time.perf_counter()
     compressor.prepare(model, windows, targets=targets, batch_size=batch_size)
     times = calibrate(model, windows, compressor, targets=targets,
@@ -136,14 +150,15 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
     `notes`, e.g. how the user phrased a setting, added to it).
 
     Everything that can be refused is refused before the model loads: an unwritable or non-empty
-    `out`, bad calibration sizes. Under torchrun every rank runs the same deterministic calibration
-    and shares the expert solves; rank 0 writes the folder. `dtype` is the weights' storage
-    precision (default float32); statistics and solves compute in float32 whatever it is.
+    `out`, bad calibration sizes, an N:M sparsity that does not divide the layer widths (read from
+    config.json). Under torchrun every rank runs the same deterministic calibration and shares the
+    expert solves; rank 0 writes the folder. `dtype` is the weights' storage precision (default
+    float32); statistics and solves compute in float32 whatever it is.
     """
     from . import distributed, runtime
     from .artifact import save_artifact
     from .io import atomic_output_dir, check_output_dir
-    from .models import load_causal_lm
+    from .models import load_causal_lm, skeleton
 
     check_output_dir(out)
     asked = method_of(config).compressor(config)  # what data the method needs, asked before any work
@@ -153,6 +168,8 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
         asked.check_calibration(calibration.windows * calibration.seqlen)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    if config.sparsity.structured and (shape := skeleton(source)) is not None:
+        check_widths(config, shape, targets)  # from config.json: N:M against the layer widths
     runtime.join_process_group(device)
     model, tokenizer = load_causal_lm(source, dtype=dtype) if dtype is not None else load_causal_lm(source)
     windows = calibration.sample(tokenizer, model) if needs_data else None

@@ -19,7 +19,7 @@ from ..engine import Groups, LayerCompressor
 from .allocation import AllocationFields, TokenSample, block_counts, exact_counts
 from .magnitude import magnitude_prune
 from .sparsegpt import sparsegpt_solve
-from .sparsity import Sparsity, check_divisible
+from .sparsity import Sparsity
 from .stats import HessianStat, SquaredNormStat
 from .wanda import wanda_prune
 
@@ -81,7 +81,8 @@ _STATISTICS = {MagnitudeConfig: None, WandaConfig: SquaredNormStat, SparseGPTCon
 class SparsityCompressor(LayerCompressor):
     """What every compressor that prunes each target linear to `config.sparsity` shares (pruning
     and Sparse Expansion): the config, the allocation planned over the whole model before the pass,
-    the width check, the per-linear record and the timings of its own steps."""
+    the per-linear record and the timings of its own steps. (N:M against the layer widths is checked
+    before any of it: methods.check_widths.)"""
 
     def __init__(self, config: Any, seed: int = 0) -> None:
         self.config = config
@@ -100,10 +101,6 @@ class SparsityCompressor(LayerCompressor):
 
     def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
         self.index, self.layer, self.groups = index, layer, groups
-        for group in groups:
-            for name in group:
-                check_divisible(linear_weight(layer.get_submodule(name)).shape[1], self.config.sparsity,
-                                f"layer {index} {name}")
 
     def record(self) -> dict[str, Any]:
         return dict(self._records)
