@@ -32,7 +32,6 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..data import CalibrationSpec, check_corpus, check_seqlen_value
     from ..evaluate import evaluate_model
-    from ..expand import ExpandConfig
     from ..methods import PRUNING_METHODS, compress, make_config
     from ..models import load_causal_lm
     from ..prune import parse_sparsity
@@ -68,7 +67,8 @@ def run(args) -> int:
     measure("dense", dense, 0.0)
     runs = [(method, make_config(method, sparsity)) for method in methods]
     if args.experts > 0:
-        runs.append((f"sparse expansion x{args.experts}", ExpandConfig(experts=args.experts, sparsity=sparsity)))
+        runs.append((f"sparse expansion x{args.experts}", make_config("sparse_expansion", sparsity,
+                                                                       experts=args.experts)))
     for name, config in runs:
         print(f"-- {name} at {sparsity}")
         model = copy.deepcopy(dense)
