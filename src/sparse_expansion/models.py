@@ -58,26 +58,34 @@ def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
     from safetensors.torch import save_model as save_safetensors
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    try:  # the cache is probed by creating the folder the conversion goes into, before converting
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise UsageError(f"the cache folder {target.parent} cannot be written ({exc.strerror or exc}); set "
+                         "SPARSE_EXPANSION_CACHE to a writable folder") from None
     print(f"converting {gguf.name} to a Hugging Face folder in {target} (once, under a minute)",
           file=sys.stderr, flush=True)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The weights are now plain fp32 tensors: the GGUF marker would make loaders look for the file
-    # (and makes save_pretrained refuse), so write the config and the tensors ourselves.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
     try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The weights are now plain fp32 tensors: the GGUF marker would make loaders look for the file
+        # (and makes save_pretrained refuse), so write the config and the tensors ourselves.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         save_safetensors(model, str(tmp / "model.safetensors"))
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
-    except OSError:
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "config.json").is_file():  # another process may have won the race
-            raise
+            raise UsageError(f"writing the converted model to {target} failed ({exc.strerror or exc}); free "
+                             "space or set SPARSE_EXPANSION_CACHE to another folder") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return target
 
 

@@ -169,13 +169,13 @@ def _command_line(args: argparse.Namespace, checked: dict) -> str:
 def handler(args: argparse.Namespace) -> int:
     checked = _check(args)
     import torch
-    from tqdm import tqdm
 
     from ..io import atomic_output_dir, write_json
     from ..ncen import data as ncen_data
     from ..ncen import report as rep
     from ..ncen.study import StudyConfig, run_study
     from ..ncen.training import default_train_config
+    from ..progress import progress_bar as tqdm
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

@@ -121,7 +121,8 @@ def handle(args: argparse.Namespace) -> int:
     data = load_data(args.data_dir)
     check_data(cfg, data)
     if args.save_data and rank == 0:
-        save_token_data(data, args.save_data)
+        with atomic_output_dir(args.save_data) as saved:
+            save_token_data(data, saved)
     if rank != 0:
         train(cfg, data, None, ckpt, args.checkpoint_every, resume, progress=False, device=rt.device,
               autocast=autocast)
