@@ -112,17 +112,6 @@ def prepare(out: Path) -> None:
     print(f"{windows.shape[0]} x {windows.shape[1]} calibration tokens -> {out / 'calib.safetensors'}")
 
 
-def run_measured(cmd: list[str], log: Path, env: dict | None = None) -> tuple[int, float, float]:
-    """(exit code, wall seconds, peak RSS in GiB) of one child process."""
-    start = time.perf_counter()
-    with log.open("a") as handle:
-        handle.write(f"$ {' '.join(cmd)}\n")
-        handle.flush()
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage.ru_maxrss / 2**20
-
-
 def last_json_line(log: Path) -> dict:
     for line in reversed(log.read_text().splitlines()):
         if line.startswith("{"):
@@ -141,6 +130,7 @@ def evaluate(model: Path, log: Path) -> dict:
 def run_one(side: str, config: str, out: Path, keep: bool) -> dict:
     from sparse_expansion.artifact import is_artifact, read_record
     from sparse_expansion.models import shipped_model_dir
+    from sparse_expansion.resources import run_measured
 
     method, sparsity = split_config(config)
     model_dir = out / "models" / f"{side}-{config.replace(':', '_')}"
@@ -155,7 +145,7 @@ def run_one(side: str, config: str, out: Path, keep: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     if side == "theirs":
         env.pop("PYTHONPATH")  # their venv must not see our package
-    code, wall, peak = run_measured(cmd, log, env)
+    code, wall, peak_mb = run_measured(cmd, log, env)
     if code != 0:
         raise SystemExit(f"{side} {config} failed with exit code {code}; see {log}")
     if side == "theirs":
@@ -167,7 +157,8 @@ def run_one(side: str, config: str, out: Path, keep: bool) -> dict:
     if side == "ours":  # keep how it was made (per-linear sparsity, damping) after the folder is deleted
         shutil.copy2(model_dir / "sparse_expansion.json", log.with_suffix(".record.json"))
     result = evaluate(model_dir, log)
-    row = {"side": side, "config": config, "perplexity": result["perplexity"], "wall_s": wall, "peak_gib": peak,
+    row = {"side": side, "config": config, "perplexity": result["perplexity"], "wall_s": wall,
+           "peak_gib": peak_mb / 1024,
            "compress_s": compress_s, "mlp_sparsity": achieved, "nonzeros": result["nonzeros"],
            "threads": os.environ.get("OMP_NUM_THREADS"), "load": os.getloadavg(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
 import time
 
 import torch
@@ -37,9 +36,10 @@ def build(shape: str, layers: int, dtype: torch.dtype):
 
 
 def peak_memory_gb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    from sparse_expansion.resources import peak_gpu_mb, peak_rss_mb
+
+    gpu = peak_gpu_mb(device)
+    return (gpu if gpu is not None else peak_rss_mb()) / 1024
 
 
 def main() -> None:

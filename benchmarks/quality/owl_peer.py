@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
+from sparse_expansion.benchmarking import evaluate, run_config
+from sparse_expansion.resources import run_measured
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from compression import evaluate, run_config, run_measured  # noqa: E402
 
 
 def main() -> None:
@@ -76,12 +76,12 @@ def main() -> None:
         if args.targets == "mlp":
             cmd.append("--mlp-only")
         log = args.out / f"{name}.log"
-        code, wall, peak = run_measured(cmd, log)
+        code, wall, peak_mb = run_measured(cmd, log)
         if code != 0:
             print(f"{name}: failed (exit {code}), see {log}")
             continue
         row = {"name": name, "method": args.method, "sparsity": args.sparsity, "peer": "llm-compressor",
-               "compress_seconds": wall, "peak_gib": peak, "load": os.getloadavg(),
+               "compress_seconds": wall, "peak_gib": peak_mb / 1024, "load": os.getloadavg(),
                "llmc_sparsities": json.loads((folder / "llmc_sparsities.json").read_text())["sparsities"],
                "perplexity_by_data": {}}
         for i, data in enumerate(args.eval_data):

@@ -22,8 +22,8 @@ def progress_bar(iterable: Iterable | None = None, **kwargs: Any):
         from tqdm.auto import tqdm
 
         return tqdm(iterable, file=stream, **kwargs)
-    kwargs["mininterval"] = max(kwargs.get("mininterval", 0), LOG_SECONDS)
-    return _log_bar()(iterable, file=_Lines(stream), dynamic_ncols=False, **kwargs)
+    kwargs.update(mininterval=max(kwargs.get("mininterval", 0), LOG_SECONDS), dynamic_ncols=False)
+    return _log_bar()(iterable, file=_Lines(stream), **kwargs)
 
 
 def _is_terminal(stream: TextIO) -> bool:
