@@ -2,7 +2,7 @@
 and theirs (uniform and OWL), each run as its own process.
 
     python benchmarks/quality/owl_peer.py --out runs/owl_peer --method sparsegpt --sparsity 0.7 \
-        [--llmc-python /work/venvs/llmc/bin/python] [--targets all|mlp]
+        [--llmc-python $LLMC_PYTHON] [--targets all|mlp]
 
 llm-compressor lives in its own virtual environment (see benchmarks/quality/llmc_oneshot.py);
 this script writes the windows our CLI would sample, runs their oneshot on them, evaluates both
@@ -35,9 +35,12 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--eval-data", nargs="+", default=["shakespeare:test", "pydoc"])
-    parser.add_argument("--llmc-python", default="/work/venvs/llmc/bin/python")
+    parser.add_argument("--llmc-python", default=os.environ.get("LLMC_PYTHON"),
+                        help="python of llm-compressor's own venv (default $LLMC_PYTHON)")
     parser.add_argument("--only", nargs="*", help="ours-uniform ours-owl llmc-uniform llmc-owl")
     args = parser.parse_args()
+    if not args.llmc_python and (not args.only or any(o.startswith("llmc") for o in args.only)):
+        parser.error("the llm-compressor side needs --llmc-python or $LLMC_PYTHON (its own venv's python)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
 

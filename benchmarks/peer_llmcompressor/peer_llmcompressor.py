@@ -9,16 +9,18 @@ and peak RSS read with os.wait4); both results are then scored by OUR evaluator
 
 llm-compressor runs from its own virtual environment (never a dependency of this project):
 
-    python3 -m venv /work/venvs/llmc
-    /work/venvs/llmc/bin/pip install torch==2.13.0 && /work/venvs/llmc/bin/pip install llmcompressor==0.14.0.1
+    python3 -m venv ../llmc-venv      # anywhere outside this checkout
+    ../llmc-venv/bin/pip install torch==2.13.0 && ../llmc-venv/bin/pip install llmcompressor==0.14.0.1
+    export LLMC_PYTHON=$(realpath ../llmc-venv/bin/python)
 
 Then, from this project's venv (configs: sparsegpt-0.5 sparsegpt-0.7 sparsegpt-2:4 wanda-0.5 ...):
 
-    python benchmarks/peer_llmcompressor.py prepare --out runs/peer
-    OMP_NUM_THREADS=1 python benchmarks/peer_llmcompressor.py run --out runs/peer --side theirs --only sparsegpt-0.5
-    OMP_NUM_THREADS=1 python benchmarks/peer_llmcompressor.py run --out runs/peer --side ours --only sparsegpt-0.5
-    python benchmarks/peer_llmcompressor.py table --out runs/peer
-    python benchmarks/peer_llmcompressor.py compare OURS_DIR THEIRS_DIR   # per-layer mask agreement (--keep)
+    S=benchmarks/peer_llmcompressor/peer_llmcompressor.py
+    python $S prepare --out runs/peer
+    OMP_NUM_THREADS=1 python $S run --out runs/peer --side theirs --only sparsegpt-0.5
+    OMP_NUM_THREADS=1 python $S run --out runs/peer --side ours --only sparsegpt-0.5
+    python $S table --out runs/peer
+    python $S compare OURS_DIR THEIRS_DIR   # per-layer mask agreement (--keep)
 
 `run` skips configurations already in RESULTS/results.jsonl, so it resumes. The `_oneshot`
 subcommand is what runs inside the llm-compressor venv: this file imports only the standard
@@ -37,8 +39,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-LLMC_PYTHON = os.environ.get("LLMC_PYTHON", "/work/venvs/llmc/bin/python")
+ROOT = HERE.parents[1]  # the repository (this study lives in benchmarks/peer_llmcompressor/)
+LLMC_PYTHON = os.environ.get("LLMC_PYTHON")  # their venv's python (set-up above); needed by --side theirs
 CONFIGS = tuple(f"{method}-{sparsity}" for method in ("sparsegpt", "wanda") for sparsity in ("0.5", "0.7", "2:4"))
 EVAL_WINDOWS = 16
 SEQLEN = 512
@@ -138,6 +140,8 @@ def run_one(side: str, config: str, out: Path, keep: bool) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(model_dir, ignore_errors=True)
     if side == "theirs":
+        if not LLMC_PYTHON:
+            raise SystemExit("set LLMC_PYTHON to the python of llm-compressor's own venv (see this script's help)")
         cmd = [LLMC_PYTHON, str(Path(__file__).resolve()), "_oneshot", "--model", str(shipped_model_dir()),
                "--calib", str(out / "calib.safetensors"), "--config", config, "--out", str(model_dir)]
     else:

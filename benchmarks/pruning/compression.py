@@ -6,10 +6,10 @@ Results append to RESULTS/results.jsonl; finished configurations are skipped on 
 interrupted grid resumes. The model folders are deleted after evaluation (an expanded folder
 stores every expert).
 
-    python benchmarks/compression.py pruning   --out runs/bench_pruning
-    python benchmarks/compression.py expansion --out runs/bench_expansion
-    python benchmarks/compression.py table     --out runs/bench_expansion
-    python benchmarks/compression.py pivot     --out runs/bench_expansion   # experts x sparsity
+    python benchmarks/pruning/compression.py pruning   --out runs/bench_pruning
+    python benchmarks/pruning/compression.py expansion --out runs/bench_expansion
+    python benchmarks/pruning/compression.py table     --out runs/bench_expansion
+    python benchmarks/pruning/compression.py pivot     --out runs/bench_expansion   # experts x sparsity
 
 Variants for investigations: `--extra "--blend-below 4" --tag b4` appends the flags to every
 `expand` run and the tag to its name (se16-0.7+b4); `--keep NAME` keeps that model folder.

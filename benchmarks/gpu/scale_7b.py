@@ -1,8 +1,8 @@
 """Scale check without a download: a randomly initialised Llama-2-7B-shaped model (hidden 4096,
 MLP 11008, 32 heads; only a few of its 32 layers), calibrated layer by layer as a real one would be.
 
-    python benchmarks/scale_7b.py --device cuda --layers 2 --windows 128 --seqlen 2048
-    python benchmarks/scale_7b.py --device cpu --layers 1 --windows 2 --seqlen 256 --shape small   # a smoke run
+    python benchmarks/gpu/scale_7b.py --device cuda --layers 2 --windows 128 --seqlen 2048
+    python benchmarks/gpu/scale_7b.py --device cpu --layers 1 --windows 2 --seqlen 256 --shape small   # a smoke run
 
 Prints one JSON line per method (SparseGPT at 70%; 16-expert Sparse Expansion at 70%): seconds per
 decoder layer (engine total / layers, forward passes included), peak memory (GPU: the allocator's
