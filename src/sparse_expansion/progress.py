@@ -49,6 +49,16 @@ def _log_bar() -> type:
                 self.fp.write((self.__str__() if msg is None else msg).rstrip() + "\n")
                 return True
 
+            # A new postfix or description shows on the next timed line, not as a line of its own.
+            def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+                super().set_postfix_str(s, refresh=False)
+
+            def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs: Any) -> None:
+                super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+            def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+                super().set_description(desc, refresh=False)
+
         _LOG_BAR = LogBar
     return _LOG_BAR
 
