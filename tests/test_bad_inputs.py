@@ -117,6 +117,31 @@ def test_unwritable_output_is_refused_before_the_work(tmp_path, tiny_model_dir, 
     assert_refused(code, err, f"{NO_WRITE} cannot be written", tmp_path / "out")
 
 
+# checks that came after the slow work: (command line, message, the slow step that must not start)
+LATE = [
+    (["ncen", "--tie-in", "smollm2", "--tie-in-layer", "5", "--out", "OUT"],
+     "--tie-in-layer 5 is beyond SmolLM2-135M's 2 decoder layers", "ncen.data:load"),
+]
+
+
+@pytest.mark.parametrize("args,message,slow", LATE, ids=[a[0] for a, _, _ in LATE])
+def test_checks_that_came_after_the_work_now_come_first(tmp_path, tiny_model_dir, monkeypatch, capsys, args,
+                                                         message, slow):
+    import importlib
+
+    import sparse_expansion.models as models
+
+    module, name = slow.split(":")
+
+    def forbidden(*_a, **_k):
+        raise AssertionError(f"{slow} ran before the bad input was refused")
+
+    monkeypatch.setattr(importlib.import_module(f"sparse_expansion.{module}"), name, forbidden)
+    monkeypatch.setattr(models, "shipped_model_dir", lambda *_a: tiny_model_dir)  # 2 decoder layers
+    code, _, err = run_cli([str(tmp_path / "out") if a == "OUT" else a for a in args], capsys)
+    assert_refused(code, err, message, tmp_path / "out")
+
+
 def test_write_error_after_the_work_is_one_line_and_leaves_nothing(tmp_path, tiny_model_dir, monkeypatch, capsys):
     import errno
 

@@ -46,6 +46,9 @@ def _log_bar() -> type:
             def display(self, msg: str | None = None, pos: int | None = None) -> bool:
                 if msg == "":  # tqdm clearing its bar: nothing to clear in a log
                     return True
+                if msg is None and self.n == getattr(self, "_last_n", None):
+                    return True  # no step since the last line (the closing redraw, tqdm's idle monitor)
+                self._last_n = self.n
                 self.fp.write((self.__str__() if msg is None else msg).rstrip() + "\n")
                 return True
 
