@@ -51,6 +51,8 @@ def check_output_dir(out: str | os.PathLike) -> Path:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise UsageError(f"--out {path} cannot be written: {ancestor} is not a folder; choose another place")
+    if os.environ.get("RANK", "0") != "0":
+        return path  # under torchrun rank 0 alone writes, so it alone probes (and clears stale folders)
     created = [folder for folder in path.absolute().parents if not folder.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
