@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix for the names of expand runs made with --extra")
     parser.add_argument("--keep", nargs="*", help="keep these configurations' model folders")
     parser.add_argument("--name", help="`run`: the row's name (skipped if OUT/results.jsonl has it)")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="`run`: the model to compress (a shipped name or folder)")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -139,7 +141,8 @@ def main() -> None:
         cfg = {"name": args.name, "method": command[0] if command[0] == "expand" else
                command[command.index("--method") + 1] if "--method" in command else command[0],
                "cmd": command if command[0] != "dense" else None}
-        run_config(args.out, cfg, args.eval_windows, args.eval_data, keep=bool(args.keep is not None))
+        run_config(args.out, cfg, args.eval_windows, args.eval_data, keep=bool(args.keep is not None),
+                   model=args.model)
     else:
         if args.extra and not args.tag:
             parser.error("--extra needs a --tag, so variant rows do not mix with the default ones")

@@ -46,6 +46,7 @@ def run_config(out: Path, cfg: dict[str, Any], windows: int, eval_data: list[str
 
     log = out / f"{cfg['name']}.log"
     row = {k: v for k, v in cfg.items() if k != "cmd"}
+    row["model"] = model
     if cfg["cmd"] is None:
         row.update(compress_seconds=0.0, peak_gib=None)
     else:
