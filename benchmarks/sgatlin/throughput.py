@@ -21,6 +21,8 @@ import json
 import subprocess
 import sys
 
+from sparse_expansion.resources import peak_gpu_mb, peak_rss_mb
+
 MATCHED = {
     "mlp": {"d_ffw": 640},
     "swiglu": {"d_ffw": 427},
@@ -36,7 +38,6 @@ def measure(ffn: str, steps: int, device: str = "cpu", batch_size: int = 8) -> d
     import torch
     import torch.nn.functional as F
 
-    from sparse_expansion.resources import peak_gpu_mb, peak_rss_mb
     from sparse_expansion.sgatlin.training import TrainConfig, _optimizer
     from sparse_expansion.sgatlin.transformer import Transformer, config_for_scale, count_params
 

@@ -31,6 +31,17 @@ def add_calibration_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
 
 
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `train` and `isoflop`."""
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights and of the batch order (default 0)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with tokenizer.json, train.npy, val.npy (default: build from the "
+                        "corpora, fitting the BPE tokenizer on the training split)")
+
+
 def calibration_spec(args) -> CalibrationSpec:
     """The shared calibration flags as the library's plain value."""
     from ..data import CalibrationSpec
@@ -41,42 +52,3 @@ def calibration_spec(args) -> CalibrationSpec:
 def require_positive(value: int, flag: str) -> None:
     if value < 1:
         raise UsageError(f"{flag} must be at least 1 (got {value})")
-
-
-def add_allocation_args(p) -> None:
-    """Non-uniform sparsity at the same total (wanda, sparsegpt, expand); see prune/allocation.py."""
-    group = p.add_argument_group("non-uniform sparsity (same total number of zeros)")
-    group.add_argument("--layer-alloc", choices=("uniform", "owl"), default=None,
-                       help="owl: layers with more outlier Wanda scores are pruned less (Yin et al. 2024); "
-                            "default uniform")
-    group.add_argument("--owl-m", type=float, default=None, metavar="M",
-                       help="OWL outlier threshold: M x the layer's mean score (default 5)")
-    group.add_argument("--owl-lambda", type=float, default=None, metavar="L",
-                       help="OWL layer sparsities span target +- L (default 0.08)")
-    group.add_argument("--row-alloc", choices=("uniform", "equal", "wd", "variance", "norm"), default=None,
-                       help="rows (output neurons) with a higher score keep more weights: wd (Wasserstein distance "
-                            "of the row's outputs to a Gaussian), variance (of its outputs), norm (of its weights); "
-                            "equal: the same count for every row; default uniform (the method's own choice)")
-    group.add_argument("--row-lambda", type=float, default=None, metavar="L",
-                       help="row sparsities span target +- L, linear in the score's rank (default 0.1)")
-    group.add_argument("--row-tokens", type=int, default=None, metavar="N",
-                       help="tokens per layer on which wd / variance are measured (default 4096)")
-
-
-def allocation_options(args) -> dict:
-    """The allocation flags as config fields (None = the config's default)."""
-    if args.row_tokens is not None:
-        require_positive(args.row_tokens, "--row-tokens")
-    return {"layer_alloc": args.layer_alloc, "owl_m": args.owl_m, "owl_lmbda": args.owl_lambda,
-            "row_alloc": args.row_alloc, "row_lmbda": args.row_lambda, "row_tokens": args.row_tokens}
-
-
-def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags shared by `train` and `isoflop`."""
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the initial weights and of the batch order (default 0)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with tokenizer.json, train.npy, val.npy (default: build from the "
-                        "corpora, fitting the BPE tokenizer on the training split)")

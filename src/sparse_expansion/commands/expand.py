@@ -5,6 +5,7 @@ from __future__ import annotations
 from .. import runtime
 from ..errors import UsageError
 from . import common
+from .prune import add_allocation_args, allocation_options
 
 
 def register(subparsers) -> None:
@@ -40,7 +41,7 @@ def register(subparsers) -> None:
                         "the router's tokens, through one routing offset per expert (B >= 1; default 0 = off)")
     p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization of the experts (2-8)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    common.add_allocation_args(p)
+    add_allocation_args(p)
     common.add_calibration_args(p)
     runtime.add_runtime_args(p, dtype_help="storage precision of the weights and experts (statistics, router "
                                            "and solves stay float32)")
@@ -68,7 +69,7 @@ def run(args) -> int:
     else:
         sparsity = parse_sparsity(args.sparsity)
     rt = runtime.setup(args.device, args.dtype)
-    allocation = {k: v for k, v in common.allocation_options(args).items() if v is not None}
+    allocation = {k: v for k, v in allocation_options(args).items() if v is not None}
     config = ExpandConfig(experts=args.experts, sparsity=sparsity, pca_dim=args.pca_dim, bits=args.bits, **allocation,
                           seed=args.seed, n_init=args.n_init, blend_below=args.blend_below, shrink=args.shrink,
                           router_tokens=args.router_tokens, balance=args.balance)

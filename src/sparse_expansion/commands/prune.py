@@ -21,10 +21,38 @@ def register(subparsers) -> None:
     p.add_argument("--sparsity", required=True, help="fraction of zeros in [0, 1), or N:M like 2:4")
     p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization, 2-8 bits (sparsegpt)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    common.add_allocation_args(p)
+    add_allocation_args(p)
     common.add_calibration_args(p)
     runtime.add_runtime_args(p, dtype_help="storage precision of the weights (statistics and solves stay float32)")
     p.set_defaults(func=run)
+
+
+def add_allocation_args(p) -> None:
+    """Non-uniform sparsity at the same total (wanda, sparsegpt, expand); see prune/allocation.py."""
+    group = p.add_argument_group("non-uniform sparsity (same total number of zeros)")
+    group.add_argument("--layer-alloc", choices=("uniform", "owl"), default=None,
+                       help="owl: layers with more outlier Wanda scores are pruned less (Yin et al. 2024); "
+                            "default uniform")
+    group.add_argument("--owl-m", type=float, default=None, metavar="M",
+                       help="OWL outlier threshold: M x the layer's mean score (default 5)")
+    group.add_argument("--owl-lambda", type=float, default=None, metavar="L",
+                       help="OWL layer sparsities span target +- L (default 0.08)")
+    group.add_argument("--row-alloc", choices=("uniform", "equal", "wd", "variance", "norm"), default=None,
+                       help="rows (output neurons) with a higher score keep more weights: wd (Wasserstein distance "
+                            "of the row's outputs to a Gaussian), variance (of its outputs), norm (of its weights); "
+                            "equal: the same count for every row; default uniform (the method's own choice)")
+    group.add_argument("--row-lambda", type=float, default=None, metavar="L",
+                       help="row sparsities span target +- L, linear in the score's rank (default 0.1)")
+    group.add_argument("--row-tokens", type=int, default=None, metavar="N",
+                       help="tokens per layer on which wd / variance are measured (default 4096)")
+
+
+def allocation_options(args) -> dict:
+    """The allocation flags as config fields (None = the config's default)."""
+    if args.row_tokens is not None:
+        common.require_positive(args.row_tokens, "--row-tokens")
+    return {"layer_alloc": args.layer_alloc, "owl_m": args.owl_m, "owl_lmbda": args.owl_lambda,
+            "row_alloc": args.row_alloc, "row_lmbda": args.row_lambda, "row_tokens": args.row_tokens}
 
 
 def run(args) -> int:
@@ -34,7 +62,7 @@ def run(args) -> int:
     sparsity = parse_sparsity(args.sparsity)
     if args.bits is not None and (args.method != "sparsegpt" or not 2 <= args.bits <= 8):
         raise UsageError("--bits needs --method sparsegpt and a value from 2 to 8")
-    config = make_config(args.method, sparsity, bits=args.bits, **common.allocation_options(args))
+    config = make_config(args.method, sparsity, bits=args.bits, **allocation_options(args))
     rt = runtime.setup(args.device, args.dtype)
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
                                batch_size=args.batch_size, device=rt.device, dtype=rt.dtype)
