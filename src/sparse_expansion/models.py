@@ -54,25 +54,22 @@ def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return target
+    _probe_cache(target.parent)
     gguf = _shipped_gguf(name)
     from safetensors.torch import save_model as save_safetensors
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:  # the cache is probed by creating the folder the conversion goes into, before converting
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
-    except OSError as exc:
-        raise UsageError(f"the cache folder {target.parent} cannot be written ({exc.strerror or exc}); set "
-                         "SPARSE_EXPANSION_CACHE to a writable folder") from None
     print(f"converting {gguf.name} to a Hugging Face folder in {target} (once, under a minute)",
           file=sys.stderr, flush=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are now plain fp32 tensors: the GGUF marker would make loaders look for the file
+    # (and makes save_pretrained refuse), so write the config and the tensors ourselves.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # The weights are now plain fp32 tensors: the GGUF marker would make loaders look for the file
-        # (and makes save_pretrained refuse), so write the config and the tensors ourselves.
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
         model.config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         save_safetensors(model, str(tmp / "model.safetensors"))
@@ -83,10 +80,17 @@ def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
         if not (target / "config.json").is_file():  # another process may have won the race
             raise UsageError(f"writing the converted model to {target} failed ({exc.strerror or exc}); free "
                              "space or set SPARSE_EXPANSION_CACHE to another folder") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
+
+
+def _probe_cache(folder: Path) -> None:
+    """Refuse an unwritable cache before converting (what os.access approves, mkdir may refuse)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=folder))
+    except OSError as exc:
+        raise UsageError(f"the cache folder {folder} cannot be written ({exc.strerror or exc}); set "
+                         "SPARSE_EXPANSION_CACHE to a writable folder") from None
 
 
 def resolve_model_path(name_or_path: str) -> str:
