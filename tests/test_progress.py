@@ -31,3 +31,14 @@ def test_a_terminal_gets_the_redrawn_bar_and_disable_prints_nothing():
     for _ in progress_bar(range(3), file=quiet, disable=True):
         pass
     assert quiet.getvalue() == ""
+
+
+def test_every_bar_goes_through_the_helper():
+    """One place decides how progress looks: no module but progress.py builds a tqdm bar itself."""
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "sparse_expansion"
+    direct = [str(p.relative_to(src)) for p in src.rglob("*.py")
+              if p.name != "progress.py" and re.search(r"^\s*(from tqdm|import tqdm)", p.read_text(), re.M)]
+    assert not direct, f"use sparse_expansion.progress.progress_bar in {direct}"
