@@ -15,11 +15,11 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..arch import architecture_of, decoder_layers, linear_weight
 from ..engine import StopForward
 from ..errors import UsageError
+from ..progress import progress_bar
 
 
 def neuron_projections(model: nn.Module) -> tuple[str, ...]:
@@ -96,7 +96,7 @@ def collect_inputs(model: nn.Module, windows: torch.Tensor, layers: list[int], p
         handles.append(blocks[last].register_forward_hook(StopForward.hook))
     device = next(model.parameters()).device
     try:
-        bar = tqdm(range(0, windows.shape[0], batch_size), desc=f"collect layers {layers[0]}-{last}",
+        bar = progress_bar(range(0, windows.shape[0], batch_size), desc=f"collect layers {layers[0]}-{last}",
                    unit="batch", disable=not progress)
         for start in bar:
             batch = windows[start : start + batch_size]
