@@ -14,10 +14,14 @@ from conftest import run_cli, tiny_model
 from sparse_expansion.cli import build_parser
 
 
-def assert_refused(code, err, message, out_dir=None):
+def assert_refused(code, err, message, out_dir=None, after_work=False):
+    """Exit 2, one stderr line naming the problem, nothing at out_dir. After the work began, the
+    progress lines before it stay: then the error is the one last line."""
     assert code == 2, err
     assert message in err, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and (lines[-1:] if after_work else lines) == [lines[-1]], err
+    assert message in lines[-1], err
     if out_dir is not None:
         assert not out_dir.exists()
         assert not list(out_dir.parent.glob(f".{out_dir.name}.tmp-*"))
@@ -83,6 +87,141 @@ def test_refused_before_loading_the_model(tmp_path, text_file, binary_file, no_m
         args += ["--calib", str(text_file)]
     code, _, err = run_cli([args[0], model, *args[1:]], capsys)
     assert_refused(code, err, message, tmp_path / "out")
+
+
+# ---------------------------------------------------------------- places that cannot be written
+
+# os.access approves /proc for root (most containers), yet mkdir there fails for everyone: only
+# creating the output folder tells. Each command must find out before its slow work.
+NO_WRITE = "/proc/sparse-expansion-test/out"
+UNWRITABLE = [  # (command line, the slow step that must not start)
+    (["prune", "MODEL", "--method", "magnitude", "--sparsity", "0.5", "--out", NO_WRITE], "models:load_model"),
+    (["expand", "MODEL", "--experts", "2", "--sparsity", "0.5", "--out", NO_WRITE], "models:load_model"),
+    (["export", "MODEL", "--format", "compressed-tensors", "--out", NO_WRITE], "models:load_model"),
+    (["neurons", "MODEL", "--out", NO_WRITE], "models:load_model"),
+    (["lm-eval", "MODEL", "--tasks", "next_line", "--out", NO_WRITE], "models:load_model"),
+    (["train", "--ffn", "mlp", "--scale", "1", "--budget", "1e9", "--out", NO_WRITE], "commands.train:load_data"),
+    (["train", "--ffn", "mlp", "--scale", "1", "--budget", "1e9", "--out", "OUT", "--save-data", NO_WRITE],
+     "commands.train:load_data"),
+    (["isoflop", "--budgets", "1e12", "--ffn", "mlp", "--out", NO_WRITE], "sgatlin.isoflop:plan_runs"),
+    (["gating", "RUN", "--out", NO_WRITE], "sgatlin.gating.study:load_run"),
+    (["fpe", "--task", "dnf", "--study", "point", "--out", NO_WRITE], "fpe.run:_run_dnf"),
+    (["ncen", "--out", NO_WRITE], "ncen.data:load"),
+]
+
+
+@pytest.mark.parametrize("args,slow", UNWRITABLE, ids=[f"{a[0]} {a[a.index(NO_WRITE) - 1]}" for a, _ in UNWRITABLE])
+def test_unwritable_output_is_refused_before_the_work(tmp_path, tiny_model_dir, monkeypatch, capsys, args, slow):
+    import importlib
+
+    module, name = slow.split(":")
+
+    def forbidden(*_a, **_k):
+        raise AssertionError(f"{slow} ran before the unwritable --out was refused")
+
+    monkeypatch.setattr(importlib.import_module(f"sparse_expansion.{module}"), name, forbidden)
+    replace = {"MODEL": str(tiny_model_dir), "RUN": str(tmp_path / "run"), "OUT": str(tmp_path / "out")}
+    code, _, err = run_cli([replace.get(a, a) for a in args], capsys)
+    assert_refused(code, err, f"{NO_WRITE} cannot be written", tmp_path / "out")
+
+
+# checks that came after the slow work: (command line, message, the slow step that must not start)
+LATE = [
+    (["ncen", "--tie-in", "smollm2", "--tie-in-layer", "5", "--out", "OUT"],
+     "--tie-in-layer 5 is beyond SmolLM2-135M's 2 decoder layers", "ncen.data:load"),
+]
+
+
+@pytest.mark.parametrize("args,message,slow", LATE, ids=[a[0] for a, _, _ in LATE])
+def test_checks_that_came_after_the_work_now_come_first(tmp_path, tiny_model_dir, monkeypatch, capsys, args,
+                                                         message, slow):
+    import importlib
+
+    import sparse_expansion.models as models
+
+    module, name = slow.split(":")
+
+    def forbidden(*_a, **_k):
+        raise AssertionError(f"{slow} ran before the bad input was refused")
+
+    monkeypatch.setattr(importlib.import_module(f"sparse_expansion.{module}"), name, forbidden)
+    monkeypatch.setattr(models, "shipped_model_dir", lambda *_a: tiny_model_dir)  # 2 decoder layers
+    code, _, err = run_cli([str(tmp_path / "out") if a == "OUT" else a for a in args], capsys)
+    assert_refused(code, err, message, tmp_path / "out")
+
+
+def test_write_error_after_the_work_is_one_line_and_leaves_nothing(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import errno
+
+    import sparse_expansion.artifact as artifact
+
+    def disk_full(folder, *_a, **_k):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "model.safetensors"))
+
+    monkeypatch.setattr(artifact, "save_artifact", disk_full)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["prune", tiny_model_dir, "--method", "magnitude", "--sparsity", "0.5", "--out", out],
+                           capsys)
+    assert_refused(code, err, f"writing {out} failed (No space left on device)", out, after_work=True)
+
+
+def test_output_taken_during_the_run_is_one_line_and_kept(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import sparse_expansion.artifact as artifact
+
+    out = tmp_path / "out"
+    save = artifact.save_artifact
+
+    def someone_else_writes_out_meanwhile(folder, *a, **k):
+        out.mkdir()
+        (out / "theirs.txt").write_text("not ours to replace")
+        return save(folder, *a, **k)
+
+    monkeypatch.setattr(artifact, "save_artifact", someone_else_writes_out_meanwhile)
+    code, _, err = run_cli(["prune", tiny_model_dir, "--method", "magnitude", "--sparsity", "0.5", "--out", out],
+                           capsys)
+    assert_refused(code, err, f"writing {out} failed", after_work=True)
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_unwritable_cache_is_refused_before_converting_the_shipped_model(monkeypatch, capsys):
+    import transformers
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("the shipped model was converted before the unwritable cache was refused")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
+    monkeypatch.setenv("SPARSE_EXPANSION_CACHE", NO_WRITE)
+    code, _, err = run_cli(["eval", "smollm2-135m"], capsys)
+    assert_refused(code, err, "set SPARSE_EXPANSION_CACHE to a writable folder")
+
+
+def test_unwritable_kernel_cache_is_a_failed_build_not_a_crash(monkeypatch):
+    from sparse_expansion.kernels import build
+
+    if build.find_compiler() is None:
+        pytest.skip("no C++ compiler: the build fails before it looks at the cache")
+    monkeypatch.setenv("SPARSE_EXPANSION_CACHE", NO_WRITE)
+    with pytest.raises(build.KernelBuildError, match="cannot be written"):  # ops.py then runs the torch fallback
+        build.build()
+
+
+def test_unwritable_embedding_cache_only_costs_time(monkeypatch):
+    from sparse_expansion.fpe import embeddings
+
+    monkeypatch.setattr(embeddings, "embed", lambda texts: torch.ones(len(texts), 4))
+    monkeypatch.setenv("SPARSE_EXPANSION_CACHE", NO_WRITE)
+    x, y, classes = embeddings._cached_embeddings("plays", ["a", "b"], [0, 1], ["x", "y"])
+    assert torch.equal(x, torch.ones(2, 4)) and y.tolist() == [0, 1] and classes == ["x", "y"]
+
+
+def test_progress_in_a_log_is_whole_lines(tiny_model_dir, tmp_path, capsys):
+    code, _, err = run_cli(["prune", tiny_model_dir, "--method", "magnitude", "--sparsity", "0.5",
+                            "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert "\r" not in err and "\x1b[" not in err, err  # stderr is not a terminal here: no redrawn frames
+    assert any(line.startswith("layers: 100%") for line in err.splitlines()), err
 
 
 # ---------------------------------------------------------------- broken models and folders

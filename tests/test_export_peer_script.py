@@ -1,4 +1,4 @@
-"""The peer benchmark script (benchmarks/peer_llmcompressor.py) without llm-compressor: its table
+"""The peer benchmark script (benchmarks/peer_llmcompressor/peer_llmcompressor.py) without llm-compressor: its
 from recorded results. Running llm-compressor itself needs its own venv, which CI does not have."""
 
 import json
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "peer_llmcompressor.py"
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "peer_llmcompressor" / "peer_llmcompressor.py"
 
 
 def test_peer_table_from_results(tmp_path):

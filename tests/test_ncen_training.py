@@ -97,9 +97,12 @@ def test_single_has_the_ensembles_parameter_count(digits):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_registered_method_trains(digits, name):
     m = METHODS[name]
-    ens, rec = train_ensemble(m, m.config(), digits, EnsembleTrainConfig(members=2, hidden=8, epochs=1), seed=0)
+    cfg = EnsembleTrainConfig(members=2, hidden=8, epochs=10, lr=1e-2)
+    ens, rec = train_ensemble(m, m.config(), digits, cfg, seed=0)
     assert all(torch.isfinite(torch.tensor(v)) for v in rec["last_epoch_terms"].values())
-    assert attacks.accuracy(ens, digits.x_test, digits.y_test) > 0.1
+    # Chance is 0.1; every method reaches 0.83-0.96 here (seeds 0 and 1), so a training that does not
+    # learn (no step taken, a loss term of the wrong sign swamping the cross-entropy) fails.
+    assert attacks.accuracy(ens, digits.x_test, digits.y_test) > 0.7
 
 
 def test_ncen_with_ensemble_cross_entropy_and_cnn(digits):

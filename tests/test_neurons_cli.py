@@ -31,6 +31,40 @@ def test_neurons_measures_every_layer_and_writes_report(tmp_path, tiny_model_dir
     assert json.loads((again / "neurons.json").read_text())["layers"] == result["layers"]
 
 
+def test_neurons_values_follow_from_the_weights(tmp_path, tokenizer, text_file, capsys):
+    """Values, not only a schema: WD compares a neuron's standardised outputs with a Gaussian, so a
+    neuron whose weights are 3x (or -1x) another's has the same WD (the Gaussian is symmetric), 9x
+    its output variance and 3x its weight norm; the ablation's dense row is `eval`'s perplexity."""
+    import torch
+    from conftest import tiny_model
+
+    model = tiny_model("llama")
+    gate = model.model.layers[0].mlp.gate_proj.weight
+    with torch.no_grad():
+        gate[5] = 3 * gate[2]
+        gate[7] = -gate[2]
+    folder = tmp_path / "planted"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "n"
+    assert main(["neurons", str(folder), "--data", str(text_file), "--out", str(out), *FAST, "--layers", "0",
+                 "--ablate", "--fractions", "0.05", "--random-seeds", "1", "--calib", str(text_file),
+                 "--calib-windows", "2", "--eval-data", str(text_file), "--eval-windows", "2"]) == 0
+    result = json.loads((out / "neurons.json").read_text())
+    stats = result["layers"]["0"]["projections"]["mlp.gate_proj"]
+    assert stats["wd"][5] == pytest.approx(stats["wd"][2], rel=1e-4)
+    assert stats["wd"][7] == pytest.approx(stats["wd"][2], rel=1e-4)
+    assert len(set(round(w, 4) for w in stats["wd"])) > 32  # the other neurons differ
+    assert stats["variance"][5] == pytest.approx(9 * stats["variance"][2], rel=1e-4)
+    assert stats["norm"][5] == pytest.approx(3 * stats["norm"][2], rel=1e-5)
+    dense = next(r for r in result["ablation"] if r["rule"] == "dense")
+    capsys.readouterr()
+    assert main(["eval", str(folder), "--data", str(text_file), "--windows", "2", "--seqlen", "32", "--json"]) == 0
+    assert dense["perplexity"] == pytest.approx(json.loads(capsys.readouterr().out)["perplexity"], rel=1e-6)
+    pruned = [r["perplexity"] for r in result["ablation"] if r["rule"] != "dense"]
+    assert all(p != pytest.approx(dense["perplexity"], rel=1e-9) for p in pruned)  # pruning rows changed the model
+
+
 def test_neurons_ablate_adds_every_rule(tmp_path, tiny_model_dir, text_file):
     out = tmp_path / "a"
     assert main(["neurons", str(tiny_model_dir), "--data", str(text_file), "--out", str(out), *FAST,

@@ -2,7 +2,7 @@
 SparseGPT or Wanda, uniform or OWL, on a plain Hugging Face folder with calibration windows given
 as a tensor file; saves the pruned model uncompressed, so `sparse-expansion eval` reads it.
 
-    /work/venvs/llmc/bin/python benchmarks/quality/llmc_oneshot.py MODEL_DIR WINDOWS.pt OUT \
+    $LLMC_PYTHON benchmarks/quality/llmc_oneshot.py MODEL_DIR WINDOWS.pt OUT \
         --method sparsegpt --sparsity 0.7 [--owl-m 5 --owl-lambda 0.08] [--mlp-only]
 
 llm-compressor 0.14.0.1's OWL cannot run inside `oneshot`: the modifier infers the layer

@@ -2,7 +2,7 @@
 and theirs (uniform and OWL), each run as its own process.
 
     python benchmarks/quality/owl_peer.py --out runs/owl_peer --method sparsegpt --sparsity 0.7 \
-        [--llmc-python /work/venvs/llmc/bin/python] [--targets all|mlp]
+        [--llmc-python $LLMC_PYTHON] [--targets all|mlp]
 
 llm-compressor lives in its own virtual environment (see benchmarks/quality/llmc_oneshot.py);
 this script writes the windows our CLI would sample, runs their oneshot on them, evaluates both
@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
+from sparse_expansion.benchmarking import evaluate, run_config
+from sparse_expansion.resources import run_measured
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from compression import evaluate, run_config, run_measured  # noqa: E402
 
 
 def main() -> None:
@@ -35,9 +35,12 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--eval-data", nargs="+", default=["shakespeare:test", "pydoc"])
-    parser.add_argument("--llmc-python", default="/work/venvs/llmc/bin/python")
+    parser.add_argument("--llmc-python", default=os.environ.get("LLMC_PYTHON"),
+                        help="python of llm-compressor's own venv (default $LLMC_PYTHON)")
     parser.add_argument("--only", nargs="*", help="ours-uniform ours-owl llmc-uniform llmc-owl")
     args = parser.parse_args()
+    if not args.llmc_python and (not args.only or any(o.startswith("llmc") for o in args.only)):
+        parser.error("the llm-compressor side needs --llmc-python or $LLMC_PYTHON (its own venv's python)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -76,12 +79,12 @@ def main() -> None:
         if args.targets == "mlp":
             cmd.append("--mlp-only")
         log = args.out / f"{name}.log"
-        code, wall, peak = run_measured(cmd, log)
+        code, wall, peak_mb = run_measured(cmd, log)
         if code != 0:
             print(f"{name}: failed (exit {code}), see {log}")
             continue
         row = {"name": name, "method": args.method, "sparsity": args.sparsity, "peer": "llm-compressor",
-               "compress_seconds": wall, "peak_gib": peak, "load": os.getloadavg(),
+               "compress_seconds": wall, "peak_gib": peak_mb / 1024, "load": os.getloadavg(),
                "llmc_sparsities": json.loads((folder / "llmc_sparsities.json").read_text())["sparsities"],
                "perplexity_by_data": {}}
         for i, data in enumerate(args.eval_data):

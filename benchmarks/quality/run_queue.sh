@@ -2,21 +2,22 @@
 # Run named configurations one at a time through the grid driver (one process each, one thread,
 # nice $NICE, default 10), appending to OUT/results.jsonl; finished names are skipped, so a queue
 # resumes.
-#   benchmarks/quality/run_queue.sh OUT QUEUE_FILE [QUEUE_FILE ...]
+#   benchmarks/quality/run_queue.sh OUT QUEUE_FILE [QUEUE_FILE ...]     (queues: benchmarks/quality/configs/)
 # QUEUE_FILE: one configuration a line, "NAME | CALIB_ARGS | CLI COMMAND", e.g.
 #   sg70-16x256 | --calib-windows 16 --seqlen 256 | prune --method sparsegpt --sparsity 0.7
 # Before each run the runner takes the first line (in queue order) that nobody has claimed and
 # whose memory is available: 16-expert lines wait for $SE16_FREE_GIB (default 10) GiB of
 # MemAvailable, other lines are taken meanwhile. Two runners may share queues: a name is claimed
 # with mkdir OUT/.claims/NAME (remove it to rerun a failed name). Runs get oom_score_adj 1000, so
-# on a shared machine the kernel kills them before anyone else's work.
+# on a shared machine the kernel kills them before anyone else's work. $MODEL (default smollm2-135m)
+# names the model every line compresses, e.g. MODEL=gemma3-270m.
 set -u
 out=$1; shift
-python=${PYTHON:-/work/main/.venv/bin/python}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+python=${PYTHON:-$root/.venv/bin/python}   # PYTHON: another interpreter (default: this checkout's venv)
 niceness=${NICE:-10}
-here=$(cd "$(dirname "$0")/.." && pwd)
 # this checkout's code, not whatever the venv's editable install points at
-export PYTHONPATH="$here/../src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 echo 1000 > /proc/self/oom_score_adj 2>/dev/null || true
 mkdir -p "$out/.claims"
 avail_gib() { awk '/MemAvailable/ {print int($2 / 1048576)}' /proc/meminfo; }
@@ -42,6 +43,7 @@ while true; do
   if [ $status -eq 1 ]; then break; elif [ $status -eq 2 ]; then sleep 60; continue; fi
   IFS='|' read -r name calib cmd <<< "$job"
   echo "$(date +%H:%M) start $name (MemAvailable $(avail_gib) GiB)"
-  OMP_NUM_THREADS=1 nice -n "$niceness" "$python" "$here/compression.py" run --out "$out" --name "$name" \
+  OMP_NUM_THREADS=1 nice -n "$niceness" "$python" "$root/benchmarks/pruning/compression.py" run --out "$out" --name "$name" \
+    --model "${MODEL:-smollm2-135m}" \
     --eval-data shakespeare:test pydoc -- $cmd $calib < /dev/null
 done

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from compression import CLI, run_measured  # noqa: E402
+from sparse_expansion.benchmarking import CLI, append_row
+from sparse_expansion.resources import run_measured
 
 
 def main() -> None:
@@ -37,15 +37,15 @@ def main() -> None:
     folder = args.out / f"model-{args.name}"
     log = args.out / f"{args.name}.log"
     load_before = os.getloadavg()
-    code, wall, peak = run_measured([*CLI, command[0], args.model, *command[1:], "--out", str(folder)], log)
+    code, wall, peak_mb = run_measured([*CLI, command[0], args.model, *command[1:], "--out", str(folder)], log)
     if code != 0:
         sys.exit(f"{args.name}: failed (exit {code}), see {log}")
     record = json.loads((folder / "sparse_expansion.json").read_text())["record"]
-    row = {"name": args.name, "command": command, "wall": wall, "peak_gib": peak, "seconds": record["seconds"],
+    row = {"name": args.name, "command": command, "wall": wall, "peak_gib": peak_mb / 1024,
+           "seconds": record["seconds"],
            "load_before": load_before, "load_after": os.getloadavg(), "pythonpath": os.environ.get("PYTHONPATH"),
            "date": time.strftime("%Y-%m-%d %H:%M")}
-    with (args.out / "results.jsonl").open("a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    append_row(args.out / "results.jsonl", row)
     print(json.dumps(row))
     shutil.rmtree(folder, ignore_errors=True)
 

@@ -4,8 +4,8 @@
 #   benchmarks/quality/scale.sh OUT OLD_SRC      (OLD_SRC: `git archive 4c2541e src | tar -x -C DIR`)
 set -eu
 out=$1; old=$2
-python=${PYTHON:-/work/main/.venv/bin/python}
 here=$(cd "$(dirname "$0")" && pwd)
+python=${PYTHON:-$here/../../.venv/bin/python}   # PYTHON: another interpreter (default: this checkout's venv)
 [ -d "$out/smollm2-2layers" ] || "$python" "$here/truncated_model.py" --layers 2 --out "$out/smollm2-2layers"
 big="--calib-windows 128 --seqlen 2048"
 run() { OMP_NUM_THREADS=1 nice -n 5 "$python" "$here/scale.py" --model "$out/smollm2-2layers" --out "$out" "$@"; }

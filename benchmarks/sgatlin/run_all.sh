@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The sgatlin benchmark recipe: isoflop study + activation ablation, a seed-noise check,
 # throughput at matched FLOPs/token, and the gating look at a longer-trained sgatlin model.
-# Results land in $OUT; the small files are copied to benchmarks/sgatlin/results/.
+# Results land in $OUT; the small files are copied to benchmarks/sgatlin/results/<date>-<machine>/
+# (MACHINE, default cpu<cores>); then edit report.md and run python benchmarks/report.py.
 # Runs at nice 10, one torch thread per run (the machine is shared).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/sgatlin}
 export HF_HUB_OFFLINE=1
 SE=".venv/bin/sparse-expansion"
-RES=benchmarks/sgatlin/results
+RES=benchmarks/sgatlin/results/$(date +%Y-%m-%d)-${MACHINE:-cpu$(nproc)}
 
 nice -n 10 $SE isoflop --budgets 1e11,2e11 --scales 0.5,1,1.5 --ablation-budget 1e11 \
     --jobs 2 --out "$OUT/isoflop"

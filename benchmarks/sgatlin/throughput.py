@@ -21,6 +21,8 @@ import json
 import subprocess
 import sys
 
+from sparse_expansion.resources import peak_gpu_mb, peak_rss_mb
+
 MATCHED = {
     "mlp": {"d_ffw": 640},
     "swiglu": {"d_ffw": 427},
@@ -31,7 +33,6 @@ MATCHED = {
 
 
 def measure(ffn: str, steps: int, device: str = "cpu", batch_size: int = 8) -> dict:
-    import resource
     import time
 
     import torch
@@ -67,8 +68,7 @@ def measure(ffn: str, steps: int, device: str = "cpu", batch_size: int = 8) -> d
             "ffn_flops_per_token": ffn_flops, "model_flops_per_token": model.flops_per_token(),
             "tokens_per_second": batch_size * 128 * len(times) / sum(times),
             "median_step_seconds": sorted(times)[len(times) // 2], "device": device, "batch_size": batch_size,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
+            "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu_mb(device)}
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ import os
 import sys
 
 from .errors import UsageError
+from .io import release_reserved
 
 COMMANDS = (
     "prune",
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_reserved()  # the temporary folders of outputs the command did not get to write
     return int(code or 0)
 
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .arch import decoder_layers, set_linear_weight, target_groups
+from .progress import progress_bar
 from .surgery import StopForward, flat_inputs, hooks, layer_site, replace
 
 Groups = tuple[tuple[str, ...], ...]
@@ -169,7 +169,7 @@ def calibrate(
         inputs = capture_layer_inputs(model, windows, batch_size, device)
         times.capture = time.perf_counter() - t0
 
-    bar = tqdm(range(len(layers)), desc="layers", unit="layer", disable=not progress)
+    bar = progress_bar(range(len(layers)), desc="layers", unit="layer", disable=not progress)
     for index in bar:
         layer = layers[index].to(device)
         compressor.start_layer(index, layer, groups)

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .arch import architecture_of, decoder_layers, is_linear_like, linear_weight
+from .progress import progress_bar
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4,
     model.eval()
     total_nll, total_tokens = 0.0, 0
     batches = range(0, windows.shape[0], batch_size)
-    for start in tqdm(batches, desc="eval", unit="batch", disable=not progress):
+    for start in progress_bar(batches, desc="eval", unit="batch", disable=not progress):
         ids = windows[start : start + batch_size].to(device)
         logits = model(ids, use_cache=False).logits[:, :-1].float()
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),

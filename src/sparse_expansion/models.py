@@ -54,6 +54,7 @@ def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return target
+    _probe_cache(target.parent)
     gguf = _shipped_gguf(name)
     from safetensors.torch import save_model as save_safetensors
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,11 +75,22 @@ def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
         save_safetensors(model, str(tmp / "model.safetensors"))
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
-    except OSError:
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "config.json").is_file():  # another process may have won the race
-            raise
+            raise UsageError(f"writing the converted model to {target} failed ({exc.strerror or exc}); free "
+                             "space or set SPARSE_EXPANSION_CACHE to another folder") from None
     return target
+
+
+def _probe_cache(folder: Path) -> None:
+    """Refuse an unwritable cache before converting (what os.access approves, mkdir may refuse)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=folder))
+    except OSError as exc:
+        raise UsageError(f"the cache folder {folder} cannot be written ({exc.strerror or exc}); set "
+                         "SPARSE_EXPANSION_CACHE to a writable folder") from None
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -1,7 +1,7 @@
 """Run loops of many small tensor ops on one thread.
 
 For loops of small ops, thread hand-offs cost more than they save: SparseGPT's column loop and
-k-means are faster on one thread (`benchmarks/design_choices.py`, keys solve_threads and
+k-means are faster on one thread (`benchmarks/design/design_choices.py`, keys solve_threads and
 kmeans_threads). Big matmuls and eigensolvers still gain from threads. On a GPU the CPU's thread
 count is irrelevant, so the switch is skipped there (it would only add a call per loop step).
 """

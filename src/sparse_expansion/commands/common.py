@@ -32,6 +32,17 @@ def add_calibration_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
 
 
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `train` and `isoflop`."""
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights and of the batch order (default 0)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with tokenizer.json, train.npy, val.npy (default: build from the "
+                        "corpora, fitting the BPE tokenizer on the training split)")
+
+
 def calibration_spec(args) -> CalibrationSpec:
     """The shared calibration flags as the library's plain value."""
     from ..data import CalibrationSpec

@@ -6,7 +6,7 @@ import argparse
 
 from .. import runtime
 from ..sgatlin.ffn_types import FFN_TYPES, types_help
-from .train import add_training_arguments
+from . import common
 
 
 def _floats(text: str) -> list[float]:
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "ablation)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs in parallel, one process with one thread each (default 1)")
-    add_training_arguments(p)
+    common.add_training_arguments(p)
     p.add_argument("--out", required=True, help="new folder for the study")
     runtime.add_runtime_args(p, dtype_help="precision of every run's forward pass (autocast)")
     p.set_defaults(func=handle)

@@ -143,6 +143,13 @@ def _check(args: argparse.Namespace) -> dict:
             if isinstance(v, float) and not math.isfinite(v):
                 raise UsageError(f"--{name}-{f.name} must be finite, got {v}")
         weights[name] = cfg
+    if args.tie_in == "smollm2":
+        from ..ncen.tie_in import smollm2_layers
+
+        layers = smollm2_layers()
+        if args.tie_in_layer >= layers:
+            raise UsageError(f"--tie-in-layer {args.tie_in_layer} is beyond SmolLM2-135M's {layers} decoder layers; "
+                             f"use 0 to {layers - 1}")
     from ..io import check_output_dir
 
     check_output_dir(args.out)
@@ -169,13 +176,13 @@ def _command_line(args: argparse.Namespace, checked: dict) -> str:
 def handler(args: argparse.Namespace) -> int:
     checked = _check(args)
     import torch
-    from tqdm import tqdm
 
     from ..io import atomic_output_dir, write_json
     from ..ncen import data as ncen_data
     from ..ncen import report as rep
     from ..ncen.study import NCEnStudyConfig, run_study
     from ..ncen.training import default_train_config
+    from ..progress import progress_bar as tqdm
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

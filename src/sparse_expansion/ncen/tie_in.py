@@ -136,6 +136,16 @@ def tiny_expert_study(experts: int = 16, sparsity: str = "0.5", seed: int = 0) -
     return out
 
 
+def smollm2_layers() -> int:
+    """Decoder layers of the shipped SmolLM2-135M, from its config (converted once into the cache), so
+    `--tie-in-layer` is refused before the study trains rather than after."""
+    import json
+
+    from ..models import shipped_model_dir
+
+    return int(json.loads((shipped_model_dir() / "config.json").read_text())["num_hidden_layers"])
+
+
 def smollm2_expert_study(layer: int = 0, experts: int = 16, sparsity: str = "0.7", windows: int = 16,
                          seqlen: int = 256, seed: int = 0) -> dict:
     """Sparse Expansion of the shipped SmolLM2-135M (de-quantized Q4_1), layers 0..layer, calibrated on

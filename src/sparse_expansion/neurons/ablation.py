@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..arch import decoder_layers, linear_weight, set_linear_weight
 from ..engine import Groups, LayerCompressor, calibrate
 from ..evaluate import perplexity
+from ..progress import progress_bar
 from ..prune import sparsegpt_solve
 from ..prune.sparsity import Sparsity
 from ..prune.stats import HessianStat
@@ -116,7 +116,7 @@ def dense_hessians(model: nn.Module, windows: torch.Tensor, layers: list[int], *
     stats = {i: HessianStat() for i in layers}
     sites = {layer_site(model, i, first): flat_inputs(stats[i].add) for i in layers}
     with hooks(model, sites, stop_after=layer_site(model, max(layers))):
-        for start in tqdm(range(0, windows.shape[0], batch_size), desc="hessians", unit="batch",
+        for start in progress_bar(range(0, windows.shape[0], batch_size), desc="hessians", unit="batch",
                           disable=not progress):
             with contextlib.suppress(StopForward):
                 model(windows[start : start + batch_size], use_cache=False)
@@ -149,7 +149,7 @@ def run_ablation(model: nn.Module, stats: dict[int, dict[str, ProjectionStats]],
                                       "rows": 0, "seconds": time.perf_counter() - start}]
     runs = [(rule, f, s) for f in fractions for rule in RULES
             for s in (range(random_seeds) if rule == "random" else [0])]
-    bar = tqdm(runs, desc="ablation", unit="run", disable=not progress)
+    bar = progress_bar(runs, desc="ablation", unit="run", disable=not progress)
     for rule, fraction, seed in bar:
         bar.set_postfix_str(f"{rule} {fraction:g} seed {seed}")
         start = time.perf_counter()

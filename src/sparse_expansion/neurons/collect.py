@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..arch import architecture_of, decoder_layers, linear_weight
 from ..errors import UsageError
+from ..progress import progress_bar
 from ..surgery import StopForward, flat_inputs, hooks, layer_site
 
 
@@ -93,8 +93,8 @@ def collect_inputs(model: nn.Module, windows: torch.Tensor, layers: list[int], p
     last = max(layers)
     device = next(model.parameters()).device
     with hooks(model, sites, stop_after=layer_site(model, last) if last + 1 < len(blocks) else None):
-        bar = tqdm(range(0, windows.shape[0], batch_size), desc=f"collect layers {layers[0]}-{last}",
-                   unit="batch", disable=not progress)
+        bar = progress_bar(range(0, windows.shape[0], batch_size), desc=f"collect layers {layers[0]}-{last}",
+                           unit="batch", disable=not progress)
         for start in bar:
             batch = windows[start : start + batch_size]
             state["offset"] = start * windows.shape[1]

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..arch import decoder_layers, linear_weight
 from ..io import write_json
 from ..metrics.wasserstein import gaussian_noise_floor, random_pairs
+from ..progress import progress_bar
 from . import plots
 from .collect import iter_layer_inputs, neuron_projections, projection_outputs
 from .measure import ProjectionStats, measure_projection, summarize, top_neurons
@@ -74,7 +74,7 @@ def measure_model(model: nn.Module, windows: torch.Tensor, settings: StudySettin
     samples: list[dict[str, Any]] = []
     layers = iter_layer_inputs(model, windows, settings.layers, settings.tokens, seed=settings.seed,
                                batch_size=settings.batch_size, memory_mb=settings.memory_mb, progress=progress)
-    for i, x in tqdm(layers, total=len(settings.layers), desc="measure", unit="layer", disable=not progress):
+    for i, x in progress_bar(layers, total=len(settings.layers), desc="measure", unit="layer", disable=not progress):
         stats[i] = {}
         for name in neuron_projections(model):
             module = blocks[i].get_submodule(name)
@@ -97,7 +97,7 @@ def untangle_model(dense: nn.Module, expanded: nn.Module, windows: torch.Tensor,
     k = 0
     layers = iter_layer_inputs(expanded, windows, settings.layers, settings.tokens, seed=settings.seed,
                                batch_size=settings.batch_size, memory_mb=settings.memory_mb, progress=progress)
-    for i, x in tqdm(layers, total=len(settings.layers), desc="untangle", unit="layer", disable=not progress):
+    for i, x in progress_bar(layers, total=len(settings.layers), desc="untangle", unit="layer", disable=not progress):
         entry = {}
         for name in neuron_projections(dense):
             module = exp_blocks[i].get_submodule(name)

@@ -18,7 +18,7 @@ def upper_cholesky_of_inverse(hessian: torch.Tensor) -> tuple[torch.Tensor, torc
 
     With P the index reversal, if P H P = L L^T then U = P L^-1 P. One Cholesky and one triangular
     inverse instead of Cholesky, cholesky_inverse and a second Cholesky, which is slower
-    (`benchmarks/design_choices.py`, key inverse_factor).
+    (`benchmarks/design/design_choices.py`, key inverse_factor).
     """
     lower, info = torch.linalg.cholesky_ex(hessian.flip(-1, -2))
     return lower_triangular_inverse(lower).flip(-1, -2), info
@@ -28,7 +28,7 @@ def lower_triangular_inverse(lower: torch.Tensor, leaf: int = 192) -> torch.Tens
     """L^-1 by halves: [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]].
 
     A triangular solve against the identity does the full n^3 work; the halves put most of the
-    n^3/3 into matmuls (`benchmarks/design_choices.py`, keys triangular_inverse_1 and _16).
+    n^3/3 into matmuls (`benchmarks/design/design_choices.py`, keys triangular_inverse_1 and _16).
     """
     n = lower.shape[-1]
     if n <= leaf:
@@ -140,7 +140,7 @@ def _solve_blocks(W, Hinv, sparsity: Sparsity, quantizer, errors, blocksize: int
 
     Same arithmetic as updating the whole block after every column, in a different order: the
     per-column loop is memory-bound, so it should touch as few columns as it can (the solve as a whole
-    is timed by `benchmarks/expansion_parts.py`).
+    is timed by `benchmarks/pruning/expansion_parts.py`).
     """
     if sparsity.structured:
         inner = max(sparsity.m, inner // sparsity.m * sparsity.m)  # N:M groups never straddle sub-blocks

@@ -77,7 +77,7 @@ def mask_lowest(scores: torch.Tensor, sparsity: Sparsity, per_row: bool) -> torc
     count = int(flat.shape[-1] * sparsity.fraction)
     if count == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    # One kthvalue gives the threshold, faster than a topk this large (benchmarks/design_choices.py,
+    # One kthvalue gives the threshold, faster than a topk this large (benchmarks/design/design_choices.py,
     # mask_kthvalue); ties at the threshold go by position.
     kth = flat.kthvalue(count, dim=-1, keepdim=True).values
     mask = flat < kth

@@ -175,7 +175,7 @@ def train(
     On `device` (cpu or cuda:I, see runtime.py); `autocast` (e.g. torch.bfloat16) runs the forward
     pass in that precision while the weights and optimizer stay float32.
     """
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     rank, world = distributed.rank_and_size()
     check_config(cfg, world)
@@ -204,7 +204,7 @@ def train(
     device_type = torch.device(device).type
     local_rows = slice(rank, cfg.batch_size, world)
     tokens_per_step = cfg.batch_size * cfg.seq_len
-    bar = tqdm(total=steps, initial=start_step, disable=not progress or rank != 0,
+    bar = progress_bar(total=steps, initial=start_step, disable=not progress or rank != 0,
                desc=f"{cfg.ffn} s={cfg.scale:g}", unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
     train_seconds = 0.0

@@ -6,10 +6,10 @@ Results append to RESULTS/results.jsonl; finished configurations are skipped on 
 interrupted grid resumes. The model folders are deleted after evaluation (an expanded folder
 stores every expert).
 
-    python benchmarks/compression.py pruning   --out runs/bench_pruning
-    python benchmarks/compression.py expansion --out runs/bench_expansion
-    python benchmarks/compression.py table     --out runs/bench_expansion
-    python benchmarks/compression.py pivot     --out runs/bench_expansion   # experts x sparsity
+    python benchmarks/pruning/compression.py pruning   --out runs/bench_pruning
+    python benchmarks/pruning/compression.py expansion --out runs/bench_expansion
+    python benchmarks/pruning/compression.py table     --out runs/bench_expansion
+    python benchmarks/pruning/compression.py pivot     --out runs/bench_expansion   # experts x sparsity
 
 Variants for investigations: `--extra "--blend-below 4" --tag b4` appends the flags to every
 `expand` run and the tag to its name (se16-0.7+b4); `--keep NAME` keeps that model folder.
@@ -21,15 +21,11 @@ import argparse
 import json
 import os
 import shlex
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from sparse_expansion.artifact import read_record
+from sparse_expansion.benchmarking import done_names, run_config
 
-CLI = [sys.executable, "-m", "sparse_expansion.cli"]
 SPARSITIES = ("0.5", "0.7", "0.9", "2:4")
 
 
@@ -55,69 +51,11 @@ def grids(name: str, calib: int, extra: list[str] | None = None, tag: str = "", 
     return runs
 
 
-def run_measured(cmd: list[str], log: Path) -> tuple[int, float, float]:
-    """(exit code, wall seconds, peak RSS in GiB) of one child process."""
-    start = time.perf_counter()
-    with log.open("a") as handle:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 2**20
-
-
-def evaluate(model: str, windows: int, log: Path, data: str = "shakespeare:test") -> dict:
-    out = subprocess.run([*CLI, "eval", model, "--data", data, "--windows", str(windows), "--seqlen", "512", "--json"],
-                         capture_output=True, text=True, check=True)
-    log.open("a").write(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def run_config(out: Path, cfg: dict, windows: int, eval_data: list[str], keep: bool = False) -> dict | None:
-    """Compress (cfg["cmd"], None = the dense model), evaluate on each corpus of eval_data, append
-    the row to OUT/results.jsonl. `perplexity` is on eval_data[0]; `perplexity_by_data` on all."""
-    log = out / f"{cfg['name']}.log"
-    row = {k: v for k, v in cfg.items() if k != "cmd"}
-    model = "smollm2-135m"
-    if cfg["cmd"] is None:
-        row.update(compress_seconds=0.0, peak_gib=None)
-    else:
-        model = str(out / f"model-{cfg['name']}")
-        code, wall, peak = run_measured([*CLI, cfg["cmd"][0], "smollm2-135m", *cfg["cmd"][1:], "--out", model], log)
-        if code != 0:
-            print(f"{cfg['name']}: failed (exit {code}), see {log}", flush=True)
-            return None
-        record = read_record(model)
-        row.update(compress_seconds=wall, peak_gib=peak, seconds=record["seconds"],
-                   sparsity_effective=record["sparsity"], calibration=record.get("calibration"),
-                   load=os.getloadavg())
-        clusters = [r["cluster_tokens"] for r in record["linears"].values() if "cluster_tokens" in r]
-        if clusters:
-            row["smallest_cluster"] = min(min(c) for c in clusters)
-            row["blended_clusters"] = sum(len(r["blended_clusters"]) for r in record["linears"].values())
-        row["mean_sparsity"] = record.get("mean_sparsity")
-    by_data = {}
-    for i, data in enumerate(eval_data):
-        result = evaluate(model, windows, log, data)
-        by_data[data] = result["perplexity"]
-        if i == 0:
-            row.update({k: result[k] for k in ("perplexity", "flops_per_token", "nonzeros", "mlp_nonzeros",
-                                                "windows", "seqlen", "tokens", "eval_seconds")})
-    row.update(perplexity_by_data=by_data, date=time.strftime("%Y-%m-%d %H:%M"))
-    with (out / "results.jsonl").open("a") as handle:
-        handle.write(json.dumps(row) + "\n")
-    print(f"{cfg['name']}: " + ", ".join(f"{d} {p:.2f}" for d, p in by_data.items())
-          + f"  ({row['compress_seconds']:.0f} s)", flush=True)
-    if cfg["cmd"] is not None and not keep:
-        shutil.rmtree(model, ignore_errors=True)
-    return row
-
-
 def run_grid(name: str, out: Path, calib: int, windows: int, only: list[str] | None,
              extra: list[str] | None = None, tag: str = "", keep: list[str] | None = None,
              seqlen: int = 512, eval_data: tuple[str, ...] = ("shakespeare:test",)) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    done = {json.loads(line)["name"] for line in results.read_text().splitlines()} if results.exists() else set()
+    done = done_names(out / "results.jsonl")
     for cfg in grids(name, calib, extra, tag, seqlen):
         if cfg["name"] in done or (only and cfg["name"] not in only):
             continue
@@ -181,6 +119,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix for the names of expand runs made with --extra")
     parser.add_argument("--keep", nargs="*", help="keep these configurations' model folders")
     parser.add_argument("--name", help="`run`: the row's name (skipped if OUT/results.jsonl has it)")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="`run`: the model to compress (a shipped name or folder)")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -195,14 +135,14 @@ def main() -> None:
         if not args.name or not command:
             parser.error("run needs --name and a command after --")
         args.out.mkdir(parents=True, exist_ok=True)
-        results = args.out / "results.jsonl"
-        if results.exists() and any(json.loads(line)["name"] == args.name for line in results.read_text().splitlines()):
-            print(f"{args.name}: already in {results}")
+        if args.name in done_names(args.out / "results.jsonl"):
+            print(f"{args.name}: already in {args.out / 'results.jsonl'}")
             return
         cfg = {"name": args.name, "method": command[0] if command[0] == "expand" else
                command[command.index("--method") + 1] if "--method" in command else command[0],
                "cmd": command if command[0] != "dense" else None}
-        run_config(args.out, cfg, args.eval_windows, args.eval_data, keep=bool(args.keep is not None))
+        run_config(args.out, cfg, args.eval_windows, args.eval_data, keep=bool(args.keep is not None),
+                   model=args.model)
     else:
         if args.extra and not args.tag:
             parser.error("--extra needs a --tag, so variant rows do not mix with the default ones")

@@ -9,16 +9,18 @@ and peak RSS read with os.wait4); both results are then scored by OUR evaluator
 
 llm-compressor runs from its own virtual environment (never a dependency of this project):
 
-    python3 -m venv /work/venvs/llmc
-    /work/venvs/llmc/bin/pip install torch==2.13.0 && /work/venvs/llmc/bin/pip install llmcompressor==0.14.0.1
+    python3 -m venv ../llmc-venv      # anywhere outside this checkout
+    ../llmc-venv/bin/pip install torch==2.13.0 && ../llmc-venv/bin/pip install llmcompressor==0.14.0.1
+    export LLMC_PYTHON=$(realpath ../llmc-venv/bin/python)
 
 Then, from this project's venv (configs: sparsegpt-0.5 sparsegpt-0.7 sparsegpt-2:4 wanda-0.5 ...):
 
-    python benchmarks/peer_llmcompressor.py prepare --out runs/peer
-    OMP_NUM_THREADS=1 python benchmarks/peer_llmcompressor.py run --out runs/peer --side theirs --only sparsegpt-0.5
-    OMP_NUM_THREADS=1 python benchmarks/peer_llmcompressor.py run --out runs/peer --side ours --only sparsegpt-0.5
-    python benchmarks/peer_llmcompressor.py table --out runs/peer
-    python benchmarks/peer_llmcompressor.py compare OURS_DIR THEIRS_DIR   # per-layer mask agreement (--keep)
+    S=benchmarks/peer_llmcompressor/peer_llmcompressor.py
+    python $S prepare --out runs/peer
+    OMP_NUM_THREADS=1 python $S run --out runs/peer --side theirs --only sparsegpt-0.5
+    OMP_NUM_THREADS=1 python $S run --out runs/peer --side ours --only sparsegpt-0.5
+    python $S table --out runs/peer
+    python $S compare OURS_DIR THEIRS_DIR   # per-layer mask agreement (--keep)
 
 `run` skips configurations already in RESULTS/results.jsonl, so it resumes. The `_oneshot`
 subcommand is what runs inside the llm-compressor venv: this file imports only the standard
@@ -37,8 +39,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-LLMC_PYTHON = os.environ.get("LLMC_PYTHON", "/work/venvs/llmc/bin/python")
+ROOT = HERE.parents[1]  # the repository (this study lives in benchmarks/peer_llmcompressor/)
+LLMC_PYTHON = os.environ.get("LLMC_PYTHON")  # their venv's python (set-up above); needed by --side theirs
 CONFIGS = tuple(f"{method}-{sparsity}" for method in ("sparsegpt", "wanda") for sparsity in ("0.5", "0.7", "2:4"))
 EVAL_WINDOWS = 16
 SEQLEN = 512
@@ -112,17 +114,6 @@ def prepare(out: Path) -> None:
     print(f"{windows.shape[0]} x {windows.shape[1]} calibration tokens -> {out / 'calib.safetensors'}")
 
 
-def run_measured(cmd: list[str], log: Path, env: dict | None = None) -> tuple[int, float, float]:
-    """(exit code, wall seconds, peak RSS in GiB) of one child process."""
-    start = time.perf_counter()
-    with log.open("a") as handle:
-        handle.write(f"$ {' '.join(cmd)}\n")
-        handle.flush()
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage.ru_maxrss / 2**20
-
-
 def last_json_line(log: Path) -> dict:
     for line in reversed(log.read_text().splitlines()):
         if line.startswith("{"):
@@ -141,6 +132,7 @@ def evaluate(model: Path, log: Path) -> dict:
 def run_one(side: str, config: str, out: Path, keep: bool) -> dict:
     from sparse_expansion.artifact import is_artifact, read_record
     from sparse_expansion.models import shipped_model_dir
+    from sparse_expansion.resources import run_measured
 
     method, sparsity = split_config(config)
     model_dir = out / "models" / f"{side}-{config.replace(':', '_')}"
@@ -148,6 +140,8 @@ def run_one(side: str, config: str, out: Path, keep: bool) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(model_dir, ignore_errors=True)
     if side == "theirs":
+        if not LLMC_PYTHON:
+            raise SystemExit("set LLMC_PYTHON to the python of llm-compressor's own venv (see this script's help)")
         cmd = [LLMC_PYTHON, str(Path(__file__).resolve()), "_oneshot", "--model", str(shipped_model_dir()),
                "--calib", str(out / "calib.safetensors"), "--config", config, "--out", str(model_dir)]
     else:
@@ -155,7 +149,7 @@ def run_one(side: str, config: str, out: Path, keep: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     if side == "theirs":
         env.pop("PYTHONPATH")  # their venv must not see our package
-    code, wall, peak = run_measured(cmd, log, env)
+    code, wall, peak_mb = run_measured(cmd, log, env)
     if code != 0:
         raise SystemExit(f"{side} {config} failed with exit code {code}; see {log}")
     if side == "theirs":
@@ -167,7 +161,8 @@ def run_one(side: str, config: str, out: Path, keep: bool) -> dict:
     if side == "ours":  # keep how it was made (per-linear sparsity, damping) after the folder is deleted
         shutil.copy2(model_dir / "sparse_expansion.json", log.with_suffix(".record.json"))
     result = evaluate(model_dir, log)
-    row = {"side": side, "config": config, "perplexity": result["perplexity"], "wall_s": wall, "peak_gib": peak,
+    row = {"side": side, "config": config, "perplexity": result["perplexity"], "wall_s": wall,
+           "peak_gib": peak_mb / 1024,
            "compress_s": compress_s, "mlp_sparsity": achieved, "nonzeros": result["nonzeros"],
            "threads": os.environ.get("OMP_NUM_THREADS"), "load": os.getloadavg(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

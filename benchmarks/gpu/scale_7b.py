@@ -1,8 +1,8 @@
 """Scale check without a download: a randomly initialised Llama-2-7B-shaped model (hidden 4096,
 MLP 11008, 32 heads; only a few of its 32 layers), calibrated layer by layer as a real one would be.
 
-    python benchmarks/scale_7b.py --device cuda --layers 2 --windows 128 --seqlen 2048
-    python benchmarks/scale_7b.py --device cpu --layers 1 --windows 2 --seqlen 256 --shape small   # a smoke run
+    python benchmarks/gpu/scale_7b.py --device cuda --layers 2 --windows 128 --seqlen 2048
+    python benchmarks/gpu/scale_7b.py --device cpu --layers 1 --windows 2 --seqlen 256 --shape small   # a smoke run
 
 Prints one JSON line per method (SparseGPT at 70%; 16-expert Sparse Expansion at 70%): seconds per
 decoder layer (engine total / layers, forward passes included), peak memory (GPU: the allocator's
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
 import time
 
 import torch
@@ -37,9 +36,10 @@ def build(shape: str, layers: int, dtype: torch.dtype):
 
 
 def peak_memory_gb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    from sparse_expansion.resources import peak_gpu_mb, peak_rss_mb
+
+    gpu = peak_gpu_mb(device)
+    return (gpu if gpu is not None else peak_rss_mb()) / 1024
 
 
 def main() -> None:

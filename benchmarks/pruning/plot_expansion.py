@@ -1,6 +1,6 @@
 """Plots for BENCHMARKS.md from a compression.py results folder.
 
-    python benchmarks/plot_expansion.py --out runs/bench_expansion --png docs/expansion.png
+    python benchmarks/pruning/plot_expansion.py --out runs/bench_expansion --png docs/expansion.png
 
 Top left: perplexity against experts, one line per sparsity (experts = 1 is SparseGPT), Wanda
 and magnitude as markers at k = 1. Top right: the same as a ratio to SparseGPT. Bottom:

@@ -11,7 +11,7 @@ the dense block in the same dtype.
 The block is timed over and over, so its weights sit in the cache: a decoding model reads every
 layer from DRAM once per token. Whole-model decode is benchmarks/decode_speed.py.
 
-    python benchmarks/mlp_block_speed.py --experts 16 --sparsity 0.7 --layer 10
+    python benchmarks/pruning/mlp_block_speed.py --experts 16 --sparsity 0.7 --layer 10
 """
 
 from __future__ import annotations

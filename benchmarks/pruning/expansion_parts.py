@@ -1,6 +1,6 @@
 """Time the pieces of a 16-expert expansion on their own, on synthetic data of SmolLM2's shapes.
 
-    python benchmarks/expansion_parts.py            # one JSON line of seconds / microseconds
+    python benchmarks/pruning/expansion_parts.py            # one JSON line of seconds / microseconds
 
 - solve_gate_s / solve_down_s: `sparsegpt_solve` of 16 experts of a 1536 x 576 (gate/up) and a
   576 x 1536 (down) linear at 70%, each expert with its own Hessian from 2048 random tokens;

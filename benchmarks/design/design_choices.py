@@ -1,8 +1,8 @@
 """Time each implementation choice that a code comment justifies by speed, against the obvious
 alternative, on SmolLM2's shapes (synthetic data). The comments cite the keys printed here.
 
-    python benchmarks/design_choices.py            # one JSON line: key -> {ours, alternative, ratio}
-    python benchmarks/design_choices.py --threads 1 --clock cpu    # on a machine others share
+    python benchmarks/design/design_choices.py            # one JSON line: key -> {ours, alternative, ratio}
+    python benchmarks/design/design_choices.py --threads 1 --clock cpu    # on a machine others share
 
 `--clock cpu` counts this process's CPU time (all its threads), so time spent descheduled by other
 jobs is not charged to either side; with --threads 1 it is the work each choice does.
