@@ -2,7 +2,8 @@
 
 A pruning method is its config (what the user chooses), the input statistic it needs (none,
 Wanda's squared input norms, SparseGPT's Hessian) and a pure function that prunes one weight.
-The method registry (`sparse_expansion.methods`) names these configs.
+The method registry (`sparse_expansion.methods`) names these configs. `SparsityCompressor` is what
+this compressor and Sparse Expansion's (expand/compressor.py) share.
 """
 
 from __future__ import annotations
