@@ -57,6 +57,9 @@ EARLY = [
     (["expand", "--experts", "64", "--sparsity", "0.5", "--calib-windows", "2", "--seqlen", "16"],
      "64 experts need at least 64 calibration tokens"),
     (["expand", "--experts", "4", "--memory-budget", "5"], "--memory-budget 5 with 4 experts"),
+    # TINY: a real model folder, whose config.json (not its weights) shows the layer widths (32, 64)
+    (["prune", "TINY", "--method", "sparsegpt", "--sparsity", "2:3"], "32 inputs, not a multiple of M=3"),
+    (["expand", "TINY", "--experts", "2", "--sparsity", "3:6"], "32 inputs, not a multiple of M=6"),
     (["eval", "--data", "BINARY"], "not UTF-8 text"),
     (["eval", "--seqlen", "1"], "--seqlen 1 is too short"),
     (["eval", "--windows", "-1"], "--windows must be 0 (all) or positive"),
@@ -68,16 +71,21 @@ EARLY = [
 
 
 @pytest.mark.parametrize("args,message", EARLY, ids=[" ".join(a[:3]) for a, _ in EARLY])
-def test_refused_before_loading_the_model(tmp_path, text_file, binary_file, no_model_load, capsys, args, message):
+def test_refused_before_loading_the_model(tmp_path, text_file, binary_file, no_model_load, capsys, request, args,
+                                          message):
     (tmp_path / "FILE").write_text("x")
     replace = {"BINARY": str(binary_file), "nope.txt": str(tmp_path / "nope.txt"),
                "FILE/sub": str(tmp_path / "FILE" / "sub")}
+    model = "some-model"
+    if args[1:2] == ["TINY"]:
+        model, args = str(request.getfixturevalue("tiny_model_dir")), [args[0], *args[2:]]
+        capsys.readouterr()  # what writing the folder printed
     args = [replace.get(a, a) for a in args]
     if args[0] in ("prune", "expand") and "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
     if args[0] in ("prune", "expand") and "--calib" not in args:
         args += ["--calib", str(text_file)]
-    code, _, err = run_cli([args[0], "some-model", *args[1:]], capsys)
+    code, _, err = run_cli([args[0], model, *args[1:]], capsys)
     assert_refused(code, err, message, tmp_path / "out")
 
 

@@ -7,7 +7,7 @@ from conftest import FAMILIES, tiny_model
 from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight, target_names
 from sparse_expansion.engine import LayerCompressor, calibrate
 from sparse_expansion.errors import UsageError
-from sparse_expansion.methods import make_config
+from sparse_expansion.methods import METHODS, PRUNING_METHODS, make_config
 from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
 
 
@@ -63,10 +63,10 @@ def test_engine_sees_the_inputs_a_full_forward_pass_sees(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", PRUNING_METHODS)
 def test_prune_reaches_sparsity_on_every_family(family, method):
     model = tiny_model(family)
-    comp = PruneCompressor(make_config(method, parse_sparsity("0.5")))
+    comp = METHODS[method].compressor(make_config(method, parse_sparsity("0.5")))
     calibrate(model, windows(), comp, progress=False)
     arch = architecture_of(model)
     for layer in decoder_layers(model):

@@ -12,7 +12,7 @@ from sparse_expansion.artifact import save_artifact
 from sparse_expansion.cli import main
 from sparse_expansion.engine import calibrate
 from sparse_expansion.expand import ExpandCompressor, ExpandConfig, Router, SparseExpertLinear, kmeans
-from sparse_expansion.expand.compressor import blend_small_clusters, cluster_hessians
+from sparse_expansion.expand.hessians import blend_small_clusters, cluster_hessians
 from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
 
 

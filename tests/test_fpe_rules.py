@@ -1,5 +1,5 @@
 """The one table of FPE split rules: every row does what its flags say, and a new row is picked up
-by expand, the checks, the CLI and the reports without touching them."""
+by split_and_prune, the checks, the CLI and the reports without touching them."""
 
 import subprocess
 import sys
@@ -11,7 +11,7 @@ from sparse_expansion.cli import main
 from sparse_expansion.errors import UsageError
 from sparse_expansion.fpe import rules, studies
 from sparse_expansion.fpe.mlp import MaskedMLP, MLPConfig, count_nonzeros
-from sparse_expansion.fpe.split import expand
+from sparse_expansion.fpe.split import split_and_prune
 
 CLAUSES = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
 
@@ -45,10 +45,10 @@ def test_random_partition_deals_equal_groups():
 def test_a_rule_that_deals_no_inputs_splits_narrow_layers():
     torch.manual_seed(0)
     narrow = MaskedMLP(MLPConfig(3, (4,), 2))
-    wide, _ = expand(narrow, 4, "dense-wide")
+    wide, _ = split_and_prune(narrow, 4, "dense-wide")
     assert wide.config.hidden == (16,) and count_nonzeros(wide) == count_nonzeros(narrow)
     with pytest.raises(ValueError, match="fewer than alpha"):
-        expand(narrow, 4, "random")
+        split_and_prune(narrow, 4, "random")
 
 
 def test_check_rules_refuses_in_one_line():
@@ -87,11 +87,11 @@ def test_a_new_row_is_all_a_new_rule_needs(monkeypatch, capsys):
     monkeypatch.setitem(rules.RULES, "halves", new)
     torch.manual_seed(0)
     parent = MaskedMLP(MLPConfig(8, (3,), 1))
-    wide, info = expand(parent, 2, "halves", prune=False)
+    wide, info = split_and_prune(parent, 2, "halves", prune=False)
     assert info.child_masks[0][0, 0].tolist() == [True] * 4 + [False] * 4
     assert torch.equal(wide.layers[0].effective_weight()[0, :4], parent.layers[0].weight[0, :4])
     assert rules.check_rules(["halves"], task="digits", task_has_clauses=False) == ("halves",)
-    config = studies.StudyConfig(task="dnf", rules=("random", "halves")).check()
+    config = studies.FPEStudyConfig(task="dnf", rules=("random", "halves")).check()
     assert config.rules_to_run() == ("random", "halves")
     with pytest.raises(SystemExit):
         main(["fpe", "--help"])
@@ -102,7 +102,7 @@ def test_reading_the_registries_does_not_import_torch():
     code = ("import sys, argparse\n"
             "from sparse_expansion.commands import fpe\n"
             "fpe.register(argparse.ArgumentParser().add_subparsers())\n"
-            "from sparse_expansion.fpe.studies import StudyConfig\n"
-            "StudyConfig(task='dnf', study='point').check()\n"
+            "from sparse_expansion.fpe.studies import FPEStudyConfig\n"
+            "FPEStudyConfig(task='dnf', study='point').check()\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,7 +11,7 @@ from sparse_expansion.fpe.studies import (
     MIN_NEGATIVE_FRACTION,
     POINT_RULES,
     DNFConfig,
-    StudyConfig,
+    FPEStudyConfig,
     dnf_study,
     gain_vs_load,
     max_clauses,
@@ -78,7 +78,7 @@ def _without_times(obj):
     return obj
 
 
-TINY = StudyConfig(task="dnf", rules=("random", "clause"), neurons=(4,), clauses=4, seeds=1, epochs=(2, 2))
+TINY = FPEStudyConfig(task="dnf", rules=("random", "clause"), neurons=(4,), clauses=4, seeds=1, epochs=(2, 2))
 
 
 def test_a_study_on_a_tiny_seed_gives_the_same_result_twice():
@@ -97,26 +97,26 @@ def test_a_study_on_a_tiny_seed_gives_the_same_result_twice():
 
 def test_defaults_are_the_benchmarked_settings():
     # BENCHMARKS.md's numbers come from these: a change here changes every published number
-    assert StudyConfig(task="dnf").dnf_base() == DNFConfig()
+    assert FPEStudyConfig(task="dnf").dnf_base() == DNFConfig()
     assert DNFConfig() == DNFConfig(32, 8, 3, 8, 2, 4000, 4000, 30, 60, 6e-3, 256)
-    digits = StudyConfig(task="digits").real_config()
+    digits = FPEStudyConfig(task="digits").real_config()
     assert (digits.fpe_widths, digits.dense_widths, digits.depths, digits.deep_fpe_widths) == \
         ((4, 8, 16), (4, 8, 16, 32, 64), (1, 3), (8, 16))
     assert (digits.alpha, digits.warmup_epochs, digits.post_epochs, digits.lr) == (2, 20, 40, 3e-3)
-    plays = StudyConfig(task="plays", depth=1, neurons=(8,)).real_config()
+    plays = FPEStudyConfig(task="plays", depth=1, neurons=(8,)).real_config()
     assert (plays.depths, plays.fpe_widths, plays.warmup_epochs, plays.post_epochs, plays.lr) == \
         ((1,), (8,), 10, 20, 1e-3)
-    assert StudyConfig(task="dnf", study="all").rules_to_run() == POINT_RULES
-    assert StudyConfig(task="bible").rules_to_run() == ("random",)
+    assert FPEStudyConfig(task="dnf", study="all").rules_to_run() == POINT_RULES
+    assert FPEStudyConfig(task="bible").rules_to_run() == ("random",)
 
 
 def test_command_line_reproduces_the_config():
     from sparse_expansion.cli import build_parser
     from sparse_expansion.commands.fpe import config_from_args
 
-    for config in (TINY, StudyConfig(task="digits", rules=("feature", "random"), alpha=3, neurons=(4, 8), depth=2,
+    for config in (TINY, FPEStudyConfig(task="digits", rules=("feature", "random"), alpha=3, neurons=(4, 8), depth=2,
                                      seeds=2, epochs=(0, 1), threads=2, save_models=True),
-                   StudyConfig(task="dnf", study="load", alpha=4)):
+                   FPEStudyConfig(task="dnf", study="load", alpha=4)):
         argv = config.command_line("runs/x").split()[1:]
         assert config_from_args(build_parser().parse_args(argv)) == config
 
@@ -149,14 +149,14 @@ CHECKS = [
 @pytest.mark.parametrize("fields,message", CHECKS)
 def test_check_refuses_without_data(fields, message):
     with pytest.raises(UsageError, match=re.escape(message)):
-        StudyConfig(**fields).check()
+        FPEStudyConfig(**fields).check()
 
 
 def test_check_accepts_what_the_benchmarks_run():
     for fields in (dict(task="dnf", study="all"), dict(task="dnf", clauses=41), dict(task="dnf", alpha=32),
                    dict(task="digits", alpha=65, rules=("dense-wide",)),
                    *(dict(task=t, rules=("random", "feature")) for t in ("digits", "plays", "bible"))):
-        StudyConfig(**fields).check()
+        FPEStudyConfig(**fields).check()
 
 
 def test_max_clauses_leaves_enough_negatives():

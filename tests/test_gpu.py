@@ -67,13 +67,13 @@ def test_bfloat16_eval_on_cuda(tiny_model_dir, text_file, capsys):
 
 def test_sgatlin_training_on_cuda_tracks_cpu(tmp_path):
     from sparse_expansion.sgatlin.data import TokenData, encode_documents, train_tokenizer
-    from sparse_expansion.sgatlin.training import TrainConfig, plan, train
+    from sparse_expansion.sgatlin.training import LMTrainConfig, plan, train
 
     text = "In the beginning God created the heaven and the earth. And the earth was without form. " * 6
     tok = train_tokenizer([text], vocab_size=300)
     stream = encode_documents(tok, {"a": text})[:400]
     data = TokenData(tok, stream, stream.copy())
-    cfg = TrainConfig(ffn="sgatlin", scale=0.5, budget=1e30, batch_size=4, seq_len=32, lr=3e-3, val_windows=8,
+    cfg = LMTrainConfig(ffn="sgatlin", scale=0.5, budget=1e30, batch_size=4, seq_len=32, lr=3e-3, val_windows=8,
                       ffn_overrides={"n_channels": 4, "d_key": 16}, warmup_steps=2)
     _, fpt, _ = plan(cfg, data.vocab_size)
     cfg.budget = 3 * fpt * 4 * 32 * 10

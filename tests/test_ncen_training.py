@@ -6,10 +6,10 @@ import torch
 from sparse_expansion.ncen import attacks, data, losses
 from sparse_expansion.ncen.methods import METHODS
 from sparse_expansion.ncen.models import Ensemble, count_parameters
-from sparse_expansion.ncen.study import StudyConfig, run_one
-from sparse_expansion.ncen.training import TrainConfig, train_ensemble
+from sparse_expansion.ncen.study import NCEnStudyConfig, run_one
+from sparse_expansion.ncen.training import EnsembleTrainConfig, train_ensemble
 
-FAST = TrainConfig(members=3, hidden=32, epochs=8, lr=3e-3, batch_size=64)
+FAST = EnsembleTrainConfig(members=3, hidden=32, epochs=8, lr=3e-3, batch_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,9 @@ def test_ensemble_returns_log_mean_probability(digits, trained):
 
 def test_single_has_the_ensembles_parameter_count(digits):
     m = METHODS["single"]
-    single, rec = train_ensemble(m, m.config(), digits, TrainConfig(members=3, hidden=32, epochs=1), seed=0)
+    single, rec = train_ensemble(m, m.config(), digits, EnsembleTrainConfig(members=3, hidden=32, epochs=1), seed=0)
     ens, _ = train_ensemble(METHODS["independent"], METHODS["independent"].config(), digits,
-                            TrainConfig(members=3, hidden=32, epochs=1), seed=0)
+                            EnsembleTrainConfig(members=3, hidden=32, epochs=1), seed=0)
     assert len(single.members) == 1 and len(ens.members) == 3
     assert abs(count_parameters(single) - count_parameters(ens)) / count_parameters(ens) < 0.02
 
@@ -97,7 +97,7 @@ def test_single_has_the_ensembles_parameter_count(digits):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_registered_method_trains(digits, name):
     m = METHODS[name]
-    cfg = TrainConfig(members=2, hidden=8, epochs=10, lr=1e-2)
+    cfg = EnsembleTrainConfig(members=2, hidden=8, epochs=10, lr=1e-2)
     ens, rec = train_ensemble(m, m.config(), digits, cfg, seed=0)
     assert all(torch.isfinite(torch.tensor(v)) for v in rec["last_epoch_terms"].values())
     # Chance is 0.1; every method reaches 0.83-0.96 here (seeds 0 and 1), so a training that does not
@@ -107,7 +107,7 @@ def test_every_registered_method_trains(digits, name):
 
 def test_ncen_with_ensemble_cross_entropy_and_cnn(digits):
     m = METHODS["ncen"]
-    cfg = TrainConfig(members=2, arch="cnn", hidden=8, epochs=1)
+    cfg = EnsembleTrainConfig(members=2, arch="cnn", hidden=8, epochs=1)
     ens, rec = train_ensemble(m, m.config(ce="ensemble"), digits, cfg, seed=0)
     assert set(rec["last_epoch_terms"]) == {"ce", "direction", "magnitude"}
     with pytest.raises(ValueError):
@@ -115,7 +115,7 @@ def test_ncen_with_ensemble_cross_entropy_and_cnn(digits):
 
 
 def test_same_seed_same_run(digits):
-    cfg = StudyConfig(["gal"], [3], TrainConfig(members=2, hidden=8, epochs=2), [0.05, 0.1], 0.1,
+    cfg = NCEnStudyConfig(["gal"], [3], EnsembleTrainConfig(members=2, hidden=8, epochs=2), [0.05, 0.1], 0.1,
                       ["fgsm", "pgd", "apgd"], steps=3)
     a, b = run_one(digits, cfg, "gal", 3), run_one(digits, cfg, "gal", 3)
     for key in ("train_seconds", "attack_seconds"):

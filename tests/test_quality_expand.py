@@ -7,7 +7,7 @@ from conftest import tiny_model
 from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight
 from sparse_expansion.engine import calibrate
 from sparse_expansion.expand import ExpandCompressor, ExpandConfig, Router
-from sparse_expansion.expand.compressor import ClusterHessianStat, shrinkage
+from sparse_expansion.expand.hessians import ClusterHessianStat, shrinkage
 from sparse_expansion.expand.router import balance_offsets
 from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
 

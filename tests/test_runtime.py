@@ -79,13 +79,13 @@ def test_bfloat16_prune_and_expand_keep_their_invariants(tmp_path, tiny_model_di
 
 def test_training_under_bfloat16_autocast_learns_like_float32(tmp_path, single_thread):
     from sparse_expansion.sgatlin.data import TokenData, encode_documents, train_tokenizer
-    from sparse_expansion.sgatlin.training import TrainConfig, plan, train
+    from sparse_expansion.sgatlin.training import LMTrainConfig, plan, train
 
     text = "In the beginning God created the heaven and the earth. And the earth was without form. " * 6
     tok = train_tokenizer([text], vocab_size=300)
     stream = encode_documents(tok, {"a": text})[:400]
     data = TokenData(tok, stream, stream.copy())
-    cfg = TrainConfig(ffn="swiglu", scale=0.5, budget=1e30, batch_size=4, seq_len=32, lr=3e-3, val_windows=8,
+    cfg = LMTrainConfig(ffn="swiglu", scale=0.5, budget=1e30, batch_size=4, seq_len=32, lr=3e-3, val_windows=8,
                       warmup_steps=2)
     _, fpt, _ = plan(cfg, data.vocab_size)
     cfg.budget = 3 * fpt * 4 * 32 * 20

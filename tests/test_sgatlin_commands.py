@@ -27,7 +27,7 @@ from sparse_expansion.sgatlin.data import (
     val_windows,
 )
 from sparse_expansion.sgatlin.gating.record import record
-from sparse_expansion.sgatlin.training import TrainConfig, plan, train
+from sparse_expansion.sgatlin.training import LMTrainConfig, plan, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,7 +44,7 @@ def tiny_data() -> TokenData:
 
 
 def budget_for(ffn: str, steps: int, data: TokenData) -> float:
-    cfg = TrainConfig(ffn=ffn, scale=0.5, budget=1e30, batch_size=BATCH, seq_len=SEQ)
+    cfg = LMTrainConfig(ffn=ffn, scale=0.5, budget=1e30, batch_size=BATCH, seq_len=SEQ)
     _, fpt, _ = plan(cfg, data.vocab_size)
     return 3 * fpt * BATCH * SEQ * steps
 
@@ -58,7 +58,7 @@ def world(tmp_path_factory):
     flags = ["--scale", "0.5", "--batch-size", str(BATCH), "--seq-len", str(SEQ),
              "--data-dir", str(root / "data"), "--no-progress"]
     for ffn in ("sgatlin", "mlp"):
-        cfg = TrainConfig(ffn=ffn, scale=0.5, budget=budget_for(ffn, 6, data), batch_size=BATCH,
+        cfg = LMTrainConfig(ffn=ffn, scale=0.5, budget=budget_for(ffn, 6, data), batch_size=BATCH,
                           seq_len=SEQ)
         train(cfg, data, root / f"run_{ffn}", progress=False)
     return {"root": root, "data": data, "flags": flags,
@@ -83,7 +83,7 @@ def run(argv, capsys) -> tuple[int, str, str]:
 
 def corrupt_checkpoint(world, tmp_path: Path, file: str) -> Path:
     """OUT.ckpt for --out tmp_path/out, from a real stopped run, with `file` truncated."""
-    cfg = TrainConfig(ffn="sgatlin", scale=0.5, budget=float(world["budget"]), batch_size=BATCH,
+    cfg = LMTrainConfig(ffn="sgatlin", scale=0.5, budget=float(world["budget"]), batch_size=BATCH,
                       seq_len=SEQ)
     ckpt = tmp_path / "out.ckpt"
     train(cfg, world["data"], None, ckpt, stop_after=2, progress=False)
@@ -215,7 +215,7 @@ def test_train_resumes_exactly_from_the_command_line(world, tmp_path, capsys):
     assert code == 0, err
     assert not (tmp_path / "full.ckpt").exists()  # checkpoints go once the run is saved
     full = read_json(tmp_path / "full" / "metrics.json")
-    cfg = TrainConfig(ffn="sgatlin", scale=0.5, budget=float(world["budget"]), batch_size=BATCH,
+    cfg = LMTrainConfig(ffn="sgatlin", scale=0.5, budget=float(world["budget"]), batch_size=BATCH,
                       seq_len=SEQ)
     train(cfg, world["data"], None, tmp_path / "cut.ckpt", stop_after=3, progress=False)
     code, out, err = run([*argv, "--resume", "--out", tmp_path / "cut"], capsys)

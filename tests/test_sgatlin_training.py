@@ -17,7 +17,7 @@ from sparse_expansion.errors import UsageError
 from sparse_expansion.sgatlin.checkpoint import complete_checkpoints, load_checkpoint
 from sparse_expansion.sgatlin.data import TokenData, encode_documents, train_tokenizer, val_windows
 from sparse_expansion.sgatlin.training import (
-    TrainConfig,
+    LMTrainConfig,
     check_config,
     evaluate,
     lr_at,
@@ -51,10 +51,10 @@ def tiny_data() -> TokenData:
     return TokenData(tok, stream, stream.copy())
 
 
-def tiny_config(budget_steps: int, data: TokenData, **kw) -> TrainConfig:
-    cfg = TrainConfig(ffn="sgatlin", scale=0.5, budget=0, batch_size=4, seq_len=32,
+def tiny_config(budget_steps: int, data: TokenData, **kw) -> LMTrainConfig:
+    cfg = LMTrainConfig(ffn="sgatlin", scale=0.5, budget=0, batch_size=4, seq_len=32,
                       lr=3e-3, val_windows=8, ffn_overrides=dict(SMALL), warmup_steps=2, **kw)
-    _, fpt, _ = plan(TrainConfig(**{**cfg.to_dict(), "budget": 1e30}), data.vocab_size)
+    _, fpt, _ = plan(LMTrainConfig(**{**cfg.to_dict(), "budget": 1e30}), data.vocab_size)
     cfg.budget = 3 * fpt * cfg.batch_size * cfg.seq_len * budget_steps
     return cfg
 
@@ -89,7 +89,7 @@ def test_budget_sets_steps(tiny_data):
     ({"ffn_overrides": {"d_ffw": 3}}, "do not apply to ffn 'sgatlin'"),
 ])
 def test_check_config_refuses_without_data(change, message):
-    cfg = TrainConfig(**{**TrainConfig(ffn="sgatlin", scale=0.5, budget=1e12).to_dict(), **change})
+    cfg = LMTrainConfig(**{**LMTrainConfig(ffn="sgatlin", scale=0.5, budget=1e12).to_dict(), **change})
     with pytest.raises(UsageError, match=message):
         check_config(cfg)
 
@@ -106,7 +106,7 @@ def test_tiny_run_decreases_loss(tiny_data, tmp_path, ffn):
     cfg = tiny_config(30, tiny_data)
     if ffn != "sgatlin":
         cfg.ffn, cfg.ffn_overrides = ffn, {}
-        _, fpt, _ = plan(TrainConfig(**{**cfg.to_dict(), "budget": 1e30}), tiny_data.vocab_size)
+        _, fpt, _ = plan(LMTrainConfig(**{**cfg.to_dict(), "budget": 1e30}), tiny_data.vocab_size)
         cfg.budget = 3 * fpt * 4 * 32 * 30
     mcfg, fpt, _ = plan(cfg, tiny_data.vocab_size)
     torch.manual_seed(cfg.seed)
@@ -262,7 +262,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, data: TokenData,
+def _ddp_worker(rank: int, world: int, port: int, cfg: LMTrainConfig, data: TokenData,
                 out: str) -> None:
     import torch.distributed as dist
 

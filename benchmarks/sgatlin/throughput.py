@@ -38,14 +38,14 @@ def measure(ffn: str, steps: int, device: str = "cpu", batch_size: int = 8) -> d
     import torch
     import torch.nn.functional as F
 
-    from sparse_expansion.sgatlin.training import TrainConfig, _optimizer
+    from sparse_expansion.sgatlin.training import LMTrainConfig, _optimizer
     from sparse_expansion.sgatlin.transformer import Transformer, config_for_scale, count_params
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = config_for_scale(ffn, 1, vocab_size=8192, seq_len=128, **MATCHED.get(ffn, {}))
     model = Transformer(cfg).to(device)
-    opt = _optimizer(model, TrainConfig(ffn=ffn, scale=1, budget=0))
+    opt = _optimizer(model, LMTrainConfig(ffn=ffn, scale=1, budget=0))
     gen = torch.Generator().manual_seed(0)
     cuda = device.startswith("cuda")
     times = []

@@ -37,6 +37,7 @@ from torch import nn
 from .errors import UsageError
 from .hub import AUTO_MAP, write_remote_code
 from .io import read_json, write_json
+from .surgery import replace
 
 MANIFEST_FILE = "sparse_expansion.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -243,7 +244,7 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
                 setattr(module, part, getattr(model.get_submodule(owner), part))
         if hasattr(module, "to_storage_dtype"):  # before loading: the file's tensors are cast as they are copied
             module.to_storage_dtype(dtype)
-        model.set_submodule(name, module)
+        replace(model, name, module)
     load_safetensors(model, str(path / WEIGHTS_FILE), strict=True)
     for module in model.modules():
         if hasattr(module, "to_storage_dtype"):  # a replacement keeps what must stay float32 (a router)

@@ -14,9 +14,9 @@ input, observes their inputs batch by batch, and returns for each linear either 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from torch import nn
 
 from .arch import decoder_layers, set_linear_weight, target_groups
 from .progress import progress_bar
+from .surgery import StopForward, flat_inputs, hooks, layer_site, replace
 
 Groups = tuple[tuple[str, ...], ...]
 
@@ -34,6 +35,16 @@ class LayerCompressor(ABC):
 
     #: False for data-free methods (magnitude): the engine then skips every forward pass.
     needs_calibration: bool = True
+
+    def check_calibration(self, tokens: int) -> None:
+        """Refuse (UsageError), before any work, `tokens` calibration tokens per layer that are too
+        few for the method; any number will do unless the method says otherwise."""
+        return None
+
+    def prepare(self, model: nn.Module, windows: torch.Tensor | None, *, targets: str = "mlp",
+                batch_size: int = 8) -> None:
+        """Whole-model planning before the layer-sequential pass (non-uniform sparsity); none by default."""
+        return None
 
     @abstractmethod
     def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
@@ -51,6 +62,10 @@ class LayerCompressor(ABC):
         """Per-linear facts for the run record (sparsity achieved, damping, cluster sizes, ...)."""
         return {}
 
+    def timings(self) -> dict[str, float]:
+        """Seconds spent in the method's own steps (allocation, clustering, ...) for the run record."""
+        return {}
+
 
 @dataclass
 class EngineTimes:
@@ -66,14 +81,6 @@ class LayerInputs:
 
     hidden: list[torch.Tensor]
     kwargs: list[dict[str, Any]]
-
-
-class StopForward(Exception):
-    """Raised by a hook where the rest of the model need not run (the inputs of interest are seen)."""
-
-    @staticmethod
-    def hook(*_args) -> None:
-        raise StopForward
 
 
 def _move_except_layers(model: nn.Module, layers: nn.ModuleList, device: str) -> None:
@@ -108,13 +115,12 @@ def capture_layer_inputs(model: nn.Module, windows: torch.Tensor, batch_size: in
         kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
         raise StopForward
 
-    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        for start in range(0, windows.shape[0], batch_size):
-            with contextlib.suppress(StopForward):
-                model(windows[start : start + batch_size].to(device), use_cache=False)
+        with hooks(model, before={layer_site(model, 0): grab}):
+            for start in range(0, windows.shape[0], batch_size):
+                with contextlib.suppress(StopForward):
+                    model(windows[start : start + batch_size].to(device), use_cache=False)
     finally:
-        handle.remove()
         if device != "cpu":
             _move_except_layers(model, layers, "cpu")
     return LayerInputs(hidden, kwargs)
@@ -125,31 +131,16 @@ def run_layer(layer: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) ->
     return out[0] if isinstance(out, tuple) else out
 
 
-@contextlib.contextmanager
-def input_hooks(layer: nn.Module, groups: Groups, sink) -> Iterator[None]:
-    """Forward hooks on the first linear of each group that pass its 2-D input to `sink`.
-
-    Hooks are always removed, even if the forward pass fails.
-    """
-    handles = []
-    for group in groups:
-        def hook(_module, args, _output, group=group):
-            x = args[0]
-            sink(group, x.reshape(-1, x.shape[-1]).detach())
-        handles.append(layer.get_submodule(group[0]).register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+def input_hooks(layer: nn.Module, groups: Groups, sink) -> contextlib.AbstractContextManager[None]:
+    """Hooks on the first linear of each group that pass (group, its 2-D input) to `sink`."""
+    return hooks(layer, {group[0]: flat_inputs(functools.partial(sink, group)) for group in groups})
 
 
 def apply_replacements(layer: nn.Module, replacements: dict[str, torch.Tensor | nn.Module]) -> None:
     """Write new weights in place, or swap in replacement modules."""
     for name, new in replacements.items():
         if isinstance(new, nn.Module):
-            old = layer.get_submodule(name)
-            layer.set_submodule(name, new.to(old.weight.device))
+            replace(layer, name, new)
         else:
             set_linear_weight(layer.get_submodule(name), new)
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Method:
+class CompressionMethod:
     """One registry row. Config and compressor are import paths ("module:Name"), resolved on use,
     so reading the registry (the CLI's --help) does not import torch."""
 
@@ -49,14 +49,14 @@ def _resolve(path: str) -> Any:
 
 
 _PRUNE = "sparse_expansion.prune.compressors"
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("magnitude", f"{_PRUNE}:MagnitudeConfig", f"{_PRUNE}:PruneCompressor", "pruned",
+METHODS: dict[str, CompressionMethod] = {m.name: m for m in (
+    CompressionMethod("magnitude", f"{_PRUNE}:MagnitudeConfig", f"{_PRUNE}:PruneCompressor", "pruned",
            "drop the smallest |w| of each matrix; needs no data"),
-    Method("wanda", f"{_PRUNE}:WandaConfig", f"{_PRUNE}:PruneCompressor", "pruned",
+    CompressionMethod("wanda", f"{_PRUNE}:WandaConfig", f"{_PRUNE}:PruneCompressor", "pruned",
            "drop the smallest |w| x input norm within each row (Sun et al. 2023)"),
-    Method("sparsegpt", f"{_PRUNE}:SparseGPTConfig", f"{_PRUNE}:PruneCompressor", "pruned",
+    CompressionMethod("sparsegpt", f"{_PRUNE}:SparseGPTConfig", f"{_PRUNE}:PruneCompressor", "pruned",
            "prune column by column, updating the rest to compensate (Frantar & Alistarh 2023)"),
-    Method("sparse_expansion", "sparse_expansion.expand.compressor:ExpandConfig",
+    CompressionMethod("sparse_expansion", "sparse_expansion.expand.compressor:ExpandConfig",
            "sparse_expansion.expand.compressor:ExpandCompressor", "expanded",
            "k SparseGPT experts per linear, one per input cluster, behind a router (Kong et al. 2024)"),
 )}
@@ -64,7 +64,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 PRUNING_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.kind == "pruned")
 
 
-def method_of(config: Any) -> Method:
+def method_of(config: Any) -> CompressionMethod:
     for method in METHODS.values():
         if type(config) is method.config:
             return method
@@ -90,18 +90,17 @@ def config_json(config: Any) -> dict[str, Any]:
             for f in dataclasses.fields(config)}
 
 
-def needs_calibration(config: Any) -> bool:
-    """False for data-free methods (magnitude): they must not read, or fail on, a corpus."""
-    return getattr(config, "needs_calibration", True)
+def check_widths(config: Any, model: nn.Module, targets: str = "mlp") -> None:
+    """Refuse an N:M sparsity whose M does not divide the input width of every target linear
+    (`model` may be a skeleton on the meta device: only shapes are read)."""
+    from .arch import decoder_layers, in_features, target_groups
+    from .prune.sparsity import check_divisible
 
-
-def check_calibration_size(config: Any, tokens: int) -> None:
-    """Refuse, before any work, a calibration set too small for the method (k-means needs at
-    least one token per expert)."""
-    experts = getattr(config, "experts", 1)
-    if experts > tokens:
-        raise UsageError(f"{experts} experts need at least {experts} calibration tokens per layer, "
-                         f"the calibration set has {tokens}; lower --experts or raise --calib-windows")
+    groups = target_groups(model, targets)
+    for index, layer in enumerate(decoder_layers(model)):
+        for group in groups:
+            for name in group:
+                check_divisible(in_features(layer.get_submodule(name)), config.sparsity, f"layer {index} {name}")
 
 
 def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, targets: str = "mlp",
@@ -116,15 +115,16 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
 
     method = method_of(config)
     compressor = method.compressor(config)
-    if needs_calibration(config):
+    if compressor.needs_calibration:
         if windows is None:
             raise ValueError(f"{method.name} needs calibration windows")
-        check_calibration_size(config, windows.numel())
+        compressor.check_calibration(windows.numel())
+    else:
+        windows = None  # data-free (magnitude): it must not read, or fail on, a corpus
+    check_widths(config, model, targets)
     start = time.perf_counter()
-    prepare = getattr(compressor, "prepare", None)  # whole-model planning first (non-uniform sparsity)
-    if prepare is not None:
-        prepare(model, windows if needs_calibration(config) else None, targets=targets, batch_size=batch_size)
-    times = calibrate(model, windows if needs_calibration(config) else None, compressor, targets=targets,
+    compressor.prepare(model, windows, targets=targets, batch_size=batch_size)
+    times = calibrate(model, windows, compressor, targets=targets,
                       batch_size=batch_size, device=device, progress=progress)
     elapsed = time.perf_counter() - start
     linears = compressor.record()
@@ -138,7 +138,7 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
         "linears": linears,
         "costs": model_costs(model),
         "seconds": {"total": elapsed, "capture": times.capture, "forward": times.forward,
-                    "compress": times.compress, **getattr(compressor, "times", {})},
+                    "compress": times.compress, **compressor.timings()},
     }
 
 
@@ -150,24 +150,28 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
     `notes`, e.g. how the user phrased a setting, added to it).
 
     Everything that can be refused is refused before the model loads: an unwritable or non-empty
-    `out`, bad calibration sizes. Under torchrun every rank runs the same deterministic calibration
-    and shares the expert solves; rank 0 writes the folder. `dtype` is the weights' storage
-    precision (default float32); statistics and solves compute in float32 whatever it is.
+    `out`, bad calibration sizes, an N:M sparsity that does not divide the layer widths (read from
+    config.json). Under torchrun every rank runs the same deterministic calibration and shares the
+    expert solves; rank 0 writes the folder. `dtype` is the weights' storage precision (default
+    float32); statistics and solves compute in float32 whatever it is.
     """
     from . import distributed, runtime
     from .artifact import save_artifact
     from .io import atomic_output_dir, check_output_dir
-    from .models import load_causal_lm
+    from .models import load_causal_lm, skeleton
 
     check_output_dir(out)
-    if needs_calibration(config):
+    asked = method_of(config).compressor(config)  # what data the method needs, asked before any work
+    needs_data = asked.needs_calibration
+    if needs_data:
         calibration.check()
-        check_calibration_size(config, calibration.windows * calibration.seqlen)
+        asked.check_calibration(calibration.windows * calibration.seqlen)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    if config.sparsity.structured and (shape := skeleton(source)) is not None:
+        check_widths(config, shape, targets)  # from config.json: N:M against the layer widths
     runtime.join_process_group(device)
     model, tokenizer = load_causal_lm(source, dtype=dtype) if dtype is not None else load_causal_lm(source)
-    needs_data = needs_calibration(config)
     windows = calibration.sample(tokenizer, model) if needs_data else None
     record = compress(model, windows, config, targets=targets, batch_size=batch_size, device=device,
                       progress=progress and distributed.is_main())

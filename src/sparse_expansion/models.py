@@ -169,3 +169,22 @@ def _load_hf(path: str, dtype: torch.dtype, shipped: bool = False) -> tuple[nn.M
         raise corrupt_folder_error(path, exc, fix) from None
     check_finite(model, path)
     return model, tokenizer
+
+
+def skeleton(name_or_path: str) -> nn.Module | None:
+    """The model's modules built from its config.json on the meta device (no weights read, no
+    memory), for checks that must come before loading; None where that cannot be done cheaply (not a
+    causal LM, an unreadable config): the load that follows then reports what is wrong."""
+    from transformers import AutoModelForCausalLM
+
+    from .artifact import CAUSAL_LM, hugging_face_config, is_artifact, read_manifest
+
+    path = resolve_model_path(name_or_path)
+    try:
+        if is_artifact(path) and read_manifest(path)["kind"] != CAUSAL_LM:
+            return None
+        config = hugging_face_config(path)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError):
+        return None

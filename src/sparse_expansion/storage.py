@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError
+from .surgery import replace
 
 WEIGHTS = ("auto", "compressed", "dense")
 #: A decoder-layer linear at least this sparse is worth compressing: bitmask storage is then <= 0.73x
@@ -40,13 +41,12 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
     if weights not in WEIGHTS:
         raise UsageError(f"unknown weights {weights!r}; use {', '.join(WEIGHTS)}")
     experts = [m for m in model.modules() if isinstance(m, SparseExpertLinear)]
-    linears: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, linear)
+    linears: list[tuple[nn.Module, str, nn.Module]] = []  # (layer, name in it, linear)
     for layer in decoder_layers(model):
         for name, module in layer.named_modules():
             if isinstance(module, CompressedLinear) or (is_linear_like(module) and _sparsity(linear_weight(module))
                                                          >= COMPRESS_FROM_SPARSITY):
-                parent, _, attr = name.rpartition(".")
-                linears.append((layer.get_submodule(parent) if parent else layer, attr, module))
+                linears.append((layer, name, module))
     on_cpu = torch.device(device).type == "cpu"
     kernels = on_cpu and ops.backend() != "torch"
     for module in experts:
@@ -54,13 +54,13 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
         module.use_dense_weights(dense)
     compress = weights == "compressed" or (weights == "auto" and kernels)
     changed = False
-    for parent, attr, module in linears:
+    for layer, name, module in linears:
         if compress and not isinstance(module, CompressedLinear):
             dtype = linear_weight(module).dtype
-            setattr(parent, attr, CompressedLinear.from_dense(linear_weight(module), module.bias, dtype))
+            replace(layer, name, CompressedLinear.from_dense(linear_weight(module), module.bias, dtype))
             changed = True
         elif not compress and isinstance(module, CompressedLinear):
-            setattr(parent, attr, _dense_linear(module))
+            replace(layer, name, _dense_linear(module))
     if changed:
         _release_dense_copies(model)
     _set_decode_linears(model, weights != "dense" and kernels and ops.bf16_dot_available())
@@ -77,9 +77,7 @@ def _set_decode_linears(model: nn.Module, on: bool) -> None:
              if (on and type(module) is nn.Linear and module.weight.dtype == torch.bfloat16)
              or (not on and isinstance(module, DecodeLinear))]
     for name, module in swaps:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr,
-                DecodeLinear(module) if on else module.to_linear())
+        replace(model, name, DecodeLinear(module) if on else module.to_linear())
 
 
 def _release_dense_copies(model: nn.Module) -> None:

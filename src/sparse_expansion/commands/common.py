@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 
@@ -52,3 +53,9 @@ def calibration_spec(args) -> CalibrationSpec:
 def require_positive(value: int, flag: str) -> None:
     if value < 1:
         raise UsageError(f"{flag} must be at least 1 (got {value})")
+
+
+def config_defaults(config_type: type) -> dict[str, Any]:
+    """Each field's default, read from the method's config: a flag defaults to None (the config's
+    default) and its help quotes this, so no default is written twice."""
+    return {f.name: f.default for f in dataclasses.fields(config_type) if f.default is not dataclasses.MISSING}

@@ -12,6 +12,9 @@ from . import common
 
 
 def register(subparsers) -> None:
+    from ..methods import PRUNING_METHODS
+
+    every = ",".join(PRUNING_METHODS)
     p = subparsers.add_parser("demo", help="the main job: prune and expand the shipped model, print a perplexity table",
                               description="Compress one model with every pruning method and with Sparse "
                                           "Expansion at one sparsity, evaluate each on held-out text and print "
@@ -21,8 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--calib-windows", type=int, default=16, help="calibration windows (default 16)")
     p.add_argument("--eval-windows", type=int, default=8, help="evaluation windows (default 8)")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
-    p.add_argument("--methods", default="magnitude,wanda,sparsegpt",
-                   help="comma-separated pruning methods to compare with dense (default magnitude,wanda,sparsegpt)")
+    p.add_argument("--methods", default=every,
+                   help=f"comma-separated pruning methods to compare with dense (default {every})")
     p.add_argument("--experts", type=int, default=4, help="Sparse Expansion experts (default 4; 0 = skip)")
     p.add_argument("--json", action="store_true", help="also print the table as one JSON line")
     runtime.add_runtime_args(p)
@@ -32,7 +35,6 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..data import CalibrationSpec, check_corpus, check_seqlen_value
     from ..evaluate import evaluate_model
-    from ..expand import ExpandConfig
     from ..methods import PRUNING_METHODS, compress, make_config
     from ..models import load_causal_lm
     from ..prune import parse_sparsity
@@ -68,7 +70,8 @@ def run(args) -> int:
     measure("dense", dense, 0.0)
     runs = [(method, make_config(method, sparsity)) for method in methods]
     if args.experts > 0:
-        runs.append((f"sparse expansion x{args.experts}", ExpandConfig(experts=args.experts, sparsity=sparsity)))
+        runs.append((f"sparse expansion x{args.experts}", make_config("sparse_expansion", sparsity,
+                                                                       experts=args.experts)))
     for name, config in runs:
         print(f"-- {name} at {sparsity}")
         model = copy.deepcopy(dense)

@@ -9,6 +9,9 @@ from .prune import add_allocation_args, allocation_options
 
 
 def register(subparsers) -> None:
+    from ..expand.compressor import ExpandConfig
+    from ..expand.hessians import SHRINK_RULES
+
     p = subparsers.add_parser("expand", help="Sparse Expansion: k sparse experts per MLP linear + a router",
                               description="Expand each MLP linear into k experts, each pruned with SparseGPT "
                                           "on one k-means cluster of its inputs, and save the model.",
@@ -21,24 +24,27 @@ def register(subparsers) -> None:
     size.add_argument("--memory-budget", type=float, metavar="M",
                       help="all experts together store M x the non-zeros of one dense linear "
                            "(sets each expert's sparsity to 1 - M/k)")
-    p.add_argument("--pca-dim", type=int, default=None, help="router PCA dimensions (default in_features//32, >= 8)")
-    p.add_argument("--n-init", type=int, default=10, help="k-means restarts (default 10)")
-    p.add_argument("--blend-below", type=float, default=1.0, metavar="R",
+    default = common.config_defaults(ExpandConfig)  # the flags below: None = the config's default
+    p.add_argument("--pca-dim", type=int, help="router PCA dimensions (default in_features//32, >= 8)")
+    p.add_argument("--n-init", type=int, help=f"k-means restarts (default {default['n_init']})")
+    p.add_argument("--blend-below", type=float, metavar="R",
                    help="strength of the pull of every cluster Hessian toward the layer's, in multiples of "
                         "in_features tokens: with --shrink prior the layer's Hessian counts as R x in_features "
-                        "extra tokens, with blend clusters under R x in_features get it mixed in (default 1; "
-                        "0 = no pull)")
-    p.add_argument("--shrink", choices=("blend", "prior", "lw", "none"), default="prior",
-                   help="how each cluster Hessian is pulled toward the layer's: prior (default: the layer's "
-                        "Hessian counts as R x in_features extra tokens, R from --blend-below), blend (only "
-                        "clusters under R x in_features tokens, in proportion to what they lack; the rule before "
-                        "issue 13), lw (Ledoit-Wolf: from each cluster's own spread), none")
-    p.add_argument("--router-tokens", type=int, default=32768, metavar="N",
+                        "extra tokens, with blend clusters under R x in_features get it mixed in (default "
+                        f"{default['blend_below']:g}; 0 = no pull)")
+    p.add_argument("--shrink", choices=SHRINK_RULES,
+                   help="how each cluster Hessian is pulled toward the layer's: prior (the layer's Hessian counts "
+                        "as R x in_features extra tokens, R from --blend-below), blend (only clusters under R x "
+                        "in_features tokens, in proportion to what they lack; the rule before issue 13), lw "
+                        f"(Ledoit-Wolf: from each cluster's own spread), none (default {default['shrink']})")
+    p.add_argument("--router-tokens", type=int, metavar="N",
                    help="the router of each layer is fit on N tokens drawn (seeded) from its first calibration "
-                        "batches; every token still goes into its cluster's Hessian (default 32768)")
-    p.add_argument("--balance", type=float, default=0.0, metavar="B",
+                        "batches; every token still goes into its cluster's Hessian (default "
+                        f"{default['router_tokens']})")
+    p.add_argument("--balance", type=float, metavar="B",
                    help="size-constrained clusters: every expert gets between 1/B and B times its equal share of "
-                        "the router's tokens, through one routing offset per expert (B >= 1; default 0 = off)")
+                        f"the router's tokens, through one routing offset per expert (B >= 1; default "
+                        f"{default['balance']:g} = off)")
     p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization of the experts (2-8)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     add_allocation_args(p)
@@ -49,19 +55,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..expand import ExpandConfig, budget_sparsity
-    from ..methods import compress_and_save
+    from ..expand import budget_sparsity
+    from ..methods import compress_and_save, make_config
     from ..prune import parse_sparsity
 
     common.require_positive(args.experts, "--experts")
-    common.require_positive(args.n_init, "--n-init")
+    if args.n_init is not None:
+        common.require_positive(args.n_init, "--n-init")
     if args.pca_dim is not None and args.pca_dim < 1:
         raise UsageError("--pca-dim must be at least 1")
-    if args.blend_below < 0:
+    if args.blend_below is not None and args.blend_below < 0:
         raise UsageError("--blend-below must be 0 or more")
-    if args.balance and args.balance < 1:
-        raise UsageError("--balance must be 0 (off) or at least 1")
-    common.require_positive(args.router_tokens, "--router-tokens")
+    if args.router_tokens is not None:
+        common.require_positive(args.router_tokens, "--router-tokens")
     if args.bits is not None and not 2 <= args.bits <= 8:
         raise UsageError("--bits must be from 2 to 8")
     if args.memory_budget is not None:
@@ -69,10 +75,9 @@ def run(args) -> int:
     else:
         sparsity = parse_sparsity(args.sparsity)
     rt = runtime.setup(args.device, args.dtype)
-    allocation = {k: v for k, v in allocation_options(args).items() if v is not None}
-    config = ExpandConfig(experts=args.experts, sparsity=sparsity, pca_dim=args.pca_dim, bits=args.bits, **allocation,
-                          seed=args.seed, n_init=args.n_init, blend_below=args.blend_below, shrink=args.shrink,
-                          router_tokens=args.router_tokens, balance=args.balance)
+    config = make_config("sparse_expansion", sparsity, experts=args.experts, pca_dim=args.pca_dim, bits=args.bits,
+                         seed=args.seed, n_init=args.n_init, blend_below=args.blend_below, shrink=args.shrink,
+                         router_tokens=args.router_tokens, balance=args.balance, **allocation_options(args))
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
                                batch_size=args.batch_size, device=rt.device, dtype=rt.dtype,
                                notes={"memory_budget": args.memory_budget})

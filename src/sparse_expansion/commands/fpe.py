@@ -1,6 +1,6 @@
 """`sparse-expansion fpe`: fixed parameter expansion studies (DNF tasks and real data).
 
-Parses the flags into a `fpe.studies.StudyConfig`, calls `fpe.run.run_study`, prints the report.
+Parses the flags into a `fpe.studies.FPEStudyConfig`, calls `fpe.run.run_study`, prints the report.
 The choices and help come from the registries (tasks, studies, split rules), read without torch.
 """
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..errors import UsageError
 
 if TYPE_CHECKING:
-    from ..fpe.studies import StudyConfig
+    from ..fpe.studies import FPEStudyConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,11 +75,11 @@ def _rules(text: str) -> tuple[str, ...]:
     return tuple(r.strip() for r in text.split(",") if r.strip())
 
 
-def config_from_args(args: argparse.Namespace) -> StudyConfig:
+def config_from_args(args: argparse.Namespace) -> FPEStudyConfig:
     """The flags as the library's plain-valued config (not yet checked)."""
-    from ..fpe.studies import StudyConfig
+    from ..fpe.studies import FPEStudyConfig
 
-    return StudyConfig(
+    return FPEStudyConfig(
         task=args.task,
         study=args.study,
         rules=_rules(args.rule) if args.rule is not None else None,

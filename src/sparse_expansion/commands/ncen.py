@@ -180,7 +180,7 @@ def handler(args: argparse.Namespace) -> int:
     from ..io import atomic_output_dir, write_json
     from ..ncen import data as ncen_data
     from ..ncen import report as rep
-    from ..ncen.study import StudyConfig, run_study
+    from ..ncen.study import NCEnStudyConfig, run_study
     from ..ncen.training import default_train_config
     from ..progress import progress_bar as tqdm
 
@@ -193,7 +193,7 @@ def handler(args: argparse.Namespace) -> int:
     train = replace(train, **{k: v for k, v in overrides.items() if v is not None})
     eps = checked["eps"] or data.eps_grid()
     headline = args.headline_eps if args.headline_eps is not None else eps[len(eps) // 2]
-    cfg = StudyConfig(checked["methods"], checked["seeds"], train, eps, headline, checked["attacks"], args.steps,
+    cfg = NCEnStudyConfig(checked["methods"], checked["seeds"], train, eps, headline, checked["attacks"], args.steps,
                       checked["weights"])
     runs = run_study(data, cfg, progress=tqdm)
     study_seconds = time.perf_counter() - t_start

@@ -28,23 +28,29 @@ def register(subparsers) -> None:
 
 
 def add_allocation_args(p) -> None:
-    """Non-uniform sparsity at the same total (wanda, sparsegpt, expand); see prune/allocation.py."""
+    """Non-uniform sparsity at the same total (wanda, sparsegpt, expand); see prune/allocation.py.
+    Choices and defaults are the config's (AllocationFields)."""
+    from ..prune.allocation import LAYER_RULES, ROW_RULES, AllocationFields
+
+    default = common.config_defaults(AllocationFields)
     group = p.add_argument_group("non-uniform sparsity (same total number of zeros)")
-    group.add_argument("--layer-alloc", choices=("uniform", "owl"), default=None,
+    group.add_argument("--layer-alloc", choices=LAYER_RULES, default=None,
                        help="owl: layers with more outlier Wanda scores are pruned less (Yin et al. 2024); "
-                            "default uniform")
+                            f"default {default['layer_alloc']}")
     group.add_argument("--owl-m", type=float, default=None, metavar="M",
-                       help="OWL outlier threshold: M x the layer's mean score (default 5)")
+                       help=f"OWL outlier threshold: M x the layer's mean score (default {default['owl_m']:g})")
     group.add_argument("--owl-lambda", type=float, default=None, metavar="L",
-                       help="OWL layer sparsities span target +- L (default 0.08)")
-    group.add_argument("--row-alloc", choices=("uniform", "equal", "wd", "variance", "norm"), default=None,
+                       help=f"OWL layer sparsities span target +- L (default {default['owl_lmbda']:g})")
+    group.add_argument("--row-alloc", choices=ROW_RULES, default=None,
                        help="rows (output neurons) with a higher score keep more weights: wd (Wasserstein distance "
                             "of the row's outputs to a Gaussian), variance (of its outputs), norm (of its weights); "
-                            "equal: the same count for every row; default uniform (the method's own choice)")
+                            f"equal: the same count for every row; default {default['row_alloc']} (the method's "
+                            "own choice)")
     group.add_argument("--row-lambda", type=float, default=None, metavar="L",
-                       help="row sparsities span target +- L, linear in the score's rank (default 0.1)")
+                       help=f"row sparsities span target +- L, linear in the score's rank (default "
+                            f"{default['row_lmbda']:g})")
     group.add_argument("--row-tokens", type=int, default=None, metavar="N",
-                       help="tokens per layer on which wd / variance are measured (default 4096)")
+                       help=f"tokens per layer on which wd / variance are measured (default {default['row_tokens']})")
 
 
 def allocation_options(args) -> dict:

@@ -83,14 +83,14 @@ def handle(args: argparse.Namespace) -> int:
     from ..io import atomic_output_dir, check_output_dir
     from ..sgatlin.checkpoint import load_checkpoint
     from ..sgatlin.data import check_token_data, save_token_data
-    from ..sgatlin.training import TrainConfig, check_config, check_data, train
+    from ..sgatlin.training import LMTrainConfig, check_config, check_data, train
 
     # Everything that can be refused is refused here, before the data is prepared.
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1 (got {args.threads})")
     if args.checkpoint_every < 0:
         raise UsageError(f"--checkpoint-every must be >= 0 (got {args.checkpoint_every})")
-    cfg = TrainConfig(ffn=args.ffn, scale=args.scale, budget=args.budget,
+    cfg = LMTrainConfig(ffn=args.ffn, scale=args.scale, budget=args.budget,
                       batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                       seed=args.seed, ffn_overrides=overrides_from(args))
     out = check_output_dir(args.out)

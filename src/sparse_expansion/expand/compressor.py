@@ -6,6 +6,10 @@ is routed and added to its cluster's Hessian and dropped. What a layer holds is 
 Hessian per cluster and a few scalars: memory does not grow with the calibration size. The cluster
 Hessians are shrunk toward the layer's Hessian (a rule per config), and every expert of every linear
 is solved with the foundation's SparseGPT, all k at once (batched).
+
+This module is the lifecycle (what is held when, what runs in which step); the cluster statistics and
+the shrinkage are pure functions in hessians.py, the shared config and allocation handling is
+prune.compressors.SparsityCompressor's.
 """
 
 from __future__ import annotations
@@ -19,17 +23,15 @@ from torch import nn
 
 from .. import distributed
 from ..arch import linear_weight
-from ..engine import Groups, LayerCompressor
+from ..engine import Groups
 from ..errors import UsageError
-from ..prune.allocation import TokenSample, block_counts
-from ..prune.compressors import AllocationFields
+from ..prune.allocation import AllocationFields, TokenSample, block_counts
+from ..prune.compressors import SparsityCompressor
 from ..prune.sparsegpt import sparsegpt_solve
-from ..prune.sparsity import Sparsity, check_divisible
-from ..prune.stats import HessianStat
+from ..prune.sparsity import Sparsity
+from .hessians import SHRINK_RULES, ClusterHessianStat, shrunk_hessians
 from .module import SparseExpertLinear
 from .router import Router, default_pca_dim
-
-SHRINK_RULES = ("blend", "prior", "lw", "none")
 
 
 @dataclass(frozen=True)
@@ -79,119 +81,6 @@ def budget_sparsity(budget: float, experts: int) -> float:
     return sparsity
 
 
-def cluster_hessians(batches: list[torch.Tensor], labels: list[torch.Tensor], k: int) -> tuple[torch.Tensor, list[int]]:
-    """H_c = 2/n_c sum over cluster c's tokens of x x^T for labelled batches (empty -> zeros);
-    `ClusterHessianStat` does the same batch by batch."""
-    stat = ClusterHessianStat(k)
-    for x, lab in zip(batches, labels):
-        stat.add(x, lab)
-    return stat.hessians(), stat.counts
-
-
-class ClusterHessianStat:
-    """Per cluster: sum of x x^T, token count and sum of |x|^4 (for Ledoit-Wolf), added batch by batch.
-
-    Its size is k Hessians and 2k scalars whatever the number of tokens. Each cluster's sum is
-    accumulated exactly as the plain SparseGPT statistic (`HessianStat`) accumulates it, so one
-    cluster reproduces SparseGPT's Hessian bit for bit.
-    """
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.stats = [HessianStat() for _ in range(k)]
-        self.fourth = torch.zeros(k, dtype=torch.float64)
-
-    @property
-    def counts(self) -> list[int]:
-        return [s.count for s in self.stats]
-
-    def add(self, x: torch.Tensor, labels: torch.Tensor) -> None:
-        x = x.float()
-        counts = torch.bincount(labels, minlength=self.k)
-        sq = x.pow(2).sum(1).double()
-        self.fourth += torch.zeros(self.k, dtype=torch.float64).index_add_(0, labels.cpu(), sq.cpu().pow(2))
-        full = int(counts.argmax())
-        if counts[full] == x.shape[0]:  # the whole batch in one cluster (always so for k = 1)
-            self.stats[full].add(x)
-            return
-        order = torch.argsort(labels, stable=True)
-        for c, chunk in enumerate(torch.split(x.index_select(0, order), counts.tolist())):
-            if chunk.shape[0]:
-                self.stats[c].add(chunk)
-
-    def totals(self, d: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """[k, d, d] sums of x x^T (zeros for empty clusters)."""
-        out = torch.zeros(self.k, d, d, dtype=torch.float32, device=device)
-        for c, stat in enumerate(self.stats):
-            if stat.count:
-                out[c] = stat.total
-        return out
-
-    def hessians(self) -> torch.Tensor:
-        d = next(s.total.shape[0] for s in self.stats if s.count)
-        out = torch.zeros(self.k, d, d, dtype=torch.float32, device=next(s.total.device for s in self.stats if s.count))
-        for c, stat in enumerate(self.stats):
-            if stat.count:
-                out[c] = stat.value()
-        return out
-
-    def nbytes(self) -> int:
-        return sum(s.total.numel() * s.total.element_size() for s in self.stats if s.total is not None) + \
-            self.fourth.numel() * self.fourth.element_size()
-
-
-def shrinkage(rule: str, counts: list[int], *, min_tokens: float = 0.0, fourth: torch.Tensor | None = None,
-              totals: torch.Tensor | None = None) -> list[float]:
-    """lam_c for H_c -> (1 - lam_c) H_c + lam_c H, per cluster (1 for an empty cluster).
-
-    `lw` (Ledoit & Wolf 2004, with the layer's matrix as the target as in Schaefer & Strimmer
-    2005): with S_c = (1/n_c) sum x x^T and S = the layer's, lam_c = min(1, beta_c / delta_c),
-    beta_c = (1/n_c) [(1/n_c) sum |x|^4 - |S_c|_F^2] (the summed variance of S_c's entries) and
-    delta_c = |S_c - S|_F^2 (how far the cluster's matrix is from the layer's). A small cluster, or one
-    that looks like the layer anyway, is pulled in; a large distinct one keeps its own Hessian.
-    """
-    lam = []
-    if rule == "lw":
-        assert fourth is not None and totals is not None
-        n_all = sum(counts)
-        full = totals.sum(0) / n_all
-    for c, n in enumerate(counts):
-        if n == 0:
-            lam.append(1.0)
-        elif rule == "none":
-            lam.append(0.0)
-        elif rule == "blend":
-            lam.append(max(0.0, 1.0 - n / min_tokens) if min_tokens > 0 else 0.0)
-        elif rule == "prior":
-            lam.append(min_tokens / (n + min_tokens))
-        elif rule == "lw":
-            s_c = totals[c].double() / n
-            beta = (float(fourth[c]) / n - float(s_c.pow(2).sum())) / n
-            delta = float((s_c - full.double()).pow(2).sum())
-            lam.append(1.0 if delta <= 0 else min(1.0, max(0.0, beta / delta)))
-        else:
-            raise ValueError(f"unknown shrink rule {rule!r}")
-    return lam
-
-
-def blend_small_clusters(hessians: torch.Tensor, counts: list[int], full: torch.Tensor,
-                         min_tokens: int) -> list[int]:
-    """Mix the full-layer Hessian into clusters with fewer than min_tokens tokens, in proportion
-    to what they lack: H_c <- (n_c H_c + (m - n_c) H) / m. Returns the blended cluster indices."""
-    lam = shrinkage("blend", counts, min_tokens=min_tokens)
-    apply_shrinkage(hessians, full, lam)
-    return [c for c, v in enumerate(lam) if v > 0]
-
-
-def apply_shrinkage(hessians: torch.Tensor, full: torch.Tensor, lam: list[float]) -> None:
-    """In place: H_c <- (1 - lam_c) H_c + lam_c H for every lam_c > 0."""
-    for c, v in enumerate(lam):
-        if v >= 1.0:
-            hessians[c] = full
-        elif v > 0:
-            hessians[c] = (1.0 - v) * hessians[c] + v * full
-
-
 @dataclass
 class _GroupState:
     """What one input group holds during a layer: the batches seen before its router is fit (at
@@ -205,32 +94,24 @@ class _GroupState:
     row_sample: torch.Tensor | None = None  # for row allocation by wd / variance
 
 
-class ExpandCompressor(LayerCompressor):
+class ExpandCompressor(SparsityCompressor):
     """Replaces each target linear by a SparseExpertLinear (k SparseGPT experts + a router)."""
 
     def __init__(self, config: ExpandConfig) -> None:
         if config.experts < 1:
             raise ValueError("need at least one expert")
-        self.config = config
-        self._records: dict[str, dict[str, Any]] = {}
-        self.times = {"clustering": 0.0, "hessians": 0.0, "solves": 0.0}
-        self.allocator = config.allocator(config.seed) if config.layer_alloc != "uniform" or \
-            config.row_alloc != "uniform" else None
+        super().__init__(config, seed=config.seed)
+        self.times.update(clustering=0.0, hessians=0.0, solves=0.0)
 
-    def prepare(self, model: nn.Module, windows: torch.Tensor | None, *, targets: str = "mlp",
-                batch_size: int = 8) -> None:
-        """Before the layer-sequential pass: fix every linear's zero count (and OWL's layer sparsities)."""
-        if self.allocator is not None:
-            start = time.perf_counter()
-            self.allocator.prepare(model, windows, targets=targets, batch_size=batch_size)
-            self.times["allocation"] = time.perf_counter() - start
+    def check_calibration(self, tokens: int) -> None:
+        """k-means needs at least one token per expert."""
+        if self.config.experts > tokens:
+            raise UsageError(f"{self.config.experts} experts need at least {self.config.experts} calibration "
+                             f"tokens per layer, the calibration set has {tokens}; lower --experts or raise "
+                             "--calib-windows")
 
     def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
-        self.index, self.layer, self.groups = index, layer, groups
-        for group in groups:
-            for name in group:
-                check_divisible(linear_weight(layer.get_submodule(name)).shape[1], self.config.sparsity,
-                                f"layer {index} {name}")
+        super().start_layer(index, layer, groups)
         self.state: dict[tuple[str, ...], _GroupState] = {g: _GroupState() for g in groups}
 
     def observe(self, group: tuple[str, ...], inputs: torch.Tensor) -> None:
@@ -288,70 +169,67 @@ class ExpandCompressor(LayerCompressor):
         self.times["hessians"] += time.perf_counter() - t0
 
     def finish_layer(self) -> dict[str, nn.Module]:
-        s = self.config
         out: dict[str, nn.Module] = {}
         for group in self.groups:
-            state = self.state.pop(group)
-            if state.router is None:
-                if not state.buffer:
-                    raise RuntimeError(f"layer {self.index}: no inputs were observed for {group}")
-                self._fit_router(group, state)
-            router, stat, sample_size, row_sample = state.router, state.stat, state.sample_size, state.row_sample
-            assert router is not None and stat is not None
+            state = self._closed(group)
             t0 = time.perf_counter()
-            counts = stat.counts
-            hessians = stat.hessians()
-            d = hessians.shape[-1]
-            min_tokens = s.blend_below * d
-            lam = [0.0] * s.experts
-            if s.experts > 1:
-                totals = stat.totals(d, hessians.device) if s.shrink == "lw" else None
-                lam = shrinkage(s.shrink, counts, min_tokens=round(min_tokens) if s.shrink == "blend" else min_tokens,
-                                fourth=stat.fourth, totals=totals)
-                del totals
-                if any(v > 0 for v in lam):
-                    # The layer's Hessian: every token is in exactly one cluster.
-                    full = sum(st.total for st in stat.stats if st.count) * (2.0 / sum(counts))
-                    apply_shrinkage(hessians, full, lam)
-                    del full
-            del stat, state
+            counts = state.stat.counts
+            hessians, lam = shrunk_hessians(state.stat, self.config.shrink, self.config.blend_below)
+            state.stat = None  # the per-cluster sums go before the solves
             self.times["hessians"] += time.perf_counter() - t0
-
             for name in group:
-                module = self.layer.get_submodule(name)
-                weight = linear_weight(module).detach().float()
-                t0 = time.perf_counter()
-                mine = distributed.my_share(s.experts)  # all experts unless run under torchrun
-                zeros, rows, allocated = None, None, {}
-                if self.allocator is not None:
-                    rows = self.allocator.row_zeros(self.index, name, weight, row_sample)
-                    count = torch.tensor(self.allocator.linear_zeros(self.index, name))
-                    zeros = block_counts(count if rows is None else rows, weight.shape[1], s.blocksize)
-                    allocated = self.allocator.record(self.index, name, rows)
-                local, info = sparsegpt_solve(weight.expand(len(mine), *weight.shape), hessians[mine], s.sparsity,
-                                              bits=s.bits, blocksize=s.blocksize, percdamp=s.percdamp,
-                                              zeros=zeros, zeros_per_row=rows is not None)
-                experts = distributed.gather_shares(local, s.experts)
-                damping = distributed.gather_lists(info["damping"], s.experts)
-                self.times["solves"] += time.perf_counter() - t0
-                bias = getattr(module, "bias", None)
-                replacement = SparseExpertLinear.build(router, experts.to(module.weight.dtype),
-                                                       None if bias is None else bias.detach())
-                out[name] = replacement
-                nnz = replacement.expert_nonzeros()
-                numel = weight.numel()
-                expert_sparsity = [1 - n / numel for n in nnz]
-                self._records[f"{self.index}.{name}"] = {
-                    "sparsity": sum(expert_sparsity) / len(expert_sparsity),
-                    "cluster_tokens": counts, "pca_dim": router.components.shape[1],
-                    "router_tokens": sample_size,
-                    "shrink": s.shrink, "shrinkage": [round(v, 4) for v in lam],
-                    "blended_clusters": [c for c, v in enumerate(lam) if v > 0],
-                    "expert_sparsity": expert_sparsity,
-                    "router_flops_per_token": router.flops_per_token(),
-                    "damping": damping, **allocated,
-                }
+                out[name], solve = self._expand_linear(name, state, hessians)
+                self._records[f"{self.index}.{name}"] = {**self._linear_record(out[name], state, counts, lam),
+                                                         **solve}
         return out
 
-    def record(self) -> dict[str, Any]:
-        return dict(self._records)
+    def _closed(self, group: tuple[str, ...]) -> _GroupState:
+        """The group's state with its router fit (a layer seen in fewer than router_tokens tokens
+        fits it on what it saw)."""
+        state = self.state.pop(group)
+        if state.router is None:
+            if not state.buffer:
+                raise RuntimeError(f"layer {self.index}: no inputs were observed for {group}")
+            self._fit_router(group, state)
+        assert state.router is not None and state.stat is not None
+        return state
+
+    def _expand_linear(self, name: str, state: _GroupState, hessians: torch.Tensor
+                       ) -> tuple[SparseExpertLinear, dict[str, Any]]:
+        """(the linear's k experts behind the group's router, facts of the solve): each expert solved
+        with SparseGPT on its cluster's Hessian (this rank's share under torchrun)."""
+        s = self.config
+        module = self.layer.get_submodule(name)
+        weight = linear_weight(module).detach().float()
+        t0 = time.perf_counter()
+        mine = distributed.my_share(s.experts)  # all experts unless run under torchrun
+        zeros, rows, allocated = None, None, {}
+        if self.allocator is not None:
+            rows = self.allocator.row_zeros(self.index, name, weight, state.row_sample)
+            count = torch.tensor(self.allocator.linear_zeros(self.index, name))
+            zeros = block_counts(count if rows is None else rows, weight.shape[1], s.blocksize)
+            allocated = self.allocator.record(self.index, name, rows)
+        local, info = sparsegpt_solve(weight.expand(len(mine), *weight.shape), hessians[mine], s.sparsity,
+                                      bits=s.bits, blocksize=s.blocksize, percdamp=s.percdamp,
+                                      zeros=zeros, zeros_per_row=rows is not None)
+        weights = distributed.gather_shares(local, s.experts)
+        damping = distributed.gather_lists(info["damping"], s.experts)
+        self.times["solves"] += time.perf_counter() - t0
+        bias = getattr(module, "bias", None)
+        replacement = SparseExpertLinear.build(state.router, weights.to(module.weight.dtype),
+                                               None if bias is None else bias.detach())
+        return replacement, {"damping": damping, **allocated}
+
+    def _linear_record(self, replacement: SparseExpertLinear, state: _GroupState, counts: list[int],
+                       lam: list[float]) -> dict[str, Any]:
+        numel = replacement.in_features * replacement.out_features
+        expert_sparsity = [1 - n / numel for n in replacement.expert_nonzeros()]
+        return {
+            "sparsity": sum(expert_sparsity) / len(expert_sparsity),
+            "cluster_tokens": counts, "pca_dim": state.router.components.shape[1],
+            "router_tokens": state.sample_size,
+            "shrink": self.config.shrink, "shrinkage": [round(v, 4) for v in lam],
+            "blended_clusters": [c for c, v in enumerate(lam) if v > 0],
+            "expert_sparsity": expert_sparsity,
+            "router_flops_per_token": state.router.flops_per_token(),
+        }

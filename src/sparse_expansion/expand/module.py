@@ -18,7 +18,6 @@ and evaluate.model_costs counts its FLOPs once.
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from typing import Any
 
 import numpy as np
@@ -118,8 +117,8 @@ class SparseExpertLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         labels = route_once(self.router, x)
-        if self._dense is None:  # CompressedExperts.forward, without a second module call
-            return ops.expert_linear(x, labels, self.experts.compressed(), self.experts._buffers["bias"])
+        if self._dense is None:  # .forward, not a second module call: no hook dispatch per decode step
+            return self.experts.forward(x, labels)
         return self._dense_forward(x, labels)
 
     def _dense_forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -195,26 +194,14 @@ def router_nonzeros(router: Router) -> int:
 
 
 def route_once(router: Router, x: torch.Tensor) -> torch.Tensor:
-    """router(x) flattened to [tokens], remembered for the last x: a second call with the same,
-    unmodified tensor (gate_proj and up_proj get the very same one) returns the same labels without
-    computing them again.
-
-    The tensor is held by a weak reference (a freed tensor never matches a new one at the same
-    address) and its version counter catches in-place writes. Inference-mode tensors have no
-    version counter, so they are routed every time."""
-    version = None if x.is_inference() else x._version
-    cached = _LAST_ROUTE.get(router)
-    if version is not None and cached is not None and cached[0]() is x and cached[1] == version:
-        return cached[2]
-    labels = evaluate_router(router, x)
-    if version is not None:
-        _LAST_ROUTE[router] = (weakref.ref(x), version, labels)
+    """router(x) flattened to [tokens], remembered by the router for the last x (Router.last_route):
+    a second call with the same, unmodified tensor (gate_proj and up_proj get the very same one)
+    returns the same labels without computing them again."""
+    labels = router.last_route.get(x)
+    if labels is None:
+        labels = evaluate_router(router, x)
+        router.last_route.put(x, labels)
     return labels
-
-
-# router -> (weak reference to the last input, its version, its labels). Kept outside the router so
-# that a model still pickles and deep-copies (a weak reference does neither).
-_LAST_ROUTE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def evaluate_router(router: Router, x: torch.Tensor) -> torch.Tensor:
@@ -222,19 +209,8 @@ def evaluate_router(router: Router, x: torch.Tensor) -> torch.Tensor:
     scores a few tokens in one kernel call (kernels.ops.route: the same nearest centroid, ~3 us
     instead of ~20 us of torch ops at decode)."""
     flat = x.reshape(-1, x.shape[-1])
-    folded = _folded(router) if x.is_cpu else None
+    folded = router.folded() if x.is_cpu else None
     return router(flat) if folded is None else ops.route(flat, *folded)
-
-
-def _folded(router: Router) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The router's folded (bias, matrix), or None when it does not fold; checked against its buffers'
-    identities and versions as Router does, without its per-call attribute lookups."""
-    buffers = router._buffers
-    key = tuple((id(t), t._version) for t in (buffers["mean"], buffers["components"], buffers["centroids"]))
-    cached = router.__dict__.get("_fast_fold")
-    if cached is None or cached[0] != key:
-        cached = router.__dict__["_fast_fold"] = (key, router._folded_scoring() if router.folds else None)
-    return cached[1]
 
 
 def _load_legacy(module: SparseExpertLinear, state_dict: dict, prefix: str, *_args) -> None:

@@ -8,6 +8,7 @@ a saved folder's own code routes with too). Deterministic given a seed, on CPU o
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -160,7 +161,8 @@ class Router(nn.Module):
         self.register_buffer("mean", torch.zeros(in_features))
         self.register_buffer("components", torch.zeros(in_features, pca_dim))
         self.register_buffer("centroids", torch.zeros(num_experts, pca_dim))
-        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._fold: tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None] | None = None
+        self.last_route = LastRoute()
 
     @classmethod
     def fit(cls, x: torch.Tensor, num_experts: int, pca_dim: int, *, seed: int = 0, n_init: int = 10,
@@ -198,18 +200,26 @@ class Router(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.mean.dtype) - self.mean) @ self.components
 
-    def _folded_scoring(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(bias [k], matrix [in, k]), rebuilt whenever a buffer is replaced or written to."""
-        key = tuple((id(t), t._version) for t in (self.mean, self.components, self.centroids))
-        if self._folded is None or self._folded[0] != key:  # the same fold as a saved folder's own code
-            self._folded = (key, *fold_router(self.mean, self.components, self.centroids))
-        return self._folded[1], self._folded[2]
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The folded scoring (bias [k], matrix [in, k]), or None when it does not fold (k > pca_dim).
+
+        Kept, and rebuilt whenever a buffer is replaced or written to (their identities and version
+        counters are the key). Read at every decode step, so the buffers are read from the module's
+        own table rather than through nn.Module's per-attribute lookup."""
+        buffers = self._buffers
+        mean, components, centroids = buffers["mean"], buffers["components"], buffers["centroids"]
+        key = (id(mean), mean._version, id(components), components._version, id(centroids), centroids._version)
+        if self._fold is None or self._fold[0] != key:  # the same fold as a saved folder's own code
+            folds = centroids.shape[0] <= components.shape[1]
+            self._fold = (key, fold_router(mean, components, centroids) if folds else None)
+        return self._fold[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Expert index for every token of x [..., in] -> [...]."""
         flat = x.reshape(-1, x.shape[-1])
-        if self.folds:
-            bias, matrix = self._folded_scoring()
+        folded = self.folded()
+        if folded is not None:
+            bias, matrix = folded
             labels = torch.addmm(bias, flat.to(matrix.dtype), matrix).argmin(1)
         else:
             labels = nearest_centroid(self.project(flat), self.centroids)
@@ -221,3 +231,33 @@ class Router(nn.Module):
         if self.folds:
             return 2 * d * k + k  # one [in, k] product plus the bias
         return 2 * d * p + 3 * p * k  # projection, then squared distances to k centroids
+
+
+class LastRoute:
+    """The labels of the last tensor a router routed, so linears fed the very same tensor (gate_proj
+    and up_proj) route it once (expand/module.py's route_once).
+
+    The tensor is held by a weak reference (a freed tensor never matches a new one at the same
+    address) and its version counter catches in-place writes. Inference-mode tensors have no version
+    counter, so they are never remembered. A copied or pickled router starts with none (a weak
+    reference can be neither copied nor pickled)."""
+
+    __slots__ = ("_ref", "_version", "_labels")
+
+    def __init__(self) -> None:
+        self._ref: weakref.ref | None = None
+        self._version = -1
+        self._labels: torch.Tensor | None = None
+
+    def __reduce__(self):
+        return (LastRoute, ())
+
+    def get(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The labels remembered for x, if x is the very tensor last routed and unmodified since."""
+        if self._ref is None or x.is_inference() or self._ref() is not x or self._version != x._version:
+            return None
+        return self._labels
+
+    def put(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        if not x.is_inference():
+            self._ref, self._version, self._labels = weakref.ref(x), x._version, labels

@@ -1,15 +1,15 @@
-"""FPE — fixed parameter expansion (Kong et al., arXiv 2510.04500; DESIGN.md §5).
+"""FPE — fixed parameter expansion (Kong et al., arXiv 2510.04500; docs/METHODS.md, FPE).
 
 Split each hidden neuron into alpha children with disjoint input masks, prune back to the
 parent's exact non-zero count, keep the masks fixed while training continues.
 
 Where things are:
 - rules.py    the split rules (one table: name -> partition function, summary, what it needs)
-- split.py    `expand(mlp, alpha, rule)`: split, then prune to the parent's non-zeros
+- split.py    `split_and_prune(mlp, alpha, rule)`: split, then prune to the parent's non-zeros
 - mlp.py      `MaskedMLP` (artifact kind "fpe_mlp") and its small training loop
 - schedule.py warm up a dense parent -> split by every rule -> train on
-- studies.py  what each study is: tasks, DNF study table, `StudyConfig` (one `fpe` run) and its checks
-- run.py      `run_study(StudyConfig, out=...)`: runs a study, writes results, report, plots, models
+- studies.py  what each study is: tasks, DNF study table, `FPEStudyConfig` (one `fpe` run) and its checks
+- run.py      `run_study(FPEStudyConfig, out=...)`: runs a study, writes results, report, plots, models
 - dnf.py, embeddings.py, real.py: the tasks; report.py: tables, plots, report text
 
 The names below are imported on first use, so reading the registries (the CLI's --help) does not
@@ -24,14 +24,14 @@ from typing import Any
 _EXPORTS = {
     "RULES": ".rules",
     "SplitRule": ".rules",
-    "ExpandInfo": ".split",
+    "SplitInfo": ".split",
     "clause_collisions": ".split",
-    "expand": ".split",
+    "split_and_prune": ".split",
     "MLPConfig": ".mlp",
     "MaskedLinear": ".mlp",
     "MaskedMLP": ".mlp",
     "count_nonzeros": ".mlp",
-    "StudyConfig": ".studies",
+    "FPEStudyConfig": ".studies",
     "run_study": ".run",
 }
 

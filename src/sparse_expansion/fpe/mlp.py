@@ -94,7 +94,7 @@ def count_nonzeros(model: MaskedMLP) -> int:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class MLPTrainConfig:
     """Adam on minibatches; cross-entropy (one logit per class; a single logit means BCE)."""
 
     lr: float = 3e-3
@@ -113,7 +113,7 @@ def train_epochs(
     x: torch.Tensor,
     y: torch.Tensor,
     epochs: int,
-    config: TrainConfig,
+    config: MLPTrainConfig,
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> torch.optim.Optimizer:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from .embeddings import load_task, train_test_split
-from .mlp import MLPConfig, TrainConfig
+from .mlp import MLPConfig, MLPTrainConfig
 from .rules import DENSE
 from .schedule import schedule
 from .studies import RealConfig
@@ -31,7 +31,7 @@ def run_real(
     """Dense width sweep plus FPE runs, for every depth and seed."""
     x, y, classes = load_task(config.task)
     data = train_test_split(x, y, seed=0)
-    train = TrainConfig(lr=config.lr, batch_size=config.batch_size)
+    train = MLPTrainConfig(lr=config.lr, batch_size=config.batch_size)
     jobs = []
     for depth in config.depths:
         fpe = config.fpe_widths if depth == 1 else config.deep_fpe_widths

@@ -1,4 +1,4 @@
-"""Run an FPE study: `run_study(StudyConfig(...), out=FOLDER)` is the library call behind `fpe`.
+"""Run an FPE study: `run_study(FPEStudyConfig(...), out=FOLDER)` is the library call behind `fpe`.
 
 It checks everything that needs no data (the config and `out`) before any training, trains every
 network of the study, and, given `out`, writes the folder atomically:
@@ -22,9 +22,9 @@ import torch
 
 from . import dnf
 from . import report as rep
-from .mlp import MaskedMLP, MLPConfig, TrainConfig
+from .mlp import MaskedMLP, MLPConfig, MLPTrainConfig
 from .schedule import schedule
-from .studies import GAIN_FIT_STUDIES, TASKS, DNFConfig, StudyConfig, dnf_study, gain_vs_load
+from .studies import GAIN_FIT_STUDIES, TASKS, DNFConfig, FPEStudyConfig, dnf_study, gain_vs_load
 
 Plot = tuple[str, Callable[[Path], None]]  # (file name, draw into that path)
 
@@ -50,7 +50,7 @@ class StudyResult:
             (tmp / "report.md").write_text(self.report)
 
 
-def run_study(config: StudyConfig, *, out: str | Path | None = None, progress: bool = True) -> StudyResult:
+def run_study(config: FPEStudyConfig, *, out: str | Path | None = None, progress: bool = True) -> StudyResult:
     """Check `config` and `out`, run the study, save it to `out` (when given); returns the result."""
     from ..io import check_output_dir
 
@@ -86,7 +86,7 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _collect_models(result: StudyResult, config: StudyConfig) -> None:
+def _collect_models(result: StudyResult, config: FPEStudyConfig) -> None:
     """Take the trained networks out of the runs; keep them as artifacts to save if asked."""
     for i, run in enumerate(result.results["runs"]):
         model = run.pop("_model", None)
@@ -114,7 +114,7 @@ def run_dnf(config: DNFConfig, rules: Sequence[str], seed: int, keep_models: boo
         seed,
         config.warmup_epochs,
         config.post_epochs,
-        TrainConfig(lr=config.lr, batch_size=config.batch_size),
+        MLPTrainConfig(lr=config.lr, batch_size=config.batch_size),
         clauses=task.clauses,
         layers=[0],
         keep_models=keep_models,
@@ -144,7 +144,7 @@ def run_grid(
     return runs
 
 
-def _run_dnf(config: StudyConfig, progress: Callable | None) -> StudyResult:
+def _run_dnf(config: FPEStudyConfig, progress: Callable | None) -> StudyResult:
     base = config.dnf_base()
     study = config.study or "single"
     seeds = list(range(config.seeds))
@@ -188,7 +188,7 @@ def _once_per_setting(runs: Any) -> list[dict]:
 # -------------------------------------------------------------------------------- real data
 
 
-def _run_real(config: StudyConfig, progress: Callable | None) -> StudyResult:
+def _run_real(config: FPEStudyConfig, progress: Callable | None) -> StudyResult:
     from .real import run_real
 
     cfg = config.real_config()

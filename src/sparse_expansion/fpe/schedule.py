@@ -1,4 +1,4 @@
-"""The FPE schedule (DESIGN.md §5): train a dense parent `warmup` epochs → split it (every rule
+"""The FPE schedule (docs/METHODS.md, FPE): train a dense parent `warmup` epochs → split it (every rule
 from the same parent) → train `post` more epochs.
 
 Every network, the dense baseline included, gets a fresh optimizer at the split point, so the
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import torch
 
 from ..metrics.polysemanticity import mean_pairwise_cosine, total_feature_capacity
-from .mlp import MaskedMLP, MLPConfig, TrainConfig, accuracy, count_nonzeros, train_epochs
+from .mlp import MaskedMLP, MLPConfig, MLPTrainConfig, accuracy, count_nonzeros, train_epochs
 from .rules import DENSE
-from .split import clause_collisions, expand
+from .split import clause_collisions, split_and_prune
 
 Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_tr, y_tr, x_te, y_te
 
@@ -40,7 +40,7 @@ def schedule(
     seed: int,
     warmup: int,
     post: int,
-    train: TrainConfig,
+    train: MLPTrainConfig,
     clauses: Sequence[Sequence[int]] | None = None,
     layers: Sequence[int] | None = None,
     keep_models: bool = False,
@@ -69,7 +69,7 @@ def schedule(
         if rule == DENSE:
             net, a = copy.deepcopy(parent), 1
         else:
-            net, info = expand(parent, alpha, rule, layers=layers, clauses=clauses, seed=seed)
+            net, info = split_and_prune(parent, alpha, rule, layers=layers, clauses=clauses, seed=seed)
             a = alpha
             extra["at_split_test_accuracy"] = accuracy(net, x_te, y_te)
             extra["pruned_at_split"] = info.pruned

@@ -1,6 +1,6 @@
 """The FPE split: each hidden neuron becomes alpha children with (fixed) masks on its inputs.
 
-`expand(model, alpha, rule)` returns a wider copy of a trained `MaskedMLP`:
+`split_and_prune(model, alpha, rule)` returns a wider copy of a trained `MaskedMLP`:
 1. every chosen hidden neuron p becomes children p·alpha … p·alpha+alpha-1; child c's incoming
    weights are the parent's times a 0/1 mask `child_masks[p, c]`; its bias is b_p / alpha;
    its outgoing weights are copies of the parent's. With disjoint masks that cover the inputs
@@ -27,7 +27,7 @@ from .rules import SplitInputs, get_rule
 
 
 @dataclass
-class ExpandInfo:
+class SplitInfo:
     """What the split did, for tests and reports."""
 
     rule: str
@@ -92,7 +92,7 @@ def prune_to(model: MaskedMLP, target: int, gen: torch.Generator) -> int:
 
 
 @torch.no_grad()
-def expand(
+def split_and_prune(
     model: MaskedMLP,
     alpha: int,
     rule: str,
@@ -102,7 +102,7 @@ def expand(
     seed: int = 0,
     overlap: float = 0.5,
     prune: bool = True,
-) -> tuple[MaskedMLP, ExpandInfo]:
+) -> tuple[MaskedMLP, SplitInfo]:
     """FPE: widen the chosen hidden layers (default all) by alpha, then prune to the parent's non-zeros.
 
     `clauses` (input indices per clause) is needed by the `clause` rule, which applies to the
@@ -117,7 +117,7 @@ def expand(
         raise ValueError(f"the {rule} rule splits the first hidden layer only (its inputs are literals)")
     gen = torch.Generator().manual_seed(seed)
     inputs = SplitInputs(generator=gen, seed=seed, clauses=clauses, overlap=overlap)
-    info = ExpandInfo(rule=rule, alpha=alpha, layers=layers, nonzeros_parent=count_nonzeros(model))
+    info = SplitInfo(rule=rule, alpha=alpha, layers=layers, nonzeros_parent=count_nonzeros(model))
     wide = copy.deepcopy(model)
     for layer in layers:
         incoming = wide.layers[layer]

@@ -1,8 +1,8 @@
-"""What each FPE study is: the tasks, the DNF study table, and `StudyConfig`, one `fpe` run as
+"""What each FPE study is: the tasks, the DNF study table, and `FPEStudyConfig`, one `fpe` run as
 plain values, with every check that needs no data (run.py runs it).
 
 Light on purpose: the CLI reads TASKS, STUDIES and the rule registry for its choices and help,
-and checks a StudyConfig, before torch is imported.
+and checks a FPEStudyConfig, before torch is imported.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def default_config(task: str) -> RealConfig:
 
 
 @dataclass(frozen=True)
-class StudyConfig:
+class FPEStudyConfig:
     """One `fpe` run as plain values. None means the task's or the study's default."""
 
     task: str
@@ -182,7 +182,7 @@ class StudyConfig:
     def parts(self) -> tuple[str, ...]:
         return study_parts(self.study or "single")
 
-    def check(self) -> StudyConfig:
+    def check(self) -> FPEStudyConfig:
         """Refuse in one line (UsageError) whatever can be refused without data; returns self."""
         if self.task not in TASKS:
             raise UsageError(f"unknown --task {self.task}; use one of {', '.join(TASKS)}")

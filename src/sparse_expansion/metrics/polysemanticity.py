@@ -1,4 +1,4 @@
-"""Polysemanticity metrics for any weight matrix (DESIGN.md §3), as plain tensor functions.
+"""Polysemanticity metrics for any weight matrix (docs/METHODS.md, Wasserstein neurons), as plain tensor functions.
 
 Layout is PyTorch's `nn.Linear.weight`: shape (neurons, features). A row is one neuron's
 incoming weight vector; a column is how one input feature is spread over the neurons.

@@ -1,4 +1,4 @@
-"""Entanglement metrics of neurons as plain tensor functions (DESIGN.md §3).
+"""Entanglement metrics of neurons as plain tensor functions (docs/METHODS.md, Wasserstein neurons).
 
 - `wasserstein_to_gaussian`: W1 between a neuron's z-scored outputs and N(0, 1). The reference
   compares against one random normal sample (Monte Carlo noise of its own); here the distance is

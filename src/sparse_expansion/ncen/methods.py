@@ -1,6 +1,6 @@
 """The registry of training methods: one entry per method, read by training, the CLI and the report.
 
-Adding a method is one `Method` entry here: a frozen dataclass of its own weights (each field
+Adding a method is one `EnsembleMethod` entry here: a frozen dataclass of its own weights (each field
 becomes a `--<method>-<field>` flag) and a loss on `Terms`.
 
 Cross-entropy: every ensemble method trains each member on its own cross-entropy and averages
@@ -99,7 +99,7 @@ def _gal(t: Terms, cfg: GALConfig) -> tuple[torch.Tensor, dict]:
 
 
 @dataclass(frozen=True)
-class Method:
+class EnsembleMethod:
     name: str
     description: str
     config: type
@@ -112,22 +112,22 @@ class Method:
             raise ValueError(f"NCEn's ce must be 'members' or 'ensemble', got {cfg.ce!r}")
 
 
-METHODS: dict[str, Method] = {
+METHODS: dict[str, EnsembleMethod] = {
     m.name: m
     for m in (
-        Method("ncen", "NCEn: CE + λ_dir·mean pairwise gradient cosine + λ_mag·gradient-norm correlation",
+        EnsembleMethod("ncen", "NCEn: CE + λ_dir·mean pairwise gradient cosine + λ_mag·gradient-norm correlation",
                NCEnConfig, _ncen, needs_grads=True),
-        Method("independent", "members trained on their own CE only (different inits), probabilities averaged",
+        EnsembleMethod("independent", "members trained on their own CE only (different inits), probabilities averaged",
                NoWeights, _ce_only),
-        Method("single", "one network with the ensemble's total parameter count", NoWeights, _ce_only,
+        EnsembleMethod("single", "one network with the ensemble's total parameter count", NoWeights, _ce_only,
                single=True),
-        Method("adp", "ADP (Pang et al. 2019): CE - α·ensemble entropy - β·log det of non-maximal predictions",
+        EnsembleMethod("adp", "ADP (Pang et al. 2019): CE - α·ensemble entropy - β·log det of non-maximal predictions",
                ADPConfig, _adp),
-        Method("gal", "GAL (Kariyappa & Qureshi 2019): CE + λ·log Σ_{i<j} exp(cos of input gradients)",
+        EnsembleMethod("gal", "GAL (Kariyappa & Qureshi 2019): CE + λ·log Σ_{i<j} exp(cos of input gradients)",
                GALConfig, _gal, needs_grads=True),
     )
 }
 
 
-def weight_fields(method: Method) -> list:
+def weight_fields(method: EnsembleMethod) -> list:
     return list(fields(method.config))

@@ -9,14 +9,14 @@ from dataclasses import asdict, dataclass, field
 from . import attacks as atk
 from .data import Dataset
 from .methods import METHODS
-from .training import TrainConfig, train_ensemble
+from .training import EnsembleTrainConfig, train_ensemble
 
 
 @dataclass
-class StudyConfig:
+class NCEnStudyConfig:
     methods: Sequence[str]
     seeds: Sequence[int]
-    train: TrainConfig
+    train: EnsembleTrainConfig
     eps: Sequence[float]
     headline_eps: float
     attacks: Sequence[str] = ("fgsm", "pgd", "apgd", "pgd_logits")
@@ -24,7 +24,7 @@ class StudyConfig:
     weights: dict = field(default_factory=dict)  # method -> its config dataclass instance
 
 
-def run_one(data: Dataset, cfg: StudyConfig, method_name: str, seed: int) -> dict:
+def run_one(data: Dataset, cfg: NCEnStudyConfig, method_name: str, seed: int) -> dict:
     """Train one ensemble and measure it: the `runs` entry of results.json."""
     method = METHODS[method_name]
     weights = cfg.weights.get(method_name) or method.config()
@@ -52,7 +52,7 @@ def run_one(data: Dataset, cfg: StudyConfig, method_name: str, seed: int) -> dic
     }
 
 
-def run_study(data: Dataset, cfg: StudyConfig, progress: Callable | None = None) -> list[dict]:
+def run_study(data: Dataset, cfg: NCEnStudyConfig, progress: Callable | None = None) -> list[dict]:
     jobs = [(m, s) for s in cfg.seeds for m in cfg.methods]
     bar = progress(total=len(jobs), desc=f"ncen {data.name}", unit="run") if progress else None
     runs = []

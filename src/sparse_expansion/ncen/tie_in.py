@@ -177,13 +177,13 @@ def fpe_children_study(hidden: int = 16, alpha: int = 2, seed: int = 0, examples
     """Train FPE on digits (two hidden layers, random split at both) with FPE's own schedule and
     measure sibling children against random non-sibling pairs."""
     from ..fpe.embeddings import load_task, train_test_split
-    from ..fpe.mlp import MLPConfig, TrainConfig
+    from ..fpe.mlp import MLPConfig, MLPTrainConfig
     from ..fpe.schedule import schedule
 
     x, y, _ = load_task("digits")
     data = train_test_split(x, y, seed=0)
     runs = schedule(MLPConfig(x.shape[1], (hidden, hidden), 10), data, ["random"], alpha, seed, 20, 40,
-                    TrainConfig(), keep_models=True)
+                    MLPTrainConfig(), keep_models=True)
     fpe = next(r for r in runs if r["rule"] == "random")
     net = fpe["_model"]
     xs = data[2][:examples]

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from .data import Dataset
-from .methods import Method, Terms
+from .methods import EnsembleMethod, Terms
 from .models import Ensemble, Member, MemberConfig, count_parameters, matched_width
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class EnsembleTrainConfig:
     members: int = 3
     arch: str = "mlp"
     hidden: int = 64
@@ -30,12 +30,12 @@ class TrainConfig:
     batch_size: int = 64
 
 
-def default_train_config(dataset: str) -> TrainConfig:
+def default_train_config(dataset: str) -> EnsembleTrainConfig:
     """Per data set: the 384-d embeddings (2,400 training lines) overfit fast, so fewer epochs at
     a lower learning rate, with a little weight decay."""
     if dataset == "plays":
-        return TrainConfig(epochs=20, lr=1e-3, weight_decay=1e-4)
-    return TrainConfig()
+        return EnsembleTrainConfig(epochs=20, lr=1e-3, weight_decay=1e-4)
+    return EnsembleTrainConfig()
 
 
 def member_grads(members, x: torch.Tensor, y: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +52,7 @@ def member_grads(members, x: torch.Tensor, y: torch.Tensor, create_graph: bool) 
     return logits, grads
 
 
-def build_members(method: Method, data: Dataset, cfg: TrainConfig) -> tuple[list[Member], MemberConfig]:
+def build_members(method: EnsembleMethod, data: Dataset, cfg: EnsembleTrainConfig) -> tuple[list[Member], MemberConfig]:
     """The members (one wide network for a `single` method), initialised from the current RNG."""
     mcfg = MemberConfig(data.features, len(data.classes), cfg.arch, cfg.hidden, cfg.depth)
     mean, std = data.x_train.mean(dim=0), data.x_train.std(dim=0).mean()
@@ -63,7 +63,8 @@ def build_members(method: Method, data: Dataset, cfg: TrainConfig) -> tuple[list
     return [Member(mcfg, mean, std) for _ in range(cfg.members)], mcfg
 
 
-def train_ensemble(method: Method, weights, data: Dataset, cfg: TrainConfig, seed: int) -> tuple[Ensemble, dict]:
+def train_ensemble(method: EnsembleMethod, weights, data: Dataset, cfg: EnsembleTrainConfig,
+                   seed: int) -> tuple[Ensemble, dict]:
     """Train from scratch; returns the ensemble (eval mode) and a record of the training."""
     method.check(weights)
     torch.manual_seed(seed)

@@ -23,6 +23,7 @@ from ..progress import progress_bar
 from ..prune import sparsegpt_solve
 from ..prune.sparsity import Sparsity
 from ..prune.stats import HessianStat
+from ..surgery import StopForward, flat_inputs, hooks, layer_site
 from .measure import ProjectionStats
 
 RULES = ("wd", "random", "mean", "variance", "norm")
@@ -109,23 +110,16 @@ def choose(stats: dict[int, dict[str, ProjectionStats]], rule: str, fraction: fl
 def dense_hessians(model: nn.Module, windows: torch.Tensor, layers: list[int], *, batch_size: int = 4,
                    progress: bool = True) -> dict[int, torch.Tensor]:
     """H = 2/n sum x x^T of each layer's neuron-projection input, from one pass of the unpruned model."""
-    from ..engine import StopForward
     from .collect import neuron_projections
 
-    blocks = decoder_layers(model)
     first = neuron_projections(model)[0]
     stats = {i: HessianStat() for i in layers}
-    handles = [blocks[i].get_submodule(first).register_forward_hook(
-        lambda _m, args, _o, i=i: stats[i].add(args[0].reshape(-1, args[0].shape[-1]))) for i in layers]
-    handles.append(blocks[max(layers)].register_forward_hook(StopForward.hook))
-    try:
+    sites = {layer_site(model, i, first): flat_inputs(stats[i].add) for i in layers}
+    with hooks(model, sites, stop_after=layer_site(model, max(layers))):
         for start in progress_bar(range(0, windows.shape[0], batch_size), desc="hessians", unit="batch",
                           disable=not progress):
             with contextlib.suppress(StopForward):
                 model(windows[start : start + batch_size], use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
     return {i: stat.value() for i, stat in stats.items()}
 
 

@@ -11,15 +11,16 @@ projection sharing that input (gate_proj and up_proj share one), at a fifth of t
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from ..arch import architecture_of, decoder_layers, linear_weight
-from ..engine import StopForward
 from ..errors import UsageError
 from ..progress import progress_bar
+from ..surgery import StopForward, flat_inputs, hooks, layer_site
 
 
 def neuron_projections(model: nn.Module) -> tuple[str, ...]:
@@ -80,8 +81,7 @@ def collect_inputs(model: nn.Module, windows: torch.Tensor, layers: list[int], p
     buffers: dict[int, torch.Tensor] = {}
     state = {"offset": 0}
 
-    def keep(_module, args, _output, index):
-        x = args[0].reshape(-1, args[0].shape[-1])
+    def keep(index: int, x: torch.Tensor) -> None:
         lo = state["offset"]
         a = int(torch.searchsorted(positions, lo))
         b = int(torch.searchsorted(positions, lo + x.shape[0]))
@@ -89,23 +89,17 @@ def collect_inputs(model: nn.Module, windows: torch.Tensor, layers: list[int], p
             buffers[index] = torch.full((len(positions), x.shape[1]), float("nan"))
         buffers[index][a:b] = x[positions[a:b] - lo].float().cpu()
 
-    handles = [blocks[i].get_submodule(first).register_forward_hook(
-        lambda m, a, o, i=i: keep(m, a, o, i)) for i in layers]
+    sites = {layer_site(model, i, first): flat_inputs(functools.partial(keep, i)) for i in layers}
     last = max(layers)
-    if last + 1 < len(blocks):
-        handles.append(blocks[last].register_forward_hook(StopForward.hook))
     device = next(model.parameters()).device
-    try:
+    with hooks(model, sites, stop_after=layer_site(model, last) if last + 1 < len(blocks) else None):
         bar = progress_bar(range(0, windows.shape[0], batch_size), desc=f"collect layers {layers[0]}-{last}",
-                   unit="batch", disable=not progress)
+                           unit="batch", disable=not progress)
         for start in bar:
             batch = windows[start : start + batch_size]
             state["offset"] = start * windows.shape[1]
             with contextlib.suppress(StopForward):
                 model(batch.to(device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
     return buffers
 
 

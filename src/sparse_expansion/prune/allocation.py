@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -148,6 +149,28 @@ def row_scores(rule: str, weight: torch.Tensor, sample: torch.Tensor | None) -> 
     raise ValueError(f"row rule {rule!r} has no score")
 
 
+@dataclass(frozen=True, kw_only=True)
+class AllocationFields:
+    """Where the zeros go at a fixed total, the fields every config that allocates shares:
+    `layer_alloc` one of LAYER_RULES, `row_alloc` one of ROW_RULES. Uniform + uniform is the method
+    as published. Checked once, when the config is made."""
+
+    layer_alloc: str = "uniform"
+    owl_m: float = 5.0  # OWL: a score is an outlier above owl_m x its layer's mean score
+    owl_lmbda: float = 0.08  # OWL: layer sparsities span target +- owl_lmbda
+    row_alloc: str = "uniform"
+    row_lmbda: float = 0.1  # rows: sparsities span target +- row_lmbda, linear in the score's rank
+    row_tokens: int = 4096  # rows: tokens per layer (seeded, from the first batches) for wd / variance
+
+    # `sparsity` is each method's own first field.
+
+    def __post_init__(self) -> None:
+        check_rules(self.sparsity, self.layer_alloc, self.row_alloc, self.owl_lmbda, self.row_lmbda)
+
+    def allocator(self, seed: int = 0) -> Allocator:
+        return Allocator(self, seed)
+
+
 class Allocator:
     """The zero counts of every target linear (and, when asked, of its rows) for one run.
 
@@ -157,12 +180,10 @@ class Allocator:
     inputs the layer actually gets.
     """
 
-    def __init__(self, sparsity: Sparsity, layer_alloc: str = "uniform", row_alloc: str = "uniform", *,
-                 owl_m: float = 5.0, owl_lmbda: float = 0.08, row_lmbda: float = 0.1, row_tokens: int = 4096,
-                 seed: int = 0) -> None:
-        check_rules(sparsity, layer_alloc, row_alloc, owl_lmbda, row_lmbda)
-        self.sparsity, self.layer_alloc, self.row_alloc = sparsity, layer_alloc, row_alloc
-        self.owl_m, self.owl_lmbda, self.row_lmbda, self.row_tokens = owl_m, owl_lmbda, row_lmbda, row_tokens
+    def __init__(self, rules: AllocationFields, seed: int = 0) -> None:
+        self.sparsity, self.layer_alloc, self.row_alloc = rules.sparsity, rules.layer_alloc, rules.row_alloc
+        self.owl_m, self.owl_lmbda = rules.owl_m, rules.owl_lmbda
+        self.row_lmbda, self.row_tokens = rules.row_lmbda, rules.row_tokens
         self.seed = seed
         self.zeros: dict[tuple[int, str], int] = {}
         self.layer_sparsity: dict[int, float] = {}
@@ -247,22 +268,13 @@ def dense_input_sq_norms(model: nn.Module, windows: torch.Tensor, groups, batch_
     """Mean of x_j^2 per input feature of every target group of every layer, from one forward pass
     of the (dense, unchanged) model over the calibration windows."""
     from ..arch import decoder_layers
+    from ..surgery import flat_inputs, hooks, layer_site
     from .stats import SquaredNormStat
 
-    stats: dict[tuple[int, tuple[str, ...]], SquaredNormStat] = {}
-    handles = []
-    for i, layer in enumerate(decoder_layers(model)):
-        for g in groups:
-            stats[(i, g)] = stat = SquaredNormStat()
-
-            def hook(_module, args, _output, stat=stat):
-                stat.add(args[0].reshape(-1, args[0].shape[-1]))
-            handles.append(layer.get_submodule(g[0]).register_forward_hook(hook))
-    try:
-        device = next(model.parameters()).device
+    stats = {(i, g): SquaredNormStat() for i in range(len(decoder_layers(model))) for g in groups}
+    sites = {layer_site(model, i, g[0]): flat_inputs(stat.add) for (i, g), stat in stats.items()}
+    device = next(model.parameters()).device
+    with hooks(model, sites):
         for start in range(0, windows.shape[0], batch_size):
             model(windows[start : start + batch_size].to(device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
     return {k: s.value() for k, s in stats.items()}

@@ -2,54 +2,32 @@
 
 A pruning method is its config (what the user chooses), the input statistic it needs (none,
 Wanda's squared input norms, SparseGPT's Hessian) and a pure function that prunes one weight.
-The method registry (`sparse_expansion.methods`) names these configs.
+The method registry (`sparse_expansion.methods`) names these configs. `SparsityCompressor` is what
+this compressor and Sparse Expansion's (expand/compressor.py) share.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..arch import linear_weight
 from ..engine import Groups, LayerCompressor
-from .allocation import Allocator, TokenSample, block_counts, check_rules, exact_counts
+from .allocation import AllocationFields, TokenSample, block_counts, exact_counts
 from .magnitude import magnitude_prune
 from .sparsegpt import sparsegpt_solve
-from .sparsity import Sparsity, check_divisible
+from .sparsity import Sparsity
 from .stats import HessianStat, SquaredNormStat
 from .wanda import wanda_prune
 
 
 @dataclass(frozen=True)
 class MagnitudeConfig:
-    sparsity: Sparsity
-    needs_calibration: ClassVar[bool] = False  # data-free: no calibration corpus is read
-
-
-@dataclass(frozen=True, kw_only=True)
-class AllocationFields:
-    """Where the zeros go at a fixed total (prune/allocation.py): `layer_alloc` uniform | owl,
-    `row_alloc` uniform | equal | wd | variance | norm. Uniform + uniform is the method as published."""
-
-    layer_alloc: str = "uniform"
-    owl_m: float = 5.0  # OWL: a score is an outlier above owl_m x its layer's mean score
-    owl_lmbda: float = 0.08  # OWL: layer sparsities span target +- owl_lmbda
-    row_alloc: str = "uniform"
-    row_lmbda: float = 0.1  # rows: sparsities span target +- row_lmbda, linear in the score's rank
-    row_tokens: int = 4096  # rows: tokens per layer (seeded, from the first batches) for wd / variance
-
-    # `sparsity` is each method's own first field.
-
-    def __post_init__(self) -> None:
-        check_rules(self.sparsity, self.layer_alloc, self.row_alloc, self.owl_lmbda, self.row_lmbda)
-
-    def allocator(self, seed: int = 0) -> Allocator:
-        return Allocator(self.sparsity, self.layer_alloc, self.row_alloc, owl_m=self.owl_m, owl_lmbda=self.owl_lmbda,
-                         row_lmbda=self.row_lmbda, row_tokens=self.row_tokens, seed=seed)
+    sparsity: Sparsity  # data-free: its compressor reads no calibration corpus
 
 
 @dataclass(frozen=True)
@@ -101,18 +79,17 @@ def prune_weight(config: PruneConfig, weight: torch.Tensor, statistic: torch.Ten
 _STATISTICS = {MagnitudeConfig: None, WandaConfig: SquaredNormStat, SparseGPTConfig: HessianStat}
 
 
-class PruneCompressor(LayerCompressor):
-    """Prunes every target linear of a layer with one method; one input statistic per group."""
+class SparsityCompressor(LayerCompressor):
+    """What every compressor that prunes each target linear to `config.sparsity` shares (pruning
+    and Sparse Expansion): the config, the allocation planned over the whole model before the pass,
+    the per-linear record and the timings of its own steps. (N:M against the layer widths is checked
+    before any of it: methods.check_widths.)"""
 
-    def __init__(self, config: PruneConfig) -> None:
-        if type(config) not in _STATISTICS:
-            raise TypeError(f"not a pruning config: {config!r}")
+    def __init__(self, config: Any, seed: int = 0) -> None:
         self.config = config
-        self.statistic = _STATISTICS[type(config)]
-        self.needs_calibration = self.statistic is not None
-        self.allocator = config.allocator() if isinstance(config, AllocationFields) else None
-        if self.allocator is not None and not self.allocator.active:
-            self.allocator = None
+        allocator = config.allocator(seed) if isinstance(config, AllocationFields) else None
+        self.allocator = allocator if allocator is not None and allocator.active else None
+        self.times: dict[str, float] = {}
         self._records: dict[str, dict[str, Any]] = {}
 
     def prepare(self, model: nn.Module, windows: torch.Tensor | None, *, targets: str = "mlp",
@@ -121,14 +98,30 @@ class PruneCompressor(LayerCompressor):
         if self.allocator is not None:
             start = time.perf_counter()
             self.allocator.prepare(model, windows, targets=targets, batch_size=batch_size)
-            self.times = {"allocation": time.perf_counter() - start}
+            self.times["allocation"] = time.perf_counter() - start
 
     def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
         self.index, self.layer, self.groups = index, layer, groups
-        for group in groups:
-            for name in group:
-                check_divisible(linear_weight(layer.get_submodule(name)).shape[1], self.config.sparsity,
-                                f"layer {index} {name}")
+
+    def record(self) -> dict[str, Any]:
+        return dict(self._records)
+
+    def timings(self) -> dict[str, float]:
+        return dict(self.times)
+
+
+class PruneCompressor(SparsityCompressor):
+    """Prunes every target linear of a layer with one method; one input statistic per group."""
+
+    def __init__(self, config: PruneConfig) -> None:
+        if type(config) not in _STATISTICS:
+            raise TypeError(f"not a pruning config: {config!r}")
+        super().__init__(config)
+        self.statistic = _STATISTICS[type(config)]
+        self.needs_calibration = self.statistic is not None
+
+    def start_layer(self, index: int, layer: nn.Module, groups: Groups) -> None:
+        super().start_layer(index, layer, groups)
         self.stats = {group: self.statistic() for group in groups} if self.statistic else {}
         self.samples: dict[tuple[str, ...], TokenSample | None] = {
             g: self.allocator.sampler(index, gi) if self.allocator else None for gi, g in enumerate(groups)}
@@ -157,6 +150,3 @@ class PruneCompressor(LayerCompressor):
                 self._records[f"{self.index}.{name}"] = {"sparsity": zero_fraction(new), **info}
         self.stats, self.samples = {}, {}
         return out
-
-    def record(self) -> dict[str, Any]:
-        return dict(self._records)

@@ -5,7 +5,7 @@
     sparse_expansion.json + model.safetensors   the model, as every saved model (artifact.py)
     optimizer.safetensors + optimizer.json      AdamW moments ("<index>.<key>"), param groups and
                                                 the parameter name of each index
-    state.json                                  step, loss history, wall time, the TrainConfig
+    state.json                                  step, loss history, wall time, the LMTrainConfig
 
 A checkpoint is written into a hidden temporary folder that is renamed into place only when
 complete, and older checkpoints are removed after that, so a crash at any moment leaves a whole

@@ -1,7 +1,7 @@
 """The registry of feed-forward types a sgatlin-study transformer can use.
 
 A type is a layer class (`Layer(d_model, **kwargs)` with `forward(x: [B, T, d]) -> [B, T, d]`
-and `flops_per_token()`), the sizes it gets on the scale ladder of DESIGN.md §4, and one line
+and `flops_per_token()`), the sizes it gets on the scale ladder (docs/METHODS.md, sgatlin), and one line
 for --help and reports. `train --ffn`, `isoflop --ffn`, the transformer's builder and the
 isoflop plot all read FFN_TYPES, so adding a type is its layer class plus one row here (and its
 tests). Layer classes are import paths resolved on use: reading the registry (the CLI's --help)

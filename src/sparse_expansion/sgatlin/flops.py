@@ -1,5 +1,5 @@
 """Forward matmul FLOPs per token, by formula (2 FLOPs per multiply-add; no embeddings, norms or
-elementwise ops). Training FLOPs are 3 × forward (DESIGN.md §4), which sets the step count of a
+elementwise ops). Training FLOPs are 3 × forward (docs/METHODS.md, sgatlin), which sets the step count of a
 run at a fixed budget. Each formula is checked against counted multiply-adds in the tests.
 """
 

@@ -69,12 +69,12 @@ def plan_runs(budgets: list[float], ffns: list[str], scales: list[float],
     Steps do not depend on the vocabulary (FLOPs per token leave out the embeddings), so the
     study is planned before its data exists.
     """
-    from .training import TrainConfig, check_config
+    from .training import LMTrainConfig, check_config
 
     runs, skipped = [], []
 
     def add(ffn, scale, budget, overrides, group, tag=""):
-        cfg = TrainConfig(ffn=ffn, scale=scale, budget=budget, batch_size=batch_size,
+        cfg = LMTrainConfig(ffn=ffn, scale=scale, budget=budget, batch_size=batch_size,
                           seq_len=seq_len, ffn_overrides=overrides)
         try:
             steps = check_config(cfg)
@@ -277,11 +277,11 @@ def _worker(job_file: str) -> int:
     import torch
 
     from .data import load_token_data
-    from .training import TrainConfig, train
+    from .training import LMTrainConfig, train
 
     torch.set_num_threads(1)
     job = json.loads(Path(job_file).read_text())
-    cfg = TrainConfig(ffn=job["ffn"], scale=job["scale"], budget=job["budget"],
+    cfg = LMTrainConfig(ffn=job["ffn"], scale=job["scale"], budget=job["budget"],
                       batch_size=job["batch_size"], seq_len=job["seq_len"], seed=job["seed"],
                       ffn_overrides=job["overrides"])
     out = Path(job["out"])

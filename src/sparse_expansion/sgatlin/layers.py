@@ -1,6 +1,6 @@
 """Feed-forward blocks with one interface, `ffn(x: [B, T, d]) -> [B, T, d]`.
 
-`SparselyGatedLinear` is the sgatlin layer (DESIGN.md §4); `MLP`, `SwiGLU`, `MoE` and `PEER` are
+`SparselyGatedLinear` is the sgatlin layer (docs/METHODS.md, sgatlin); `MLP`, `SwiGLU`, `MoE` and `PEER` are
 the baselines of the isoflop study. Sparse layers gather the vectors of the selected neurons
 (or tokens, for the MoE), so their time and memory grow with k, not with the pool size;
 benchmarks/sgatlin/throughput.py measures training speed and peak memory of every type at

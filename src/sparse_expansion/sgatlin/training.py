@@ -1,6 +1,6 @@
 """Train one small language model at a fixed FLOP budget; exact resume; data-parallel via torchrun.
 
-Steps = budget // (3 · forward FLOPs per token · tokens per step) (DESIGN.md §4). AdamW with a
+Steps = budget // (3 · forward FLOPs per token · tokens per step) (docs/METHODS.md, sgatlin). AdamW with a
 linear warm-up, a constant phase and a square-root decay over the last 20% of steps; global-norm
 gradient clipping. Under `torchrun --nproc-per-node N` (set up by `distributed.py`) every rank
 takes rows rank::N of the same global batch, so N processes follow the one-process trajectory up
@@ -30,7 +30,7 @@ from .transformer import ModelConfig, Transformer, config_for_scale, count_param
 
 
 @dataclass
-class TrainConfig:
+class LMTrainConfig:
     """A run is a pure function of this config and the token data."""
 
     ffn: str
@@ -62,7 +62,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: int, decay_fraction: float
     return peak * (1.0 - math.sqrt((step - decay_start) / max(decay_steps, 1)))
 
 
-def plan(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, int, int]:
+def plan(cfg: LMTrainConfig, vocab_size: int) -> tuple[ModelConfig, int, int]:
     """(model config, forward FLOPs per token, steps) for a training config."""
     try:
         mcfg = config_for_scale(cfg.ffn, cfg.scale, vocab_size, cfg.seq_len, **cfg.ffn_overrides)
@@ -85,7 +85,7 @@ def plan(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, int, int]:
 _ANY_VOCAB = 2
 
 
-def check_config(cfg: TrainConfig, world: int = 1) -> int:
+def check_config(cfg: LMTrainConfig, world: int = 1) -> int:
     """Refuse a config that cannot train, without touching data; returns the number of steps.
 
     Cheap (a model on the meta device): commands call it before preparing data or loading
@@ -114,7 +114,7 @@ def check_config(cfg: TrainConfig, world: int = 1) -> int:
     return plan(cfg, _ANY_VOCAB)[2]
 
 
-def check_data(cfg: TrainConfig, data: TokenData) -> None:
+def check_data(cfg: LMTrainConfig, data: TokenData) -> None:
     """Both token streams must hold at least one window of seq_len + 1 tokens (and one more)."""
     need = cfg.seq_len + 2
     for name, stream in (("training", data.train), ("validation", data.val)):
@@ -123,7 +123,7 @@ def check_data(cfg: TrainConfig, data: TokenData) -> None:
                              f"needs at least {need}")
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def _optimizer(model: torch.nn.Module, cfg: LMTrainConfig) -> torch.optim.AdamW:
     """Weight decay on matrices and expert tables only, not on norm scales or biases."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
@@ -154,7 +154,7 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 16
 
 
 def train(
-    cfg: TrainConfig,
+    cfg: LMTrainConfig,
     data: TokenData,
     out_dir: Path | None,
     checkpoint_dir: Path | None = None,

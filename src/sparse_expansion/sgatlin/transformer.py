@@ -3,7 +3,7 @@
 Pre-RMSNorm, QK-norm, rotary position embeddings, no biases outside the GLU baselines, tied
 input/output embeddings. `ModelConfig` holds every constructor argument and is the model's spec
 in its saved artifact, so a saved model or checkpoint rebuilds exactly. The FFN is any type of
-the registry in `ffn_types.py`. `config_for_scale` is the scale ladder of DESIGN.md §4:
+the registry in `ffn_types.py`. `config_for_scale` is the scale ladder (docs/METHODS.md, sgatlin):
 d = 128·s, layers = 2·s, head dim 64.
 """
 

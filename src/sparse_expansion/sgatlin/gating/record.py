@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from ...errors import UsageError
+from ...surgery import hooks
 from ..layers import SparselyGatedLinear
 from ..transformer import Transformer
 
@@ -19,8 +21,14 @@ Routing = tuple[torch.Tensor, torch.Tensor]  # (scores, indices), each [B, T, C,
 
 def routers(model: Transformer) -> list[torch.nn.Module]:
     """The router of every layer, in order; refuses models without sgatlin layers."""
+    return [model.get_submodule(site) for site in router_sites(model)]
+
+
+def router_sites(model: Transformer) -> list[str]:
+    """The names of the routers of every layer, in order ("blocks.3.ffn.router"); refuses models
+    without sgatlin layers."""
     blocks = getattr(model, "blocks", None)
-    found = [b.ffn.router for b in blocks or () if isinstance(b.ffn, SparselyGatedLinear)]
+    found = [f"blocks.{i}.ffn.router" for i, b in enumerate(blocks or ()) if isinstance(b.ffn, SparselyGatedLinear)]
     if not found:
         ffn = getattr(getattr(model, "cfg", None), "ffn", type(model).__name__)
         raise UsageError(f"the model's FFN is {ffn!r}; the gating look needs a model trained with "
@@ -31,39 +39,25 @@ def routers(model: Transformer) -> list[torch.nn.Module]:
 @contextlib.contextmanager
 def record_routing(model: Transformer) -> Iterator[list[list[Routing]]]:
     """Collect (scores, indices) per layer for every forward inside the block."""
-    store: list[list[Routing]] = [[] for _ in routers(model)]
-    handles = []
-    for i, router in enumerate(routers(model)):
-        def hook(_m, _inp, out, i=i):
-            store[i].append((out[0].detach(), out[1].detach()))
-        handles.append(router.register_forward_hook(hook))
-    try:
+    sites = router_sites(model)
+    store: list[list[Routing]] = [[] for _ in sites]
+
+    def keep(i: int, _m, _inp, out) -> None:
+        store[i].append((out[0].detach(), out[1].detach()))
+    with hooks(model, {site: functools.partial(keep, i) for i, site in enumerate(sites)}):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
-@contextlib.contextmanager
 def patch_routing(model: Transformer, position: int, source: list[Routing],
-                  layers: list[int] | None = None) -> Iterator[None]:
+                  layers: list[int] | None = None) -> contextlib.AbstractContextManager[None]:
     """Replace every listed layer's router output at `position` by `source[layer]` there."""
-    handles = []
-    for i, router in enumerate(routers(model)):
-        if layers is not None and i not in layers:
-            continue
-
-        def hook(_m, _inp, out, i=i):
-            scores, indices = out[0].clone(), out[1].clone()
-            scores[:, position] = source[i][0][:, position]
-            indices[:, position] = source[i][1][:, position]
-            return scores, indices
-        handles.append(router.register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    def patch(i: int, _m, _inp, out) -> Routing:
+        scores, indices = out[0].clone(), out[1].clone()
+        scores[:, position] = source[i][0][:, position]
+        indices[:, position] = source[i][1][:, position]
+        return scores, indices
+    return hooks(model, {site: functools.partial(patch, i) for i, site in enumerate(router_sites(model))
+                         if layers is None or i in layers})
 
 
 @dataclass
