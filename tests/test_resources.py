@@ -6,13 +6,18 @@ from sparse_expansion.resources import peak_gpu_mb, peak_rss_mb, rss_mb, run_mea
 
 
 def test_a_child_is_measured_alone(tmp_path):
+    """Even from a large parent: Linux carries a parent's resident size into its child's ru_maxrss."""
     log = tmp_path / "child.log"
-    child = "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); print('ok')"
+    parent = bytearray(600 * 2**20)
+    parent[::4096] = b"1" * len(parent[::4096])
+    # The child holds its peak for 0.3 s: the reading polls every 20 ms.
+    child = "import time; x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(0.3); print('ok')"
     code, seconds, peak = run_measured([sys.executable, "-c", child], log)
     assert code == 0 and seconds > 0
     assert 300 <= peak < 300 + 200  # its 300 MB plus the interpreter: not this (much larger) test process
     assert log.read_text().splitlines()[-1] == "ok" and log.read_text().startswith("$ ")
     assert run_measured([sys.executable, "-c", "raise SystemExit(3)"], log)[0] == 3
+    del parent
 
 
 def test_this_process_peak_is_at_least_what_it_holds():

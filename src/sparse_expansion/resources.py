@@ -1,5 +1,5 @@
-"""What a process costs: resident memory now and at its peak, the peak of a finished child (and a
-helper that runs one and measures it), and the GPU's peak.
+"""What a process costs: resident memory now and at its peak, a child's peak (a helper that
+runs one and measures it), and the GPU's peak.
 
 One place for these readings, so every command and benchmark reports memory the same way (MB = 2**20
 bytes; Linux counts; 0 where /proc is missing).
@@ -23,14 +23,19 @@ def rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def peak_rss_mb() -> float:
-    """The most resident memory this process has held so far, in MB (ru_maxrss is kB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def child_peak_rss_mb(usage: resource.struct_rusage) -> float:
-    """The peak resident memory of a finished child process, from its rusage (os.wait4), in MB."""
-    return usage.ru_maxrss / 1024
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """The most resident memory a process has held so far, in MB: its VmHWM, the high-water mark of
+    its own address space. Not ru_maxrss: Linux carries the parent's resident size into a child's
+    ru_maxrss at exec, so a small command started by a large process would report the large one's
+    memory. ru_maxrss only where /proc is missing (then 0 for another process)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else 0.0
 
 
 def peak_gpu_mb(device: str | None = None) -> float | None:
@@ -44,14 +49,23 @@ def peak_gpu_mb(device: str | None = None) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def run_measured(cmd: list[str], log: str | os.PathLike, env: dict[str, str] | None = None) -> tuple[int, float, float]:
+def run_measured(cmd: list[str], log: str | os.PathLike, env: dict[str, str] | None = None,
+                 poll_seconds: float = 0.02) -> tuple[int, float, float]:
     """Run `cmd` as its own process, its output appended to `log` after the command line; returns
     (exit code, wall seconds, its peak resident memory in MB), so each configuration a benchmark
-    measures pays only for itself."""
+    measures pays only for itself. The peak is the child's VmHWM read every `poll_seconds` while it
+    runs (growth in its last poll interval is missed; see peak_rss_mb for why not its rusage)."""
     start = time.perf_counter()
+    peak = 0.0
     with open(log, "a") as handle:
         handle.write(f"$ {' '.join(cmd)}\n")
         handle.flush()
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), time.perf_counter() - start, child_peak_rss_mb(usage)
+        while True:
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            peak = max(peak, peak_rss_mb(proc.pid))
+            time.sleep(poll_seconds)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+    return proc.returncode, time.perf_counter() - start, peak
