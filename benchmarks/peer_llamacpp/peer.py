@@ -331,8 +331,11 @@ def machine() -> str:
 
 
 def commit() -> str:
+    """HEAD, with "+changes" when tracked files differ from it (the code that ran is then not HEAD's)."""
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return (done.stdout.strip() or "unknown") + ("+changes" if dirty else "")
 
 
 def run(config: Config, venv: Path, work: Path, out: Path, threads: list[int], rounds: int, new: int,
@@ -345,7 +348,8 @@ def run(config: Config, venv: Path, work: Path, out: Path, threads: list[int], r
     info = child([str(venv_python(venv)), str(HERE / "llama_worker.py"), "info"], dict(os.environ))
     inp = json.loads(inputs.read_text())
 
-    def write(row: dict) -> None:
+    def write(row: dict) -> None:  # no path of this machine in a committed file
+        row = {k: portable(v, venv) if isinstance(v, str) else v for k, v in row.items()}
         with results.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
 
@@ -449,18 +453,22 @@ def table(summaries: list[dict], threads: int, bases: dict[str, str]) -> list[st
 def report(out: Path) -> Path:
     rows = read_rows(out / "results.jsonl")
     metas = [r for r in rows if r["kind"] == "meta"]
-    order = {(m["config"], name): i for m in metas for i, name in enumerate(m["variants"])}
+    order: dict[tuple[str, str], int] = {}
+    for m in metas:  # the config's order, as the first invocation listed it
+        for i, name in enumerate(m["variants"]):
+            order.setdefault((m["config"], name), i)
     summaries = sorted(medians(rows), key=lambda s: (order.get((s["config"], s["variant"]), 1e9), s["threads"]))
     bases = {m["config"]: m["base"] for m in metas}
     lines = [f"# llama.cpp side by side: {out.name}", ""]
-    if any(m.get("note") for m in metas):
-        lines += ["> " + " / ".join(sorted({m["note"] for m in metas if m.get("note")})), ""]
+    notes = [m["note"] for m in metas if m.get("note")]
+    if notes:  # the latest invocation's note (each command below carries its own)
+        lines += ["> " + notes[-1], ""]
     lines += ["Made by `python benchmarks/peer_llamacpp/peer.py report " + out.name + "` from `results.jsonl` "
               "(medians over rounds; every figure below is in that file).", "", "## What was run", ""]
     for m in metas:
         lines += [f"- `{m['config']}`, commit {m['commit']}, started {m['started']}, {m['rounds']} round(s), "
                   f"threads {m['threads']}, decode {m['new_tokens']} new tokens after a {m['prompt_tokens']}-token "
-                  f"prompt, prefill {m['prefill_tokens']} tokens (prefill s), perplexity on {m['eval']['data']} "
+                  f"prompt, prefill {m['prefill_tokens']} tokens, perplexity on {m['eval']['data']} "
                   f"{m['eval']['windows']} x {m['eval']['seqlen']}; load average before {m['load_before']}.",
                   f"  Machine: {m['machine']}. llama-cpp-python {m['llama_cpp_python']}: `{m['system_info']}`.",
                   f"  Command: `{m['command']}`"]

@@ -2,12 +2,14 @@
 # Builds the llama.cpp peer (llama-cpp-python, pinned, from source) in its OWN virtualenv: it is never a
 # dependency of sparse_expansion, and nothing of ours imports it. The recipe (peer.py) runs its llama.cpp
 # side in child processes of that venv's python.
-#   benchmarks/peer_llamacpp/setup.sh VENV_DIR        (~5 minutes of compiling on 2 cores)
+#   benchmarks/peer_llamacpp/setup.sh VENV_DIR
+# (~5 minutes of compiling on 2 idle cores; 65 minutes at nice 10 beside five other engineers' jobs)
 #
 # CPU flags: -DGGML_NATIVE=OFF with AVX-512, AVX512-VNNI and AVX512-BF16 on and AMX OFF. The native build
 # (which turns AMX on where the compiler sees it) segfaulted on every batched eval of 2+ tokens on the
-# project's VM, so native builds are not comparable here; AVX-512 + VNNI + BF16 is what llama.cpp's own
-# x86 kernels use for Q4/Q8/F16 dot products on this CPU. Change the flags only with a note in the report.
+# project's VM (an Intel Xeon with AMX, issue 20), so builds here are never native; AVX-512 + VNNI + BF16
+# is what llama.cpp's x86 kernels use for Q4/Q8/F16 dot products on these CPUs. Change the flags only
+# with a note in the report. Run again on a venv that holds this version already, it skips the build.
 #
 # The sdist's vendored llama.cpp sources are kept in VENV_DIR/src/: peer.py uses their
 # convert_hf_to_gguf.py (with their own gguf-py) to make the F16 GGUF that Q8_0 / Q4_0 are quantized from.
