@@ -343,6 +343,7 @@ def run(config: Config, venv: Path, work: Path, out: Path, threads: list[int], r
     inputs = inputs_path(config, work)
     if not inputs.is_file():
         raise SystemExit(f"peer.py: {inputs} is missing; run `peer.py prepare` first")
+    venv_python(venv)  # refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     info = child([str(venv_python(venv)), str(HERE / "llama_worker.py"), "info"], dict(os.environ))
