@@ -67,8 +67,8 @@ def worker(model_name: str, dtype_name: str, weights: str, threads: int) -> dict
     import torch
 
     torch.set_num_threads(threads)
-    from sparse_expansion.commands.generate import timed_generate
     from sparse_expansion.data import corpus_tokens
+    from sparse_expansion.decode import timed_generate
     from sparse_expansion.kernels import ops
     from sparse_expansion.models import load_causal_lm
     from sparse_expansion.resources import peak_rss_mb, rss_mb
