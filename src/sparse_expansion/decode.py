@@ -193,9 +193,10 @@ class FastDecoder:
     def step(self, token: int, pos: int) -> torch.Tensor:
         return self._built.step.step(token, pos)
 
-    def profile(self, on: bool | None = None) -> tuple[int, float, float]:
-        """(steps, seconds in them, seconds of those in the weight kernels) since profiling was switched
-        on with `profile(True)` (thread 0's clock; weight kernels include the barriers after them)."""
+    def profile(self, on: bool | None = None) -> tuple[int, float, float, float]:
+        """(steps, CPU seconds in them, of those in the weight kernels, of those in attention) since
+        profiling was switched on with `profile(True)`: the CPU clock of the calling thread (thread 0
+        of the team; with more threads, its waits at the barriers after each phase count to the phase)."""
         if on is not None:
             self._built.step.set_profile(on)
         return self._built.step.profile()
@@ -294,8 +295,7 @@ def fast_generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, *, t
     eos = _eos_ids(model)
 
     def pick(logits: torch.Tensor) -> int:
-        if ignore_eos and eos:
-            logits = logits.clone()
+        if ignore_eos and eos:  # in place: the step overwrites its logits on the next call anyway
             logits[eos] = float("-inf")
         if temperature > 0:
             return int(torch.multinomial(torch.softmax(logits / temperature, -1), 1))
@@ -318,8 +318,10 @@ def fast_generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, *, t
     result = {**_result(torch.tensor(tokens, dtype=torch.long), ids.shape[1], start, first, stop),
               "decode_path": "fast", "build_seconds": build_seconds}
     if profile:
-        steps, step_seconds, linear_seconds = decoder.profile()
-        result["step_profile"] = {"steps": steps, "step_seconds": step_seconds, "weight_kernel_seconds": linear_seconds}
+        steps, step_seconds, linear_seconds, attention_seconds = decoder.profile()
+        result["step_profile"] = {"steps": steps, "step_cpu_seconds": step_seconds,
+                                  "weight_kernel_cpu_seconds": linear_seconds,
+                                  "attention_cpu_seconds": attention_seconds}
     return result
 
 

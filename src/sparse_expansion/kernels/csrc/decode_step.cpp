@@ -20,8 +20,9 @@
 #include <omp.h>
 #endif
 
+#include <time.h>
+
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -317,6 +318,18 @@ class DecodeStep {
   }
 
   // --- running -------------------------------------------------------------------------------
+  // Only the linears of one step, on the inputs and routes the last step left (embedding, norms,
+  // rotary, attention and routing skipped): what a step costs in the weight kernels alone, for
+  // benchmarks/decode_speed.py. Overwrites the activations and (without_linears) cache row pos.
+  // `without_linears` the other way round: everything but the linears (attention over pos + 1 cached
+  // positions included), the part of a step no weight format touches.
+  void partial(int64_t repeats, bool without_linears, int64_t pos) {
+    TORCH_CHECK(ready_, "the decode step is not complete (set_model)");
+    mode_ = without_linears ? kNoLinears : kLinearsOnly;
+    for (int64_t i = 0; i < repeats; ++i) step(0, pos);
+    mode_ = kAll;
+  }
+
   // The logits [vocab] after `token` at position `pos` (the cache holds positions < pos). The same
   // tensor is returned (and overwritten) by every call.
   torch::Tensor step(int64_t token, int64_t pos) {
@@ -324,8 +337,9 @@ class DecodeStep {
     TORCH_CHECK(token >= 0 && token < vocab_, "token ", token, " outside the vocabulary of ", vocab_);
     TORCH_CHECK(pos >= 0 && pos < max_len_, "position ", pos, " outside the cache of ", max_len_);
     const int threads = std::max(1, at::get_num_threads());
-    if (static_cast<int64_t>(scores_.size()) < threads * max_len_) scores_.assign(threads * max_len_, 0.f);
-    const auto start = std::chrono::steady_clock::now();
+    const int64_t scratch = std::min<int64_t>(8, heads_ / kv_heads_) * max_len_;  // per thread
+    if (static_cast<int64_t>(scores_.size()) < threads * scratch) scores_.assign(threads * scratch, 0.f);
+    const double start = profile_ ? cpu_seconds() : 0;
     {
       pybind11::gil_scoped_release release;
 #ifdef _OPENMP
@@ -340,7 +354,7 @@ class DecodeStep {
 #endif
     }
     if (profile_) {
-      step_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      step_seconds_ += cpu_seconds() - start;
       ++steps_;
     }
     return logits_;
@@ -348,11 +362,14 @@ class DecodeStep {
 
   void set_profile(bool on) {
     profile_ = on;
-    step_seconds_ = linear_seconds_ = 0;
+    step_seconds_ = linear_seconds_ = attention_seconds_ = 0;
     steps_ = 0;
   }
-  // (steps, seconds in steps, seconds of those in the weight kernels incl. their barriers), thread 0's clock.
-  std::tuple<int64_t, double, double> profile() const { return {steps_, step_seconds_, linear_seconds_}; }
+  // (steps, CPU seconds in them, of those in the weight kernels (with the barriers after them), of those
+  // in attention), all on the calling thread's CPU clock (thread 0 of the team).
+  std::tuple<int64_t, double, double, double> profile() const {
+    return {steps_, step_seconds_, linear_seconds_, attention_seconds_};
+  }
   int64_t max_len() const { return max_len_; }
   int64_t threads_used() const { return std::max(1, at::get_num_threads()); }
 
@@ -442,7 +459,7 @@ class DecodeStep {
 
   // y[r0:r1] = W x (+ bias), W the linear's weight or its routed expert's.
   void run_linear(const LinearDesc& L, const Vec& x, float* y, int64_t r0, int64_t r1) const {
-    if (r0 >= r1) return;
+    if (r0 >= r1 || mode_ == kNoLinears) return;
     const int64_t e = L.router >= 0 ? labels_[L.router] : 0;
     switch (L.kind) {
       case kDense: {
@@ -515,40 +532,59 @@ class DecodeStep {
     }
   }
 
-  void attention_head(int64_t layer, int64_t head, int64_t pos, float* scores) {
-    const int64_t g = head / (heads_ / kv_heads_);
-    const float* q = q_.data() + head * head_dim_;
-    const float* keys = kc_ + ((layer * kv_heads_ + g) * max_len_) * head_dim_;
-    const float* values = vc_ + ((layer * kv_heads_ + g) * max_len_) * head_dim_;
+  // Query heads [lo, hi) of layer `layer` at position pos: runs of heads that share a KV head go
+  // through the vector kernel together (their keys and values read once).
+  void attention_heads(int64_t layer, int64_t lo, int64_t hi, int64_t pos, float* scores) {
+    const int64_t group = heads_ / kv_heads_;
+    for (int64_t head = lo; head < hi;) {
+      const int64_t g = head / group;
+      const int64_t end = std::min(hi, (g + 1) * group);
+      const float* keys = kc_ + ((layer * kv_heads_ + g) * max_len_) * head_dim_;
+      const float* values = vc_ + ((layer * kv_heads_ + g) * max_len_) * head_dim_;
+      const float* q = q_.data() + head * head_dim_;
+      float* out = attn_.f.data() + head * head_dim_;
+      const int64_t nq = end - head;
+      if (!(level_ >= 2 && nq <= 8 &&
+            attend_heads_avx512(q, static_cast<int>(nq), keys, values, pos + 1, head_dim_, scaling_, scores, out))) {
+        for (int64_t h = 0; h < nq; ++h) attend_one(q + h * head_dim_, keys, values, pos + 1, scores, out + h * head_dim_);
+      }
+      head = end;
+    }
+  }
+
+  void attend_one(const float* q, const float* keys, const float* values, int64_t n, float* scores, float* out) const {
     float top = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j <= pos; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       scores[j] = dot_f32(q, keys + j * head_dim_, head_dim_, level_) * scaling_;
       top = std::max(top, scores[j]);
     }
     float sum = 0;
-    for (int64_t j = 0; j <= pos; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       scores[j] = std::exp(scores[j] - top);
       sum += scores[j];
     }
     const float inv = 1.0f / sum;
-    float* out = attn_.f.data() + head * head_dim_;
     std::fill(out, out + head_dim_, 0.f);
-    for (int64_t j = 0; j <= pos; ++j) axpy_f32(scores[j] * inv, values + j * head_dim_, out, head_dim_, level_);
+    for (int64_t j = 0; j < n; ++j) axpy_f32(scores[j] * inv, values + j * head_dim_, out, head_dim_, level_);
   }
 
-  using Clock = std::chrono::steady_clock;
+  static double cpu_seconds() {  // this thread's CPU time: a descheduled thread does not count its wait
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+  }
 
   void body(int64_t token, int64_t pos, int t, int T) {
     const bool timing = profile_ && t == 0;
-    double linear = 0;
-    Clock::time_point mark;
+    double linear = 0, attention = 0, mark = 0;
     auto begin = [&] {
-      if (timing) mark = Clock::now();
+      if (timing) mark = cpu_seconds();
     };
-    auto end = [&] {
-      if (timing) linear += std::chrono::duration<double>(Clock::now() - mark).count();
+    auto end = [&](double& into) {
+      if (timing) into += cpu_seconds() - mark;
     };
-    if (t == 0) {
+    const bool all = mode_ != kLinearsOnly;
+    if (t == 0 && all) {
       if (embed_vtype_ == kF32) {
         const float* row = static_cast<const float*>(embed_) + token * hidden_;
         std::copy(row, row + hidden_, h_.begin());
@@ -557,10 +593,10 @@ class DecodeStep {
         for (int64_t i = 0; i < hidden_; ++i) h_[i] = from_bf16(row[i]);
       }
     }
-    float* scores = scores_.data() + t * max_len_;
+    float* scores = scores_.data() + t * std::min<int64_t>(8, heads_ / kv_heads_) * max_len_;
     for (int64_t l = 0; l < layers_; ++l) {
       const LayerDesc& L = layer_descs_[l];
-      if (t == 0) {
+      if (t == 0 && all) {
         rmsnorm(L.input_norm, xn_);
         route_for({L.q, L.k, L.v}, xn_);
       }
@@ -570,8 +606,8 @@ class DecodeStep {
       linear_part(L.k, xn_, k_.data(), t, T);
       linear_part(L.v, xn_, v_.data(), t, T);
       barrier(T);
-      end();
-      if (t == 0) {
+      end(linear);
+      if (t == 0 && all) {
         rotate(q_.data(), heads_, pos);
         rotate(k_.data(), kv_heads_, pos);
         for (int64_t g = 0; g < kv_heads_; ++g) {
@@ -581,13 +617,15 @@ class DecodeStep {
         }
       }
       barrier(T);
+      begin();
       {
         int64_t lo, hi;
         split(heads_, t, T, 1, &lo, &hi);
-        for (int64_t hd = lo; hd < hi; ++hd) attention_head(l, hd, pos, scores);
+        if (all) attention_heads(l, lo, hi, pos, scores);
       }
       barrier(T);
-      if (t == 0) {
+      end(attention);
+      if (t == 0 && all) {
         round_inputs(attn_, 0, heads_ * head_dim_);
         route_for({L.o}, attn_);
       }
@@ -600,8 +638,8 @@ class DecodeStep {
         for (int64_t r = lo; r < hi; ++r) h_[r] += tmp_[r];
       }
       barrier(T);
-      end();
-      if (t == 0) {
+      end(linear);
+      if (t == 0 && all) {
         rmsnorm(L.post_norm, xn_);
         route_for({L.gate, L.up}, xn_);
       }
@@ -618,9 +656,9 @@ class DecodeStep {
         round_inputs(act_, lo, hi);
       }
       barrier(T);
-      end();
+      end(linear);
       if (linears_[L.down].router >= 0) {
-        if (t == 0) route_for({L.down}, act_);
+        if (t == 0 && all) route_for({L.down}, act_);
         barrier(T);
       }
       begin();
@@ -631,9 +669,9 @@ class DecodeStep {
         for (int64_t r = lo; r < hi; ++r) h_[r] += tmp_[r];
       }
       barrier(T);
-      end();
+      end(linear);
     }
-    if (t == 0) {
+    if (t == 0 && all) {
       rmsnorm(final_norm_, xn_);
       route_for({lm_head_}, xn_);
     }
@@ -641,8 +679,11 @@ class DecodeStep {
     begin();
     linear_part(lm_head_, xn_, logits_ptr_, t, T);
     barrier(T);
-    end();
-    if (timing) linear_seconds_ += linear;
+    end(linear);
+    if (timing) {
+      linear_seconds_ += linear;
+      attention_seconds_ += attention;
+    }
   }
 
   const int64_t hidden_, heads_, kv_heads_, head_dim_;
@@ -667,9 +708,11 @@ class DecodeStep {
   std::vector<float> h_, q_, k_, v_, tmp_, up_, scores_, route_scratch_;
   Vec xn_, attn_, act_;
   std::vector<int64_t> labels_;
+  enum Mode { kAll, kLinearsOnly, kNoLinears };
+  Mode mode_ = kAll;
   bool ready_ = false, profile_ = false;
   int64_t steps_ = 0;
-  double step_seconds_ = 0, linear_seconds_ = 0;
+  double step_seconds_ = 0, linear_seconds_ = 0, attention_seconds_ = 0;
 };
 
 }  // namespace
@@ -688,6 +731,7 @@ void register_decode_step(pybind11::module_& m) {
       .def("set_layer", &DecodeStep::set_layer)
       .def("set_model", &DecodeStep::set_model)
       .def("step", &DecodeStep::step, "logits [vocab] after token at position pos")
+      .def("partial", &DecodeStep::partial, "repeat only the linears of the last step, or all but them")
       .def("set_profile", &DecodeStep::set_profile)
       .def("profile", &DecodeStep::profile)
       .def("max_len", &DecodeStep::max_len)

@@ -114,7 +114,93 @@ SE_STEP_AVX512 void axpy_avx512(float s, const float* b, float* out, int64_t n) 
   }
 }
 
+// exp(x) for 16 lanes: 2^n e^r with n = round(x log2 e), r = x - n ln 2 (two-part ln 2) and a degree-6
+// polynomial on |r| <= ln2/2; within 2 ulp of expf on the softmax's range (x <= 0), 0 below -87.
+SE_STEP_AVX512 inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// The queries (scaled once) against every cached key, each key row loaded once for all of them; the
+// exponentials 16 at a time; then the weighted values summed in registers, each value row loaded once.
+template <int H>  // head_dim / 16
+SE_STEP_AVX512 void attend_impl(const float* q, int nq, const float* keys, const float* values, int64_t n,
+                                float scale, float* scores, float* out) {
+  constexpr int G = 8;
+  __m512 qv[G][H];
+  float top[G];
+  for (int g = 0; g < nq; ++g) {
+    for (int h = 0; h < H; ++h) qv[g][h] = _mm512_mul_ps(_mm512_loadu_ps(q + (g * H + h) * 16), _mm512_set1_ps(scale));
+    top[g] = -3.4e38f;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const float* k = keys + j * 16 * H;
+    __m512 kv[H];
+    for (int h = 0; h < H; ++h) kv[h] = _mm512_loadu_ps(k + 16 * h);
+    for (int g = 0; g < nq; ++g) {
+      __m512 a0 = _mm512_mul_ps(qv[g][0], kv[0]);
+      __m512 a1 = _mm512_mul_ps(qv[g][1], kv[1]);
+      for (int h = 2; h < H; h += 2) {
+        a0 = _mm512_fmadd_ps(qv[g][h], kv[h], a0);
+        a1 = _mm512_fmadd_ps(qv[g][h + 1], kv[h + 1], a1);
+      }
+      const float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+      scores[g * n + j] = s;
+      top[g] = s > top[g] ? s : top[g];
+    }
+  }
+  float inv[G];
+  for (int g = 0; g < nq; ++g) {
+    float* sc = scores + g * n;
+    const __m512 topv = _mm512_set1_ps(top[g]);
+    __m512 sumv = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 lanes =
+          n - j >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - j)) - 1);
+      const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, sc + j), topv));
+      _mm512_mask_storeu_ps(sc + j, lanes, e);
+      sumv = _mm512_add_ps(sumv, _mm512_maskz_mov_ps(lanes, e));
+    }
+    inv[g] = 1.0f / _mm512_reduce_add_ps(sumv);
+  }
+  __m512 acc[G][H];
+  for (int g = 0; g < nq; ++g)
+    for (int h = 0; h < H; ++h) acc[g][h] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const float* v = values + j * 16 * H;
+    __m512 vv[H];
+    for (int h = 0; h < H; ++h) vv[h] = _mm512_loadu_ps(v + 16 * h);
+    for (int g = 0; g < nq; ++g) {
+      const __m512 p = _mm512_set1_ps(scores[g * n + j]);
+      for (int h = 0; h < H; ++h) acc[g][h] = _mm512_fmadd_ps(p, vv[h], acc[g][h]);
+    }
+  }
+  for (int g = 0; g < nq; ++g)
+    for (int h = 0; h < H; ++h) _mm512_storeu_ps(out + (g * H + h) * 16, _mm512_mul_ps(acc[g][h], _mm512_set1_ps(inv[g])));
+}
+
 }  // namespace
+
+bool attend_heads_avx512(const float* q, int nq, const float* keys, const float* values, int64_t n,
+                         int64_t head_dim, float scale, float* scores, float* out) {
+  if (!avx512_supported() || nq < 1 || nq > 8) return false;
+  switch (head_dim) {
+    case 64: attend_impl<4>(q, nq, keys, values, n, scale, scores, out); return true;
+    case 128: attend_impl<8>(q, nq, keys, values, n, scale, scores, out); return true;
+    default: return false;
+  }
+}
 
 void dense_rows_f32(const float* w, int64_t in, int64_t r0, int64_t r1, const float* x, float* y, int level) {
   if (level < 2) {
@@ -147,6 +233,9 @@ void dense_rows_f32(const float* w, int64_t in, int64_t r0, int64_t r1, const fl
 float dot_f32(const float* a, const float* b, int64_t n, int) { return dot_scalar(a, b, n); }
 void axpy_f32(float s, const float* b, float* out, int64_t n, int) {
   for (int64_t i = 0; i < n; ++i) out[i] += s * b[i];
+}
+bool attend_heads_avx512(const float*, int, const float*, const float*, int64_t, int64_t, float, float*, float*) {
+  return false;
 }
 }  // namespace se
 
