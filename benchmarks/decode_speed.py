@@ -99,7 +99,10 @@ def step_split(model, prompt) -> dict:
             "no_linears_cpu_ms": rest * ms}
 
 
-def worker(model_name: str, dtype_name: str, weights: str, threads: int, path: str = "hf") -> dict:
+def worker(model_name: str, dtype_name: str, weights: str, threads: int, paths: tuple[str, ...] = ("hf",),
+           rounds: int = 1) -> list[dict]:
+    """One row per (round, path): the paths alternate inside the process, rounds times (the model is
+    loaded once; on a busy machine loading costs more than the timings)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -117,19 +120,27 @@ def worker(model_name: str, dtype_name: str, weights: str, threads: int, path: s
     tokens = corpus_tokens("shakespeare:test", tokenizer)
     short, long = tokens[:PROMPT].reshape(1, -1), tokens[:PREFILL].reshape(1, -1)
     pad = tokenizer.eos_token_id
-    generate(model, short, 4, path=path, pad_token_id=pad, ignore_eos=True)  # warm-up
-    decode = generate(model, short, NEW, path=path, pad_token_id=pad, ignore_eos=True)
-    prefill = generate(model, long, 1, path=path, pad_token_id=pad, ignore_eos=True)
     in_memory = weights_in_memory(model)
-    split = step_split(model, short) if decode["decode_path"] == "fast" else {}
-    return {"model": model_name, "dtype": dtype_name, "weights": in_memory, "threads": threads,
-            "decode_path": decode["decode_path"], **split,
-            "kernels": ops.backend() if in_memory == "compressed" else None, "load_seconds": load_seconds,
-            "loaded_rss_mb": loaded, "peak_rss_mb": peak_rss_mb(), "new_tokens": decode["new_tokens"],
-            "decode_tokens_per_second": decode["decode_tokens_per_second"],
-            "decode_tokens_per_cpu_second": decode["decode_tokens_per_cpu_second"],
-            "prefill_seconds": prefill["prefill_seconds"], "prefill_cpu_seconds": prefill["prefill_cpu_seconds"],
-            "text_head": decode["new_ids"][:8].tolist()}
+    rows = []
+    for path in paths:
+        generate(model, short, 4, path=path, pad_token_id=pad, ignore_eos=True)  # warm-up
+    for inner in range(rounds):
+        for path in paths if inner % 2 == 0 else paths[::-1]:
+            decode = generate(model, short, NEW, path=path, pad_token_id=pad, ignore_eos=True)
+            prefill = generate(model, long, 1, path=path, pad_token_id=pad, ignore_eos=True) if inner == 0 else None
+            split = step_split(model, short) if decode["decode_path"] == "fast" else {}
+            rows.append({
+                "model": model_name, "dtype": dtype_name, "weights": in_memory, "threads": threads,
+                "inner_round": inner,
+                "decode_path": decode["decode_path"], **split,
+                "kernels": ops.backend() if in_memory == "compressed" else None, "load_seconds": load_seconds,
+                "loaded_rss_mb": loaded, "peak_rss_mb": peak_rss_mb(), "new_tokens": decode["new_tokens"],
+                "decode_tokens_per_second": decode["decode_tokens_per_second"],
+                "decode_tokens_per_cpu_second": decode["decode_tokens_per_cpu_second"],
+                "prefill_seconds": prefill["prefill_seconds"] if prefill else None,
+                "prefill_cpu_seconds": prefill["prefill_cpu_seconds"] if prefill else None,
+                "text_head": decode["new_ids"][:8].tolist()})
+    return rows
 
 
 def cpu_ms(fn, repeats: int = 7) -> float:
@@ -179,14 +190,15 @@ def step_parts(model_name: str, dtype_name: str, weights: str, repeats: int = 7)
     return parts
 
 
-def run_worker(name: str, threads: int, path: str = "hf") -> dict:
+def run_worker(name: str, threads: int, paths: tuple[str, ...] = ("hf",), rounds: int = 1) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, __file__, "--worker", name, "--threads", str(threads), "--paths", path],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([sys.executable, __file__, "--worker", name, "--threads", str(threads), "--paths", *paths,
+                           "--inner-rounds", str(rounds)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=3600)
     if done.returncode != 0:
-        raise RuntimeError(f"{name} ({threads} threads, {path}) failed:\n{done.stderr[-2000:]}")
-    return {"variant": name, **json.loads(done.stdout.strip().splitlines()[-1])}
+        raise RuntimeError(f"{name} ({threads} threads, {paths}) failed:\n{done.stderr[-2000:]}")
+    return [{"variant": name, **row} for row in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
 def machine() -> str:
@@ -296,13 +308,17 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=["hf"], choices=("fast", "hf"),
                         help="decode paths to time (decode.generate(path=...)); default hf, as before issue 20")
     parser.add_argument("--fast-summary", type=Path, help="only print the fast-vs-hf tables of an earlier --out file")
+    parser.add_argument("--same-process", type=int, default=0, metavar="N",
+                        help="time all --paths in one process per (variant, threads), alternating N times "
+                             "(instead of one process per path)")
+    parser.add_argument("--inner-rounds", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--parts", action="store_true",
                         help="instead: where one decode step's time goes, per variant (1 thread, CPU ms)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         result = (step_parts(*VARIANTS[args.worker]) if args.parts
-                  else worker(*VARIANTS[args.worker], args.threads[0], args.paths[0]))
+                  else worker(*VARIANTS[args.worker], args.threads[0], tuple(args.paths), args.inner_rounds))
         print(json.dumps(result))
         return
     if args.parts:
@@ -333,18 +349,21 @@ def main() -> None:
             parser.error(f"{folder} is missing: make it first (see the module docstring)")
     print(f"# {machine()}; load before: {load()}", file=sys.stderr)
     rows = []
-    pairs = [(name, t, path) for t in args.threads for name in args.variants for path in args.paths]
+    groups = [tuple(args.paths)] if args.same_process else [(path,) for path in args.paths]
+    pairs = [(name, t, paths) for t in args.threads for name in args.variants for paths in groups]
     with args.out.open("a") as raw:
         for run in range(args.runs):
             shift = run % len(pairs)
-            for name, threads, path in pairs[shift:] + pairs[:shift]:
-                row = {**run_worker(name, threads, path), "run": run, "load_average": load(), "time": time.time()}
-                raw.write(json.dumps(row) + "\n")
-                raw.flush()
-                rows.append(row)
-                print(f"run {run} {name} {threads}t {path}: {row['decode_tokens_per_cpu_second']:.1f} tok/cpu-s, "
-                      f"{row['decode_tokens_per_second']:.1f} tok/s, prefill {row['prefill_seconds']:.2f} s, "
-                      f"load {row['load_average']}", file=sys.stderr, flush=True)
+            for name, threads, paths in pairs[shift:] + pairs[:shift]:
+                for result in run_worker(name, threads, paths, max(args.same_process, 1)):
+                    row = {**result, "run": run, "load_average": load(), "time": time.time()}
+                    raw.write(json.dumps(row) + "\n")
+                    raw.flush()
+                    rows.append(row)
+                    print(f"run {run} {name} {threads}t {row['decode_path']}: "
+                          f"{row['decode_tokens_per_cpu_second']:.1f} tok/cpu-s, "
+                          f"{row['decode_tokens_per_second']:.1f} tok/s, outside {row.get('outside_cpu_ms')}, "
+                          f"load {row['load_average']}", file=sys.stderr, flush=True)
     print(f"# load after: {load()}", file=sys.stderr)
     print(fast_summary(rows) if args.paths != ["hf"] else summary(rows))
 

@@ -118,6 +118,14 @@ struct Vec {
   }
 };
 
+// What each thread keeps for itself: the normed input (every thread norms and routes redundantly,
+// which costs less than a barrier), the routes it computed and their scratch.
+struct ThreadState {
+  Vec xn;
+  std::vector<int64_t> labels;
+  std::vector<float> scratch;
+};
+
 struct LayerDesc {
   const float* input_norm = nullptr;
   const float* post_norm = nullptr;
@@ -302,7 +310,6 @@ class DecodeStep {
     logits_ = torch::empty({linears_[lm_head_].rows}, torch::kFloat);
     logits_ptr_ = logits_.data_ptr<float>();
     h_.assign(hidden_, 0.f);
-    xn_.resize(hidden_);
     attn_.resize(heads_ * head_dim_);
     act_.resize(inter_);
     q_.assign(heads_ * head_dim_, 0.f);
@@ -310,10 +317,9 @@ class DecodeStep {
     v_.assign(kv_heads_ * head_dim_, 0.f);
     tmp_.assign(std::max(hidden_, inter_), 0.f);
     up_.assign(inter_, 0.f);
-    labels_.assign(routers_.size(), 0);
-    int64_t route_scratch = 1;
-    for (const auto& r : routers_) route_scratch = std::max(route_scratch, r.k + r.p);
-    route_scratch_.assign(route_scratch, 0.f);
+    route_scratch_ = 1;
+    for (const auto& r : routers_) route_scratch_ = std::max(route_scratch_, r.k + r.p);
+    states_.clear();
     ready_ = true;
   }
 
@@ -339,6 +345,13 @@ class DecodeStep {
     const int threads = std::max(1, at::get_num_threads());
     const int64_t scratch = std::min<int64_t>(8, heads_ / kv_heads_) * max_len_;  // per thread
     if (static_cast<int64_t>(scores_.size()) < threads * scratch) scores_.assign(threads * scratch, 0.f);
+    while (static_cast<int>(states_.size()) < threads) {
+      ThreadState st;
+      st.xn.resize(hidden_);
+      st.labels.assign(routers_.size(), 0);
+      st.scratch.assign(route_scratch_, 0.f);
+      states_.push_back(std::move(st));
+    }
     const double start = profile_ ? cpu_seconds() : 0;
     {
       pybind11::gil_scoped_release release;
@@ -401,8 +414,7 @@ class DecodeStep {
 #endif
   }
 
-  int64_t route(const RouterDesc& r, const float* x) {
-    float* score = route_scratch_.data();
+  static int64_t route(const RouterDesc& r, const float* x, float* score) {
     if (r.folded) {
       std::copy(r.bias, r.bias + r.k, score);
       for (int64_t i = 0; i < r.in; ++i) {
@@ -430,13 +442,13 @@ class DecodeStep {
     return best;
   }
 
-  // Route every linear of a phase that has a router (a shared router once), on thread 0.
-  void route_for(std::initializer_list<int> ids, const Vec& x) {
+  // Route every linear of a phase that has a router (a shared router once), into the thread's state.
+  void route_for(std::initializer_list<int> ids, const Vec& x, ThreadState& st) const {
     int last = -1;
     for (int id : ids) {
       const int r = linears_[id].router;
       if (r < 0 || r == last) continue;
-      labels_[r] = route(routers_[r], x.f.data());
+      st.labels[r] = route(routers_[r], x.f.data(), st.scratch.data());
       last = r;
     }
   }
@@ -458,9 +470,9 @@ class DecodeStep {
   }
 
   // y[r0:r1] = W x (+ bias), W the linear's weight or its routed expert's.
-  void run_linear(const LinearDesc& L, const Vec& x, float* y, int64_t r0, int64_t r1) const {
+  void run_linear(const LinearDesc& L, const Vec& x, float* y, int64_t r0, int64_t r1, const ThreadState& st) const {
     if (r0 >= r1 || mode_ == kNoLinears) return;
-    const int64_t e = L.router >= 0 ? labels_[L.router] : 0;
+    const int64_t e = L.router >= 0 ? st.labels[L.router] : 0;
     switch (L.kind) {
       case kDense: {
         if (L.vtype == kF32) {
@@ -510,11 +522,11 @@ class DecodeStep {
       for (int64_t r = r0; r < r1; ++r) y[r] += L.bias[r];
   }
 
-  void linear_part(int id, const Vec& x, float* y, int t, int T) const {
+  void linear_part(int id, const Vec& x, float* y, int t, int T, const ThreadState& st, int64_t align = 16) const {
     const LinearDesc& L = linears_[id];
     int64_t lo, hi;
-    split(L.rows, t, T, 16, &lo, &hi);
-    run_linear(L, x, y, lo, hi);
+    split(L.rows, t, T, align, &lo, &hi);
+    run_linear(L, x, y, lo, hi, st);
   }
 
   // Rotary embedding of `heads` vectors of head_dim at position pos (Hugging Face's rotate_half).
@@ -574,6 +586,9 @@ class DecodeStep {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
   }
 
+  // Barriers: after the embedding, then five a layer (after q/k/v, attention, o, gate/up, down).
+  // Rows of q, k and v are split by whole heads, so the thread that computed a head also rotates it
+  // (and stores k and v in the cache); norms and routes are computed by every thread for itself.
   void body(int64_t token, int64_t pos, int t, int T) {
     const bool timing = profile_ && t == 0;
     double linear = 0, attention = 0, mark = 0;
@@ -584,33 +599,38 @@ class DecodeStep {
       if (timing) into += cpu_seconds() - mark;
     };
     const bool all = mode_ != kLinearsOnly;
-    if (t == 0 && all) {
+    ThreadState& st = states_[t];
+    int64_t lo, hi;
+    split(hidden_, t, T, 16, &lo, &hi);
+    if (all) {
       if (embed_vtype_ == kF32) {
         const float* row = static_cast<const float*>(embed_) + token * hidden_;
-        std::copy(row, row + hidden_, h_.begin());
+        std::copy(row + lo, row + hi, h_.begin() + lo);
       } else {
         const uint16_t* row = static_cast<const uint16_t*>(embed_) + token * hidden_;
-        for (int64_t i = 0; i < hidden_; ++i) h_[i] = from_bf16(row[i]);
+        for (int64_t i = lo; i < hi; ++i) h_[i] = from_bf16(row[i]);
       }
     }
+    barrier(T);
     float* scores = scores_.data() + t * std::min<int64_t>(8, heads_ / kv_heads_) * max_len_;
     for (int64_t l = 0; l < layers_; ++l) {
       const LayerDesc& L = layer_descs_[l];
-      if (t == 0 && all) {
-        rmsnorm(L.input_norm, xn_);
-        route_for({L.q, L.k, L.v}, xn_);
+      if (all) {
+        rmsnorm(L.input_norm, st.xn);
+        route_for({L.q, L.k, L.v}, st.xn, st);
       }
-      barrier(T);
       begin();
-      linear_part(L.q, xn_, q_.data(), t, T);
-      linear_part(L.k, xn_, k_.data(), t, T);
-      linear_part(L.v, xn_, v_.data(), t, T);
-      barrier(T);
+      linear_part(L.q, st.xn, q_.data(), t, T, st, head_dim_);
+      linear_part(L.k, st.xn, k_.data(), t, T, st, head_dim_);
+      linear_part(L.v, st.xn, v_.data(), t, T, st, head_dim_);
       end(linear);
-      if (t == 0 && all) {
-        rotate(q_.data(), heads_, pos);
-        rotate(k_.data(), kv_heads_, pos);
-        for (int64_t g = 0; g < kv_heads_; ++g) {
+      if (all) {
+        int64_t q0, q1, k0, k1;
+        split(heads_ * head_dim_, t, T, head_dim_, &q0, &q1);
+        split(kv_heads_ * head_dim_, t, T, head_dim_, &k0, &k1);
+        rotate(q_.data() + q0, (q1 - q0) / head_dim_, pos);
+        rotate(k_.data() + k0, (k1 - k0) / head_dim_, pos);
+        for (int64_t g = k0 / head_dim_; g < k1 / head_dim_; ++g) {
           const int64_t at = ((l * kv_heads_ + g) * max_len_ + pos) * head_dim_;
           std::copy(k_.begin() + g * head_dim_, k_.begin() + (g + 1) * head_dim_, kc_ + at);
           std::copy(v_.begin() + g * head_dim_, v_.begin() + (g + 1) * head_dim_, vc_ + at);
@@ -618,66 +638,50 @@ class DecodeStep {
       }
       barrier(T);
       begin();
-      {
-        int64_t lo, hi;
-        split(heads_, t, T, 1, &lo, &hi);
-        if (all) attention_heads(l, lo, hi, pos, scores);
+      if (all) {
+        int64_t h0, h1;
+        split(heads_, t, T, 1, &h0, &h1);
+        attention_heads(l, h0, h1, pos, scores);
+        round_inputs(attn_, h0 * head_dim_, h1 * head_dim_);
       }
       barrier(T);
       end(attention);
-      if (t == 0 && all) {
-        round_inputs(attn_, 0, heads_ * head_dim_);
-        route_for({L.o}, attn_);
-      }
-      barrier(T);
+      if (all) route_for({L.o}, attn_, st);
       begin();
-      {
-        int64_t lo, hi;
-        split(hidden_, t, T, 16, &lo, &hi);
-        run_linear(linears_[L.o], attn_, tmp_.data(), lo, hi);
-        for (int64_t r = lo; r < hi; ++r) h_[r] += tmp_[r];
-      }
+      run_linear(linears_[L.o], attn_, tmp_.data(), lo, hi, st);
+      for (int64_t r = lo; r < hi; ++r) h_[r] += tmp_[r];
       barrier(T);
       end(linear);
-      if (t == 0 && all) {
-        rmsnorm(L.post_norm, xn_);
-        route_for({L.gate, L.up}, xn_);
+      if (all) {
+        rmsnorm(L.post_norm, st.xn);
+        route_for({L.gate, L.up}, st.xn, st);
       }
-      barrier(T);
       begin();
       {
         const int64_t inter = linears_[L.gate].rows;
-        int64_t lo, hi;
-        split(inter, t, T, 16, &lo, &hi);
-        run_linear(linears_[L.gate], xn_, tmp_.data(), lo, hi);
-        run_linear(linears_[L.up], xn_, up_.data(), lo, hi);
+        int64_t g0, g1;
+        split(inter, t, T, 16, &g0, &g1);
+        run_linear(linears_[L.gate], st.xn, tmp_.data(), g0, g1, st);
+        run_linear(linears_[L.up], st.xn, up_.data(), g0, g1, st);
         float* a = act_.f.data();
-        for (int64_t r = lo; r < hi; ++r) a[r] = tmp_[r] / (1.0f + std::exp(-tmp_[r])) * up_[r];
-        round_inputs(act_, lo, hi);
+        for (int64_t r = g0; r < g1; ++r) a[r] = tmp_[r] / (1.0f + std::exp(-tmp_[r])) * up_[r];
+        round_inputs(act_, g0, g1);
       }
       barrier(T);
       end(linear);
-      if (linears_[L.down].router >= 0) {
-        if (t == 0 && all) route_for({L.down}, act_);
-        barrier(T);
-      }
+      if (all) route_for({L.down}, act_, st);
       begin();
-      {
-        int64_t lo, hi;
-        split(hidden_, t, T, 16, &lo, &hi);
-        run_linear(linears_[L.down], act_, tmp_.data(), lo, hi);
-        for (int64_t r = lo; r < hi; ++r) h_[r] += tmp_[r];
-      }
+      run_linear(linears_[L.down], act_, tmp_.data(), lo, hi, st);
+      for (int64_t r = lo; r < hi; ++r) h_[r] += tmp_[r];
       barrier(T);
       end(linear);
     }
-    if (t == 0 && all) {
-      rmsnorm(final_norm_, xn_);
-      route_for({lm_head_}, xn_);
+    if (all) {
+      rmsnorm(final_norm_, st.xn);
+      route_for({lm_head_}, st.xn, st);
     }
-    barrier(T);
     begin();
-    linear_part(lm_head_, xn_, logits_ptr_, t, T);
+    linear_part(lm_head_, st.xn, logits_ptr_, t, T, st);
     barrier(T);
     end(linear);
     if (timing) {
@@ -705,9 +709,10 @@ class DecodeStep {
   float *kc_ = nullptr, *vc_ = nullptr;
   torch::Tensor logits_;
   float* logits_ptr_ = nullptr;
-  std::vector<float> h_, q_, k_, v_, tmp_, up_, scores_, route_scratch_;
-  Vec xn_, attn_, act_;
-  std::vector<int64_t> labels_;
+  std::vector<float> h_, q_, k_, v_, tmp_, up_, scores_;
+  Vec attn_, act_;
+  std::vector<ThreadState> states_;
+  int64_t route_scratch_ = 1;
   enum Mode { kAll, kLinearsOnly, kNoLinears };
   Mode mode_ = kAll;
   bool ready_ = false, profile_ = false;
