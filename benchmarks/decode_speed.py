@@ -24,7 +24,7 @@ Prompts are the first 64 and 512 tokens of shakespeare:test. The model folders a
 `decode.generate(path=...)`: "fast" is the C++ decode step, "hf" Hugging Face `generate` on the same
 modules. A fast worker also splits one decode step's CPU time: 127 steps after the 64-token prompt
 (with the Python loop around them), then the same 127 steps' linears alone
-(`DecodeStep.partial(..., without_linears=False)`) and everything but the linears at position 127
+(`FastDecoder.partial(..., without_linears=False)`) and everything but the linears at position 127
 (attention, norms, rotary, routing, residuals); "outside" = whole step - linears alone.
 
     python benchmarks/decode_speed.py --paths fast hf --runs 3 --threads 1 2 \
@@ -89,10 +89,10 @@ def step_split(model, prompt) -> dict:
         token = int(decoder.step(token, pos).argmax())
     whole = time.process_time() - start
     start = time.process_time()
-    decoder._built.step.partial(steps, False, 0)
+    decoder.partial(steps, False)
     linears = time.process_time() - start
     start = time.process_time()
-    decoder._built.step.partial(steps, True, PROMPT + NEW // 2 - 1)  # the mean position of the decode
+    decoder.partial(steps, True, PROMPT + NEW // 2 - 1)  # the mean position of the decode
     rest = time.process_time() - start
     ms = 1e3 / steps
     return {"step_cpu_ms": whole * ms, "linears_cpu_ms": linears * ms, "outside_cpu_ms": (whole - linears) * ms,

@@ -193,6 +193,11 @@ class FastDecoder:
     def step(self, token: int, pos: int) -> torch.Tensor:
         return self._built.step.step(token, pos)
 
+    def partial(self, repeats: int, without_linears: bool, pos: int = 0) -> None:
+        """Repeat only the linears of the last step (on its inputs and routes), or everything but them
+        at position pos: what benchmarks/decode_speed.py times to split a step's cost."""
+        self._built.step.partial(repeats, without_linears, pos)
+
     def profile(self, on: bool | None = None) -> tuple[int, float, float, float]:
         """(steps, CPU seconds in them, of those in the weight kernels, of those in attention) since
         profiling was switched on with `profile(True)`: the CPU clock of the calling thread (thread 0
