@@ -20,6 +20,17 @@ Prompts are the first 64 and 512 tokens of shakespeare:test. The model folders a
     sparse-expansion expand smollm2-135m --experts 4 --sparsity 2:4 --out runs/se4-24
     sparse-expansion expand smollm2-135m --experts 16 --sparsity 2:4 --out runs/se16-24
 
+**Fast decode step against Hugging Face** (`--paths fast hf`, issue 20): the same timings through
+`decode.generate(path=...)`: "fast" is the C++ decode step, "hf" Hugging Face `generate` on the same
+modules. A fast worker also splits one decode step's CPU time: 127 steps after the 64-token prompt
+(with the Python loop around them), then the same 127 steps' linears alone
+(`FastDecoder.partial(..., without_linears=False)`) and everything but the linears at position 127
+(attention, norms, rotary, routing, residuals); "outside" = whole step - linears alone.
+
+    python benchmarks/decode_speed.py --paths fast hf --runs 3 --threads 1 2 \
+        --variants "dense fp32" "dense bf16" "SparseGPT 70% bf16" "SE-16 70% bf16" --out runs/fast.jsonl
+    python benchmarks/decode_speed.py --fast-summary runs/fast.jsonl
+
 The summary gives medians: with 1 thread of CPU time (immune to being descheduled by other jobs)
 and of wall time; ratios are to dense fp32, to dense bf16 as torch runs it, and to dense bf16 with
 its linears on the C++ bfloat16 decode kernel (kernels.DecodeLinear, what `--weights auto` gives a
@@ -59,16 +70,44 @@ VARIANTS = {
     "SE-4 2:4 bf16": ("runs/se4-24", "bfloat16", "compressed"),
     "SE-16 2:4 fp32": ("runs/se16-24", "float32", "compressed"),
     "SE-16 2:4 bf16": ("runs/se16-24", "bfloat16", "compressed"),
+    # speed-only stand-ins (benchmarks/speed_standin.py; prune --method magnitude): the format, sparsity
+    # and routes of the real folders, made in minutes on a busy machine; their perplexity means nothing
+    "magnitude 70% bf16": ("runs/mag70", "bfloat16", "compressed"),
+    "SE-16 70% bf16 (stand-in)": ("runs/se16-70-standin", "bfloat16", "compressed"),
 }
 PROMPT, NEW, PREFILL = 64, 128, 512
 
 
-def worker(model_name: str, dtype_name: str, weights: str, threads: int) -> dict:
+def step_split(model, prompt) -> dict:
+    """CPU ms per token of the fast step: whole (with the Python loop), its linears alone, all but them."""
+    from sparse_expansion.decode import FastDecoder
+
+    decoder = FastDecoder(model, PROMPT + NEW)
+    token, steps = int(decoder.prefill(prompt).argmax()), NEW - 1
+    start = time.process_time()
+    for pos in range(PROMPT, PROMPT + steps):
+        token = int(decoder.step(token, pos).argmax())
+    whole = time.process_time() - start
+    start = time.process_time()
+    decoder.partial(steps, False)
+    linears = time.process_time() - start
+    start = time.process_time()
+    decoder.partial(steps, True, PROMPT + NEW // 2 - 1)  # the mean position of the decode
+    rest = time.process_time() - start
+    ms = 1e3 / steps
+    return {"step_cpu_ms": whole * ms, "linears_cpu_ms": linears * ms, "outside_cpu_ms": (whole - linears) * ms,
+            "no_linears_cpu_ms": rest * ms}
+
+
+def worker(model_name: str, dtype_name: str, weights: str, threads: int, paths: tuple[str, ...] = ("hf",),
+           rounds: int = 1) -> list[dict]:
+    """One row per (round, path): the paths alternate inside the process, rounds times (the model is
+    loaded once; on a busy machine loading costs more than the timings)."""
     import torch
 
     torch.set_num_threads(threads)
-    from sparse_expansion.commands.generate import timed_generate
     from sparse_expansion.data import corpus_tokens
+    from sparse_expansion.decode import generate
     from sparse_expansion.kernels import ops
     from sparse_expansion.models import load_causal_lm
     from sparse_expansion.resources import peak_rss_mb, rss_mb
@@ -81,17 +120,27 @@ def worker(model_name: str, dtype_name: str, weights: str, threads: int) -> dict
     tokens = corpus_tokens("shakespeare:test", tokenizer)
     short, long = tokens[:PROMPT].reshape(1, -1), tokens[:PREFILL].reshape(1, -1)
     pad = tokenizer.eos_token_id
-    timed_generate(model, short, 4, pad_token_id=pad, ignore_eos=True)  # warm-up
-    decode = timed_generate(model, short, NEW, pad_token_id=pad, ignore_eos=True)
-    prefill = timed_generate(model, long, 1, pad_token_id=pad, ignore_eos=True)
     in_memory = weights_in_memory(model)
-    return {"model": model_name, "dtype": dtype_name, "weights": in_memory, "threads": threads,
-            "kernels": ops.backend() if in_memory == "compressed" else None, "load_seconds": load_seconds,
-            "loaded_rss_mb": loaded, "peak_rss_mb": peak_rss_mb(), "new_tokens": decode["new_tokens"],
-            "decode_tokens_per_second": decode["decode_tokens_per_second"],
-            "decode_tokens_per_cpu_second": decode["decode_tokens_per_cpu_second"],
-            "prefill_seconds": prefill["prefill_seconds"], "prefill_cpu_seconds": prefill["prefill_cpu_seconds"],
-            "text_head": decode["new_ids"][:8].tolist()}
+    rows = []
+    for path in paths:
+        generate(model, short, 4, path=path, pad_token_id=pad, ignore_eos=True)  # warm-up
+    for inner in range(rounds):
+        for path in paths if inner % 2 == 0 else paths[::-1]:
+            decode = generate(model, short, NEW, path=path, pad_token_id=pad, ignore_eos=True)
+            prefill = generate(model, long, 1, path=path, pad_token_id=pad, ignore_eos=True) if inner == 0 else None
+            split = step_split(model, short) if decode["decode_path"] == "fast" else {}
+            rows.append({
+                "model": model_name, "dtype": dtype_name, "weights": in_memory, "threads": threads,
+                "inner_round": inner,
+                "decode_path": decode["decode_path"], **split,
+                "kernels": ops.backend() if in_memory == "compressed" else None, "load_seconds": load_seconds,
+                "loaded_rss_mb": loaded, "peak_rss_mb": peak_rss_mb(), "new_tokens": decode["new_tokens"],
+                "decode_tokens_per_second": decode["decode_tokens_per_second"],
+                "decode_tokens_per_cpu_second": decode["decode_tokens_per_cpu_second"],
+                "prefill_seconds": prefill["prefill_seconds"] if prefill else None,
+                "prefill_cpu_seconds": prefill["prefill_cpu_seconds"] if prefill else None,
+                "text_head": decode["new_ids"][:8].tolist()})
+    return rows
 
 
 def cpu_ms(fn, repeats: int = 7) -> float:
@@ -141,15 +190,15 @@ def step_parts(model_name: str, dtype_name: str, weights: str, repeats: int = 7)
     return parts
 
 
-def run_worker(name: str, threads: int) -> dict:
-    model, dtype, weights = VARIANTS[name]
+def run_worker(name: str, threads: int, paths: tuple[str, ...] = ("hf",), rounds: int = 1) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, __file__, "--worker", name, "--threads", str(threads)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([sys.executable, __file__, "--worker", name, "--threads", str(threads), "--paths", *paths,
+                           "--inner-rounds", str(rounds)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=3600)
     if done.returncode != 0:
-        raise RuntimeError(f"{name} ({threads} threads) failed:\n{done.stderr[-2000:]}")
-    return {"variant": name, **json.loads(done.stdout.strip().splitlines()[-1])}
+        raise RuntimeError(f"{name} ({threads} threads, {paths}) failed:\n{done.stderr[-2000:]}")
+    return [{"variant": name, **row} for row in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
 def machine() -> str:
@@ -206,6 +255,49 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def fast_summary(rows: list[dict]) -> str:
+    """Fast step against Hugging Face per variant: medians of process-CPU tok/s (1 thread) and wall
+    tok/s, the step's CPU split, and the 2-thread / 1-thread wall ratio of each path."""
+    by: dict[tuple, list[dict]] = {}
+    for row in rows:
+        by.setdefault((row["variant"], row.get("decode_path", "hf"), row["threads"]), []).append(row)
+
+    def med(key: tuple, field: str) -> float | None:
+        values = [r[field] for r in by.get(key, []) if r.get(field) is not None]
+        return statistics.median(values) if values else None
+
+    def cell(value: float | None, fmt: str = "{:.1f}") -> str:
+        return "-" if value is None else fmt.format(value)
+
+    lines = []
+    for threads in sorted({k[2] for k in by}):
+        lines += [f"**{threads} thread{'s' if threads > 1 else ''}** (medians of "
+                  f"{min(len(v) for k, v in by.items() if k[2] == threads)}+ runs)", "",
+                  "| variant | hf tok/s (CPU) | fast tok/s (CPU) | fast / hf | hf tok/s (wall) | fast tok/s (wall) "
+                  "| fast step ms (CPU) | linears alone ms | outside ms | all but linears ms |", "|---" * 10 + "|"]
+        for name in dict.fromkeys(k[0] for k in by):
+            hf, fast = (name, "hf", threads), (name, "fast", threads)
+            if hf not in by and fast not in by:
+                continue
+            hf_cpu, fast_cpu = med(hf, "decode_tokens_per_cpu_second"), med(fast, "decode_tokens_per_cpu_second")
+            cells = [cell(hf_cpu), cell(fast_cpu), cell(fast_cpu / hf_cpu if hf_cpu and fast_cpu else None, "{:.2f}x"),
+                     cell(med(hf, "decode_tokens_per_second")), cell(med(fast, "decode_tokens_per_second"))]
+            cells += [cell(med(fast, f), "{:.2f}") for f in ("step_cpu_ms", "linears_cpu_ms", "outside_cpu_ms",
+                                                            "no_linears_cpu_ms")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if len({k[2] for k in by}) > 1:
+        lines += ["**2 threads / 1 thread** (wall tok/s)", "", "| variant | hf | fast |", "|---|---|---|"]
+        for name in dict.fromkeys(k[0] for k in by):
+            ratios = []
+            for path in ("hf", "fast"):
+                one, two = (med((name, path, t), "decode_tokens_per_second") for t in (1, 2))
+                ratios.append(cell(two / one if one and two else None, "{:.2f}x"))
+            lines.append(f"| {name} | {ratios[0]} | {ratios[1]} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
@@ -213,12 +305,20 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="names from VARIANTS")
     parser.add_argument("--out", type=Path, default=HERE / "decode_speed.jsonl", help="raw rows, appended")
     parser.add_argument("--summary", type=Path, help="only print the tables of an earlier --out file")
+    parser.add_argument("--paths", nargs="+", default=["hf"], choices=("fast", "hf"),
+                        help="decode paths to time (decode.generate(path=...)); default hf, as before issue 20")
+    parser.add_argument("--fast-summary", type=Path, help="only print the fast-vs-hf tables of an earlier --out file")
+    parser.add_argument("--same-process", type=int, default=0, metavar="N",
+                        help="time all --paths in one process per (variant, threads), alternating N times "
+                             "(instead of one process per path)")
+    parser.add_argument("--inner-rounds", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--parts", action="store_true",
                         help="instead: where one decode step's time goes, per variant (1 thread, CPU ms)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = step_parts(*VARIANTS[args.worker]) if args.parts else worker(*VARIANTS[args.worker], args.threads[0])
+        result = (step_parts(*VARIANTS[args.worker]) if args.parts
+                  else worker(*VARIANTS[args.worker], args.threads[0], tuple(args.paths), args.inner_rounds))
         print(json.dumps(result))
         return
     if args.parts:
@@ -237,6 +337,9 @@ def main() -> None:
     if args.summary:
         print(summary([json.loads(line) for line in args.summary.read_text().splitlines() if line.strip()]))
         return
+    if args.fast_summary:
+        print(fast_summary([json.loads(line) for line in args.fast_summary.read_text().splitlines() if line.strip()]))
+        return
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}")
@@ -246,20 +349,23 @@ def main() -> None:
             parser.error(f"{folder} is missing: make it first (see the module docstring)")
     print(f"# {machine()}; load before: {load()}", file=sys.stderr)
     rows = []
-    pairs = [(name, t) for t in args.threads for name in args.variants]
+    groups = [tuple(args.paths)] if args.same_process else [(path,) for path in args.paths]
+    pairs = [(name, t, paths) for t in args.threads for name in args.variants for paths in groups]
     with args.out.open("a") as raw:
         for run in range(args.runs):
             shift = run % len(pairs)
-            for name, threads in pairs[shift:] + pairs[:shift]:
-                row = {**run_worker(name, threads), "run": run, "load_average": load(), "time": time.time()}
-                raw.write(json.dumps(row) + "\n")
-                raw.flush()
-                rows.append(row)
-                print(f"run {run} {name} {threads}t: {row['decode_tokens_per_cpu_second']:.1f} tok/cpu-s, "
-                      f"{row['decode_tokens_per_second']:.1f} tok/s, prefill {row['prefill_seconds']:.2f} s, "
-                      f"load {row['load_average']}", file=sys.stderr, flush=True)
+            for name, threads, paths in pairs[shift:] + pairs[:shift]:
+                for result in run_worker(name, threads, paths, max(args.same_process, 1)):
+                    row = {**result, "run": run, "load_average": load(), "time": time.time()}
+                    raw.write(json.dumps(row) + "\n")
+                    raw.flush()
+                    rows.append(row)
+                    print(f"run {run} {name} {threads}t {row['decode_path']}: "
+                          f"{row['decode_tokens_per_cpu_second']:.1f} tok/cpu-s, "
+                          f"{row['decode_tokens_per_second']:.1f} tok/s, outside {row.get('outside_cpu_ms')}, "
+                          f"load {row['load_average']}", file=sys.stderr, flush=True)
     print(f"# load after: {load()}", file=sys.stderr)
-    print(summary(rows))
+    print(fast_summary(rows) if args.paths != ["hf"] else summary(rows))
 
 
 if __name__ == "__main__":

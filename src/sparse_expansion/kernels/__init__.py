@@ -4,7 +4,9 @@ formats.py  pure pack/unpack functions and the tensor layouts (read its docstrin
 build.py    compiles csrc/ once per machine and caches it, or says why it cannot;
 ops.py      the ops, dispatched to AVX2, scalar C++ or pure torch;
 linear.py   CompressedLinear (an nn.Linear stand-in), CompressedExperts (routed experts) and
-            DecodeLinear (a dense bfloat16 linear with a C++ decode path).
+            DecodeLinear (a dense bfloat16 linear with a C++ decode path);
+csrc/decode_step.cpp  the whole-model decode step of a Llama-family model, one call per token, over
+            these kernels (decode.py builds it from a loaded model).
 """
 
 from .formats import CompressedWeight, choose_format, compress, decompress

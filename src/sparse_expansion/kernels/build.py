@@ -30,8 +30,8 @@ from types import ModuleType
 import torch
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("ops.cpp", "scalar.cpp", "avx2.cpp", "avx512.cpp")
-HEADERS = ("sparse.h",)
+SOURCES = ("ops.cpp", "scalar.cpp", "avx2.cpp", "avx512.cpp", "decode_step.cpp", "step_kernels.cpp")
+HEADERS = ("sparse.h", "step.h")
 # OpenMP makes at::parallel_for (inlined from torch's headers) actually parallel; the library
 # then shares torch's own OpenMP runtime, so torch.set_num_threads applies.
 _OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]

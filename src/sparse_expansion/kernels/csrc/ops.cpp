@@ -396,6 +396,8 @@ torch::Tensor route(const torch::Tensor& x_in, const torch::Tensor& bias, const 
   return labels;
 }
 
+void register_decode_step(pybind11::module_& m);  // decode_step.cpp
+
 }  // namespace se
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -409,4 +411,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("route", &se::route, "argmin over k of bias + x @ matrix, per token (a folded router)");
   m.def("bitmask_unpack", &se::bitmask_unpack, "bitmask W -> dense fp32 [rows, in]");
   m.def("nm_unpack", &se::nm_unpack, "N:M W -> dense fp32 [rows, in]");
+  se::register_decode_step(m);
 }

@@ -1,0 +1,746 @@
+// One decode step of a Llama-family decoder (Llama, Mistral, Qwen2, SmolLM2) for one token, in one
+// call: embedding, per layer RMSNorm -> q/k/v -> rotary -> GQA attention over a preallocated KV
+// cache -> o -> residual -> RMSNorm -> gate/up -> SiLU * up -> down -> residual, then the final norm
+// and the LM head. Python (sparse_expansion/decode.py) builds it once from a loaded model, sharing
+// the model's tensors, and calls it once per token: no torch dispatch, no Python, no allocation
+// inside a step.
+//
+// Every linear is a descriptor (LinearDesc): its kind (dense, bitmask, N:M), the value type of
+// sparse.h, the tensors, and optionally a router (SparseExpertLinear: the token's expert is chosen
+// once per router and step, so gate and up, which share one, route once). A new value type (int8,
+// int4) is one more case in run_linear plus its add_* method.
+//
+// Threads: one OpenMP parallel region per step (the team is torch's, so torch.set_num_threads
+// applies); inside it, phases separated by barriers, every linear's rows split evenly over the
+// threads, attention split by query heads, norms and routing on thread 0. The residual adds and the
+// SiLU gate are done by the thread that computed those rows, so they need no barrier of their own.
+#include <torch/extension.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <time.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "sparse.h"
+#include "step.h"
+
+namespace se {
+namespace {
+
+enum LinearKind : int { kDense = 0, kBitmask = 1, kNM = 2 };
+
+struct LinearDesc {
+  int kind = kDense;
+  int vtype = kF32;
+  int64_t rows = 0, in = 0, experts = 1;
+  int router = -1;               // index into DecodeStep::routers_, -1 when not routed
+  const void* values = nullptr;  // dense weight [experts, rows, in] or compressed values
+  int64_t values_len = 0;
+  const uint8_t* index = nullptr;     // bitmask mask / N:M indices
+  const int64_t* offsets = nullptr;   // bitmask row offsets
+  int64_t row_bytes = 0;              // bitmask
+  int64_t n = 0, m = 0, per_row = 0, index_bytes = 0;  // N:M
+  const float* bias = nullptr;
+};
+
+// A folded router scores argmin_j bias[j] + x . matrix[:, j] (ops.cpp `route`, the same loop order,
+// so the step routes exactly as a module does); an unfolded one projects onto the PCA components and
+// takes the nearest centroid.
+struct RouterDesc {
+  bool folded = true;
+  int64_t in = 0, k = 0, p = 0;
+  const float* bias = nullptr;
+  const float* matrix = nullptr;
+  const float* mean = nullptr;
+  const float* components = nullptr;
+  const float* centroids = nullptr;
+  std::vector<float> c2;  // |c|^2 of every centroid (unfolded)
+};
+
+int value_type_of(const torch::Tensor& t) {
+  switch (t.scalar_type()) {
+    case torch::kFloat: return kF32;
+    case torch::kHalf: return kF16;
+    case torch::kBFloat16: return kBF16;
+    default: TORCH_CHECK(false, "values must be float32, float16 or bfloat16, got ", t.scalar_type());
+  }
+}
+
+void check_cpu(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), name, " must be a contiguous CPU tensor");
+}
+
+const float* f32_ptr(const torch::Tensor& t, const char* name) {
+  check_cpu(t, name);
+  TORCH_CHECK(t.scalar_type() == torch::kFloat, name, " must be float32");
+  return t.data_ptr<float>();
+}
+
+inline uint16_t to_bf16(float f) {  // round to nearest even, as torch's conversion
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // NaN stays NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+inline float from_bf16(uint16_t h) {
+  const uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// The rows [lo, hi) of n that thread t of T takes: blocks of `align` rows, so no two threads write
+// into one cache line of the output.
+inline void split(int64_t n, int t, int T, int64_t align, int64_t* lo, int64_t* hi) {
+  const int64_t blocks = (n + align - 1) / align;
+  *lo = std::min(n, blocks * t / T * align);
+  *hi = std::min(n, blocks * (t + 1) / T * align);
+}
+
+// An activation vector in float32 and, for bfloat16 models, the same values as bfloat16 bits (the
+// AVX512-BF16 kernels read those). In a bfloat16 model the float32 copy is rounded too, so every
+// kernel sees the inputs the Hugging Face forward would give it.
+struct Vec {
+  std::vector<float> f;
+  std::vector<uint16_t> h;
+  void resize(int64_t n) {
+    f.assign(n, 0.f);
+    h.assign(n, 0);
+  }
+};
+
+// What each thread keeps for itself: the normed input (every thread norms and routes redundantly,
+// which costs less than a barrier), the routes it computed and their scratch.
+struct ThreadState {
+  Vec xn;
+  std::vector<int64_t> labels;
+  std::vector<float> scratch;
+};
+
+struct LayerDesc {
+  const float* input_norm = nullptr;
+  const float* post_norm = nullptr;
+  int q = -1, k = -1, v = -1, o = -1, gate = -1, up = -1, down = -1;
+};
+
+class DecodeStep {
+ public:
+  DecodeStep(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t layers, double eps,
+             double scaling, bool act_bf16, int64_t level)
+      : hidden_(hidden), heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim), eps_(static_cast<float>(eps)),
+        scaling_(static_cast<float>(scaling)), act_bf16_(act_bf16), level_(static_cast<int>(level)),
+        bf16dot_(level >= 2 && avx512bf16_supported()), layers_(layers) {
+    TORCH_CHECK(hidden > 0 && heads > 0 && kv_heads > 0 && heads % kv_heads == 0 && head_dim > 0 && head_dim % 2 == 0,
+                "bad attention shape: ", heads, " heads, ", kv_heads, " kv heads, head_dim ", head_dim);
+  }
+
+  // --- building ------------------------------------------------------------------------------
+  int64_t add_router_folded(const torch::Tensor& bias, const torch::Tensor& matrix) {
+    RouterDesc r;
+    r.folded = true;
+    r.bias = f32_ptr(bias, "router bias");
+    r.matrix = f32_ptr(matrix, "router matrix");
+    TORCH_CHECK(matrix.dim() == 2 && bias.numel() == matrix.size(1), "router matrix must be [in, k], bias [k]");
+    r.in = matrix.size(0);
+    r.k = matrix.size(1);
+    keep_.push_back(bias);
+    keep_.push_back(matrix);
+    routers_.push_back(std::move(r));
+    return static_cast<int64_t>(routers_.size()) - 1;
+  }
+
+  int64_t add_router(const torch::Tensor& mean, const torch::Tensor& components, const torch::Tensor& centroids) {
+    RouterDesc r;
+    r.folded = false;
+    r.mean = f32_ptr(mean, "router mean");
+    r.components = f32_ptr(components, "router components");
+    r.centroids = f32_ptr(centroids, "router centroids");
+    TORCH_CHECK(components.dim() == 2 && centroids.dim() == 2 && components.size(1) == centroids.size(1) &&
+                    mean.numel() == components.size(0),
+                "router buffers must be mean [in], components [in, p], centroids [k, p]");
+    r.in = components.size(0);
+    r.p = components.size(1);
+    r.k = centroids.size(0);
+    r.c2.assign(r.k, 0.f);
+    for (int64_t c = 0; c < r.k; ++c)
+      for (int64_t j = 0; j < r.p; ++j) r.c2[c] += r.centroids[c * r.p + j] * r.centroids[c * r.p + j];
+    keep_.push_back(mean);
+    keep_.push_back(components);
+    keep_.push_back(centroids);
+    routers_.push_back(std::move(r));
+    return static_cast<int64_t>(routers_.size()) - 1;
+  }
+
+  // A dense weight [rows, in], or [experts, rows, in] behind a router; float32 or bfloat16.
+  int64_t add_dense(const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias, int64_t router) {
+    check_cpu(weight, "weight");
+    TORCH_CHECK(weight.dim() == 2 || weight.dim() == 3, "dense weight must be [rows, in] or [experts, rows, in]");
+    LinearDesc d;
+    d.kind = kDense;
+    d.vtype = value_type_of(weight);
+    TORCH_CHECK(d.vtype != kF16, "dense float16 weights are not supported by the decode step");
+    d.experts = weight.dim() == 3 ? weight.size(0) : 1;
+    d.rows = weight.size(-2);
+    d.in = weight.size(-1);
+    d.values = weight.data_ptr();
+    keep_.push_back(weight);
+    return finish(d, bias, router);
+  }
+
+  int64_t add_bitmask(const torch::Tensor& values, const torch::Tensor& mask, const torch::Tensor& offsets,
+                      int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias, int64_t router) {
+    check_cpu(values, "values");
+    check_cpu(mask, "mask");
+    check_cpu(offsets, "row_offsets");
+    TORCH_CHECK(mask.scalar_type() == torch::kByte && mask.size(-1) == (in + 7) / 8, "mask must be uint8 [.., ",
+                (in + 7) / 8, "]");
+    TORCH_CHECK(offsets.scalar_type() == torch::kLong && offsets.numel() == mask.numel() / mask.size(-1) + 1 &&
+                    offsets.data_ptr<int64_t>()[offsets.numel() - 1] == values.numel(),
+                "row_offsets must be int64 [rows + 1] ending at the number of values");
+    const int64_t total = offsets.numel() - 1;
+    TORCH_CHECK(experts > 0 && total % experts == 0, total, " rows do not split into ", experts, " experts");
+    LinearDesc d;
+    d.kind = kBitmask;
+    d.vtype = value_type_of(values);
+    d.experts = experts;
+    d.rows = total / experts;
+    d.in = in;
+    d.values = values.data_ptr();
+    d.values_len = values.numel();
+    d.index = mask.data_ptr<uint8_t>();
+    d.offsets = offsets.data_ptr<int64_t>();
+    d.row_bytes = mask.size(-1);
+    keep_.insert(keep_.end(), {values, mask, offsets});
+    return finish(d, bias, router);
+  }
+
+  int64_t add_nm(const torch::Tensor& values, const torch::Tensor& indices, int64_t n, int64_t m, int64_t experts,
+                 int64_t in, const c10::optional<torch::Tensor>& bias, int64_t router) {
+    check_cpu(values, "values");
+    check_cpu(indices, "indices");
+    TORCH_CHECK(0 < n && n < m && m <= 16 && in % m == 0, "bad N:M ", n, ":", m, " for in_features ", in);
+    const int64_t per_row = in / m * n, bits = m <= 4 ? 2 : 4;
+    TORCH_CHECK(values.size(-1) == per_row && indices.scalar_type() == torch::kByte &&
+                    indices.size(-1) == (per_row * bits + 7) / 8 &&
+                    indices.numel() / indices.size(-1) == values.numel() / per_row,
+                "N:M values / indices do not match ", n, ":", m, " with in_features ", in);
+    const int64_t total = values.numel() / per_row;
+    TORCH_CHECK(experts > 0 && total % experts == 0, total, " rows do not split into ", experts, " experts");
+    LinearDesc d;
+    d.kind = kNM;
+    d.vtype = value_type_of(values);
+    d.experts = experts;
+    d.rows = total / experts;
+    d.in = in;
+    d.values = values.data_ptr();
+    d.values_len = values.numel();
+    d.index = indices.data_ptr<uint8_t>();
+    d.n = n;
+    d.m = m;
+    d.per_row = per_row;
+    d.index_bytes = indices.size(-1);
+    keep_.insert(keep_.end(), {values, indices});
+    return finish(d, bias, router);
+  }
+
+  void set_layer(int64_t l, const torch::Tensor& input_norm, const torch::Tensor& post_norm,
+                 const std::vector<int64_t>& linears) {
+    TORCH_CHECK(l >= 0 && l < layers_, "layer ", l, " out of range");
+    TORCH_CHECK(linears.size() == 7, "a layer has 7 linears: q k v o gate up down");
+    TORCH_CHECK(input_norm.numel() == hidden_ && post_norm.numel() == hidden_, "norm weights must be [hidden]");
+    if (layer_descs_.empty()) layer_descs_.resize(layers_);
+    LayerDesc& L = layer_descs_[l];
+    L.input_norm = f32_ptr(input_norm, "input norm");
+    L.post_norm = f32_ptr(post_norm, "post-attention norm");
+    keep_.push_back(input_norm);
+    keep_.push_back(post_norm);
+    int* slots[7] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};
+    for (int i = 0; i < 7; ++i) {
+      TORCH_CHECK(linears[i] >= 0 && linears[i] < static_cast<int64_t>(linears_.size()), "unknown linear ", linears[i]);
+      *slots[i] = static_cast<int>(linears[i]);
+    }
+    const int64_t qd = heads_ * head_dim_, kvd = kv_heads_ * head_dim_;
+    const LinearDesc &q = linears_[L.q], &k = linears_[L.k], &v = linears_[L.v], &o = linears_[L.o];
+    const LinearDesc &g = linears_[L.gate], &u = linears_[L.up], &dn = linears_[L.down];
+    TORCH_CHECK(q.in == hidden_ && k.in == hidden_ && v.in == hidden_ && q.rows == qd && k.rows == kvd &&
+                    v.rows == kvd && o.in == qd && o.rows == hidden_,
+                "layer ", l, ": attention projections do not match hidden ", hidden_, ", ", heads_, " x ", head_dim_);
+    TORCH_CHECK(g.in == hidden_ && u.in == hidden_ && g.rows == u.rows && dn.in == g.rows && dn.rows == hidden_,
+                "layer ", l, ": MLP linears do not fit together");
+    inter_ = std::max(inter_, g.rows);
+  }
+
+  // embed [vocab, hidden] (float32 or bfloat16), final norm [hidden], lm_head a linear id, rotary
+  // cos/sin [max_len, head_dim] (Hugging Face's, attention scaling included), K/V caches
+  // [layers, kv_heads, max_len, head_dim] float32.
+  void set_model(const torch::Tensor& embed, const torch::Tensor& final_norm, int64_t lm_head, const torch::Tensor& cos,
+                 const torch::Tensor& sin, const torch::Tensor& k_cache, const torch::Tensor& v_cache) {
+    check_cpu(embed, "embedding");
+    TORCH_CHECK(embed.dim() == 2 && embed.size(1) == hidden_, "embedding must be [vocab, ", hidden_, "]");
+    embed_vtype_ = value_type_of(embed);
+    TORCH_CHECK(embed_vtype_ != kF16, "float16 embeddings are not supported by the decode step");
+    embed_ = embed.data_ptr();
+    vocab_ = embed.size(0);
+    final_norm_ = f32_ptr(final_norm, "final norm");
+    TORCH_CHECK(lm_head >= 0 && lm_head < static_cast<int64_t>(linears_.size()), "unknown LM head");
+    lm_head_ = static_cast<int>(lm_head);
+    TORCH_CHECK(linears_[lm_head_].in == hidden_, "LM head must read [hidden]");
+    cos_ = f32_ptr(cos, "cos");
+    sin_ = f32_ptr(sin, "sin");
+    TORCH_CHECK(cos.dim() == 2 && cos.size(1) == head_dim_ && sin.sizes() == cos.sizes(), "cos/sin must be [max_len, ",
+                head_dim_, "]");
+    max_len_ = cos.size(0);
+    kc_ = const_cast<float*>(f32_ptr(k_cache, "key cache"));
+    vc_ = const_cast<float*>(f32_ptr(v_cache, "value cache"));
+    const std::vector<int64_t> want{layers_, kv_heads_, max_len_, head_dim_};
+    TORCH_CHECK(k_cache.sizes() == want && v_cache.sizes() == want, "caches must be [", layers_, ", ", kv_heads_, ", ",
+                max_len_, ", ", head_dim_, "]");
+    keep_.insert(keep_.end(), {embed, final_norm, cos, sin, k_cache, v_cache});
+    TORCH_CHECK(static_cast<int64_t>(layer_descs_.size()) == layers_, "set every layer before the model");
+    for (const auto& L : layer_descs_) TORCH_CHECK(L.input_norm != nullptr, "a layer was not set");
+    logits_ = torch::empty({linears_[lm_head_].rows}, torch::kFloat);
+    logits_ptr_ = logits_.data_ptr<float>();
+    h_.assign(hidden_, 0.f);
+    attn_.resize(heads_ * head_dim_);
+    act_.resize(inter_);
+    q_.assign(heads_ * head_dim_, 0.f);
+    k_.assign(kv_heads_ * head_dim_, 0.f);
+    v_.assign(kv_heads_ * head_dim_, 0.f);
+    tmp_.assign(std::max(hidden_, inter_), 0.f);
+    up_.assign(inter_, 0.f);
+    route_scratch_ = 1;
+    for (const auto& r : routers_) route_scratch_ = std::max(route_scratch_, r.k + r.p);
+    states_.clear();
+    ready_ = true;
+  }
+
+  // --- running -------------------------------------------------------------------------------
+  // Only the linears of one step, on the inputs and routes the last step left (embedding, norms,
+  // rotary, attention and routing skipped): what a step costs in the weight kernels alone, for
+  // benchmarks/decode_speed.py. Overwrites the activations and (without_linears) cache row pos.
+  // `without_linears` the other way round: everything but the linears (attention over pos + 1 cached
+  // positions included), the part of a step no weight format touches.
+  void partial(int64_t repeats, bool without_linears, int64_t pos) {
+    TORCH_CHECK(ready_, "the decode step is not complete (set_model)");
+    mode_ = without_linears ? kNoLinears : kLinearsOnly;
+    for (int64_t i = 0; i < repeats; ++i) step(0, pos);
+    mode_ = kAll;
+  }
+
+  // The logits [vocab] after `token` at position `pos` (the cache holds positions < pos). The same
+  // tensor is returned (and overwritten) by every call.
+  torch::Tensor step(int64_t token, int64_t pos) {
+    TORCH_CHECK(ready_, "the decode step is not complete (set_model)");
+    TORCH_CHECK(token >= 0 && token < vocab_, "token ", token, " outside the vocabulary of ", vocab_);
+    TORCH_CHECK(pos >= 0 && pos < max_len_, "position ", pos, " outside the cache of ", max_len_);
+    const int threads = std::max(1, at::get_num_threads());
+    const int64_t scratch = std::min<int64_t>(8, heads_ / kv_heads_) * max_len_;  // per thread
+    if (static_cast<int64_t>(scores_.size()) < threads * scratch) scores_.assign(threads * scratch, 0.f);
+    while (static_cast<int>(states_.size()) < threads) {
+      ThreadState st;
+      st.xn.resize(hidden_);
+      st.labels.assign(routers_.size(), 0);
+      st.scratch.assign(route_scratch_, 0.f);
+      states_.push_back(std::move(st));
+    }
+    const double start = profile_ ? cpu_seconds() : 0;
+    {
+      pybind11::gil_scoped_release release;
+#ifdef _OPENMP
+      if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+        body(token, pos, omp_get_thread_num(), omp_get_num_threads());
+      } else {
+        body(token, pos, 0, 1);
+      }
+#else
+      body(token, pos, 0, 1);
+#endif
+    }
+    if (profile_) {
+      step_seconds_ += cpu_seconds() - start;
+      ++steps_;
+    }
+    return logits_;
+  }
+
+  void set_profile(bool on) {
+    profile_ = on;
+    step_seconds_ = linear_seconds_ = attention_seconds_ = 0;
+    steps_ = 0;
+  }
+  // (steps, CPU seconds in them, of those in the weight kernels (with the barriers after them), of those
+  // in attention), all on the calling thread's CPU clock (thread 0 of the team).
+  std::tuple<int64_t, double, double, double> profile() const {
+    return {steps_, step_seconds_, linear_seconds_, attention_seconds_};
+  }
+  int64_t max_len() const { return max_len_; }
+  int64_t threads_used() const { return std::max(1, at::get_num_threads()); }
+
+ private:
+  int64_t finish(LinearDesc& d, const c10::optional<torch::Tensor>& bias, int64_t router) {
+    if (bias) {
+      d.bias = f32_ptr(*bias, "bias");
+      TORCH_CHECK(bias->numel() == d.rows, "bias must have ", d.rows, " values");
+      keep_.push_back(*bias);
+    }
+    if (router >= 0) {
+      TORCH_CHECK(router < static_cast<int64_t>(routers_.size()), "unknown router ", router);
+      TORCH_CHECK(routers_[router].k == d.experts && routers_[router].in == d.in, "router does not fit the experts");
+      d.router = static_cast<int>(router);
+    } else {
+      TORCH_CHECK(d.experts == 1, "experts need a router");
+    }
+    linears_.push_back(d);
+    return static_cast<int64_t>(linears_.size()) - 1;
+  }
+
+  static inline void barrier(int T) {
+#ifdef _OPENMP
+    if (T > 1) {
+#pragma omp barrier
+    }
+#else
+    (void)T;
+#endif
+  }
+
+  static int64_t route(const RouterDesc& r, const float* x, float* score) {
+    if (r.folded) {
+      std::copy(r.bias, r.bias + r.k, score);
+      for (int64_t i = 0; i < r.in; ++i) {
+        const float xi = x[i];
+        const float* mi = r.matrix + i * r.k;
+        for (int64_t j = 0; j < r.k; ++j) score[j] += xi * mi[j];
+      }
+    } else {
+      float* z = score + r.k;
+      std::fill(z, z + r.p, 0.f);
+      for (int64_t i = 0; i < r.in; ++i) {
+        const float xi = x[i] - r.mean[i];
+        const float* ci = r.components + i * r.p;
+        for (int64_t j = 0; j < r.p; ++j) z[j] += xi * ci[j];
+      }
+      for (int64_t c = 0; c < r.k; ++c) {
+        float dot = 0;
+        for (int64_t j = 0; j < r.p; ++j) dot += z[j] * r.centroids[c * r.p + j];
+        score[c] = r.c2[c] - 2 * dot;
+      }
+    }
+    int64_t best = 0;
+    for (int64_t j = 1; j < r.k; ++j)
+      if (score[j] < score[best]) best = j;
+    return best;
+  }
+
+  // Route every linear of a phase that has a router (a shared router once), into the thread's state.
+  void route_for(std::initializer_list<int> ids, const Vec& x, ThreadState& st) const {
+    int last = -1;
+    for (int id : ids) {
+      const int r = linears_[id].router;
+      if (r < 0 || r == last) continue;
+      st.labels[r] = route(routers_[r], x.f.data(), st.scratch.data());
+      last = r;
+    }
+  }
+
+  void round_inputs(Vec& x, int64_t lo, int64_t hi) const {
+    if (!act_bf16_) return;
+    for (int64_t i = lo; i < hi; ++i) {
+      x.h[i] = to_bf16(x.f[i]);
+      x.f[i] = from_bf16(x.h[i]);
+    }
+  }
+
+  void rmsnorm(const float* w, Vec& out) const {
+    double ss = 0;  // float32 in Hugging Face; double here costs nothing and is at least as exact
+    for (int64_t i = 0; i < hidden_; ++i) ss += static_cast<double>(h_[i]) * h_[i];
+    const float inv = 1.0f / std::sqrt(static_cast<float>(ss / hidden_) + eps_);
+    for (int64_t i = 0; i < hidden_; ++i) out.f[i] = w[i] * (h_[i] * inv);
+    round_inputs(out, 0, hidden_);
+  }
+
+  // y[r0:r1] = W x (+ bias), W the linear's weight or its routed expert's.
+  void run_linear(const LinearDesc& L, const Vec& x, float* y, int64_t r0, int64_t r1, const ThreadState& st) const {
+    if (r0 >= r1 || mode_ == kNoLinears) return;
+    const int64_t e = L.router >= 0 ? st.labels[L.router] : 0;
+    switch (L.kind) {
+      case kDense: {
+        if (L.vtype == kF32) {
+          dense_rows_f32(static_cast<const float*>(L.values) + e * L.rows * L.in, L.in, r0, r1, x.f.data(), y, level_);
+        } else {
+          const uint16_t* w = static_cast<const uint16_t*>(L.values) + e * L.rows * L.in;
+          if (bf16dot_ && act_bf16_) {
+            const uint16_t* xs[1] = {x.h.data()};
+            float* ys[1] = {y};
+            dense_rows_avx512_bf16(w, L.in, r0, r1, xs, ys, 1);
+          } else {
+            dense_rows_bf16_f32(w, L.in, r0, r1, x.f.data(), y);
+          }
+        }
+        break;
+      }
+      case kBitmask: {
+        const BitmaskView view{L.values, L.values_len, L.index + e * L.rows * L.row_bytes, L.offsets + e * L.rows,
+                               L.in, L.row_bytes, L.vtype};
+        const Tokens t{x.f.data(), L.in, y, L.rows, nullptr, 1, x.h.data()};
+        if (L.vtype == kBF16 && act_bf16_ && bf16dot_)
+          bitmask_rows_avx512_bf16(view, r0, r1, t);
+        else if (level_ >= 2)
+          bitmask_rows_avx512(view, r0, r1, t);
+        else if (level_ == 1)
+          bitmask_rows_avx2(view, r0, r1, t);
+        else
+          bitmask_rows_scalar(view, r0, r1, t);
+        break;
+      }
+      default: {  // kNM
+        const int64_t esize = L.vtype == kF32 ? 4 : 2;
+        const NMView view{static_cast<const char*>(L.values) + e * L.rows * L.per_row * esize,
+                          L.index + e * L.rows * L.index_bytes, L.in, L.n, L.m, L.m <= 4 ? 2 : 4, L.per_row,
+                          L.index_bytes, L.vtype};
+        const Tokens t{x.f.data(), L.in, y, L.rows, nullptr, 1, nullptr};
+        if (8 % L.n != 0 || level_ == 0)  // the vector N:M kernels need N to divide 8 (as ops.cpp)
+          nm_rows_scalar(view, r0, r1, t);
+        else if (level_ >= 2)
+          nm_rows_avx512(view, r0, r1, t);
+        else
+          nm_rows_avx2(view, r0, r1, t);
+        break;
+      }
+    }
+    if (L.bias)
+      for (int64_t r = r0; r < r1; ++r) y[r] += L.bias[r];
+  }
+
+  void linear_part(int id, const Vec& x, float* y, int t, int T, const ThreadState& st, int64_t align = 16) const {
+    const LinearDesc& L = linears_[id];
+    int64_t lo, hi;
+    split(L.rows, t, T, align, &lo, &hi);
+    run_linear(L, x, y, lo, hi, st);
+  }
+
+  // Rotary embedding of `heads` vectors of head_dim at position pos (Hugging Face's rotate_half).
+  void rotate(float* x, int64_t heads, int64_t pos) const {
+    const int64_t half = head_dim_ / 2;
+    const float* c = cos_ + pos * head_dim_;
+    const float* s = sin_ + pos * head_dim_;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x + h * head_dim_;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i + half] + a * s[i + half];
+      }
+    }
+  }
+
+  // Query heads [lo, hi) of layer `layer` at position pos: runs of heads that share a KV head go
+  // through the vector kernel together (their keys and values read once).
+  void attention_heads(int64_t layer, int64_t lo, int64_t hi, int64_t pos, float* scores) {
+    const int64_t group = heads_ / kv_heads_;
+    for (int64_t head = lo; head < hi;) {
+      const int64_t g = head / group;
+      const int64_t end = std::min(hi, (g + 1) * group);
+      const float* keys = kc_ + ((layer * kv_heads_ + g) * max_len_) * head_dim_;
+      const float* values = vc_ + ((layer * kv_heads_ + g) * max_len_) * head_dim_;
+      const float* q = q_.data() + head * head_dim_;
+      float* out = attn_.f.data() + head * head_dim_;
+      const int64_t nq = end - head;
+      if (!(level_ >= 2 && nq <= 8 &&
+            attend_heads_avx512(q, static_cast<int>(nq), keys, values, pos + 1, head_dim_, scaling_, scores, out))) {
+        for (int64_t h = 0; h < nq; ++h) attend_one(q + h * head_dim_, keys, values, pos + 1, scores, out + h * head_dim_);
+      }
+      head = end;
+    }
+  }
+
+  void attend_one(const float* q, const float* keys, const float* values, int64_t n, float* scores, float* out) const {
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < n; ++j) {
+      scores[j] = dot_f32(q, keys + j * head_dim_, head_dim_, level_) * scaling_;
+      top = std::max(top, scores[j]);
+    }
+    float sum = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      scores[j] = std::exp(scores[j] - top);
+      sum += scores[j];
+    }
+    const float inv = 1.0f / sum;
+    std::fill(out, out + head_dim_, 0.f);
+    for (int64_t j = 0; j < n; ++j) axpy_f32(scores[j] * inv, values + j * head_dim_, out, head_dim_, level_);
+  }
+
+  static double cpu_seconds() {  // this thread's CPU time: a descheduled thread does not count its wait
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+  }
+
+  // Barriers: after the embedding, then five a layer (after q/k/v, attention, o, gate/up, down).
+  // Rows of q, k and v are split by whole heads, so the thread that computed a head also rotates it
+  // (and stores k and v in the cache); norms and routes are computed by every thread for itself.
+  void body(int64_t token, int64_t pos, int t, int T) {
+    const bool timing = profile_ && t == 0;
+    double linear = 0, attention = 0, mark = 0;
+    auto begin = [&] {
+      if (timing) mark = cpu_seconds();
+    };
+    auto end = [&](double& into) {
+      if (timing) into += cpu_seconds() - mark;
+    };
+    const bool all = mode_ != kLinearsOnly;
+    ThreadState& st = states_[t];
+    int64_t lo, hi;
+    split(hidden_, t, T, 16, &lo, &hi);
+    if (all) {
+      if (embed_vtype_ == kF32) {
+        const float* row = static_cast<const float*>(embed_) + token * hidden_;
+        std::copy(row + lo, row + hi, h_.begin() + lo);
+      } else {
+        const uint16_t* row = static_cast<const uint16_t*>(embed_) + token * hidden_;
+        for (int64_t i = lo; i < hi; ++i) h_[i] = from_bf16(row[i]);
+      }
+    }
+    barrier(T);
+    float* scores = scores_.data() + t * std::min<int64_t>(8, heads_ / kv_heads_) * max_len_;
+    for (int64_t l = 0; l < layers_; ++l) {
+      const LayerDesc& L = layer_descs_[l];
+      if (all) {
+        rmsnorm(L.input_norm, st.xn);
+        route_for({L.q, L.k, L.v}, st.xn, st);
+      }
+      begin();
+      linear_part(L.q, st.xn, q_.data(), t, T, st, head_dim_);
+      linear_part(L.k, st.xn, k_.data(), t, T, st, head_dim_);
+      linear_part(L.v, st.xn, v_.data(), t, T, st, head_dim_);
+      end(linear);
+      if (all) {
+        int64_t q0, q1, k0, k1;
+        split(heads_ * head_dim_, t, T, head_dim_, &q0, &q1);
+        split(kv_heads_ * head_dim_, t, T, head_dim_, &k0, &k1);
+        rotate(q_.data() + q0, (q1 - q0) / head_dim_, pos);
+        rotate(k_.data() + k0, (k1 - k0) / head_dim_, pos);
+        for (int64_t g = k0 / head_dim_; g < k1 / head_dim_; ++g) {
+          const int64_t at = ((l * kv_heads_ + g) * max_len_ + pos) * head_dim_;
+          std::copy(k_.begin() + g * head_dim_, k_.begin() + (g + 1) * head_dim_, kc_ + at);
+          std::copy(v_.begin() + g * head_dim_, v_.begin() + (g + 1) * head_dim_, vc_ + at);
+        }
+      }
+      barrier(T);
+      begin();
+      if (all) {
+        int64_t h0, h1;
+        split(heads_, t, T, 1, &h0, &h1);
+        attention_heads(l, h0, h1, pos, scores);
+        round_inputs(attn_, h0 * head_dim_, h1 * head_dim_);
+      }
+      barrier(T);
+      end(attention);
+      if (all) route_for({L.o}, attn_, st);
+      begin();
+      run_linear(linears_[L.o], attn_, tmp_.data(), lo, hi, st);
+      for (int64_t r = lo; r < hi; ++r) h_[r] += tmp_[r];
+      barrier(T);
+      end(linear);
+      if (all) {
+        rmsnorm(L.post_norm, st.xn);
+        route_for({L.gate, L.up}, st.xn, st);
+      }
+      begin();
+      {
+        const int64_t inter = linears_[L.gate].rows;
+        int64_t g0, g1;
+        split(inter, t, T, 16, &g0, &g1);
+        run_linear(linears_[L.gate], st.xn, tmp_.data(), g0, g1, st);
+        run_linear(linears_[L.up], st.xn, up_.data(), g0, g1, st);
+        float* a = act_.f.data();
+        for (int64_t r = g0; r < g1; ++r) a[r] = tmp_[r] / (1.0f + std::exp(-tmp_[r])) * up_[r];
+        round_inputs(act_, g0, g1);
+      }
+      barrier(T);
+      end(linear);
+      if (all) route_for({L.down}, act_, st);
+      begin();
+      run_linear(linears_[L.down], act_, tmp_.data(), lo, hi, st);
+      for (int64_t r = lo; r < hi; ++r) h_[r] += tmp_[r];
+      barrier(T);
+      end(linear);
+    }
+    if (all) {
+      rmsnorm(final_norm_, st.xn);
+      route_for({lm_head_}, st.xn, st);
+    }
+    begin();
+    linear_part(lm_head_, st.xn, logits_ptr_, t, T, st);
+    barrier(T);
+    end(linear);
+    if (timing) {
+      linear_seconds_ += linear;
+      attention_seconds_ += attention;
+    }
+  }
+
+  const int64_t hidden_, heads_, kv_heads_, head_dim_;
+  const float eps_, scaling_;
+  const bool act_bf16_;
+  const int level_;
+  const bool bf16dot_;
+  const int64_t layers_;
+  int64_t inter_ = 0, vocab_ = 0, max_len_ = 0;
+  std::vector<LinearDesc> linears_;
+  std::vector<RouterDesc> routers_;
+  std::vector<LayerDesc> layer_descs_;
+  std::vector<torch::Tensor> keep_;  // every tensor the descriptors point into stays alive
+  const void* embed_ = nullptr;
+  int embed_vtype_ = kF32;
+  const float* final_norm_ = nullptr;
+  int lm_head_ = -1;
+  const float *cos_ = nullptr, *sin_ = nullptr;
+  float *kc_ = nullptr, *vc_ = nullptr;
+  torch::Tensor logits_;
+  float* logits_ptr_ = nullptr;
+  std::vector<float> h_, q_, k_, v_, tmp_, up_, scores_;
+  Vec attn_, act_;
+  std::vector<ThreadState> states_;
+  int64_t route_scratch_ = 1;
+  enum Mode { kAll, kLinearsOnly, kNoLinears };
+  Mode mode_ = kAll;
+  bool ready_ = false, profile_ = false;
+  int64_t steps_ = 0;
+  double step_seconds_ = 0, linear_seconds_ = 0, attention_seconds_ = 0;
+};
+
+}  // namespace
+
+void register_decode_step(pybind11::module_& m) {
+  namespace py = pybind11;
+  py::class_<DecodeStep>(m, "DecodeStep", "one decode step of a Llama-family decoder (see decode_step.cpp)")
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, double, bool, int64_t>(), py::arg("hidden"),
+           py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("layers"), py::arg("eps"),
+           py::arg("scaling"), py::arg("act_bf16"), py::arg("level"))
+      .def("add_router_folded", &DecodeStep::add_router_folded)
+      .def("add_router", &DecodeStep::add_router)
+      .def("add_dense", &DecodeStep::add_dense)
+      .def("add_bitmask", &DecodeStep::add_bitmask)
+      .def("add_nm", &DecodeStep::add_nm)
+      .def("set_layer", &DecodeStep::set_layer)
+      .def("set_model", &DecodeStep::set_model)
+      .def("step", &DecodeStep::step, "logits [vocab] after token at position pos")
+      .def("partial", &DecodeStep::partial, "repeat only the linears of the last step, or all but them")
+      .def("set_profile", &DecodeStep::set_profile)
+      .def("profile", &DecodeStep::profile)
+      .def("max_len", &DecodeStep::max_len)
+      .def("threads_used", &DecodeStep::threads_used);
+}
+
+}  // namespace se
