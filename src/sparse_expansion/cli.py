@@ -27,6 +27,7 @@ COMMANDS = (
     "neurons",
     "ncen",
     "export",
+    "convert",
     "lm_eval",
 )
 

@@ -67,6 +67,87 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
     return weights_in_memory(model)
 
 
+QUANT_BITS = (8, 4)
+DEFAULT_INT4_GROUP = 128  # int4 by round-to-nearest: one grid per 128 columns (per row loses far more)
+
+
+def default_group_size(bits: int) -> int | None:
+    """The group size `quantize_weights` uses when given none: per row for int8, 128 columns for int4."""
+    return DEFAULT_INT4_GROUP if bits == 4 else None
+
+
+def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None) -> dict[str, int]:
+    """Hold every linear weight of a causal LM as `bits`-bit codes (kernels/formats.py), by round-to-nearest
+    onto an asymmetric min/max grid per row (`group_size` None) or per row and `group_size` input columns:
+
+    - decoder-layer linears at least COMPRESS_FROM_SPARSITY sparse (pruned) and CompressedLinear become a
+      quantized CompressedLinear (bitmask or N:M, the same zeros), expanded experts quantized
+      CompressedExperts; the other decoder-layer linears (attention projections, a dense MLP) and the LM
+      head become QuantizedLinear. The token embedding stays as it is (a tied LM head is untied).
+    - weights already quantized (a folder pruned or expanded with --bits 4 / 8) keep their grid.
+    Returns how many modules of each kind were quantized."""
+    from .arch import decoder_layers, is_linear_like, linear_weight
+    from .expand.module import SparseExpertLinear
+    from .kernels import CompressedLinear, QuantizedLinear
+    from .kernels.formats import choose_format, quantize
+    from .kernels.linear import DecodeLinear, quantized_copy
+    from .prune.quantize import fit_grid
+
+    if bits not in QUANT_BITS:
+        raise UsageError(f"quantized weights are 8 or 4 bits, got {bits}")
+    if group_size is not None and group_size < 1:
+        raise UsageError(f"the group size must be at least 1, got {group_size}")
+    _set_decode_linears(model, False)
+    counts = {"compressed": 0, "experts": 0, "dense": 0, "kept": 0}
+
+    def quantized(module: nn.Module) -> nn.Module:
+        if isinstance(module, CompressedLinear) or isinstance(module, QuantizedLinear):
+            counts["kept" if module.bits is not None else "compressed"] += 1
+            return quantized_copy(module, bits, group_size) if isinstance(module, CompressedLinear) else module
+        weight = linear_weight(module).detach().float()
+        group = weight.shape[1] if group_size is None else min(group_size, weight.shape[1])
+        scales, zeros = fit_grid(weight, bits, group)
+        bias = None if module.bias is None else module.bias.detach().float()
+        if _sparsity(weight) >= COMPRESS_FROM_SPARSITY:
+            counts["compressed"] += 1
+            return CompressedLinear(quantize(weight, choose_format(weight), bits, group, scales, zeros), bias)
+        counts["dense"] += 1
+        return QuantizedLinear(quantize(weight, "dense", bits, group, scales, zeros), bias)
+
+    for layer in decoder_layers(model):
+        swaps = []
+        for name, module in layer.named_modules():
+            if isinstance(module, SparseExpertLinear):
+                counts["kept" if module.experts.bits is not None else "experts"] += 1
+                module.use_dense_weights(False)
+                module.experts = quantized_copy(module.experts, bits, group_size)
+            elif isinstance(module, (CompressedLinear, QuantizedLinear)) or is_linear_like(module):
+                if not _inside_expert(layer, name):
+                    swaps.append((name, module))
+        for name, module in swaps:
+            layer.set_submodule(name, quantized(module))
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and (is_linear_like(head) or isinstance(head, (DecodeLinear, QuantizedLinear))):
+        if isinstance(head, DecodeLinear):
+            head = head.to_linear()
+        replacement = quantized(head)
+        if isinstance(replacement, CompressedLinear):  # an LM head is never pruned: keep it dense
+            replacement = QuantizedLinear.quantize(linear_weight(head), head.bias, bits, group_size)
+        model.set_output_embeddings(replacement)
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.config.tie_word_embeddings = False  # the embedding keeps its float weights
+    _release_dense_copies(model)
+    return counts
+
+
+def _inside_expert(layer: nn.Module, name: str) -> bool:
+    """Whether `name` lies inside a SparseExpertLinear (its router holds no linears, but be safe)."""
+    from .expand.module import SparseExpertLinear
+
+    parts = name.split(".")
+    return any(isinstance(layer.get_submodule(".".join(parts[:i])), SparseExpertLinear) for i in range(1, len(parts)))
+
+
 def _set_decode_linears(model: nn.Module, on: bool) -> None:
     """Every plain bfloat16 nn.Linear (attention projections, LM head, a dense model's MLP) becomes a
     kernels.DecodeLinear on the same Parameters when `on`, and back when not: at decode the C++
@@ -109,10 +190,10 @@ def weights_in_memory(model: nn.Module) -> str:
     """"compressed" when some weights are held compressed (CompressedLinear, or expanded experts
     without a dense copy), else "dense"."""
     from .expand.module import SparseExpertLinear
-    from .kernels import CompressedLinear
+    from .kernels import CompressedLinear, QuantizedLinear
 
     for module in model.modules():
-        if isinstance(module, CompressedLinear) or (isinstance(module, SparseExpertLinear)
+        if isinstance(module, (CompressedLinear, QuantizedLinear)) or (isinstance(module, SparseExpertLinear)
                                                     and not module.uses_dense_weights):
             return "compressed"
     return "dense"
@@ -125,7 +206,7 @@ def _sparsity(weight: torch.Tensor) -> float:
 def _dense_linear(module: nn.Module) -> nn.Linear:
     weight = module.dense_weight()
     linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                       dtype=module.values.dtype)
+                       dtype=torch.float32 if module.bits is not None else module.values.dtype)
     with torch.no_grad():
         linear.weight.copy_(weight)
         if module.bias is not None:

@@ -131,7 +131,9 @@ def _matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: CompressedWeig
     if bias is not None and bias.dtype != torch.float32:
         bias = bias.float()
     lib, isa = _resolved or _library()
-    if lib is None or flat.device.type != "cpu":  # the C++ kernels are CPU kernels
+    if weight.quantized:
+        y = _quantized_matmul(lib, isa, flat, labels, weight, bias)
+    elif lib is None or flat.device.type != "cpu":  # the C++ kernels are CPU kernels
         y = _torch_matmul(flat.float(), labels, weight, bias)
     elif weight.row_offsets is not None:
         y = lib.bitmask_matmul(flat.contiguous(), labels, weight.values, weight.index, weight.row_offsets,
@@ -160,6 +162,31 @@ def _torch_matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: Compress
     return y if bias is None else y + bias
 
 
+QUANT_KERNEL_TOKENS = 4  # quantized weights: up to this many tokens run the C++ kernels, more de-quantize + GEMM
+
+
+def _quantized_matmul(lib: ModuleType | None, isa: int, x: torch.Tensor, labels: torch.Tensor | None,
+                      weight: CompressedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    """int8 / int4 values: a few tokens on the CPU take the C++ kernels (each weight de-quantized to
+    float32 as formats.py says, then float32 products and sums); more tokens, or no kernels, take
+    `_torch_matmul`, which de-quantizes the weight (one expert at a time) and calls torch's GEMM."""
+    x = x.float()
+    if lib is None or not x.is_cpu or x.shape[0] > QUANT_KERNEL_TOKENS:
+        return _torch_matmul(x, labels, weight, bias)
+    return lib.quant_matmul(x.contiguous(), labels, weight.format, *_quant_args(weight), bias, isa)
+
+
+def _quant_args(weight: CompressedWeight) -> tuple:
+    """What the C++ quant entry points take after the format: tensors, then the grid's shape."""
+    empty = torch.empty(0, dtype=torch.uint8)
+    index = weight.index if weight.index is not None else empty
+    offsets = weight.row_offsets if weight.row_offsets is not None else torch.empty(0, dtype=torch.int64)
+    n, m = weight.n_m or (0, 0)
+    experts = weight.shape[0] if len(weight.shape) == 3 else 1
+    return (weight.values, index, offsets, weight.scales, weight.zeros, weight.bits, weight.group_size, n, m,
+            experts, weight.in_features)
+
+
 ROUTE_TOKENS = 4  # up to this many tokens `route` runs in C++ (one call); more go to torch's GEMM
 
 
@@ -177,7 +204,7 @@ def route(x: torch.Tensor, bias: torch.Tensor, matrix: torch.Tensor) -> torch.Te
 def unpack(weight: CompressedWeight) -> torch.Tensor:
     """The dense fp32 weight, by the fastest available backend (the GEMM path's first step)."""
     lib, isa = _library()
-    if lib is None or weight.values.device.type != "cpu":
+    if lib is None or weight.values.device.type != "cpu" or weight.quantized:
         return decompress(weight).float()
     if weight.row_offsets is not None:
         dense = lib.bitmask_unpack(weight.values, weight.index, weight.row_offsets, weight.in_features, isa)
