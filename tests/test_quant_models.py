@@ -123,6 +123,15 @@ def test_convert_command(tmp_path, tiny_model_dir, text_file, capsys):
     assert code == 0 and "15 dense linears" in stdout, err
 
 
+def test_quantize_on_load(tiny_model_dir):
+    model, _ = load_model(str(tiny_model_dir), weights="int4")
+    linears = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    assert len(linears) == 15 and {m.bits for m in linears} == {4} and {m.group_size for m in linears} == {32, 64}
+    converted = tiny_model("llama")
+    quantize_weights(converted, 4, 128)  # what the default group means (128, capped at the row)
+    assert torch.equal(logits(model), logits(converted))
+
+
 BAD = [
     (["--bits", "3"], "invalid choice"),
     (["--bits", "4", "--group-size", "-2"], "--group-size must be 0"),

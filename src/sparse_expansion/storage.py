@@ -13,7 +13,7 @@ from torch import nn
 
 from .errors import UsageError
 
-WEIGHTS = ("auto", "compressed", "dense")
+WEIGHTS = ("auto", "compressed", "dense", "int8", "int4")
 #: A decoder-layer linear at least this sparse is worth compressing: bitmask storage is then <= 0.73x
 #: dense in the same dtype, and the kernels read less than a dense matvec does.
 COMPRESS_FROM_SPARSITY = 0.3
@@ -32,6 +32,8 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
     - "auto": "compressed" on the CPU when the C++ kernels are available; otherwise pruned linears
       stay dense, and expanded experts stay compressed on the CPU (a dense copy would take k x the
       memory) and go dense on a GPU.
+    - "int8", "int4": quantize on load (`quantize_weights`, round-to-nearest, the default group size),
+      then "auto". Quantized weights stay codes under every choice but "dense".
     A model with nothing sparse keeps its weights as they are ("dense")."""
     from .arch import decoder_layers, is_linear_like, linear_weight
     from .expand.module import SparseExpertLinear
@@ -39,6 +41,10 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
 
     if weights not in WEIGHTS:
         raise UsageError(f"unknown weights {weights!r}; use {', '.join(WEIGHTS)}")
+    if weights in ("int8", "int4"):
+        bits = int(weights[3:])
+        quantize_weights(model, bits, default_group_size(bits))
+        weights = "auto"
     experts = [m for m in model.modules() if isinstance(m, SparseExpertLinear)]
     linears: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, linear)
     for layer in decoder_layers(model):
@@ -59,7 +65,7 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
             dtype = linear_weight(module).dtype
             setattr(parent, attr, CompressedLinear.from_dense(linear_weight(module), module.bias, dtype))
             changed = True
-        elif not compress and isinstance(module, CompressedLinear):
+        elif not compress and isinstance(module, CompressedLinear) and (weights == "dense" or module.bits is None):
             setattr(parent, attr, _dense_linear(module))
     if changed:
         _release_dense_copies(model)
