@@ -83,45 +83,52 @@ SE_Q512 inline __m128i codes16(const QuantView& w, int64_t p) {
   return _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << (w.codes_bytes - p)) - 1), w.codes + p);
 }
 
-// The codes of the 16 columns whose mask bytes are b0, b1, in their column lanes (0 where not stored):
-// one byte shuffle of the next 16 codes, by the rank table (the second byte's ranks start after the
-// first byte's popcount). A byte shuffle where an expand (vpexpandb) would do: the expand was the
-// slowest step on the AMD EPYC this was written on.
-// int4: the 16 bytes from code p's byte hold 32 codes; one byte permute over them (vpermb), its indices
-// offset by p's parity, picks each lane's code, zeroing the lanes not stored.
-template <int BITS>
-SE_Q512 inline __m128i bitmask_codes(const QuantView& w, int64_t p, unsigned b0, unsigned b1) {
+// The codes of the 16 columns whose mask bytes are b0, b1, in their column lanes (0 where not stored),
+// by the rank table (the second byte's ranks start after the first byte's popcount). int8: pshufb over
+// the next 16 codes.
+SE_Q512 inline __m128i bitmask_codes8(const QuantView& w, int64_t p, unsigned b0, unsigned b1) {
   const uint64_t shift = uint64_t(__builtin_popcount(b0)) * 0x0101010101010101ULL;
-  if (BITS == 8) {
-    const __m128i idx = _mm_set_epi64x(static_cast<long long>(kRanks.lanes[b1] + shift),
-                                       static_cast<long long>(kRanks.lanes[b0]));
-    return _mm_shuffle_epi8(codes16(w, p), idx);
-  }
-  const int64_t b = p >> 1;
-  const uint64_t odd = uint64_t(p & 1) * 0x0101010101010101ULL;
+  const __m128i idx = _mm_set_epi64x(static_cast<long long>(kRanks.lanes[b1] + shift),
+                                     static_cast<long long>(kRanks.lanes[b0]));
+  return _mm_shuffle_epi8(codes16(w, p), idx);
+}
+
+// int4: 32 codes from the even code number `base` (16 bytes, nibbles spread one a byte; 0 past the end).
+// A bitmask row at 70% sparsity spends ~5 codes per 16 columns, so one window serves several steps.
+SE_Q512 inline __m256i window32(const QuantView& w, int64_t base) {
+  const int64_t b = base >> 1;
   const __m128i raw = b + 16 <= w.codes_bytes
                           ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.codes + b))
                           : _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << (w.codes_bytes - b)) - 1), w.codes + b);
   const __m128i low = _mm_set1_epi8(15);
   const __m128i lo = _mm_and_si128(raw, low), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
-  const __m256i all = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi8(lo, hi)),
-                                              _mm_unpackhi_epi8(lo, hi), 1);
-  const __m128i idx = _mm_set_epi64x(static_cast<long long>(kRanks.lanes[b1] + shift + odd),
-                                     static_cast<long long>(kRanks.lanes[b0] + odd));
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi8(lo, hi)), _mm_unpackhi_epi8(lo, hi), 1);
+}
+
+// int4: one byte permute (vpermb) over the window picks each stored lane's code (p - base <= 16, so the
+// highest index is 7 + 8 + 16 = 31), zeroing the lanes not stored.
+SE_Q512 inline __m128i bitmask_codes4(__m256i window, int64_t offset, unsigned b0, unsigned b1) {
+  const uint64_t shift = uint64_t(__builtin_popcount(b0)) * 0x0101010101010101ULL;
+  const uint64_t start = uint64_t(offset) * 0x0101010101010101ULL;
+  const __m128i idx = _mm_set_epi64x(static_cast<long long>(kRanks.lanes[b1] + shift + start),
+                                     static_cast<long long>(kRanks.lanes[b0] + start));
   const __mmask32 lanes = b0 | (b1 << 8);
-  return _mm256_castsi256_si128(_mm256_maskz_permutexvar_epi8(lanes, _mm256_castsi128_si256(idx), all));
+  return _mm256_castsi256_si128(_mm256_maskz_permutexvar_epi8(lanes, _mm256_castsi128_si256(idx), window));
 }
 
 // R rows at once (independent sums, so the additions' latency overlaps); one input load per 16 columns.
 template <int BITS, int R>
 SE_Q512 void bitmask_rows_r(const QuantView& w, int64_t r, const float* x, float* y) {
   const uint8_t* mask[R];
-  int64_t p[R];
+  int64_t p[R], base[R];  // int4: row i's window holds codes base[i] .. base[i] + 31
   __m512 acc[R];
+  __m256i window[R];
   Grid k[R];
   for (int i = 0; i < R; ++i) {
     mask[i] = w.index + (r + i) * w.index_bytes;
     p[i] = w.offsets[r + i];
+    base[i] = p[i] - 32;  // forces a load at the first step
+    window[i] = _mm256_setzero_si256();
     acc[i] = _mm512_setzero_ps();
   }
   const int64_t chunks = (w.in + 15) / 16;
@@ -138,7 +145,13 @@ SE_Q512 void bitmask_rows_r(const QuantView& w, int64_t r, const float* x, float
     for (int i = 0; i < R; ++i) {
       const unsigned b0 = mask[i][2 * c], b1 = 2 * c + 1 < w.index_bytes ? mask[i][2 * c + 1] : 0;
       const __mmask16 lanes = static_cast<__mmask16>(b0 | (b1 << 8));
-      const __m128i q = bitmask_codes<BITS>(w, p[i], b0, b1);
+      __m128i q;
+      if (BITS == 8) {
+        q = bitmask_codes8(w, p[i], b0, b1);
+      } else {
+        if (p[i] + 16 > base[i] + 32) window[i] = window32(w, base[i] = p[i] & ~int64_t(1));
+        q = bitmask_codes4(window[i], p[i] - base[i], b0, b1);
+      }
       p[i] += __builtin_popcount(b0 | (b1 << 8));
       acc[i] = _mm512_mask_add_ps(acc[i], lanes, acc[i], _mm512_mul_ps(dequant16<BITS>(k[i], q), xv));
     }
