@@ -82,7 +82,8 @@ def default_group_size(bits: int) -> int | None:
     return DEFAULT_INT4_GROUP if bits == 4 else None
 
 
-def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None) -> dict[str, int]:
+def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
+                     head_bits: int | None = None) -> dict[str, int]:
     """Hold every linear weight of a causal LM as `bits`-bit codes (kernels/formats.py), by round-to-nearest
     onto an asymmetric min/max grid per row (`group_size` None) or per row and `group_size` input columns:
 
@@ -91,6 +92,8 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None)
       CompressedExperts; the other decoder-layer linears (attention projections, a dense MLP) and the LM
       head become QuantizedLinear. The token embedding stays as it is (a tied LM head is untied).
     - weights already quantized (a folder pruned or expanded with --bits 4 / 8) keep their grid.
+    - `head_bits` (default `bits`): the LM head's width, per row when 8 (llama.cpp's 4-bit mixes keep
+      the output matrix wider too: it is the one linear every token's logits come straight out of)
     Returns how many modules of each kind were quantized."""
     from .arch import decoder_layers, is_linear_like, linear_weight
     from .expand.module import SparseExpertLinear
@@ -136,9 +139,16 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None)
     if head is not None and (is_linear_like(head) or isinstance(head, (DecodeLinear, QuantizedLinear))):
         if isinstance(head, DecodeLinear):
             head = head.to_linear()
-        replacement = quantized(head)
-        if isinstance(replacement, CompressedLinear):  # an LM head is never pruned: keep it dense
-            replacement = QuantizedLinear.quantize(linear_weight(head), head.bias, bits, group_size)
+        hb = bits if head_bits is None else head_bits
+        if hb not in QUANT_BITS:
+            raise UsageError(f"the LM head's width must be 8 or 4 bits, got {hb}")
+        if isinstance(head, QuantizedLinear):
+            counts["kept"] += 1
+            replacement = head
+        else:
+            group = group_size if hb == bits else default_group_size(hb)
+            replacement = QuantizedLinear.quantize(linear_weight(head), head.bias, hb, group)
+            counts["dense"] += 1
         model.set_output_embeddings(replacement)
         if getattr(model.config, "tie_word_embeddings", False):
             model.config.tie_word_embeddings = False  # the embedding keeps its float weights

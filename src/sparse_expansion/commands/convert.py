@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--group-size", type=int, default=None, metavar="G",
                    help="one grid per row and G input columns; 0 = one per row (default: per row for int8, "
                         "128 for int4)")
+    p.add_argument("--head-bits", type=int, choices=(8, 4), default=None,
+                   help="the LM head's width (default --bits; 8 = per row)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     p.set_defaults(func=run)
 
@@ -38,9 +40,9 @@ def run(args) -> int:
     path = resolve_model_path(args.model)
     record = dict(read_record(path)) if is_artifact(path) else {"source_model": args.model}
     model, tokenizer = load_causal_lm(args.model)
-    counts = quantize_weights(model, args.bits, group)
+    counts = quantize_weights(model, args.bits, group, args.head_bits)
     record["converted"] = {"source": args.model, "bits": args.bits, "group_size": group, "rounding": "nearest",
-                           "modules": counts}
+                           "head_bits": args.head_bits or args.bits, "modules": counts}
     with atomic_output_dir(args.out) as tmp:
         save_artifact(tmp, model, tokenizer=tokenizer, record=record)
     grid = "per row" if group is None else f"groups of {group} columns"
