@@ -155,10 +155,20 @@ def test_every_path_against_the_dequantized_reference(compiled, fmt, shape, bits
             assert y.dtype == torch.float32
             assert (y.double() - want).abs().max().item() <= 1e-5 * (1 + want.abs().max().item()), mode
         assert torch.equal(outputs["cpp"], outputs["scalar"])  # AVX-512 (where present) == scalar, bit for bit
+        if tokens > ops.QUANT_KERNEL_TOKENS:  # C++ de-quantizes to torch's very weights: the same GEMM
+            assert torch.equal(outputs["cpp"], outputs["torch"])
         if tokens <= ops.QUANT_KERNEL_TOKENS:
             for i in range(tokens):  # and both follow quant.h's order exactly
                 expert = weight.expert(int(labels[i]))
                 assert torch.equal(outputs["scalar"][i], canonical_matvec(x[i], expert) + bias)
+
+
+@pytest.mark.parametrize("fmt,shape", CASES[::2], ids=[f"{f}-{'x'.join(map(str, s))}" for f, s in CASES[::2]])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_cpp_unpack_is_decompress(compiled, fmt, shape, bits):
+    weight = quantized(fmt, shape, bits, 16, seed=3)
+    with ops.use_backend("cpp"):
+        assert torch.equal(ops.unpack(weight), F.decompress(weight))
 
 
 def test_one_weight_without_labels_and_bf16_inputs(compiled):

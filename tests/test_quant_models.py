@@ -121,8 +121,8 @@ def test_convert_command(tmp_path, tiny_model_dir, text_file, capsys):
     assert code == 0 and "6 expert sets" in stdout, err
     code, stdout, err = run_cli(["convert", tiny_model_dir, "--bits", "8", "--out", tmp_path / "d8"], capsys)
     assert code == 0 and "15 dense linears" in stdout, err
-    code, stdout, err = run_cli(["convert", tiny_model_dir, "--bits", "4", "--head-bits", "8", "--out", tmp_path / "h8"],
-                                capsys)
+    code, stdout, err = run_cli(["convert", tiny_model_dir, "--bits", "4", "--head-bits", "8",
+                                 "--out", tmp_path / "h8"], capsys)
     assert code == 0, err
     model, _ = load_model(str(tmp_path / "h8"))
     assert (model.lm_head.bits, model.lm_head.group_size) == (8, 32)  # per row: the head's rows are 32 wide

@@ -168,12 +168,24 @@ QUANT_KERNEL_TOKENS = 4  # quantized weights: up to this many tokens run the C++
 def _quantized_matmul(lib: ModuleType | None, isa: int, x: torch.Tensor, labels: torch.Tensor | None,
                       weight: CompressedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     """int8 / int4 values: a few tokens on the CPU take the C++ kernels (each weight de-quantized to
-    float32 as formats.py says, then float32 products and sums); more tokens, or no kernels, take
-    `_torch_matmul`, which de-quantizes the weight (one expert at a time) and calls torch's GEMM."""
+    float32 as formats.py says, then float32 products and sums); more tokens de-quantize each expert
+    they use in C++ and call torch's GEMM; without the kernels `_torch_matmul` does the same in torch
+    (the same de-quantized weights, so the same outputs)."""
     x = x.float()
-    if lib is None or not x.is_cpu or x.shape[0] > QUANT_KERNEL_TOKENS:
+    if lib is None or not x.is_cpu:
         return _torch_matmul(x, labels, weight, bias)
-    return lib.quant_matmul(x.contiguous(), labels, weight.format, *_quant_args(weight), bias, isa)
+    if x.shape[0] <= QUANT_KERNEL_TOKENS:
+        return lib.quant_matmul(x.contiguous(), labels, weight.format, *_quant_args(weight), bias, isa)
+    # Many tokens: each expert de-quantized in C++ (the same float32 values as `decompress`), then a GEMM.
+    args = _quant_args(weight)
+    if labels is None:
+        y = x @ lib.quant_unpack(weight.format, *args, 0).t()
+    else:
+        y = x.new_empty(x.shape[0], weight.shape[-2])
+        for e in labels.unique().tolist():
+            rows = (labels == e).nonzero().flatten()
+            y[rows] = x[rows] @ lib.quant_unpack(weight.format, *args, e).t()
+    return y if bias is None else y + bias
 
 
 def _quant_args(weight: CompressedWeight) -> tuple:
@@ -204,8 +216,11 @@ def route(x: torch.Tensor, bias: torch.Tensor, matrix: torch.Tensor) -> torch.Te
 def unpack(weight: CompressedWeight) -> torch.Tensor:
     """The dense fp32 weight, by the fastest available backend (the GEMM path's first step)."""
     lib, isa = _library()
-    if lib is None or weight.values.device.type != "cpu" or weight.quantized:
+    if lib is None or weight.values.device.type != "cpu":
         return decompress(weight).float()
+    if weight.quantized:
+        args = _quant_args(weight)
+        return torch.cat([lib.quant_unpack(weight.format, *args, e) for e in range(args[-2])]).reshape(weight.shape)
     if weight.row_offsets is not None:
         dense = lib.bitmask_unpack(weight.values, weight.index, weight.row_offsets, weight.in_features, isa)
     else:

@@ -43,6 +43,10 @@ void quant_rows_avx512(const QuantView& w, int64_t r0, int64_t r1, const float* 
 // Either, by instruction-set level (ops.cpp's isa_level: 2 AVX-512, else scalar).
 void quant_rows(const QuantView& w, int64_t r0, int64_t r1, const float* x, float* y, int level);
 
+// dense[r - r0, :] = W[r, :] de-quantized to float32 (quant.h's values, 0.0 where a bitmask stores
+// nothing), rows [r0, r1), rows `in` floats apart: the GEMM path's first step for many tokens.
+void quant_unpack_rows(const QuantView& w, int64_t r0, int64_t r1, float* dense);
+
 // The fixed reduction tree of the 16 partial sums (the order the header describes).
 inline float quant_tree_sum(const float* s16) {
   float s[16];

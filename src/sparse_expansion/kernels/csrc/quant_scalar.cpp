@@ -59,6 +59,38 @@ void quant_rows_scalar(const QuantView& w, int64_t r0, int64_t r1, const float* 
   }
 }
 
+void quant_unpack_rows(const QuantView& w, int64_t r0, int64_t r1, float* dense) {
+  for (int64_t r = r0; r < r1; ++r) {
+    float* out = dense + (r - r0) * w.in;
+    if (w.format == kQDense) {
+      const uint8_t* codes = w.codes + r * w.code_row_bytes;
+      for (int64_t c = 0; c < w.in; ++c) out[c] = dequant(w, quant_code(codes, w.bits, c), r, c);
+      continue;
+    }
+    for (int64_t c = 0; c < w.in; ++c) out[c] = 0.0f;
+    if (w.format == kQBitmask) {
+      const uint8_t* mask = w.index + r * w.index_bytes;
+      int64_t p = w.offsets[r];
+      for (int64_t b = 0; b < w.index_bytes; ++b)
+        for (unsigned bits = mask[b]; bits; bits &= bits - 1) {
+          const int64_t c = b * 8 + __builtin_ctz(bits);
+          out[c] = dequant(w, quant_code(w.codes, w.bits, p++), r, c);
+        }
+      continue;
+    }
+    const uint8_t* codes = w.codes + r * w.code_row_bytes;
+    const uint8_t* index = w.index + r * w.index_bytes;
+    const unsigned field = (1u << w.index_bits) - 1;
+    int64_t j = 0;
+    for (int64_t group = 0; group < w.in; group += w.m)
+      for (int64_t i = 0; i < w.n; ++i, ++j) {
+        const int64_t bit = j * w.index_bits;
+        const int64_t c = group + ((index[bit >> 3] >> (bit & 7)) & field);
+        out[c] = dequant(w, quant_code(codes, w.bits, j), r, c);
+      }
+  }
+}
+
 void quant_rows(const QuantView& w, int64_t r0, int64_t r1, const float* x, float* y, int level) {
   if (level >= 2)
     quant_rows_avx512(w, r0, r1, x, y);

@@ -22,16 +22,59 @@ int64_t code_bytes(int64_t count, int64_t bits) { return (count * bits + 7) / 8;
 
 }  // namespace
 
-torch::Tensor quant_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
-                           const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+namespace {
+
+// The checked view of the whole weight (expert 0's rows; `for_expert` moves it) and its rows per expert.
+struct Checked {
+  QuantView base;
+  int64_t rows, groups;
+};
+
+Checked check_quant(const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+                    const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
+                    int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in);
+
+QuantView for_expert(const Checked& w, const torch::Tensor& index, const torch::Tensor& offsets,
+                     const torch::Tensor& scales, const torch::Tensor& zeros, int64_t e) {
+  QuantView view = w.base;
+  const int64_t rows = w.rows, groups = w.groups;
+  view.scales = scales.data_ptr<float>() + e * rows * groups;
+  view.zeros = zeros.data_ptr<uint8_t>() + e * rows * groups;
+  if (view.format == kQBitmask) {
+    view.index = index.data_ptr<uint8_t>() + e * rows * view.index_bytes;
+    view.offsets = offsets.data_ptr<int64_t>() + e * rows;
+  } else {
+    view.codes = w.base.codes + e * rows * view.code_row_bytes;
+    view.codes_bytes = rows * view.code_row_bytes;
+    if (view.format == kQNM) view.index = index.data_ptr<uint8_t>() + e * rows * view.index_bytes;
+  }
+  return view;
+}
+
+}  // namespace
+
+// Expert `expert` (or the whole weight when experts == 1) de-quantized to a float32 [rows, in] tensor.
+torch::Tensor quant_unpack(const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
                            const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
                            int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
-                           const c10::optional<torch::Tensor>& bias, int64_t isa) {
-  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2 && x.size(1) == in, "x must be float32 [tokens, ",
-              in, "]");
+                           int64_t expert) {
+  const Checked w = check_quant(format, values, index, offsets, scales, zeros, bits, group_size, n, m, experts, in);
+  TORCH_CHECK(expert >= 0 && expert < experts, "expert ", expert, " is not in [0, ", experts, ")");
+  const QuantView view = for_expert(w, index, offsets, scales, zeros, expert);
+  auto dense = torch::empty({w.rows, in}, torch::kFloat);
+  float* d = dense.data_ptr<float>();
+  at::parallel_for(0, w.rows, 16, [&](int64_t r0, int64_t r1) { quant_unpack_rows(view, r0, r1, d + r0 * in); });
+  return dense;
+}
+
+namespace {
+
+Checked check_quant(const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+                    const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
+                    int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in) {
   TORCH_CHECK(bits == 8 || bits == 4, "quantized values are 8 or 4 bits, got ", bits);
   TORCH_CHECK(group_size >= 1, "group_size must be positive");
-  for (const auto& [t, name] : {std::pair{&x, "x"}, {&values, "values"}, {&index, "index"}, {&offsets, "row_offsets"},
+  for (const auto& [t, name] : {std::pair{&values, "values"}, {&index, "index"}, {&offsets, "row_offsets"},
                                 {&scales, "scales"}, {&zeros, "zeros"}})
     check_cpu_contiguous(*t, name);
   TORCH_CHECK(values.scalar_type() == torch::kByte && zeros.scalar_type() == torch::kByte &&
@@ -78,6 +121,21 @@ torch::Tensor quant_matmul(const torch::Tensor& x, const c10::optional<torch::Te
                 "]");
     TORCH_CHECK(index.numel() == total_rows * base.index_bytes, "N:M indices must be [rows, ", base.index_bytes, "]");
   }
+  return Checked{base, rows, groups};
+}
+
+}  // namespace
+
+torch::Tensor quant_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
+                           const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+                           const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
+                           int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
+                           const c10::optional<torch::Tensor>& bias, int64_t isa) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2 && x.size(1) == in, "x must be float32 [tokens, ",
+              in, "]");
+  check_cpu_contiguous(x, "x");
+  const Checked w = check_quant(format, values, index, offsets, scales, zeros, bits, group_size, n, m, experts, in);
+  const int64_t rows = w.rows;
   const int64_t count = x.size(0);
   const int64_t* lab = nullptr;
   if (labels) {
@@ -96,17 +154,7 @@ torch::Tensor quant_matmul(const torch::Tensor& x, const c10::optional<torch::Te
   for (int64_t t = 0; t < count; ++t) {
     const int64_t e = lab ? lab[t] : 0;
     TORCH_CHECK(e >= 0 && e < experts, "label ", e, " is not an expert in [0, ", experts, ")");
-    QuantView view = base;  // expert e's rows
-    view.scales = scales.data_ptr<float>() + e * rows * groups;
-    view.zeros = zeros.data_ptr<uint8_t>() + e * rows * groups;
-    if (base.format == kQBitmask) {
-      view.index = index.data_ptr<uint8_t>() + e * rows * base.index_bytes;
-      view.offsets = offsets.data_ptr<int64_t>() + e * rows;
-    } else {
-      view.codes = base.codes + e * rows * base.code_row_bytes;
-      view.codes_bytes = rows * base.code_row_bytes;
-      if (base.format == kQNM) view.index = index.data_ptr<uint8_t>() + e * rows * base.index_bytes;
-    }
+    const QuantView view = for_expert(w, index, offsets, scales, zeros, e);
     const float* xt = x.data_ptr<float>() + t * in;
     float* yt = y.data_ptr<float>() + t * rows;
     at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { quant_rows(view, r0, r1, xt, yt, level); });
