@@ -12,6 +12,10 @@ benchmarks; avx2 caps the vectors at AVX2); torch never builds. Tensors off the 
 the torch path. It is read once, at the first call (a
 decode step makes hundreds of calls); `use_backend` overrides it in code.
 
+int8 / int4 values (formats.py) follow one defined arithmetic (csrc/quant.h): the scalar and AVX-512
+C++ kernels give the same bits; "avx2" runs the scalar loops for them; above QUANT_KERNEL_TOKENS
+tokens each expert is de-quantized (C++ or torch, the same float32 weights) for torch's GEMM.
+
 Groups of at least `DENSE_FROM` tokens on one expert are multiplied by unpacking that expert to
 fp32 and calling torch's GEMM: with that many tokens every weight is reused often enough that
 a dense GEMM beats any sparse loop (benchmarks/kernel_speed.py measures the crossover). Inputs
