@@ -27,7 +27,7 @@ from sparse_expansion.kernels import formats as F
 from sparse_expansion.methods import compress
 from sparse_expansion.models import load_model
 from sparse_expansion.prune import MagnitudeConfig, parse_sparsity
-from sparse_expansion.storage import set_weights
+from sparse_expansion.storage import quantize_weights, set_weights
 
 DATA = Path(__file__).parent / "data"
 NEW_TOKENS = 8
@@ -121,6 +121,13 @@ def folders(tmp_path_factory, tokenizer):
     made["pruned_compressed"] = pruned
     old, _ = load_model(str(DATA / "expanded_llama_before_kernels"))  # re-saved in today's layout
     made["old_llama"] = old
+    quant = expanded("llama", "0.5")  # int4 experts in groups of 16, attention and LM head int4 dense
+    quantize_weights(quant, 4, 16)
+    made["quant_int4"] = quant
+    quant_pruned = tiny_model("llama")  # int8 per row: pruned linears bitmask, the rest dense
+    compress(quant_pruned, None, MagnitudeConfig(parse_sparsity("2:4")), progress=False)
+    quantize_weights(quant_pruned, 8)
+    made["quant_int8_24"] = quant_pruned
     for name, model in made.items():
         save_artifact(root / name, model, tokenizer=tokenizer, record={})
 
@@ -142,7 +149,8 @@ def ours(folders, name, dtype=torch.float32):
         return model, tokenizer, model(folders["ids"]).logits
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2_24", "llama_bf16", "pruned_compressed", "old_llama"])
+@pytest.mark.parametrize("name", ["llama", "gpt2_24", "llama_bf16", "pruned_compressed", "old_llama", "quant_int4",
+                                  "quant_int8_24"])
 def test_plain_transformers_computes_what_our_loader_computes(folders, name):
     model, tokenizer, logits = ours(folders, name)
     got = folders["remote"][name]
@@ -171,6 +179,16 @@ def test_the_folders_hold_what_the_cases_say(folders):
         assert config["auto_map"] == AUTO_MAP and config["model_type"] == "sparse_expansion"
         assert (root / name / MODELING_FILE).read_text() == modeling_source()
         assert type(hugging_face_config(root / name)).__name__ in ("LlamaConfig", "GPT2Config")  # ours ignores it
+
+
+def test_quantized_folders_hold_codes(folders):
+    modules = read_manifest(folders["root"] / "quant_int4")["modules"]
+    assert {spec["value_dtype"] for spec in modules.values()} == {"int4"}
+    assert {spec["type"] for spec in modules.values()} == {"sparse_expert_linear", "quantized_linear"}
+    assert "lm_head" in modules and {spec["group_size"] for spec in modules.values()} == {16}
+    modules = read_manifest(folders["root"] / "quant_int8_24")["modules"]
+    assert {(spec["type"], spec.get("format")) for spec in modules.values()} == {("compressed_linear", "2:4"),
+                                                                                  ("quantized_linear", None)}
 
 
 def test_shared_routers_stay_shared(folders):

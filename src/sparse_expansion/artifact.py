@@ -56,6 +56,7 @@ KINDS: dict[str, str] = {
 MODULE_TYPES: dict[str, str] = {
     "sparse_expert_linear": "sparse_expansion.expand.module:SparseExpertLinear",
     "compressed_linear": "sparse_expansion.kernels.linear:CompressedLinear",
+    "quantized_linear": "sparse_expansion.kernels.linear:QuantizedLinear",
 }
 
 # Format 1 named module types by class name.

@@ -28,6 +28,7 @@ COMMANDS = (
     "neurons",
     "ncen",
     "export",
+    "convert",
     "lm_eval",
 )
 

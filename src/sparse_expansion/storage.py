@@ -14,7 +14,7 @@ from torch import nn
 from .errors import UsageError
 from .surgery import replace
 
-WEIGHTS = ("auto", "compressed", "dense")
+WEIGHTS = ("auto", "compressed", "dense", "int8", "int4")
 #: A decoder-layer linear at least this sparse is worth compressing: bitmask storage is then <= 0.73x
 #: dense in the same dtype, and the kernels read less than a dense matvec does.
 COMPRESS_FROM_SPARSITY = 0.3
@@ -33,6 +33,8 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
     - "auto": "compressed" on the CPU when the C++ kernels are available; otherwise pruned linears
       stay dense, and expanded experts stay compressed on the CPU (a dense copy would take k x the
       memory) and go dense on a GPU.
+    - "int8", "int4": quantize on load (`quantize_weights`, round-to-nearest, the default group size),
+      then "auto". Quantized weights stay codes under every choice but "dense".
     A model with nothing sparse keeps its weights as they are ("dense")."""
     from .arch import decoder_layers, is_linear_like, linear_weight
     from .expand.module import SparseExpertLinear
@@ -40,6 +42,10 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
 
     if weights not in WEIGHTS:
         raise UsageError(f"unknown weights {weights!r}; use {', '.join(WEIGHTS)}")
+    if weights in ("int8", "int4"):
+        bits = int(weights[3:])
+        quantize_weights(model, bits, default_group_size(bits))
+        weights = "auto"
     experts = [m for m in model.modules() if isinstance(m, SparseExpertLinear)]
     linears: list[tuple[nn.Module, str, nn.Module]] = []  # (layer, name in it, linear)
     for layer in decoder_layers(model):
@@ -59,12 +65,103 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
             dtype = linear_weight(module).dtype
             replace(layer, name, CompressedLinear.from_dense(linear_weight(module), module.bias, dtype))
             changed = True
-        elif not compress and isinstance(module, CompressedLinear):
+        elif not compress and isinstance(module, CompressedLinear) and (weights == "dense" or module.bits is None):
             replace(layer, name, _dense_linear(module))
     if changed:
         _release_dense_copies(model)
     _set_decode_linears(model, weights != "dense" and kernels and ops.bf16_dot_available())
     return weights_in_memory(model)
+
+
+QUANT_BITS = (8, 4)
+DEFAULT_INT4_GROUP = 128  # int4 by round-to-nearest: one grid per 128 columns (per row loses far more)
+
+
+def default_group_size(bits: int) -> int | None:
+    """The group size `quantize_weights` uses when given none: per row for int8, 128 columns for int4."""
+    return DEFAULT_INT4_GROUP if bits == 4 else None
+
+
+def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
+                     head_bits: int | None = None) -> dict[str, int]:
+    """Hold every linear weight of a causal LM as `bits`-bit codes (kernels/formats.py), by round-to-nearest
+    onto an asymmetric min/max grid per row (`group_size` None) or per row and `group_size` input columns:
+
+    - decoder-layer linears at least COMPRESS_FROM_SPARSITY sparse (pruned) and CompressedLinear become a
+      quantized CompressedLinear (bitmask or N:M, the same zeros), expanded experts quantized
+      CompressedExperts; the other decoder-layer linears (attention projections, a dense MLP) and the LM
+      head become QuantizedLinear. The token embedding stays as it is (a tied LM head is untied).
+    - weights already quantized (a folder pruned or expanded with --bits 4 / 8) keep their grid.
+    - `head_bits` (default `bits`): the LM head's width, per row when 8 (llama.cpp's 4-bit mixes keep
+      the output matrix wider too: it is the one linear every token's logits come straight out of)
+    Returns how many modules of each kind were quantized."""
+    from .arch import decoder_layers, is_linear_like, linear_weight
+    from .expand.module import SparseExpertLinear
+    from .kernels import CompressedLinear, QuantizedLinear
+    from .kernels.formats import choose_format, quantize
+    from .kernels.linear import DecodeLinear, quantized_copy
+    from .prune.quantize import fit_grid
+
+    if bits not in QUANT_BITS:
+        raise UsageError(f"quantized weights are 8 or 4 bits, got {bits}")
+    if group_size is not None and group_size < 1:
+        raise UsageError(f"the group size must be at least 1, got {group_size}")
+    _set_decode_linears(model, False)
+    counts = {"compressed": 0, "experts": 0, "dense": 0, "kept": 0}
+
+    def quantized(module: nn.Module) -> nn.Module:
+        if isinstance(module, CompressedLinear) or isinstance(module, QuantizedLinear):
+            counts["kept" if module.bits is not None else "compressed"] += 1
+            return quantized_copy(module, bits, group_size) if isinstance(module, CompressedLinear) else module
+        weight = linear_weight(module).detach().float()
+        group = weight.shape[1] if group_size is None else min(group_size, weight.shape[1])
+        scales, zeros = fit_grid(weight, bits, group)
+        bias = None if module.bias is None else module.bias.detach().float()
+        if _sparsity(weight) >= COMPRESS_FROM_SPARSITY:
+            counts["compressed"] += 1
+            return CompressedLinear(quantize(weight, choose_format(weight), bits, group, scales, zeros), bias)
+        counts["dense"] += 1
+        return QuantizedLinear(quantize(weight, "dense", bits, group, scales, zeros), bias)
+
+    for layer in decoder_layers(model):
+        swaps = []
+        for name, module in layer.named_modules():
+            if isinstance(module, SparseExpertLinear):
+                counts["kept" if module.experts.bits is not None else "experts"] += 1
+                module.use_dense_weights(False)
+                module.experts = quantized_copy(module.experts, bits, group_size)
+            elif isinstance(module, (CompressedLinear, QuantizedLinear)) or is_linear_like(module):
+                if not _inside_expert(layer, name):
+                    swaps.append((name, module))
+        for name, module in swaps:
+            layer.set_submodule(name, quantized(module))
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and (is_linear_like(head) or isinstance(head, (DecodeLinear, QuantizedLinear))):
+        if isinstance(head, DecodeLinear):
+            head = head.to_linear()
+        hb = bits if head_bits is None else head_bits
+        if hb not in QUANT_BITS:
+            raise UsageError(f"the LM head's width must be 8 or 4 bits, got {hb}")
+        if isinstance(head, QuantizedLinear):
+            counts["kept"] += 1
+            replacement = head
+        else:
+            group = group_size if hb == bits else default_group_size(hb)
+            replacement = QuantizedLinear.quantize(linear_weight(head), head.bias, hb, group)
+            counts["dense"] += 1
+        model.set_output_embeddings(replacement)
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.config.tie_word_embeddings = False  # the embedding keeps its float weights
+    _release_dense_copies(model)
+    return counts
+
+
+def _inside_expert(layer: nn.Module, name: str) -> bool:
+    """Whether `name` lies inside a SparseExpertLinear (its router holds no linears, but be safe)."""
+    from .expand.module import SparseExpertLinear
+
+    parts = name.split(".")
+    return any(isinstance(layer.get_submodule(".".join(parts[:i])), SparseExpertLinear) for i in range(1, len(parts)))
 
 
 def _set_decode_linears(model: nn.Module, on: bool) -> None:
@@ -107,10 +204,10 @@ def weights_in_memory(model: nn.Module) -> str:
     """"compressed" when some weights are held compressed (CompressedLinear, or expanded experts
     without a dense copy), else "dense"."""
     from .expand.module import SparseExpertLinear
-    from .kernels import CompressedLinear
+    from .kernels import CompressedLinear, QuantizedLinear
 
     for module in model.modules():
-        if isinstance(module, CompressedLinear) or (isinstance(module, SparseExpertLinear)
+        if isinstance(module, (CompressedLinear, QuantizedLinear)) or (isinstance(module, SparseExpertLinear)
                                                     and not module.uses_dense_weights):
             return "compressed"
     return "dense"
@@ -123,7 +220,7 @@ def _sparsity(weight: torch.Tensor) -> float:
 def _dense_linear(module: nn.Module) -> nn.Linear:
     weight = module.dense_weight()
     linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                       dtype=module.values.dtype)
+                       dtype=torch.float32 if module.bits is not None else module.values.dtype)
     with torch.no_grad():
         linear.weight.copy_(weight)
         if module.bias is not None:

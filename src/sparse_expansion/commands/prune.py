@@ -19,12 +19,33 @@ def register(subparsers) -> None:
     common.add_model_arg(p)
     p.add_argument("--method", choices=PRUNING_METHODS, required=True, help=methods)
     p.add_argument("--sparsity", required=True, help="fraction of zeros in [0, 1), or N:M like 2:4")
-    p.add_argument("--bits", type=int, default=None, help="fused per-channel quantization, 2-8 bits (sparsegpt)")
+    p.add_argument("--bits", type=int, default=None,
+                   help="fused GPTQ-style quantization, 2-8 bits (sparsegpt); 4 and 8 are stored as int4 / int8 codes "
+                        "on exactly the grid SparseGPT chose")
+    add_group_size_arg(p)
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     add_allocation_args(p)
     common.add_calibration_args(p)
     runtime.add_runtime_args(p, dtype_help="storage precision of the weights (statistics and solves stay float32)")
     p.set_defaults(func=run)
+
+
+def add_group_size_arg(p) -> None:
+    p.add_argument("--group-size", type=int, default=None, metavar="G",
+                   help="with --bits: one grid per row and G input columns (G must divide 128, SparseGPT's block); "
+                        "default one grid per row (GPTQ's per-channel)")
+
+
+def check_group_size(args) -> int | None:
+    """--group-size as a config field, refused in one line unless --bits is given and G divides 128."""
+    if args.group_size is None:
+        return None
+    if args.bits is None:
+        raise UsageError("--group-size needs --bits")
+    if args.group_size < 1 or 128 % args.group_size:
+        raise UsageError(f"--group-size must divide 128 (SparseGPT's block of columns), got {args.group_size}; "
+                         "use 32, 64 or 128")
+    return args.group_size
 
 
 def add_allocation_args(p) -> None:
@@ -68,7 +89,9 @@ def run(args) -> int:
     sparsity = parse_sparsity(args.sparsity)
     if args.bits is not None and (args.method != "sparsegpt" or not 2 <= args.bits <= 8):
         raise UsageError("--bits needs --method sparsegpt and a value from 2 to 8")
-    config = make_config(args.method, sparsity, bits=args.bits, **allocation_options(args))
+    group_size = check_group_size(args)
+    extra = {} if group_size is None else {"group_size": group_size}
+    config = make_config(args.method, sparsity, bits=args.bits, **extra, **allocation_options(args))
     rt = runtime.setup(args.device, args.dtype)
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
                                batch_size=args.batch_size, device=rt.device, dtype=rt.dtype)

@@ -26,7 +26,7 @@ from ..arch import linear_weight
 from ..engine import Groups
 from ..errors import UsageError
 from ..prune.allocation import AllocationFields, TokenSample, block_counts
-from ..prune.compressors import SparsityCompressor
+from ..prune.compressors import STORED_BITS, SparsityCompressor
 from ..prune.sparsegpt import sparsegpt_solve
 from ..prune.sparsity import Sparsity
 from .hessians import SHRINK_RULES, ClusterHessianStat, shrunk_hessians
@@ -46,7 +46,8 @@ class ExpandConfig(AllocationFields):
     experts: int
     sparsity: Sparsity
     pca_dim: int | None = None  # default: in_features // 32, at least 8
-    bits: int | None = None
+    bits: int | None = None  # fused GPTQ-style quantization; 4 and 8 are stored as codes (kernels/formats.py)
+    group_size: int | None = None  # quantization grid per row (None) or per row and this many columns
     seed: int = 0
     n_init: int = 10
     # Cluster Hessian H_c -> (1 - lam_c) H_c + lam_c H (H: the layer's): `shrink` picks lam_c.
@@ -210,14 +211,18 @@ class ExpandCompressor(SparsityCompressor):
             zeros = block_counts(count if rows is None else rows, weight.shape[1], s.blocksize)
             allocated = self.allocator.record(self.index, name, rows)
         local, info = sparsegpt_solve(weight.expand(len(mine), *weight.shape), hessians[mine], s.sparsity,
-                                      bits=s.bits, blocksize=s.blocksize, percdamp=s.percdamp,
-                                      zeros=zeros, zeros_per_row=rows is not None)
+                                      bits=s.bits, group_size=s.group_size, blocksize=s.blocksize,
+                                      percdamp=s.percdamp, zeros=zeros, zeros_per_row=rows is not None)
         weights = distributed.gather_shares(local, s.experts)
+        grid = None
+        if s.bits in STORED_BITS:  # the experts' codes on exactly the grid the solve used
+            scale, zero = (distributed.gather_shares(t, s.experts) for t in info["grid"])
+            grid = (scale, zero, s.bits, s.group_size or weight.shape[1])
         damping = distributed.gather_lists(info["damping"], s.experts)
         self.times["solves"] += time.perf_counter() - t0
         bias = getattr(module, "bias", None)
-        replacement = SparseExpertLinear.build(state.router, weights.to(module.weight.dtype),
-                                               None if bias is None else bias.detach())
+        replacement = SparseExpertLinear.build(state.router, weights if grid else weights.to(module.weight.dtype),
+                                               None if bias is None else bias.detach(), grid=grid)
         return replacement, {"damping": damping, **allocated}
 
     def _linear_record(self, replacement: SparseExpertLinear, state: _GroupState, counts: list[int],

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..kernels import CompressedExperts, ops
-from ..kernels.formats import bitmask_from_flat_msb, dtype_name, value_dtype_of
+from ..kernels import CompressedExperts, choose_format, ops
+from ..kernels.formats import bitmask_from_flat_msb, quantize, value_dtype_of
 from .router import Router
 
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -77,15 +77,23 @@ class SparseExpertLinear(nn.Module):
 
     @property
     def value_dtype(self) -> torch.dtype:
-        return self.experts.values.dtype
+        """The float dtype the experts compute in: their values' (float32 for int8 / int4 codes)."""
+        return torch.float32 if self.experts.bits is not None else self.experts.values.dtype
 
     @classmethod
     def build(cls, router: Router, experts: torch.Tensor, bias: torch.Tensor | None, *,
-              format: str = "auto", value_dtype: torch.dtype | str | None = None) -> SparseExpertLinear:
+              format: str = "auto", value_dtype: torch.dtype | str | None = None,
+              grid: tuple[torch.Tensor, torch.Tensor, int, int] | None = None) -> SparseExpertLinear:
         """From dense experts [k, out, in] (what the compressor solved): compressed in `format`
         ("auto": 2:4 or 4:8 when every expert satisfies it, else bitmask), values in `value_dtype`
-        (default: the experts' dtype). `router` is kept, not copied: give linears that read the
-        same input the same router."""
+        (default: the experts' dtype), or with `grid` (scales, zeros, bits, group size: SparseGPT's
+        --bits grid, on which every expert weight lies) as int8 / int4 codes on exactly that grid.
+        `router` is kept, not copied: give linears that read the same input the same router."""
+        if grid is not None:
+            scales, zeros, bits, group = grid
+            fmt = choose_format(experts) if format == "auto" else format
+            weight = quantize(experts.detach().float(), fmt, bits, group, scales, zeros, exact=True)
+            return cls(router, CompressedExperts(weight, bias).to(experts.device))
         dtype = value_dtype_of(value_dtype) if value_dtype is not None else experts.dtype
         compressed = CompressedExperts.from_dense(experts.detach(), bias, dtype, format)
         return cls(router, compressed.to(experts.device))
@@ -96,7 +104,8 @@ class SparseExpertLinear(nn.Module):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "num_experts": self.num_experts, "pca_dim": self.pca_dim, "bias": self.bias is not None,
                 "format": spec["format"], "value_dtype": spec["value_dtype"],
-                "stored_values": spec["stored_values"]}
+                "stored_values": spec["stored_values"],
+                **({"group_size": spec["group_size"]} if "group_size" in spec else {})}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> SparseExpertLinear:
@@ -107,7 +116,7 @@ class SparseExpertLinear(nn.Module):
         experts = CompressedExperts.from_spec({
             "num_experts": k, "out_features": out, "in_features": d, "bias": bool(spec["bias"]),
             "format": spec.get("format", "bitmask"), "value_dtype": spec.get("value_dtype", "float32"),
-            "stored_values": spec.get("stored_values", 0)})
+            "stored_values": spec.get("stored_values", 0), "group_size": spec.get("group_size")})
         return cls(router, experts)
 
     # --- compute ------------------------------------------------------------------------------
@@ -185,7 +194,7 @@ class SparseExpertLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, experts={self.num_experts}, "
-                f"pca_dim={self.pca_dim}, format={self.experts.format}, values={dtype_name(self.value_dtype)}"
+                f"pca_dim={self.pca_dim}, format={self.experts.format}, values={self.experts.value_type}"
                 f"{', dense copy' if self._dense is not None else ''}")
 
 

@@ -58,7 +58,7 @@ def check_exportable(folder: str | Path) -> dict[str, Any]:
     manifest = read_manifest(path)
     if manifest["kind"] != CAUSAL_LM:
         raise UsageError(f"export supports pruned language models; {folder} holds a {manifest['kind']} model")
-    if manifest["modules"]:
+    if any(spec.get("type") != "compressed_linear" for spec in manifest["modules"].values()):
         raise UsageError(f"export supports pruned models; expanded models ({folder} replaces "
                          f"{len(manifest['modules'])} linears with routed experts) have no compressed-tensors form, "
                          "use them with sparse-expansion or load_model()")
@@ -154,7 +154,7 @@ def export_compressed_tensors(source: str | Path, out: str | Path) -> dict[str, 
     check_output_dir(out)
     record = check_exportable(source)
     bits = record.get("bits")
-    model, tokenizer = load_model(str(source))
+    model, tokenizer = load_model(str(source), weights="dense")  # a --bits 4 / 8 folder holds codes: de-quantized
     targets: list[str] = []
     width = None
     if bits:

@@ -103,6 +103,69 @@ def unpack(fmt: str, shape: tuple[int, ...], values: torch.Tensor, index: torch.
     return unpack_bitmask(values, index, shape) if nm is None else unpack_nm(values, index, *nm, shape)
 
 
+# Quantized values (kernels/formats.py has the full text): `values` holds uint8 codes, one a byte
+# (int8) or two a byte, low nibble first (int4); `scales` [..., groups] float32 and `zeros`
+# [..., groups] uint8 give every row's group of `group_size` input columns its grid, and a stored
+# code c in column j of row r stands for (c - zeros[r, j // group_size]) * scales[r, j // group_size],
+# computed in float32 (one rounding: exactly the value GPTQ's asymmetric min/max grid produces).
+QUANT_BITS = {"int8": 8, "int4": 4}
+
+
+def unpack_codes(packed: torch.Tensor, count: int, bits: int) -> torch.Tensor:
+    """[..., B] uint8 -> [..., count] int64 codes: one a byte (8 bits) or two, low nibble first (4)."""
+    if bits == 8:
+        return packed[..., :count].long()
+    both = torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2)
+    return both[..., :count].long()
+
+
+def dequantize(codes: torch.Tensor, columns: torch.Tensor, rows: torch.Tensor, scales: torch.Tensor,
+               zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """float32 values of `codes` stored at input `columns` of flat `rows` (tensors of one shape), with
+    scales/zeros [R, groups]: (code - zero) * scale, in float32."""
+    groups = columns // group_size
+    zero = zeros.reshape(-1, zeros.shape[-1])[rows, groups].long()
+    scale = scales.reshape(-1, scales.shape[-1])[rows, groups]
+    return (codes - zero).float() * scale
+
+
+def unpack_quantized(fmt: str, shape: tuple[int, ...], values: torch.Tensor, index: torch.Tensor | None,
+                     scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int,
+                     first: int = 0) -> torch.Tensor:
+    """The dense float32 weight `shape` of a quantized "bitmask", "N:M" or "dense" weight (`index`:
+    the bitmask's mask, the N:M indices, None for dense). A bitmask's codes start at code `first` of
+    `values` (an expert of a stacked weight: int4 codes need not start on a byte)."""
+    cols = shape[-1]
+    rows = math.prod(shape[:-1])
+    device = values.device
+    if fmt == "dense":
+        codes = unpack_codes(values.reshape(rows, -1), cols, bits)
+        columns = torch.arange(cols, device=device).expand(rows, cols)
+        row_ids = torch.arange(rows, device=device).unsqueeze(1).expand(rows, cols)
+        return dequantize(codes, columns, row_ids, scales, zeros, group_size).reshape(shape)
+    nm = parse_format(fmt)
+    if nm is None:
+        keep = unpack_bits(index.reshape(-1, index.shape[-1]), cols)
+        row_ids, columns = keep.nonzero(as_tuple=True)  # row-major: the order values are stored in
+        codes = unpack_codes(values.reshape(-1), first + row_ids.numel(), bits)[first:]
+        dense = torch.zeros(rows, cols, dtype=torch.float32, device=device)
+        dense[row_ids, columns] = dequantize(codes, columns, row_ids, scales, zeros, group_size)
+        return dense.reshape(shape)
+    n, m = nm
+    per_row = cols // m * n
+    codes = unpack_codes(values.reshape(rows, -1), per_row, bits)
+    columns = nm_columns(index, n, m, per_row)
+    row_ids = torch.arange(rows, device=device).unsqueeze(1).expand(rows, per_row)
+    dense = torch.zeros(rows, cols, dtype=torch.float32, device=device)
+    dense.scatter_(-1, columns, dequantize(codes, columns, row_ids, scales, zeros, group_size))
+    return dense.reshape(shape)
+
+
+def quantized_value_bytes(count: int, bits: int) -> int:
+    """Bytes that `count` codes take."""
+    return (count * bits + 7) // 8
+
+
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 
 
@@ -168,13 +231,25 @@ class Router(nn.Module):
 class PackedWeight(nn.Module):
     """A compressed [out, in] or [k, out, in] weight and an optional float32 bias, as saved."""
 
-    def __init__(self, fmt: str, shape: tuple[int, ...], value_dtype: torch.dtype, stored_values: int,
-                 bias: bool) -> None:
+    def __init__(self, fmt: str, shape: tuple[int, ...], value_dtype: torch.dtype | str, stored_values: int,
+                 bias: bool, group_size: int | None = None) -> None:
         super().__init__()
         self.format, self.shape = fmt, tuple(shape)
-        nm = parse_format(fmt)
         rows, cols = shape[:-1], shape[-1]
-        if nm is None:
+        self.bits = QUANT_BITS.get(value_dtype) if isinstance(value_dtype, str) else None
+        if self.bits is not None:  # quantized: uint8 codes plus the grid of every row's groups
+            self.group_size = int(group_size)
+            value_dtype = torch.uint8
+            groups = -(-cols // self.group_size)
+            self.register_buffer("scales", torch.zeros(*rows, groups))
+            self.register_buffer("zeros", torch.zeros(*rows, groups, dtype=torch.uint8))
+        nm = None if fmt == "dense" else parse_format(fmt)
+        if fmt == "dense":
+            self.register_buffer("values", torch.zeros(*rows, quantized_value_bytes(cols, self.bits),
+                                                       dtype=torch.uint8))
+        elif nm is None:
+            if self.bits is not None:
+                stored_values = quantized_value_bytes(stored_values, self.bits)
             self.register_buffer("values", torch.zeros(stored_values, dtype=value_dtype))
             self.register_buffer("mask", torch.zeros(*rows, (cols + 7) // 8, dtype=torch.uint8))
             self.register_buffer("row_offsets", torch.zeros(math.prod(rows) + 1, dtype=torch.int64))
@@ -183,13 +258,18 @@ class PackedWeight(nn.Module):
             if cols % m:
                 raise ValueError(f"{fmt} needs in_features divisible by {m}, got {cols}")
             per_row = cols // m * n
-            self.register_buffer("values", torch.zeros(*rows, per_row, dtype=value_dtype))
+            value_count = per_row if self.bits is None else quantized_value_bytes(per_row, self.bits)
+            self.register_buffer("values", torch.zeros(*rows, value_count, dtype=value_dtype))
             self.register_buffer("indices", torch.zeros(*rows, (per_row * index_bits(m) + 7) // 8,
                                                         dtype=torch.uint8))
         self.register_buffer("bias", torch.zeros(shape[-2]) if bias else None)
 
     def check(self, name: str) -> None:
         """After loading: the tensors must agree, so unpacking never reads past them."""
+        if self.bits is not None and self.zeros.numel() and int(self.zeros.max()) >= 2 ** self.bits:
+            raise ValueError(f"{name}: zero points past the {self.bits}-bit grid; the folder is corrupt")
+        if self.format == "dense":
+            return
         if self.format != "bitmask":
             m = parse_format(self.format)[1]
             positions = unpack_indices(self.indices.reshape(-1, self.indices.shape[-1]), self.values.shape[-1],
@@ -197,12 +277,15 @@ class PackedWeight(nn.Module):
             if bool((positions >= m).any()):
                 raise ValueError(f"{name}: {self.format} indices point outside their group of {m}")
             return
-        if not torch.equal(self.row_offsets, row_offsets_from_mask(self.mask)) or \
-                int(self.row_offsets[-1]) != self.values.numel():
+        stored = int(self.row_offsets[-1])
+        stored = stored if self.bits is None else quantized_value_bytes(stored, self.bits)
+        if not torch.equal(self.row_offsets, row_offsets_from_mask(self.mask)) or stored != self.values.numel():
             raise ValueError(f"{name}: the bitmask's values, mask and row_offsets disagree; the folder is corrupt")
 
     def dense(self, expert: int | None = None) -> torch.Tensor:
         """The whole weight, or expert `expert` of a stacked one, unpacked to float32."""
+        if self.bits is not None:
+            return self._dequantized(expert)
         if expert is None:
             index = self.mask if self.format == "bitmask" else self.indices
             return unpack(self.format, self.shape, self.values, index).float()
@@ -213,8 +296,22 @@ class PackedWeight(nn.Module):
         start, end = int(self.row_offsets[expert * out]), int(self.row_offsets[(expert + 1) * out])
         return unpack_bitmask(self.values[start:end], self.mask[expert], shape).float()
 
+    def _dequantized(self, expert: int | None) -> torch.Tensor:
+        index = None if self.format == "dense" else self.mask if self.format == "bitmask" else self.indices
+        grid = (self.bits, self.group_size)
+        if expert is None:
+            return unpack_quantized(self.format, self.shape, self.values, index, self.scales, self.zeros, *grid)
+        if self.format != "bitmask":
+            return unpack_quantized(self.format, self.shape[1:], self.values[expert],
+                                    None if index is None else index[expert], self.scales[expert],
+                                    self.zeros[expert], *grid)
+        first = int(self.row_offsets[expert * self.shape[1]])
+        return unpack_quantized(self.format, self.shape[1:], self.values, index[expert], self.scales[expert],
+                                self.zeros[expert], *grid, first=first)
+
     def extra_repr(self) -> str:
-        return f"shape={list(self.shape)}, format={self.format}, values={str(self.values.dtype)[6:]}"
+        values = f"int{self.bits}, group_size={self.group_size}" if self.bits else str(self.values.dtype)[6:]
+        return f"shape={list(self.shape)}, format={self.format}, values={values}"
 
 
 class CompressedLinear(PackedWeight):
@@ -225,6 +322,10 @@ class CompressedLinear(PackedWeight):
         if self.bias is not None:
             y = y + self.bias.float()
         return y.to(x.dtype).reshape(*x.shape[:-1], self.shape[0])
+
+
+class QuantizedLinear(CompressedLinear):
+    """y = x W^T + b with a dense W of int8 or int4 codes ("quantized_linear" in the manifest)."""
 
 
 class SparseExpertLinear(nn.Module):
@@ -252,18 +353,24 @@ class SparseExpertLinear(nn.Module):
 def build_module(spec: dict[str, Any], dtype: torch.dtype | None = None) -> nn.Module:
     """An empty replacement for a manifest entry, its values in `dtype` when that is a value dtype."""
     kind = spec.get("type")
+    if kind == "quantized_linear":
+        return QuantizedLinear("dense", (int(spec["out_features"]), int(spec["in_features"])), spec["value_dtype"],
+                               0, bool(spec.get("bias")), int(spec["group_size"]))
     if kind not in ("sparse_expert_linear", "compressed_linear"):
         raise ValueError(f"module type {kind!r} is unknown to this file; load the folder with sparse-expansion")
     if "format" not in spec:
         raise ValueError("the folder was written before experts were stored compressed; re-save it with "
                          "sparse-expansion")
-    value_dtype = dtype if dtype in VALUE_DTYPES.values() else VALUE_DTYPES[spec["value_dtype"]]
+    value_dtype = spec["value_dtype"]
+    group = spec.get("group_size")
+    if value_dtype not in QUANT_BITS:  # float values: in the model's dtype when it is a value dtype
+        value_dtype = dtype if dtype in VALUE_DTYPES.values() else VALUE_DTYPES[value_dtype]
     out, cols, bias = int(spec["out_features"]), int(spec["in_features"]), bool(spec.get("bias"))
     stored = int(spec.get("stored_values", 0))
     if kind == "compressed_linear":
-        return CompressedLinear(spec["format"], (out, cols), value_dtype, stored, bias)
+        return CompressedLinear(spec["format"], (out, cols), value_dtype, stored, bias, group)
     k = int(spec["num_experts"])
-    experts = PackedWeight(spec["format"], (k, out, cols), value_dtype, stored, bias)
+    experts = PackedWeight(spec["format"], (k, out, cols), value_dtype, stored, bias, group)
     return SparseExpertLinear(Router(cols, int(spec["pca_dim"]), k), experts)
 
 

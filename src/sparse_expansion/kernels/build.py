@@ -30,12 +30,16 @@ from types import ModuleType
 import torch
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("ops.cpp", "scalar.cpp", "avx2.cpp", "avx512.cpp", "decode_step.cpp", "step_kernels.cpp")
-HEADERS = ("sparse.h", "step.h")
+SOURCES = ("ops.cpp", "scalar.cpp", "avx2.cpp", "avx512.cpp", "decode_step.cpp", "step_kernels.cpp",
+           "quant_torch.cpp", "quant_scalar.cpp", "quant_avx512.cpp")
+HEADERS = ("sparse.h", "step.h", "quant.h")
 # OpenMP makes at::parallel_for (inlined from torch's headers) actually parallel; the library
 # then shares torch's own OpenMP runtime, so torch.set_num_threads applies.
 _OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]
-CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", *_OPENMP]
+# No contraction of a * b + c into one fused multiply-add unless the source asks for it (intrinsics): the
+# quantized kernels define their sums as separate products and additions (csrc/quant.h), equal bit for
+# bit on every path, which GCC's default (contract whenever the target has FMA) would break.
+CFLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", *_OPENMP]
 LDFLAGS = [*_OPENMP]
 
 

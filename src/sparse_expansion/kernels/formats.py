@@ -28,6 +28,21 @@ Value dtypes: float32, bfloat16, float16. The mask is taken after the cast, so
 `decompress(compress(w, f, d)) == w.to(d)` exactly (-0.0 comes back as +0.0).
 bitmask at density p costs p * bytes(dtype) + 1/8 bytes a weight; 2:4 costs
 (bytes(dtype) + 1/4) / 2: fp16 at 50% is 1.125 bytes in either format, against 4 for dense fp32.
+
+**Quantized values** ("int8", "int4"; either format above, or "dense": every column stored). The
+values are integer codes on an asymmetric grid per row and group of `group_size` input columns
+(GPTQ's min/max grid: prune/quantize.py fits it; a group of the whole row is per-row):
+  - `values`  uint8 codes in the order above: one a byte (int8) or two a byte, low nibble first
+    (int4). bitmask: [ceil(nnz * bits / 8)], one stream over all rows (an int4 row may start
+    mid-byte); N:M: [k, out, ceil(in * N / M * bits / 8)], dense: [k, out, ceil(in * bits / 8)],
+    each row starting on a fresh byte. `row_offsets` and `stored_values` count codes, not bytes.
+  - `scales`  [k, out, ceil(in / group_size)] float32, `zeros` the same shape, uint8 (< 2^bits).
+  A code c in column j of row r is the weight (c - zeros[r, j // G]) * scales[r, j // G], computed
+  in float32: c - zero is an exact integer, so that is one rounding, the very value GPTQ's
+  quantizer (`scale * (q - zero)`) produced. An N:M group's filler stores the zero point (0.0);
+  a weight whose code is its zero point is 0.0 and a bitmask does not store it. Every kernel
+  de-quantizes exactly this way and then accumulates in float32 as for float32 values (ops.py).
+  int4 bitmask at 30% density, G = 128: 0.15 + 0.125 + 5/128 = 0.31 bytes a weight.
 """
 
 from __future__ import annotations
@@ -40,17 +55,27 @@ from typing import Any
 import torch
 
 from ..hub.modeling_sparse_expansion import (
+    QUANT_BITS,
     index_bits,
     parse_format,
+    quantized_value_bytes,
     row_offsets_from_mask,
     unpack_bitmask,
+    unpack_bits,
+    unpack_codes,
     unpack_indices,
     unpack_nm,
+    unpack_quantized,
 )
 from ..hub.modeling_sparse_expansion import nm_columns as _nm_columns
 
 VALUE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DTYPE_NAMES = {v: k for k, v in VALUE_DTYPES.items()}
+
+
+def quant_bits(name: str | torch.dtype) -> int | None:
+    """8 for "int8", 4 for "int4", None for a float value dtype."""
+    return QUANT_BITS.get(name) if isinstance(name, str) else None
 
 
 def value_dtype_of(name_or_dtype: str | torch.dtype) -> torch.dtype:
@@ -68,29 +93,51 @@ def dtype_name(dtype: torch.dtype) -> str:
 class CompressedWeight:
     """One compressed [out, in] or [k, out, in] weight: format, dense shape and its tensors.
 
-    `index` is the bitmask's `mask` or the N:M `indices`; `row_offsets` is None for N:M."""
+    `index` is the bitmask's `mask` or the N:M `indices` (None for "dense"); `row_offsets` is None
+    for N:M and dense. Quantized weights (`bits` 8 or 4) also carry `scales`, `zeros` and
+    `group_size`; their `values` are uint8 codes (see the module docstring)."""
 
     format: str
     shape: tuple[int, ...]
     values: torch.Tensor
-    index: torch.Tensor
+    index: torch.Tensor | None
     row_offsets: torch.Tensor | None = None
+    scales: torch.Tensor | None = None
+    zeros: torch.Tensor | None = None
+    bits: int | None = None
+    group_size: int | None = None
 
     @cached_property
     def n_m(self) -> tuple[int, int] | None:
-        """(N, M) of an N:M weight, None for bitmask (parsed once: kernels ask on every call)."""
-        return parse_format(self.format)
+        """(N, M) of an N:M weight, None for bitmask and dense (parsed once: kernels ask on every call)."""
+        return None if self.format == "dense" else parse_format(self.format)
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits is not None
 
     def expert(self, e: int) -> CompressedWeight:
-        """Expert e of a [k, out, in] weight, as an [out, in] weight (views, no copy of values)."""
+        """Expert e of a [k, out, in] weight, as an [out, in] weight (views, no copy of values; an int4
+        bitmask expert whose codes start mid-byte gets its codes re-packed)."""
         if len(self.shape) != 3 or not 0 <= e < self.shape[0]:
             raise IndexError(f"expert {e} of a weight shaped {list(self.shape)}")
+        grid = {} if not self.quantized else {"scales": self.scales[e], "zeros": self.zeros[e], "bits": self.bits,
+                                               "group_size": self.group_size}
         if self.row_offsets is None:
-            return CompressedWeight(self.format, self.shape[1:], self.values[e], self.index[e])
+            return CompressedWeight(self.format, self.shape[1:], self.values[e],
+                                    None if self.index is None else self.index[e], **grid)
         out = self.shape[1]
         offsets = self.row_offsets[e * out:(e + 1) * out + 1]
         start, end = int(offsets[0]), int(offsets[-1])
-        return CompressedWeight(self.format, self.shape[1:], self.values[start:end], self.index[e], offsets - start)
+        if not self.quantized:
+            values = self.values[start:end]
+        elif self.bits == 8:
+            values = self.values[start:end]
+        elif start % 2 == 0:
+            values = self.values[start // 2:(end + 1) // 2]
+        else:
+            values = pack_codes(unpack_codes(self.values, end, 4)[start:].unsqueeze(0), 4).reshape(-1)
+        return CompressedWeight(self.format, self.shape[1:], values, self.index[e], offsets - start, **grid)
 
     @property
     def rows(self) -> int:
@@ -102,43 +149,87 @@ class CompressedWeight:
 
     @property
     def value_dtype(self) -> torch.dtype:
+        """The values' torch dtype: uint8 for quantized codes (see `value_type`)."""
         return self.values.dtype
+
+    @property
+    def value_type(self) -> str:
+        """"float32", "bfloat16", "float16", "int8" or "int4": what the spec calls the values."""
+        return f"int{self.bits}" if self.quantized else dtype_name(self.values.dtype)
+
+    @property
+    def groups(self) -> int:
+        """Groups of `group_size` columns a row of a quantized weight has."""
+        return -(-self.in_features // self.group_size)
+
+    @property
+    def stored_values(self) -> int:
+        """Values (codes) stored: the bitmask's popcount, or every slot of N:M and dense."""
+        if self.row_offsets is not None:
+            return int(self.row_offsets[-1])
+        per_row = self.in_features if self.n_m is None else self.in_features // self.n_m[1] * self.n_m[0]
+        return self.rows * per_row
 
     def with_value_dtype(self, dtype: torch.dtype | str) -> CompressedWeight:
         """The same weight with its values cast: a value that becomes 0 stays stored, which every
         kernel accepts (it multiplies by zero) and `nonzeros` counts do not include."""
+        if self.quantized:
+            raise ValueError("quantized values are codes on a grid; decompress them to cast")
         return CompressedWeight(self.format, self.shape, self.values.to(value_dtype_of(dtype)), self.index,
                                 self.row_offsets)
 
+    def nonzeros(self) -> int:
+        """Stored weights that are not 0.0 (an N:M filler, a float cast to 0, a code at its zero point)."""
+        if not self.quantized:
+            return int((self.values != 0).sum())
+        return int((decompress(self) != 0).sum())
+
     def nbytes(self) -> int:
-        parts = [self.values, self.index] + ([self.row_offsets] if self.row_offsets is not None else [])
-        return sum(t.numel() * t.element_size() for t in parts)
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors by their file names: what a state dict or safetensors file holds."""
+        grid = {} if not self.quantized else {"scales": self.scales, "zeros": self.zeros}
+        if self.format == "dense":
+            return {"values": self.values, **grid}
         if self.row_offsets is None:
-            return {"values": self.values, "indices": self.index}
-        return {"values": self.values, "mask": self.index, "row_offsets": self.row_offsets}
+            return {"values": self.values, "indices": self.index, **grid}
+        return {"values": self.values, "mask": self.index, "row_offsets": self.row_offsets, **grid}
 
     @classmethod
-    def from_tensors(cls, fmt: str, shape: tuple[int, ...], tensors: dict[str, torch.Tensor]) -> CompressedWeight:
+    def from_tensors(cls, fmt: str, shape: tuple[int, ...], tensors: dict[str, torch.Tensor],
+                     bits: int | None = None, group_size: int | None = None) -> CompressedWeight:
         """Rebuild from `tensors()`, checked so a kernel never reads out of bounds."""
-        if parse_format(fmt) is None:
+        grid = {} if bits is None else {"scales": tensors["scales"], "zeros": tensors["zeros"], "bits": bits,
+                                        "group_size": group_size}
+        if fmt == "dense":
+            weight = cls(fmt, tuple(shape), tensors["values"], None, **grid)
+        elif parse_format(fmt) is None:
             offsets = tensors.get("row_offsets")
             if offsets is None:
                 offsets = row_offsets_from_mask(tensors["mask"])
-            weight = cls(fmt, tuple(shape), tensors["values"], tensors["mask"], offsets)
+            weight = cls(fmt, tuple(shape), tensors["values"], tensors["mask"], offsets, **grid)
         else:
-            weight = cls(fmt, tuple(shape), tensors["values"], tensors["indices"])
+            weight = cls(fmt, tuple(shape), tensors["values"], tensors["indices"], **grid)
         weight.validate()
         return weight
 
     def validate(self) -> None:
         """Raise ValueError unless shapes, dtypes and (bitmask) offsets agree with each other."""
-        value_dtype_of(self.values.dtype)
         if len(self.shape) not in (2, 3):
             raise ValueError(f"compressed weight shape must be [out, in] or [k, out, in], got {self.shape}")
+        if self.quantized:
+            self._validate_grid()
+        else:
+            value_dtype_of(self.values.dtype)
         rows, cols = self.rows, self.in_features
+        if self.format == "dense":
+            if not self.quantized:
+                raise ValueError("the dense format holds quantized values only")
+            want = (*self.shape[:-1], quantized_value_bytes(cols, self.bits))
+            if tuple(self.values.shape) != want:
+                raise ValueError(f"dense codes must be uint8 {list(want)}, got {list(self.values.shape)}")
+            return
         nm = parse_format(self.format)
         if nm is None:
             want = (*self.shape[:-1], (cols + 7) // 8)
@@ -148,8 +239,11 @@ class CompressedWeight:
             offsets = self.row_offsets
             if offsets is None or offsets.dtype != torch.int64 or tuple(offsets.shape) != (rows + 1,):
                 raise ValueError(f"bitmask row_offsets must be int64 [{rows + 1}]")
-            if self.values.dim() != 1 or int(offsets[-1]) != self.values.numel():
-                raise ValueError(f"bitmask holds {self.values.numel()} values, offsets say {int(offsets[-1])}")
+            stored = int(offsets[-1])
+            if self.quantized:
+                stored = quantized_value_bytes(stored, self.bits)
+            if self.values.dim() != 1 or stored != self.values.numel():
+                raise ValueError(f"bitmask holds {self.values.numel()} values, offsets say {stored}")
             if not torch.equal(offsets, row_offsets_from_mask(self.index)):
                 raise ValueError("bitmask row_offsets disagree with the mask's popcounts")
             return
@@ -158,34 +252,65 @@ class CompressedWeight:
             raise ValueError(f"{self.format} needs in_features divisible by {m}, got {cols}")
         per_row = cols // m * n
         want_idx = (*self.shape[:-1], (per_row * index_bits(m) + 7) // 8)
-        if tuple(self.values.shape) != (*self.shape[:-1], per_row):
-            raise ValueError(f"{self.format} values must be {[*self.shape[:-1], per_row]}, "
+        stored = per_row if not self.quantized else quantized_value_bytes(per_row, self.bits)
+        if tuple(self.values.shape) != (*self.shape[:-1], stored):
+            raise ValueError(f"{self.format} values must be {[*self.shape[:-1], stored]}, "
                              f"got {list(self.values.shape)}")
         if self.index.dtype != torch.uint8 or tuple(self.index.shape) != want_idx:
             raise ValueError(f"{self.format} indices must be uint8 {list(want_idx)}, got {list(self.index.shape)}")
         if m not in (4, 16) and bool((unpack_indices(self.index.reshape(rows, -1), per_row, index_bits(m)) >= m).any()):
             raise ValueError(f"{self.format} indices point outside their group of {m}")
 
+    def _validate_grid(self) -> None:
+        if self.bits not in QUANT_BITS.values():
+            raise ValueError(f"quantized values are 8 or 4 bits, got {self.bits}")
+        if not isinstance(self.group_size, int) or self.group_size < 1:
+            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
+        want = (*self.shape[:-1], self.groups)
+        if self.values.dtype != torch.uint8:
+            raise ValueError(f"quantized values must be uint8 codes, got {self.values.dtype}")
+        if self.scales is None or self.scales.dtype != torch.float32 or tuple(self.scales.shape) != want:
+            raise ValueError(f"scales must be float32 {list(want)}")
+        if self.zeros is None or self.zeros.dtype != torch.uint8 or tuple(self.zeros.shape) != want:
+            raise ValueError(f"zeros must be uint8 {list(want)}")
+        if self.zeros.numel() and int(self.zeros.max()) >= 2 ** self.bits:
+            raise ValueError(f"zero points must be below 2^{self.bits}")
+
     def spec(self) -> dict[str, Any]:
         """JSON-able description: with `from_spec` enough to allocate the buffers before loading."""
-        return {"format": self.format, "shape": list(self.shape), "value_dtype": dtype_name(self.value_dtype),
-                "stored_values": self.values.numel()}
+        spec = {"format": self.format, "shape": list(self.shape), "value_dtype": self.value_type,
+                "stored_values": self.stored_values if self.quantized else self.values.numel()}
+        if self.quantized:
+            spec["group_size"] = self.group_size
+        return spec
 
     @classmethod
     def empty(cls, spec: dict[str, Any]) -> CompressedWeight:
         """Buffers of the right shapes and dtypes, contents to be loaded (not validated)."""
         fmt, shape = spec["format"], tuple(int(s) for s in spec["shape"])
-        dtype = value_dtype_of(spec["value_dtype"])
+        bits = quant_bits(spec["value_dtype"])
         rows, cols = math.prod(shape[:-1]), shape[-1]
+        grid: dict[str, Any] = {}
+        if bits is None:
+            dtype = value_dtype_of(spec["value_dtype"])
+            count = lambda n: n  # noqa: E731
+        else:
+            dtype, group = torch.uint8, int(spec["group_size"])
+            groups = -(-cols // group)
+            grid = {"scales": torch.zeros(*shape[:-1], groups), "bits": bits, "group_size": group,
+                    "zeros": torch.zeros(*shape[:-1], groups, dtype=torch.uint8)}
+            count = lambda n: quantized_value_bytes(n, bits)  # noqa: E731
+        if fmt == "dense":
+            return cls(fmt, shape, torch.zeros(*shape[:-1], count(cols), dtype=dtype), None, **grid)
         nm = parse_format(fmt)
         if nm is None:
-            values = torch.zeros(int(spec["stored_values"]), dtype=dtype)
+            values = torch.zeros(count(int(spec["stored_values"])), dtype=dtype)
             return cls(fmt, shape, values, torch.zeros(*shape[:-1], (cols + 7) // 8, dtype=torch.uint8),
-                       torch.zeros(rows + 1, dtype=torch.int64))
+                       torch.zeros(rows + 1, dtype=torch.int64), **grid)
         n, m = nm
         per_row = cols // m * n
-        return cls(fmt, shape, torch.zeros(*shape[:-1], per_row, dtype=dtype),
-                   torch.zeros(*shape[:-1], (per_row * index_bits(m) + 7) // 8, dtype=torch.uint8))
+        return cls(fmt, shape, torch.zeros(*shape[:-1], count(per_row), dtype=dtype),
+                   torch.zeros(*shape[:-1], (per_row * index_bits(m) + 7) // 8, dtype=torch.uint8), **grid)
 
 
 # --- bitmask --------------------------------------------------------------------------------------
@@ -266,11 +391,80 @@ def compress_nm(dense: torch.Tensor, n: int, m: int, value_dtype: torch.dtype) -
 
 def nm_columns(weight: CompressedWeight) -> torch.Tensor:
     """[R, in*N/M] int64: the input column of every stored value."""
-    return _nm_columns(weight.index, *weight.n_m, weight.values.shape[-1])
+    n, m = weight.n_m
+    return _nm_columns(weight.index, n, m, weight.in_features // m * n)
 
 
 def decompress_nm(weight: CompressedWeight) -> torch.Tensor:
     return unpack_nm(weight.values, weight.index, *weight.n_m, weight.shape)
+
+
+# --- quantized values ----------------------------------------------------------------------------
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """[..., n] codes < 2^bits -> [..., ceil(n * bits / 8)] uint8: one a byte, or two, low nibble first."""
+    codes = codes.to(torch.uint8)
+    if bits == 8:
+        return codes.contiguous()
+    if codes.shape[-1] % 2:
+        codes = torch.cat([codes, codes.new_zeros(*codes.shape[:-1], 1)], dim=-1)
+    pairs = codes.reshape(*codes.shape[:-1], -1, 2)
+    return (pairs[..., 0] | (pairs[..., 1] << 4)).contiguous()
+
+
+def group_columns(cols: int, group_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """[cols] int64: the group of every input column."""
+    return torch.arange(cols, device=device) // group_size
+
+
+def quantize(dense: torch.Tensor, fmt: str, bits: int, group_size: int, scales: torch.Tensor, zeros: torch.Tensor,
+             exact: bool = False) -> CompressedWeight:
+    """Encode an [out, in] or [k, out, in] weight on the grid `scales`/`zeros` [..., ceil(in / G)]
+    (prune/quantize.py fits one) as `fmt` ("bitmask", "N:M" or "dense") with `bits`-bit codes:
+    code = clamp(round(w / scale) + zero, 0, 2^bits - 1), by round-to-nearest. Zeros stay zeros
+    (a pruned weight is not stored). `exact`: the weight already lies on the grid (what SparseGPT
+    with --bits returns); refuse unless every weight de-quantizes back to itself bit for bit."""
+    if bits not in QUANT_BITS.values():
+        raise ValueError(f"quantized values are 8 or 4 bits, got {bits}")
+    if dense.dim() not in (2, 3):
+        raise ValueError(f"expected an [out, in] or [k, out, in] weight, got shape {list(dense.shape)}")
+    cols = dense.shape[-1]
+    groups = -(-cols // group_size)
+    if tuple(scales.shape) != (*dense.shape[:-1], groups) or tuple(zeros.shape) != tuple(scales.shape):
+        raise ValueError(f"scales and zeros must be {[*dense.shape[:-1], groups]} for group size {group_size}")
+    maxq = 2 ** bits - 1
+    w = dense.detach().float()
+    g = group_columns(cols, group_size, w.device)
+    scale, zero = scales.float()[..., g], zeros.float()[..., g]
+    codes = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+    codes = torch.where(w == 0, zero, codes)  # a zero stays exactly zero whatever the grid
+    value = scale * (codes - zero)
+    if exact and not torch.equal(value, w):
+        bad = int((value != w).sum())
+        raise ValueError(f"{bad} weights are not on the given {bits}-bit grid")
+    codes = codes.to(torch.uint8)
+    grid = {"scales": scales.float().contiguous(), "zeros": zeros.to(torch.uint8).contiguous(), "bits": bits,
+            "group_size": group_size}
+    shape = tuple(dense.shape)
+    if fmt == "dense":
+        weight = CompressedWeight(fmt, shape, pack_codes(codes, bits), None, **grid)
+    elif parse_format(fmt) is None:
+        structure = compress_bitmask(value, torch.float32)
+        keep = unpack_bitmask_bits(structure)
+        weight = CompressedWeight(fmt, shape, pack_codes(codes.reshape(-1, cols)[keep], bits),
+                                  structure.index, structure.row_offsets, **grid)
+    else:
+        structure = compress_nm(value, *parse_format(fmt), torch.float32)
+        columns = nm_columns(structure).reshape(*shape[:-1], -1)
+        weight = CompressedWeight(fmt, shape, pack_codes(codes.gather(-1, columns), bits), structure.index,
+                                  **grid)
+    weight.validate()
+    return weight
+
+
+def unpack_bitmask_bits(weight: CompressedWeight) -> torch.Tensor:
+    """[R, in] bool: which weights a bitmask stores."""
+    return unpack_bits(weight.index.reshape(-1, weight.index.shape[-1]), weight.in_features)
 
 
 # --- either ---------------------------------------------------------------------------------------
@@ -285,7 +479,11 @@ def compress(dense: torch.Tensor, fmt: str = "bitmask", value_dtype: torch.dtype
 
 
 def decompress(weight: CompressedWeight) -> torch.Tensor:
-    """The dense weight in the value dtype: exactly what was compressed, cast."""
+    """The dense weight in the value dtype: exactly what was compressed, cast (float32 for quantized
+    values: their de-quantized weights)."""
+    if weight.quantized:
+        return unpack_quantized(weight.format, weight.shape, weight.values, weight.index, weight.scales,
+                                weight.zeros, weight.bits, weight.group_size)
     return decompress_bitmask(weight) if weight.row_offsets is not None else decompress_nm(weight)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .formats import CompressedWeight, choose_format, compress, dtype_name, parse_format, value_dtype_of
+from .formats import CompressedWeight, choose_format, compress, parse_format, value_dtype_of
 
 
 class _Compressed(nn.Module):
@@ -24,6 +24,7 @@ class _Compressed(nn.Module):
         super().__init__()
         self.format = weight.format
         self.weight_shape = tuple(weight.shape)
+        self.bits, self.group_size = weight.bits, weight.group_size
         for name, tensor in weight.tensors().items():
             self.register_buffer(name, tensor)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
@@ -42,8 +43,15 @@ class _Compressed(nn.Module):
         """The weight as one object, rebuilt only when a buffer was replaced (`.to()`, assignment)."""
         buffers, cached = self._buffers, self._weight
         if cached is None or cached.values is not buffers["values"] or not _same_index(cached, buffers):
-            names = ("values", "mask", "row_offsets") if parse_format(self.format) is None else ("values", "indices")
-            cached = self._weight = CompressedWeight(self.format, self.weight_shape, *(buffers[n] for n in names))
+            if self.format == "dense":
+                parts = (buffers["values"], None)
+            elif parse_format(self.format) is None:
+                parts = (buffers["values"], buffers["mask"], buffers["row_offsets"])
+            else:
+                parts = (buffers["values"], buffers["indices"], None)
+            grid = {} if self.bits is None else {"scales": buffers["scales"], "zeros": buffers["zeros"],
+                                                  "bits": self.bits, "group_size": self.group_size}
+            cached = self._weight = CompressedWeight(self.format, self.weight_shape, *parts, **grid)
         return cached
 
     def dense_weight(self) -> torch.Tensor:
@@ -52,13 +60,19 @@ class _Compressed(nn.Module):
 
     def _spec(self) -> dict[str, Any]:
         weight = self.compressed()
-        return {"in_features": self.in_features, "out_features": self.out_features, "format": self.format,
-                "value_dtype": dtype_name(weight.value_dtype), "stored_values": weight.values.numel(),
+        spec = {"in_features": self.in_features, "out_features": self.out_features, "format": self.format,
+                **{k: v for k, v in weight.spec().items() if k not in ("format", "shape")},
                 "bias": self.bias is not None}
+        return spec
+
+    @property
+    def value_type(self) -> str:
+        """"float32", "bfloat16", "float16", "int8" or "int4"."""
+        return self.compressed().value_type
 
     def nonzeros(self) -> int:
         """Stored non-zero weights (an N:M group's zero fillers are not counted)."""
-        return int((self.compressed().values != 0).sum())
+        return self.compressed().nonzeros()
 
     def dense_numel(self) -> int:
         """Weights (and biases) the dense layer it stands for would hold: what `params` counts."""
@@ -66,9 +80,10 @@ class _Compressed(nn.Module):
 
     def to_storage_dtype(self, dtype: torch.dtype | str) -> _Compressed:
         """Values in `dtype` (float32, bfloat16 or float16); the bias stays float32, as the kernels
-        take it. Called by artifact.py after loading with the model's --dtype."""
+        take it. Called by artifact.py after loading with the model's --dtype. Quantized codes stay
+        as they are (their de-quantized weights are float32 whatever the model's dtype)."""
         dtype = value_dtype_of(dtype)
-        if self.values.dtype != dtype:
+        if self.bits is None and self.values.dtype != dtype:
             self.values = self.values.to(dtype)
         return self
 
@@ -80,6 +95,10 @@ def _validate_after_load(module: _Compressed, _keys) -> None:
 
 
 def _same_index(weight: CompressedWeight, buffers: dict[str, torch.Tensor | None]) -> bool:
+    if weight.quantized and (weight.scales is not buffers["scales"] or weight.zeros is not buffers["zeros"]):
+        return False
+    if weight.format == "dense":
+        return True
     if weight.row_offsets is None:
         return weight.index is buffers["indices"]
     return weight.index is buffers["mask"] and weight.row_offsets is buffers["row_offsets"]
@@ -87,7 +106,8 @@ def _same_index(weight: CompressedWeight, buffers: dict[str, torch.Tensor | None
 
 def _empty_weight(shape: tuple[int, ...], spec: dict[str, Any]) -> CompressedWeight:
     return CompressedWeight.empty({"format": spec["format"], "shape": shape, "value_dtype": spec["value_dtype"],
-                                   "stored_values": spec.get("stored_values", 0)})
+                                   "stored_values": spec.get("stored_values", 0),
+                                   "group_size": spec.get("group_size")})
 
 
 class CompressedLinear(_Compressed):
@@ -132,7 +152,11 @@ class CompressedLinear(_Compressed):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, "
-                f"values={dtype_name(self.values.dtype)}, bias={self.bias is not None}")
+                f"values={_values_repr(self)}, bias={self.bias is not None}")
+
+
+def _values_repr(module: _Compressed) -> str:
+    return module.value_type + ("" if module.bits is None else f", group_size={module.group_size}")
 
 
 class CompressedExperts(_Compressed):
@@ -170,7 +194,7 @@ class CompressedExperts(_Compressed):
 
     def expert_nonzeros(self) -> list[int]:
         weight = self.compressed()
-        return [int((weight.expert(e).values != 0).sum()) for e in range(self.num_experts)]
+        return [weight.expert(e).nonzeros() for e in range(self.num_experts)]
 
     def flops_per_token(self) -> int:
         """A token runs one expert: 2 x its non-zeros, the mean over experts."""
@@ -179,7 +203,72 @@ class CompressedExperts(_Compressed):
 
     def extra_repr(self) -> str:
         return (f"experts={self.num_experts}, in_features={self.in_features}, out_features={self.out_features}, "
-                f"format={self.format}, values={dtype_name(self.values.dtype)}, bias={self.bias is not None}")
+                f"format={self.format}, values={_values_repr(self)}, bias={self.bias is not None}")
+
+
+class QuantizedLinear(_Compressed):
+    """Drop-in for nn.Linear whose dense W is stored as int8 or int4 codes with per-row-and-group scales
+    (formats.py, format "dense"): the linears pruning leaves dense (attention projections, the LM head)
+    at a quarter or an eighth of float32's bytes. Decode steps run the C++ kernels; more tokens
+    de-quantize W once and call torch's GEMM."""
+
+    artifact_type = "quantized_linear"  # its name in artifact.MODULE_TYPES
+
+    def __init__(self, weight: CompressedWeight, bias: torch.Tensor | None = None) -> None:
+        if weight.format != "dense" or not weight.quantized or len(weight.shape) != 2:
+            raise ValueError("QuantizedLinear needs a quantized [out, in] weight in the dense format")
+        super().__init__(weight, bias)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, bits: int,
+                 group_size: int | None = None) -> QuantizedLinear:
+        """Round-to-nearest onto the min/max grid of every row (or row and group of `group_size` columns)."""
+        from ..prune.quantize import fit_grid
+        from .formats import quantize
+
+        weight = weight.detach().float()
+        group = weight.shape[1] if group_size is None else min(group_size, weight.shape[1])
+        scales, zeros = fit_grid(weight, bits, group)
+        return cls(quantize(weight, "dense", bits, group, scales, zeros), bias)
+
+    def spec(self) -> dict[str, Any]:
+        spec = self._spec()
+        spec.pop("format")
+        spec.pop("stored_values")
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> QuantizedLinear:
+        shape = (int(spec["out_features"]), int(spec["in_features"]))
+        bias = torch.zeros(shape[0]) if spec.get("bias") else None
+        return cls(_empty_weight(shape, {**spec, "format": "dense"}), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.sparse_linear(x, self.compressed(), self._buffers["bias"])
+
+    def flops_per_token(self) -> int:
+        return 2 * math.prod(self.weight_shape)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, values={_values_repr(self)}, "
+                f"bias={self.bias is not None}")
+
+
+def quantized_copy(module: _Compressed, bits: int, group_size: int | None = None) -> _Compressed:
+    """A CompressedLinear or CompressedExperts with the same sparsity, its weights rounded to the nearest
+    point of a `bits`-bit min/max grid per row (or row and group of `group_size` columns); already
+    quantized modules come back as they are."""
+    from ..prune.quantize import fit_grid
+    from .formats import decompress, quantize
+
+    if module.bits is not None:
+        return module
+    weight = module.compressed()
+    dense = decompress(weight).float()
+    group = weight.in_features if group_size is None else min(group_size, weight.in_features)
+    scales, zeros = fit_grid(dense, bits, group)
+    bias = module.bias
+    return type(module)(quantize(dense, weight.format, bits, group, scales, zeros), bias)
 
 
 class DecodeLinear(nn.Module):

@@ -12,6 +12,10 @@ benchmarks; avx2 caps the vectors at AVX2); torch never builds. Tensors off the 
 the torch path. It is read once, at the first call (a
 decode step makes hundreds of calls); `use_backend` overrides it in code.
 
+int8 / int4 values (formats.py) follow one defined arithmetic (csrc/quant.h): the scalar and AVX-512
+C++ kernels give the same bits; "avx2" runs the scalar loops for them; above QUANT_KERNEL_TOKENS
+tokens each expert is de-quantized (C++ or torch, the same float32 weights) for torch's GEMM.
+
 Groups of at least `DENSE_FROM` tokens on one expert are multiplied by unpacking that expert to
 fp32 and calling torch's GEMM: with that many tokens every weight is reused often enough that
 a dense GEMM beats any sparse loop (benchmarks/kernel_speed.py measures the crossover). Inputs
@@ -131,7 +135,9 @@ def _matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: CompressedWeig
     if bias is not None and bias.dtype != torch.float32:
         bias = bias.float()
     lib, isa = _resolved or _library()
-    if lib is None or flat.device.type != "cpu":  # the C++ kernels are CPU kernels
+    if weight.quantized:
+        y = _quantized_matmul(lib, isa, flat, labels, weight, bias)
+    elif lib is None or flat.device.type != "cpu":  # the C++ kernels are CPU kernels
         y = _torch_matmul(flat.float(), labels, weight, bias)
     elif weight.row_offsets is not None:
         y = lib.bitmask_matmul(flat.contiguous(), labels, weight.values, weight.index, weight.row_offsets,
@@ -160,6 +166,43 @@ def _torch_matmul(x: torch.Tensor, labels: torch.Tensor | None, weight: Compress
     return y if bias is None else y + bias
 
 
+QUANT_KERNEL_TOKENS = 4  # quantized weights: up to this many tokens run the C++ kernels, more de-quantize + GEMM
+
+
+def _quantized_matmul(lib: ModuleType | None, isa: int, x: torch.Tensor, labels: torch.Tensor | None,
+                      weight: CompressedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    """int8 / int4 values: a few tokens on the CPU take the C++ kernels (each weight de-quantized to
+    float32 as formats.py says, then float32 products and sums); more tokens de-quantize each expert
+    they use in C++ and call torch's GEMM; without the kernels `_torch_matmul` does the same in torch
+    (the same de-quantized weights, so the same outputs)."""
+    x = x.float()
+    if lib is None or not x.is_cpu:
+        return _torch_matmul(x, labels, weight, bias)
+    if x.shape[0] <= QUANT_KERNEL_TOKENS:
+        return lib.quant_matmul(x.contiguous(), labels, weight.format, *_quant_args(weight), bias, isa)
+    # Many tokens: each expert de-quantized in C++ (the same float32 values as `decompress`), then a GEMM.
+    args = _quant_args(weight)
+    if labels is None:
+        y = x @ lib.quant_unpack(weight.format, *args, 0).t()
+    else:
+        y = x.new_empty(x.shape[0], weight.shape[-2])
+        for e in labels.unique().tolist():
+            rows = (labels == e).nonzero().flatten()
+            y[rows] = x[rows] @ lib.quant_unpack(weight.format, *args, e).t()
+    return y if bias is None else y + bias
+
+
+def _quant_args(weight: CompressedWeight) -> tuple:
+    """What the C++ quant entry points take after the format: tensors, then the grid's shape."""
+    empty = torch.empty(0, dtype=torch.uint8)
+    index = weight.index if weight.index is not None else empty
+    offsets = weight.row_offsets if weight.row_offsets is not None else torch.empty(0, dtype=torch.int64)
+    n, m = weight.n_m or (0, 0)
+    experts = weight.shape[0] if len(weight.shape) == 3 else 1
+    return (weight.values, index, offsets, weight.scales, weight.zeros, weight.bits, weight.group_size, n, m,
+            experts, weight.in_features)
+
+
 ROUTE_TOKENS = 4  # up to this many tokens `route` runs in C++ (one call); more go to torch's GEMM
 
 
@@ -179,6 +222,9 @@ def unpack(weight: CompressedWeight) -> torch.Tensor:
     lib, isa = _library()
     if lib is None or weight.values.device.type != "cpu":
         return decompress(weight).float()
+    if weight.quantized:
+        args = _quant_args(weight)
+        return torch.cat([lib.quant_unpack(weight.format, *args, e) for e in range(args[-2])]).reshape(weight.shape)
     if weight.row_offsets is not None:
         dense = lib.bitmask_unpack(weight.values, weight.index, weight.row_offsets, weight.in_features, isa)
     else:

@@ -38,7 +38,8 @@ class WandaConfig(AllocationFields):
 @dataclass(frozen=True)
 class SparseGPTConfig(AllocationFields):
     sparsity: Sparsity
-    bits: int | None = None  # fused GPTQ-style per-channel quantization
+    bits: int | None = None  # fused GPTQ-style quantization; 4 and 8 are stored as codes (kernels/formats.py)
+    group_size: int | None = None  # quantization grid per row (None) or per row and this many columns
     blocksize: int = 128
     percdamp: float = 0.01
 
@@ -70,10 +71,33 @@ def prune_weight(config: PruneConfig, weight: torch.Tensor, statistic: torch.Ten
         block = block_counts(row_zeros, in_features, config.blocksize)
     elif zeros is not None:
         block = block_counts(torch.tensor(zeros), in_features, config.blocksize)
-    new, solve = sparsegpt_solve(weight, statistic, config.sparsity, bits=config.bits,
-                                 blocksize=config.blocksize, percdamp=config.percdamp,
+    stored = config.bits in STORED_BITS
+    new, solve = sparsegpt_solve(weight.float() if stored else weight, statistic, config.sparsity, bits=config.bits,
+                                 group_size=config.group_size, blocksize=config.blocksize, percdamp=config.percdamp,
                                  zeros=block, zeros_per_row=row_zeros is not None)
-    return new, {"damping": solve["damping"][0]}
+    info = {"damping": solve["damping"][0]}
+    if stored:  # float32 on the grid, with the grid: the caller stores the codes
+        info["grid"] = (*solve["grid"], config.bits, config.group_size or weight.shape[1])
+    return new, info
+
+
+STORED_BITS = (4, 8)  # --bits stored as int4 / int8 codes; other widths stay floats on their grid
+
+
+def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None,
+                     grid: tuple[torch.Tensor, torch.Tensor, int, int]) -> nn.Module:
+    """The module that stores a weight SparseGPT put on `grid` (scale, zero, bits, group size) as codes:
+    a CompressedLinear (bitmask or N:M) when it is sparse enough to pay for its index, else a dense
+    QuantizedLinear. Refuses (ValueError) a weight that is not exactly on the grid."""
+    from ..kernels import CompressedLinear, QuantizedLinear
+    from ..kernels.formats import choose_format, quantize
+    from ..storage import COMPRESS_FROM_SPARSITY
+
+    scale, zero, bits, group = grid
+    fmt = "dense" if zero_fraction(weight) < COMPRESS_FROM_SPARSITY else choose_format(weight)
+    packed = quantize(weight, fmt, bits, group, scale, zero, exact=True)
+    keep = None if bias is None else bias.detach().float()
+    return QuantizedLinear(packed, keep) if fmt == "dense" else CompressedLinear(packed, keep)
 
 
 _STATISTICS = {MagnitudeConfig: None, WandaConfig: SquaredNormStat, SparseGPTConfig: HessianStat}
@@ -146,7 +170,9 @@ class PruneCompressor(SparsityCompressor):
                     new, info = prune_weight(self.config, weight, statistic,
                                              zeros=self.allocator.linear_zeros(self.index, name), row_zeros=rows)
                     info.update(self.allocator.record(self.index, name, rows))
-                out[name] = new
+                grid = info.pop("grid", None)
+                module = self.layer.get_submodule(name)
+                out[name] = new if grid is None else quantized_linear(new, getattr(module, "bias", None), grid)
                 self._records[f"{self.index}.{name}"] = {"sparsity": zero_fraction(new), **info}
         self.stats, self.samples = {}, {}
         return out

@@ -1,10 +1,44 @@
-"""GPTQ-style asymmetric per-output-channel uniform quantization (min/max grid per row)."""
+"""GPTQ-style asymmetric uniform quantization: a min/max grid per output row, or per row and group of
+`group_size` input columns. Pure functions; SparseGPT (--bits) and `convert` (round-to-nearest) fit
+the same grids, and kernels/formats.py stores their codes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+
+def fit_grid(weight: torch.Tensor, bits: int, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) [..., out, groups] float32 of the min/max grid of each row (group_size None) or each
+    row's group of `group_size` consecutive columns (the last group may be shorter): the grid spans
+    [min(w, 0), max(w, 0)] in 2^bits - 1 steps, zero = round(-min / scale) is an integer code, and an
+    all-zero group gets the grid of [-1, 1] (any grid stores zeros exactly)."""
+    cols = weight.shape[-1]
+    group = cols if group_size is None else group_size
+    if group < 1:
+        raise ValueError(f"group size must be at least 1, got {group}")
+    groups = -(-cols // group)
+    w = weight.detach().float()
+    if groups * group != cols:
+        # pad the last group with its own columns' zeros: a padding 0 changes neither min(w, 0) nor max(w, 0)
+        w = torch.cat([w, w.new_zeros(*w.shape[:-1], groups * group - cols)], dim=-1)
+    w = w.reshape(*w.shape[:-1], groups, group)
+    lo = w.amin(dim=-1).clamp(max=0)
+    hi = w.amax(dim=-1).clamp(min=0)
+    flat = (lo == 0) & (hi == 0)
+    lo = torch.where(flat, torch.full_like(lo, -1), lo)
+    hi = torch.where(flat, torch.ones_like(hi), hi)
+    scale = (hi - lo) / (2**bits - 1)
+    zero = torch.round(-lo / scale)
+    return scale, zero
+
+
+def round_to_grid(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round-to-nearest onto a grid broadcast against `weight` (scale and zero per element or per
+    row): scale * (clamp(round(w / scale) + zero, 0, 2^bits - 1) - zero)."""
+    q = torch.clamp(torch.round(weight / scale) + zero, 0, 2**bits - 1)
+    return scale * (q - zero)
 
 
 @dataclass
@@ -17,15 +51,8 @@ class RowQuantizer:
 
     @classmethod
     def fit(cls, weight: torch.Tensor, bits: int) -> RowQuantizer:
-        maxq = 2**bits - 1
-        lo = weight.amin(dim=-1, keepdim=True).clamp(max=0)
-        hi = weight.amax(dim=-1, keepdim=True).clamp(min=0)
-        flat = (lo == 0) & (hi == 0)
-        lo = torch.where(flat, torch.full_like(lo, -1), lo)
-        hi = torch.where(flat, torch.ones_like(hi), hi)
-        scale = (hi - lo) / maxq
-        zero = torch.round(-lo / scale)
-        return cls(scale=scale, zero=zero, maxq=maxq)
+        scale, zero = fit_grid(weight, bits)
+        return cls(scale=scale, zero=zero, maxq=2**bits - 1)
 
     def __call__(self, column: torch.Tensor) -> torch.Tensor:
         """Quantize a column [..., out] (or block [..., out, cols]) onto the row grids."""
@@ -34,3 +61,37 @@ class RowQuantizer:
             scale, zero = scale.squeeze(-1), zero.squeeze(-1)
         q = torch.clamp(torch.round(column / scale) + zero, 0, self.maxq)
         return scale * (q - zero)
+
+
+class GroupQuantizer:
+    """The grid SparseGPT quantizes onto, column by column: per row (`group_size` None: fit once on the
+    whole weight, as GPTQ's per-channel quantizer) or per row and group, each group's grid fit when
+    the solve reaches its first column, on the weights as the updates so far left them (GPTQ's
+    group-wise rule). `scale`/`zero` [B, out, groups] hold the grids: what a saved folder stores."""
+
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = None) -> None:
+        self.bits, self.group_size = bits, group_size
+        cols = weight.shape[-1]
+        if group_size is None:
+            self.scale, self.zero = fit_grid(weight, bits)
+        else:
+            groups = -(-cols // group_size)
+            self.scale = weight.new_zeros(*weight.shape[:-1], groups, dtype=torch.float32)
+            self.zero = torch.zeros_like(self.scale)
+
+    def group_of(self, column: int) -> int:
+        return 0 if self.group_size is None else column // self.group_size
+
+    def starts_group(self, column: int) -> bool:
+        return self.group_size is not None and column % self.group_size == 0
+
+    def fit_group(self, column: int, block: torch.Tensor) -> None:
+        """Fit the grid of the group starting at `column` on block [B, out, cols of that group]."""
+        scale, zero = fit_grid(block, self.bits)
+        g = self.group_of(column)
+        self.scale[..., g], self.zero[..., g] = scale[..., 0], zero[..., 0]
+
+    def __call__(self, column: torch.Tensor, index: int) -> torch.Tensor:
+        """Column `index` [B, out] onto its rows' grids."""
+        g = self.group_of(index)
+        return round_to_grid(column, self.scale[..., g], self.zero[..., g], self.bits)

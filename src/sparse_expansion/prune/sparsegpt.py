@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..threads import one_thread
-from .quantize import RowQuantizer
+from .quantize import GroupQuantizer
 from .sparsity import Sparsity, mask_counts, mask_lowest
 
 
@@ -85,6 +85,7 @@ def sparsegpt_solve(
     sparsity: Sparsity,
     *,
     bits: int | None = None,
+    group_size: int | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
     zeros: torch.Tensor | None = None,
@@ -95,7 +96,9 @@ def sparsegpt_solve(
     Columns are processed left to right in blocks; in each block the mask keeps the weights with
     the largest w^2 / [H^-1]_ii^2, and every pruned or rounded weight's error is pushed onto the
     not-yet-processed columns (the OBS update), so the layer output changes as little as possible.
-    Returns the new weight (same dtype) and {'damping': [...], 'error': [...]} per batch element.
+    Returns the new weight (same dtype) and {'damping': [...], 'error': [...]} per batch element,
+    plus, with `bits`, 'grid': (scale, zero) [..., out, groups] float32, the grid every kept weight
+    lies on (per row, or per row and `group_size` columns, which must divide `blocksize`).
 
     `zeros` (from `allocation.block_counts`) replaces the fraction by exact counts: [..., blocks]
     zeros per block, chosen over the whole block as usual, or with `zeros_per_row` [..., out, blocks]
@@ -115,8 +118,10 @@ def sparsegpt_solve(
     diag[dead] = 1.0
     W.masked_fill_(dead.unsqueeze(-2), 0.0)
 
+    if group_size is not None and (group_size < 1 or blocksize % group_size):
+        raise ValueError(f"group size {group_size} must divide the block size {blocksize}")
     Hinv, damping = inverse_hessian_factor(H, percdamp)
-    quantizer = RowQuantizer.fit(W, bits) if bits else None
+    quantizer = GroupQuantizer(W, bits, group_size) if bits else None
     errors = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
 
     if zeros is not None:
@@ -126,11 +131,15 @@ def sparsegpt_solve(
         zeros = (zeros.expand(shape), zeros_per_row)
     _solve_blocks(W, Hinv, sparsity, quantizer, errors, blocksize, zeros=zeros)
 
+    info = {"damping": damping, "error": errors.tolist()}
+    if quantizer is not None:
+        scale, zero = quantizer.scale, quantizer.zero
+        info["grid"] = (scale.squeeze(0), zero.squeeze(0)) if squeeze else (scale, zero)
     if squeeze:
         W = W.squeeze(0)
     if not torch.isfinite(W).all():
         raise RuntimeError("SparseGPT produced non-finite weights; check the calibration data")
-    return W.to(dtype), {"damping": damping, "error": errors.tolist()}
+    return W.to(dtype), info
 
 
 def _solve_blocks(W, Hinv, sparsity: Sparsity, quantizer, errors, blocksize: int, inner: int = 32,
@@ -169,17 +178,23 @@ def _solve_blocks(W, Hinv, sparsity: Sparsity, quantizer, errors, blocksize: int
         for j1 in range(0, i2 - i1, inner):
             j2 = min(j1 + inner, i2 - i1)
             with one_thread(W1.device):  # many tiny ops: thread hand-offs cost more than they save
-                _solve_columns(W1, Err1, Hinv1, d1, mask1, sparsity, quantizer, j1, j2)
+                _solve_columns(W1, Err1, Hinv1, d1, mask1, sparsity, quantizer, j1, j2, i1)
             W1[..., j2:, :] -= Hinv1[..., j1:j2, j2:].transpose(-1, -2) @ Err1[..., j1:j2, :]
         W[..., i1:i2] = W1.transpose(-1, -2)
         errors += Err1.square().sum(dim=(-2, -1)) / 2  # each column's (w - q)^2 / [H^-1]_jj^2
         W[..., i2:] -= Err1.transpose(-1, -2) @ Hinv[..., i1:i2, i2:]
 
 
-def _solve_columns(W1, Err1, Hinv1, d1, mask1, sparsity: Sparsity, quantizer, j1: int, j2: int) -> None:
-    """Prune/quantize columns j1..j2 of a block one by one (W1 is [B, cols, out]), spreading each
-    column's error over the sub-block's remaining columns; W1[j] ends up holding the final column."""
+def _solve_columns(W1, Err1, Hinv1, d1, mask1, sparsity: Sparsity, quantizer, j1: int, j2: int,
+                   start: int = 0) -> None:
+    """Prune/quantize columns j1..j2 of a block one by one (W1 is [B, cols, out], its first column
+    weight column `start`), spreading each column's error over the sub-block's remaining columns; W1[j]
+    ends up holding the final column. A quantization group starting here gets its grid fit on its
+    columns as they are now, pruned weights left out (those the mask has chosen so far)."""
     for i in range(j1, j2):
+        if quantizer is not None and quantizer.starts_group(start + i):
+            cols = W1[..., i:i + quantizer.group_size, :].masked_fill(mask1[..., i:i + quantizer.group_size, :], 0.0)
+            quantizer.fit_group(start + i, cols.transpose(-1, -2))
         w = W1[..., i, :]
         d = d1[..., i].unsqueeze(-1)
         if sparsity.structured and i % sparsity.m == 0:
@@ -188,7 +203,7 @@ def _solve_columns(W1, Err1, Hinv1, d1, mask1, sparsity: Sparsity, quantizer, j1
                                                              per_row=True).transpose(-1, -2)
         q = w.masked_fill(mask1[..., i, :], 0.0)
         if quantizer is not None:
-            q = torch.where(mask1[..., i, :], q, quantizer(q))
+            q = torch.where(mask1[..., i, :], q, quantizer(q, start + i))
         err = (w - q) / d
         W1[..., i + 1 : j2, :] -= Hinv1[..., i, i + 1 : j2].unsqueeze(-1) * err.unsqueeze(-2)
         W1[..., i, :] = q

@@ -10,6 +10,18 @@
 #include "sparse.h"
 
 namespace se {
+
+// quant_torch.cpp: int8 / int4 values in any format, a few tokens.
+torch::Tensor quant_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
+                           const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+                           const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
+                           int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
+                           const c10::optional<torch::Tensor>& bias, int64_t isa);
+torch::Tensor quant_unpack(const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+                           const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
+                           int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
+                           int64_t expert);
+
 namespace {
 
 constexpr int64_t kTileBytes = 256 * 1024;  // fp32 weight tile of the GEMM path: well inside L2
@@ -245,6 +257,9 @@ void check_nm(const torch::Tensor& values, const torch::Tensor& indices, int64_t
   value_type(values);
 }
 
+
+}  // namespace
+
 // Instruction sets, as the Python side names them: 0 portable C++, 1 AVX2, 2 AVX-512. A request is
 // capped by what this CPU runs.
 int isa_level(int64_t requested) {
@@ -252,6 +267,8 @@ int isa_level(int64_t requested) {
   if (requested >= 1 && avx2_supported()) return 1;
   return 0;
 }
+
+namespace {
 
 template <typename View>
 using RowsKernel = void (*)(const View&, int64_t, int64_t, const Tokens&);
@@ -411,5 +428,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("route", &se::route, "argmin over k of bias + x @ matrix, per token (a folded router)");
   m.def("bitmask_unpack", &se::bitmask_unpack, "bitmask W -> dense fp32 [rows, in]");
   m.def("nm_unpack", &se::nm_unpack, "N:M W -> dense fp32 [rows, in]");
+  m.def("quant_matmul", &se::quant_matmul, "y = x @ W^T for int8 / int4 W (dense, bitmask, N:M; a few tokens)");
+  m.def("quant_unpack", &se::quant_unpack, "int8 / int4 W (one expert) -> de-quantized dense fp32 [rows, in]");
   se::register_decode_step(m);
 }

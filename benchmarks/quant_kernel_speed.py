@@ -1,0 +1,104 @@
+"""One linear at decode (1 token, 1 thread): float values against int8 / int4 codes, CPU time.
+
+    PYTHONPATH=src python benchmarks/quant_kernel_speed.py            # 1536x576, 70% bitmask and dense
+    PYTHONPATH=src python benchmarks/quant_kernel_speed.py --out 576 --in 1536 --sparsity 0.5
+
+Every variant cycles through copies of its weight, enough for `--working-set-mb` bytes, so that its
+weights come from DRAM as in a decoding model (SmolLM2's linears do not fit the cache), and also runs
+one copy over and over ("in cache"). Variants alternate inside every repeat; the table gives the
+median CPU time (time.process_time, so other processes on a shared machine count less than in wall
+time) per matvec. Sparse variants run kernels.sparse_linear, dense ones F.linear, kernels.dense_linear
+(the AVX512-BF16 decode kernel) or QuantizedLinear's kernel; int4 in groups of --group columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=int, default=1536)
+    parser.add_argument("--in", dest="cols", type=int, default=576)
+    parser.add_argument("--sparsity", type=float, default=0.7)
+    parser.add_argument("--group", type=int, default=128)
+    parser.add_argument("--working-set-mb", type=float, default=256)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from sparse_expansion.kernels import formats, ops
+    from sparse_expansion.prune.quantize import fit_grid
+
+    g = torch.Generator().manual_seed(0)
+    rows, cols = args.out, args.cols
+    dense = torch.randn(rows, cols, generator=g)
+    sparse = dense * (torch.rand(rows, cols, generator=g) >= args.sparsity)
+
+    def quantized(w: torch.Tensor, fmt: str, bits: int, group: int | None) -> formats.CompressedWeight:
+        group = cols if group is None else group
+        return formats.quantize(w, fmt, bits, group, *fit_grid(w, bits, group))
+
+    x32 = torch.randn(1, cols, generator=g)
+    x16 = x32.bfloat16()
+    pct = f"{args.sparsity:.0%} bitmask"
+    variants: list[tuple[str, object, Callable]] = [
+        ("dense fp32, F.linear", dense, lambda w: torch.nn.functional.linear(x32, w)),
+        ("dense bf16, AVX512-BF16 decode kernel", dense.bfloat16(), lambda w: ops.dense_linear(x16, w)),
+        ("dense int8 per row", quantized(dense, "dense", 8, None), lambda w: ops.sparse_linear(x32, w)),
+        (f"dense int4 g{args.group}", quantized(dense, "dense", 4, args.group), lambda w: ops.sparse_linear(x32, w)),
+        (f"{pct} fp32", formats.compress(sparse, "bitmask", torch.float32), lambda w: ops.sparse_linear(x32, w)),
+        (f"{pct} bf16, fp32 input", formats.compress(sparse, "bitmask", torch.bfloat16),
+         lambda w: ops.sparse_linear(x32, w)),
+        (f"{pct} bf16, bf16 input (BF16 dot)", formats.compress(sparse, "bitmask", torch.bfloat16),
+         lambda w: ops.sparse_linear(x16, w)),
+        (f"{pct} int8 per row", quantized(sparse, "bitmask", 8, None), lambda w: ops.sparse_linear(x32, w)),
+        (f"{pct} int4 g{args.group}", quantized(sparse, "bitmask", 4, args.group), lambda w: ops.sparse_linear(x32, w)),
+        (f"{pct} int4 per row", quantized(sparse, "bitmask", 4, None), lambda w: ops.sparse_linear(x32, w)),
+    ]
+    copies = {}
+    for name, weight, _ in variants:
+        size = weight.numel() * weight.element_size() if isinstance(weight, torch.Tensor) else weight.nbytes()
+        count = max(2, int(args.working_set_mb * 2**20 / size))
+        copies[name] = (size, [_copy(weight) for _ in range(count)])
+    times: dict[str, dict[str, list[float]]] = {name: {"dram": [], "cache": []} for name, *_ in variants}
+    for repeat in range(args.repeats):
+        order = variants[repeat % len(variants):] + variants[:repeat % len(variants)]
+        for name, weight, run in order:
+            _, pool = copies[name]
+            start = time.process_time()
+            for w in pool:
+                run(w)
+            times[name]["dram"].append((time.process_time() - start) / len(pool))
+            start = time.process_time()
+            for _ in range(len(pool)):
+                run(weight)
+            times[name]["cache"].append((time.process_time() - start) / len(pool))
+    print(f"# {rows}x{cols}, 1 token, 1 thread, backend {ops.backend()}, CPU time (median of {args.repeats}); "
+          f"working set {args.working_set_mb:g} MB per variant")
+    print("| weights | bytes | us from DRAM | vs dense fp32 | us in cache |\n|---|---|---|---|---|")
+    base = statistics.median(times[variants[0][0]]["dram"])
+    for name, *_ in variants:
+        dram, cache = (statistics.median(times[name][k]) for k in ("dram", "cache"))
+        print(f"| {name} | {copies[name][0] / 1e6:.3f} MB | {dram * 1e6:.1f} | {base / dram:.2f}x | "
+              f"{cache * 1e6:.1f} |")
+
+
+def _copy(weight):
+    from dataclasses import fields, replace
+
+    from sparse_expansion.kernels import formats
+
+    if isinstance(weight, torch.Tensor):
+        return weight.clone()
+    tensors = {f.name: getattr(weight, f.name).clone() for f in fields(formats.CompressedWeight)
+               if isinstance(getattr(weight, f.name), torch.Tensor)}
+    return replace(weight, **tensors)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""int8 / int4 values in the compressed formats: exact layouts and grids, every kernel path against the
+de-quantized reference (the C++ paths bit for bit against each other and against quant.h's order,
+emulated here), modules that save and load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_kernels_formats import nm_weight, unstructured_weight
+
+from sparse_expansion.kernels import CompressedExperts, CompressedLinear, QuantizedLinear, build, ops
+from sparse_expansion.kernels import formats as F
+from sparse_expansion.kernels.linear import quantized_copy
+from sparse_expansion.prune.quantize import GroupQuantizer, RowQuantizer, fit_grid, round_to_grid
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    if build.find_compiler() is None:
+        pytest.skip("no C++ compiler: only the torch fallback can run here")
+    return build.kernels(retry_failed=True)
+
+
+def weight_for(fmt: str, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    if fmt == "bitmask":
+        return unstructured_weight(shape, 0.35, seed)
+    if fmt == "dense":
+        w = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+        w[..., 1, :] = 0.0  # an all-zero row
+        return w
+    return nm_weight(shape, *F.parse_format(fmt), seed)
+
+
+def quantized(fmt: str, shape: tuple[int, ...], bits: int, group: int | None, seed: int = 0) -> F.CompressedWeight:
+    w = weight_for(fmt, shape, seed)
+    g = shape[-1] if group is None else group
+    scales, zeros = fit_grid(w, bits, g)
+    return F.quantize(w, fmt, bits, g, scales, zeros)
+
+
+# ------------------------------------------------------------------------------------ layouts, grids
+
+
+def test_int4_codes_are_packed_low_nibble_first_and_dequantize_as_documented():
+    w = torch.tensor([[0.0, 3.0, -1.0, 0.0, 2.0]])  # bitmask keeps columns 1, 2, 4
+    scales, zeros = torch.tensor([[1.0]]), torch.tensor([[5.0]])
+    q = F.quantize(w, "bitmask", 4, 5, scales, zeros)
+    # codes: 3 + 5 = 8, -1 + 5 = 4, 2 + 5 = 7 -> bytes 0x48, 0x07
+    assert q.values.tolist() == [0x48, 0x07]
+    assert q.index.tolist() == [[0b10110]] and q.row_offsets.tolist() == [0, 3]
+    assert q.zeros.dtype == torch.uint8 and q.zeros.tolist() == [[5]]
+    assert torch.equal(F.decompress(q), w)
+    q8 = F.quantize(w, "dense", 8, 5, scales, zeros)
+    assert q8.values.tolist() == [[5, 8, 4, 5, 7]]
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "dense", "2:4", "4:8"])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("group", [None, 32, 7])
+def test_weights_on_the_grid_come_back_bit_for_bit(fmt, bits, group):
+    w = weight_for(fmt, (3, 11, 72))
+    g = 72 if group is None else group
+    scales, zeros = fit_grid(w, bits, g)
+    on_grid = round_to_grid(w, scales[..., F.group_columns(72, g)], zeros[..., F.group_columns(72, g)], bits)
+    on_grid = torch.where(w == 0, 0.0, on_grid)
+    q = F.quantize(on_grid, fmt, bits, g, scales, zeros, exact=True)
+    assert torch.equal(F.decompress(q), on_grid)
+    assert q.spec()["value_dtype"] == f"int{bits}" and q.spec()["group_size"] == g
+    for e in range(3):  # an int4 bitmask expert may start mid-byte: its codes are re-packed
+        assert torch.equal(F.decompress(q.expert(e)), on_grid[e])
+    with pytest.raises(ValueError, match="not on the given"):
+        F.quantize(on_grid + 1e-3 * (on_grid != 0), fmt, bits, g, scales, zeros, exact=True)
+
+
+def test_fit_grid_per_row_is_gptqs_per_channel_grid_and_groups_are_their_own_rows():
+    w = torch.randn(6, 40)
+    w[2] = 0.0
+    old = RowQuantizer.fit(w, 4)
+    scale, zero = fit_grid(w, 4)
+    assert torch.equal(scale, old.scale) and torch.equal(zero, old.zero)
+    scale, zero = fit_grid(w, 4, 16)  # groups of 16, 16, 8 columns
+    for g, cols in enumerate([slice(0, 16), slice(16, 32), slice(32, 40)]):
+        want_scale, want_zero = fit_grid(w[:, cols], 4)
+        assert torch.equal(scale[:, g:g + 1], want_scale) and torch.equal(zero[:, g:g + 1], want_zero)
+    assert torch.equal(scale[2], torch.full((3,), 2.0) / 15)  # an all-zero row gets the grid of [-1, 1]
+
+
+def test_validation_catches_inconsistent_grids():
+    q = quantized("bitmask", (8, 40), 4, 16)
+    F.CompressedWeight.from_tensors("bitmask", (8, 40), q.tensors(), 4, 16)
+    bad = dict(q.tensors(), zeros=torch.full_like(q.zeros, 16))
+    with pytest.raises(ValueError, match="below 2"):
+        F.CompressedWeight.from_tensors("bitmask", (8, 40), bad, 4, 16)
+    with pytest.raises(ValueError, match="scales must be"):
+        F.CompressedWeight.from_tensors("bitmask", (8, 40), dict(q.tensors(), scales=q.scales[:, :1]), 4, 16)
+    with pytest.raises(ValueError, match="offsets say"):
+        F.CompressedWeight.from_tensors("bitmask", (8, 40), dict(q.tensors(), values=q.values[:-1]), 4, 16)
+
+
+# --------------------------------------------------------------------------------------- kernels
+
+
+def canonical_matvec(x: torch.Tensor, weight: F.CompressedWeight) -> torch.Tensor:
+    """quant.h's arithmetic in plain Python floats rounded through float32 tensors: de-quantized value
+    times input, added into partial sum (column or N:M value index) mod 16, then the fixed tree."""
+    dense = F.decompress(weight).reshape(-1, weight.in_features)
+    rows = dense.shape[0]
+    if weight.n_m is None:
+        stored = torch.ones_like(dense, dtype=torch.bool) if weight.format == "dense" else F.unpack_bitmask_bits(weight)
+        cols = [stored[r].nonzero().flatten().tolist() for r in range(rows)]
+        lanes = [[c % 16 for c in row] for row in cols]
+    else:
+        cols = F.nm_columns(weight).tolist()
+        lanes = [[j % 16 for j in range(len(row))] for row in cols]
+    out = torch.empty(rows)
+    for r in range(rows):
+        s = torch.zeros(16)
+        for c, lane in zip(cols[r], lanes[r]):
+            s[lane] = s[lane] + dense[r, c] * x[c]
+        s = s[:8] + s[8:]
+        s = s[:4] + s[4:]
+        s = s[:2] + s[2:]
+        out[r] = s[0] + s[1]
+    return out
+
+
+SHAPES = {  # odd in_features (not a multiple of 8, 16, 32 or the group), all-zero rows
+    "bitmask": [(2, 9, 53), (1, 5, 300), (2, 4, 7)],
+    "dense": [(2, 9, 53), (1, 4, 70)],
+    "2:4": [(2, 9, 36), (1, 5, 96)],
+    "4:8": [(2, 7, 72)],
+    "1:4": [(1, 5, 20)],
+}
+CASES = [(fmt, shape) for fmt, shapes in SHAPES.items() for shape in shapes]
+
+
+@pytest.mark.parametrize("fmt,shape", CASES, ids=[f"{f}-{'x'.join(map(str, s))}" for f, s in CASES])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("group", [None, 32, 16, 7])
+def test_every_path_against_the_dequantized_reference(compiled, fmt, shape, bits, group):
+    weight = quantized(fmt, shape, bits, group, seed=shape[-1])
+    dense = F.decompress(weight)
+    g = torch.Generator().manual_seed(1)
+    for tokens in (1, 3, ops.QUANT_KERNEL_TOKENS + 3):  # C++ for a few tokens, de-quantize + GEMM for more
+        x = torch.randn(tokens, shape[-1], generator=g)
+        labels = torch.randint(0, shape[0], (tokens,), generator=g)
+        bias = torch.randn(shape[1], generator=g)
+        want = torch.stack([dense[labels[i]].double() @ x[i].double() for i in range(tokens)]) + bias.double()
+        outputs = {}
+        for mode in ("cpp", "scalar", "torch"):
+            with ops.use_backend(mode):
+                outputs[mode] = ops.expert_linear(x, labels, weight, bias)
+            y = outputs[mode]
+            assert y.dtype == torch.float32
+            assert (y.double() - want).abs().max().item() <= 1e-5 * (1 + want.abs().max().item()), mode
+        assert torch.equal(outputs["cpp"], outputs["scalar"])  # AVX-512 (where present) == scalar, bit for bit
+        if tokens > ops.QUANT_KERNEL_TOKENS:  # C++ de-quantizes to torch's very weights: the same GEMM
+            assert torch.equal(outputs["cpp"], outputs["torch"])
+        if tokens <= ops.QUANT_KERNEL_TOKENS:
+            for i in range(tokens):  # and both follow quant.h's order exactly
+                expert = weight.expert(int(labels[i]))
+                assert torch.equal(outputs["scalar"][i], canonical_matvec(x[i], expert) + bias)
+
+
+@pytest.mark.parametrize("fmt,shape", CASES[::2], ids=[f"{f}-{'x'.join(map(str, s))}" for f, s in CASES[::2]])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_cpp_unpack_is_decompress(compiled, fmt, shape, bits):
+    weight = quantized(fmt, shape, bits, 16, seed=3)
+    with ops.use_backend("cpp"):
+        assert torch.equal(ops.unpack(weight), F.decompress(weight))
+
+
+def test_one_weight_without_labels_and_bf16_inputs(compiled):
+    weight = quantized("bitmask", (24, 100), 4, 32)
+    x = torch.randn(2, 100)
+    with ops.use_backend("cpp"):
+        y = ops.sparse_linear(x, weight)
+        y16 = ops.sparse_linear(x.bfloat16(), weight)
+    assert torch.equal(y, canonical_matvec_rows(x, weight))
+    assert y16.dtype == torch.bfloat16
+    assert torch.equal(y16, canonical_matvec_rows(x.bfloat16().float(), weight).bfloat16())
+
+
+def canonical_matvec_rows(x: torch.Tensor, weight: F.CompressedWeight) -> torch.Tensor:
+    return torch.stack([canonical_matvec(row, weight) for row in x])
+
+
+# --------------------------------------------------------------------------------------- modules
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_linear_saves_and_loads_to_identical_outputs(tmp_path, bits):
+    torch.manual_seed(0)
+    module = QuantizedLinear.quantize(torch.randn(10, 45), torch.randn(10), bits, 16)
+    assert set(module.state_dict()) == {"values", "scales", "zeros", "bias"}
+    spec = module.spec()
+    assert spec == {"in_features": 45, "out_features": 10, "value_dtype": f"int{bits}", "group_size": 16,
+                    "bias": True}
+    save_file(module.state_dict(), tmp_path / "w.safetensors")
+    loaded = QuantizedLinear.from_spec(spec)
+    loaded.load_state_dict(load_file(tmp_path / "w.safetensors"), strict=True)
+    x = torch.randn(3, 45)
+    assert torch.equal(loaded(x), module(x))
+    reference = x @ F.decompress(module.compressed()).t() + module.bias
+    torch.testing.assert_close(module(x), reference, rtol=1e-5, atol=1e-5)
+    bad = module.state_dict()
+    bad["zeros"] = torch.full_like(bad["zeros"], 255) if bits == 4 else bad["zeros"][:, :1].contiguous()
+    with pytest.raises((ValueError, RuntimeError)):
+        QuantizedLinear.from_spec(spec).load_state_dict(bad, strict=True)
+
+
+@pytest.mark.parametrize("kind", ["bitmask", "2:4"])
+def test_compressed_modules_quantize_and_reload(tmp_path, kind):
+    w = weight_for("bitmask" if kind == "bitmask" else kind, (3, 12, 64))
+    experts = quantized_copy(CompressedExperts.from_dense(w, torch.randn(12), torch.float32), 4, 32)
+    linear = quantized_copy(CompressedLinear.from_dense(w[0], None, torch.float32), 8)
+    for module in (experts, linear):
+        assert module.format == kind and module.bits in (4, 8)
+        state = module.state_dict()
+        save_file(state, tmp_path / "m.safetensors")
+        loaded = type(module).from_spec(module.spec())
+        loaded.load_state_dict(load_file(tmp_path / "m.safetensors"), strict=True)
+        x = torch.randn(5, 64)
+        args = (torch.tensor([0, 2, 1, 2, 2]),) if module is experts else ()
+        assert torch.equal(loaded(x, *args), module(x, *args))
+    assert experts.expert_nonzeros() == [int((F.decompress(experts.compressed())[e] != 0).sum()) for e in range(3)]
+
+
+def test_group_quantizer_fits_each_group_when_the_solve_reaches_it():
+    w = torch.randn(2, 4, 64)
+    q = GroupQuantizer(w, 4, 32)
+    assert q.scale.shape == (2, 4, 2) and q.starts_group(32) and not q.starts_group(31)
+    q.fit_group(32, w[..., 32:])
+    want_scale, _ = fit_grid(w[..., 32:], 4)
+    assert torch.equal(q.scale[..., 1], want_scale[..., 0])
+    column = q(w[..., 40], 40)
+    assert torch.equal(column, round_to_grid(w[..., 40], q.scale[..., 1], q.zero[..., 1], 4))

@@ -1,0 +1,165 @@
+"""Quantized models end to end on tiny ones: `--bits 4|8` stores exactly SparseGPT's grid, `convert`
+quantizes any folder by round-to-nearest, and a quantized folder saves and loads to identical logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import run_cli, tiny_model
+
+from sparse_expansion.artifact import load_artifact, read_manifest, save_artifact
+from sparse_expansion.expand import SparseExpertLinear
+from sparse_expansion.kernels import CompressedLinear, QuantizedLinear, decompress
+from sparse_expansion.models import load_model
+from sparse_expansion.prune import SparseGPTConfig, parse_sparsity
+from sparse_expansion.prune.compressors import prune_weight, quantized_linear
+from sparse_expansion.storage import quantize_weights
+
+
+def logits(model, seed=0):
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def hessian(cols=64, tokens=256, seed=0):
+    x = torch.randn(tokens, cols, generator=torch.Generator().manual_seed(seed))
+    return 2 * x.t() @ x / tokens
+
+
+@pytest.mark.parametrize("sparsity", ["0.5", "2:4"])
+@pytest.mark.parametrize("bits,group", [(8, None), (4, None), (4, 32), (4, 16)])
+def test_sparsegpt_grid_is_stored_exactly(sparsity, bits, group):
+    """The stored codes de-quantize to the very weight SparseGPT returned, and that weight lies on the
+    grid it reports (per row or per group of columns)."""
+    weight = torch.randn(24, 64, generator=torch.Generator().manual_seed(1))
+    config = SparseGPTConfig(parse_sparsity(sparsity), bits=bits, group_size=group)
+    new, info = prune_weight(config, weight, hessian())
+    scale, zero, grid_bits, group_size = info["grid"]
+    assert scale.shape == (24, 64 // group_size) and grid_bits == bits
+    module = quantized_linear(new, None, info["grid"])
+    assert isinstance(module, CompressedLinear) and module.format == ("bitmask" if sparsity == "0.5" else "2:4")
+    assert torch.equal(decompress(module.compressed()), new)
+    assert module.bits == bits and module.group_size == group_size
+    levels = torch.round(new / scale.repeat_interleave(group_size, 1)) + zero.repeat_interleave(group_size, 1)
+    assert levels.min() >= 0 and levels.max() <= 2**bits - 1
+
+
+def test_group_size_must_divide_the_block():
+    with pytest.raises(ValueError, match="divide the block size"):
+        prune_weight(SparseGPTConfig(parse_sparsity("0.5"), bits=4, group_size=48), torch.randn(8, 96),
+                     hessian(96))
+
+
+def make(command, tmp_path, source, text_file, capsys, *flags):
+    out = tmp_path / f"{command}{len(list(tmp_path.iterdir()))}"
+    code, _, err = run_cli([command, source, *flags, "--calib", text_file, "--calib-windows", "4",
+                            "--seqlen", "32", "--out", out], capsys)
+    assert code == 0, err
+    return out
+
+
+def test_prune_and_expand_with_bits_store_codes(tmp_path, tiny_model_dir, text_file, capsys):
+    pruned = make("prune", tmp_path, tiny_model_dir, text_file, capsys, "--method", "sparsegpt", "--sparsity", "0.5",
+                  "--bits", "4", "--group-size", "16")
+    modules = read_manifest(pruned)["modules"]
+    assert modules and {(s["type"], s["value_dtype"], s["group_size"]) for s in modules.values()} == \
+        {("compressed_linear", "int4", 16)}
+    model, _ = load_model(str(pruned))
+    again, _ = load_model(str(pruned))
+    assert torch.equal(logits(model), logits(again))
+    expanded = make("expand", tmp_path, tiny_model_dir, text_file, capsys, "--experts", "2", "--sparsity", "0.5",
+                    "--bits", "8")
+    specs = read_manifest(expanded)["modules"].values()
+    assert all(s["value_dtype"] == "int8" and s["group_size"] == s["in_features"] for s in specs)  # per row
+    model, _ = load_model(str(expanded))
+    experts = [m for m in model.modules() if isinstance(m, SparseExpertLinear)]
+    assert experts and all(m.experts.bits == 8 for m in experts)
+    for flags, message in ((["--method", "sparsegpt", "--group-size", "16"], "--group-size needs --bits"),
+                           (["--method", "sparsegpt", "--bits", "4", "--group-size", "48"], "must divide 128")):
+        code, _, err = run_cli(["prune", tiny_model_dir, *flags, "--sparsity", "0.5", "--out", tmp_path / "bad"],
+                               capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("bits,group", [(8, None), (4, 16)])
+def test_quantized_model_saves_and_loads_to_identical_logits(tmp_path, tokenizer, bits, group):
+    model = tiny_model("llama")
+    before = logits(model)
+    counts = quantize_weights(model, bits, group)
+    assert counts["dense"] == 2 * 7 + 1  # every linear of two layers and the LM head
+    assert isinstance(model.lm_head, QuantizedLinear) and not model.config.tie_word_embeddings
+    after = logits(model)
+    if bits == 8:  # a sanity bound (random tiny weights: int4 by rounding moves them too far for one)
+        assert (after - before).abs().max() < 0.06 * before.abs().max()
+    save_artifact(tmp_path / "q", model, tokenizer=tokenizer, record={})
+    loaded, _ = load_artifact(tmp_path / "q")
+    assert torch.equal(logits(loaded), after)
+    bf16, _ = load_artifact(tmp_path / "q", torch.bfloat16)  # codes stay codes whatever the dtype
+    assert bf16.lm_head.values.dtype == torch.uint8
+
+
+def test_convert_command(tmp_path, tiny_model_dir, text_file, capsys):
+    pruned = make("prune", tmp_path, tiny_model_dir, text_file, capsys, "--method", "sparsegpt", "--sparsity", "2:4",
+                  "--bits", "8")
+    out = tmp_path / "int4"
+    code, stdout, err = run_cli(["convert", pruned, "--bits", "4", "--out", out], capsys)
+    assert code == 0, err
+    assert "kept 6 already quantized" in stdout  # SparseGPT's int8 grid stays; the rest goes int4 by rounding
+    manifest = read_manifest(out)
+    assert manifest["record"]["converted"]["bits"] == 4 and manifest["record"]["method"] == "sparsegpt"
+    kinds = {(s["type"], s["value_dtype"]) for s in manifest["modules"].values()}
+    assert kinds == {("compressed_linear", "int8"), ("quantized_linear", "int4")}
+    original, _ = load_model(str(pruned))
+    converted, _ = load_model(str(out))
+    mlp = "model.layers.0.mlp.up_proj"
+    assert torch.equal(decompress(converted.get_submodule(mlp).compressed()),
+                       decompress(original.get_submodule(mlp).compressed()))
+    expanded = make("expand", tmp_path, tiny_model_dir, text_file, capsys, "--experts", "2", "--sparsity", "0.5")
+    code, stdout, err = run_cli(["convert", expanded, "--bits", "8", "--group-size", "0", "--out", tmp_path / "e8"],
+                                capsys)
+    assert code == 0 and "6 expert sets" in stdout, err
+    code, stdout, err = run_cli(["convert", tiny_model_dir, "--bits", "8", "--out", tmp_path / "d8"], capsys)
+    assert code == 0 and "15 dense linears" in stdout, err
+    code, stdout, err = run_cli(["convert", tiny_model_dir, "--bits", "4", "--head-bits", "8",
+                                 "--out", tmp_path / "h8"], capsys)
+    assert code == 0, err
+    model, _ = load_model(str(tmp_path / "h8"))
+    assert (model.lm_head.bits, model.lm_head.group_size) == (8, 32)  # per row: the head's rows are 32 wide
+    assert {m.bits for m in model.model.layers.modules() if isinstance(m, QuantizedLinear)} == {4}
+
+
+def test_quantize_on_load(tiny_model_dir):
+    model, _ = load_model(str(tiny_model_dir), weights="int4")
+    linears = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    assert len(linears) == 15 and {m.bits for m in linears} == {4} and {m.group_size for m in linears} == {32, 64}
+    converted = tiny_model("llama")
+    quantize_weights(converted, 4, 128)  # what the default group means (128, capped at the row)
+    assert torch.equal(logits(model), logits(converted))
+
+
+BAD = [
+    (["--bits", "3"], "invalid choice"),
+    (["--bits", "4", "--group-size", "-2"], "--group-size must be 0"),
+    (["--bits", "4", "--out-exists"], "not empty"),
+    (["--bits", "4", "--missing"], "not found"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD, ids=[b[1][:16] for b in BAD])
+def test_convert_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_model_dir, capsys, flags, message):
+    out = tmp_path / "out"
+    source = tiny_model_dir
+    if "--out-exists" in flags:
+        out.mkdir()
+        (out / "keep.txt").write_text("x")
+    if "--missing" in flags:
+        source = tmp_path / "nope"
+    flags = [f for f in flags if not f.startswith(("--out-exists", "--missing"))]
+    code, _, err = run_cli(["convert", source, *flags, "--out", out], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and message in lines[-1], err
+    if message != "invalid choice":
+        assert len(lines) == 1, err
+    assert not list(tmp_path.glob(".out.tmp-*"))
+    assert (out / "keep.txt").exists() if "not empty" in message else not out.exists()
