@@ -197,3 +197,10 @@ def test_generate_json_on_an_unsupported_model(tmp_path, tokenizer, capsys):
     assert row["decode_path"] == "hf" and "gpt2" in row["fast_unavailable"]
     assert main(["generate", str(folder), "--prompt", "To be", "--decode", "fast"]) == 2
     assert "--decode fast cannot run here" in capsys.readouterr().err
+
+
+def test_quantized_values_decode_through_hugging_face_and_say_why(folders):
+    """int8 / int4 codes have no case in the step yet: generation falls back instead of failing."""
+    model, _ = load_model(str(folders["bitmask"]), weights="int8")
+    result = decode.generate(model, windows(1, 6), 4, pad_token_id=1, ignore_eos=True)
+    assert result["decode_path"] == "hf" and "int8" in result["fast_unavailable"] and result["new_tokens"] == 4

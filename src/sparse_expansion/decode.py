@@ -234,10 +234,14 @@ def _add_linear(step, module: nn.Module, name: str, routers: dict[int, int]) -> 
         if weight.dtype not in (torch.float32, torch.bfloat16):
             raise Unsupported(f"{name} holds {weight.dtype} weights; the fast step runs float32 and bfloat16")
         return step.add_dense(weight.contiguous(), _bias(module), -1)
+    if getattr(module, "bits", None):  # kernels.QuantizedLinear: a dense int8 / int4 linear
+        raise Unsupported(f"{name} holds int{module.bits} values; the fast step runs float32, bfloat16 and float16")
     raise Unsupported(f"{name} is a {type(module).__name__}, which the fast step does not run")
 
 
 def _add_compressed(step, weight, bias: torch.Tensor | None, router: int, experts: int) -> int:
+    if weight.quantized:
+        raise Unsupported(f"int{weight.bits} values; the fast step runs float32, bfloat16 and float16 values")
     if weight.row_offsets is not None:
         return step.add_bitmask(weight.values, weight.index, weight.row_offsets, experts, weight.in_features, bias,
                                 router)

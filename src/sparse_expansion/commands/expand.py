@@ -80,7 +80,8 @@ def run(args) -> int:
     rt = runtime.setup(args.device, args.dtype)
     config = make_config("sparse_expansion", sparsity, experts=args.experts, pca_dim=args.pca_dim, bits=args.bits,
                          group_size=group_size, seed=args.seed, n_init=args.n_init, blend_below=args.blend_below,
-                         shrink=args.shrink, router_tokens=args.router_tokens, balance=args.balance, **allocation_options(args))
+                         shrink=args.shrink, router_tokens=args.router_tokens, balance=args.balance,
+                         **allocation_options(args))
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
                                batch_size=args.batch_size, device=rt.device, dtype=rt.dtype,
                                notes={"memory_budget": args.memory_budget})
