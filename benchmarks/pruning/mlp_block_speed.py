@@ -9,7 +9,7 @@ window, 1 token = its last position. Reports the median of repeated timings and 
 the dense block in the same dtype.
 
 The block is timed over and over, so its weights sit in the cache: a decoding model reads every
-layer from DRAM once per token. Whole-model decode is benchmarks/decode_speed.py.
+layer from DRAM once per token. Whole-model decode is benchmarks/decode/decode_speed.py.
 
     python benchmarks/pruning/mlp_block_speed.py --experts 16 --sparsity 0.7 --layer 10
 """

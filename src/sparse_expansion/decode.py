@@ -195,7 +195,7 @@ class FastDecoder:
 
     def partial(self, repeats: int, without_linears: bool, pos: int = 0) -> None:
         """Repeat only the linears of the last step (on its inputs and routes), or everything but them
-        at position pos: what benchmarks/decode_speed.py times to split a step's cost."""
+        at position pos: what benchmarks/decode/decode_speed.py times to split a step's cost."""
         self._built.step.partial(repeats, without_linears, pos)
 
     def profile(self, on: bool | None = None) -> tuple[int, float, float, float]:

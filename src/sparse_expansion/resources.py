@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import resource
+import statistics
 import subprocess
 import time
+from collections.abc import Callable
 
 
 def rss_mb() -> float:
@@ -69,3 +71,15 @@ def run_measured(cmd: list[str], log: str | os.PathLike, env: dict[str, str] | N
             time.sleep(poll_seconds)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
     return proc.returncode, time.perf_counter() - start, peak
+
+
+def cpu_ms(fn: Callable[[], object], repeats: int = 7) -> float:
+    """Median CPU milliseconds of fn over `repeats` calls after one warm-up (process CPU time, so a
+    descheduled process on a shared machine does not count the time it waited)."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        samples.append(time.process_time() - start)
+    return statistics.median(samples) * 1e3

@@ -167,7 +167,7 @@ def _inside_expert(layer: nn.Module, name: str) -> bool:
 def _set_decode_linears(model: nn.Module, on: bool) -> None:
     """Every plain bfloat16 nn.Linear (attention projections, LM head, a dense model's MLP) becomes a
     kernels.DecodeLinear on the same Parameters when `on`, and back when not: at decode the C++
-    bfloat16 kernel reads half the bytes torch's CPU matvec does (benchmarks/decode_speed.py)."""
+    bfloat16 kernel reads half the bytes torch's CPU matvec does (benchmarks/decode/decode_speed.py)."""
     from .kernels import DecodeLinear
 
     swaps = [(name, module) for name, module in model.named_modules()

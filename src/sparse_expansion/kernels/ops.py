@@ -18,7 +18,7 @@ tokens each expert is de-quantized (C++ or torch, the same float32 weights) for 
 
 Groups of at least `DENSE_FROM` tokens on one expert are multiplied by unpacking that expert to
 fp32 and calling torch's GEMM: with that many tokens every weight is reused often enough that
-a dense GEMM beats any sparse loop (benchmarks/kernel_speed.py measures the crossover). Inputs
+a dense GEMM beats any sparse loop (benchmarks/decode/kernel_speed.py measures the crossover). Inputs
 in bfloat16 with bfloat16 values take a bfloat16 GEMM there (AMX / AVX512-BF16 where present).
 """
 

@@ -3,9 +3,9 @@ dense F.linear of one expert-sized weight in the same process (1 thread, CPU tim
 
 Tokens are spread over experts unevenly (Dirichlet(0.5) shares, seed 0), as a real router does;
 weights are random, 70% unstructured or 2:4, values and inputs in fp32 or bf16. One linear timed
-over and over sits in cache: the whole-model figure is benchmarks/decode_speed.py's prefill.
+over and over sits in cache: the whole-model figure is benchmarks/decode/decode_speed.py's prefill.
 
-    python benchmarks/expert_prefill_speed.py [--out 1536 --in 576]
+    python benchmarks/decode/expert_prefill_speed.py [--out 1536 --in 576]
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from decode_speed import cpu_ms
+
+from sparse_expansion.resources import cpu_ms
 
 
 def main() -> None:

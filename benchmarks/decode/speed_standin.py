@@ -1,7 +1,7 @@
 """A speed-only stand-in for an expanded folder: the shape, format and sparsity of `expand --experts K
 --sparsity S`, made in a minute instead of SparseGPT's hours on a busy 2-core machine.
 
-    python benchmarks/speed_standin.py --experts 16 --sparsity 0.7 --out runs/se16-70-standin
+    python benchmarks/decode/speed_standin.py --experts 16 --sparsity 0.7 --out runs/se16-70-standin
 
 Every MLP linear of SmolLM2 becomes a SparseExpertLinear with K experts behind a real router (PCA +
 k-means fit on the linear's inputs over 2 x 256 tokens of shakespeare:train; gate and up share it,

@@ -1,7 +1,7 @@
 """One linear at decode (1 token, 1 thread): float values against int8 / int4 codes, CPU time.
 
-    PYTHONPATH=src python benchmarks/quant_kernel_speed.py            # 1536x576, 70% bitmask and dense
-    PYTHONPATH=src python benchmarks/quant_kernel_speed.py --out 576 --in 1536 --sparsity 0.5
+    PYTHONPATH=src python benchmarks/decode/quant_kernel_speed.py            # 1536x576, 70% bitmask and dense
+    PYTHONPATH=src python benchmarks/decode/quant_kernel_speed.py --out 576 --in 1536 --sparsity 0.5
 
 Every variant cycles through copies of its weight, enough for `--working-set-mb` bytes, so that its
 weights come from DRAM as in a decoding model (SmolLM2's linears do not fit the cache), and also runs

@@ -1,7 +1,8 @@
 """Whole-model decode and prefill speed: dense against pruned and expanded models, compressed weights.
 
-    python benchmarks/decode_speed.py --runs 5 --threads 1 2 --out benchmarks/decode_speed.jsonl
-    python benchmarks/decode_speed.py --summary benchmarks/decode_speed.jsonl   # the tables again
+    python benchmarks/decode/decode_speed.py --runs 5 --threads 1 2 --out runs/decode_speed.jsonl
+    python benchmarks/decode/decode_speed.py --summary \
+        benchmarks/decode/results/2026-11-27-cpu2/decode_speed.jsonl   # the tables again
 
 Every (variant, threads) pair is its own process (`--worker`), started in turn: all variants once
 (A B C ...), then all again, --runs times, each round in a rotated order, so slow phases of a
@@ -27,9 +28,9 @@ modules. A fast worker also splits one decode step's CPU time: 127 steps after t
 (`FastDecoder.partial(..., without_linears=False)`) and everything but the linears at position 127
 (attention, norms, rotary, routing, residuals); "outside" = whole step - linears alone.
 
-    python benchmarks/decode_speed.py --paths fast hf --runs 3 --threads 1 2 \
+    python benchmarks/decode/decode_speed.py --paths fast hf --runs 3 --threads 1 2 \
         --variants "dense fp32" "dense bf16" "SparseGPT 70% bf16" "SE-16 70% bf16" --out runs/fast.jsonl
-    python benchmarks/decode_speed.py --fast-summary runs/fast.jsonl
+    python benchmarks/decode/decode_speed.py --fast-summary runs/fast.jsonl
 
 The summary gives medians: with 1 thread of CPU time (immune to being descheduled by other jobs)
 and of wall time; ratios are to dense fp32, to dense bf16 as torch runs it, and to dense bf16 with
@@ -50,7 +51,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parents[1]  # the repository
 
 #: name -> (model, --dtype, --weights). "half" storage is bfloat16: on this CPU torch's bf16 runs the
 #: dense parts (attention, head) at least as fast as fp32, and prefill through AMX.
@@ -70,7 +71,7 @@ VARIANTS = {
     "SE-4 2:4 bf16": ("runs/se4-24", "bfloat16", "compressed"),
     "SE-16 2:4 fp32": ("runs/se16-24", "float32", "compressed"),
     "SE-16 2:4 bf16": ("runs/se16-24", "bfloat16", "compressed"),
-    # speed-only stand-ins (benchmarks/speed_standin.py; prune --method magnitude): the format, sparsity
+    # speed-only stand-ins (benchmarks/decode/speed_standin.py; prune --method magnitude): the format, sparsity
     # and routes of the real folders, made in minutes on a busy machine; their perplexity means nothing
     "magnitude 70% bf16": ("runs/mag70", "bfloat16", "compressed"),
     "SE-16 70% bf16 (stand-in)": ("runs/se16-70-standin", "bfloat16", "compressed"),
@@ -143,18 +144,6 @@ def worker(model_name: str, dtype_name: str, weights: str, threads: int, paths: 
     return rows
 
 
-def cpu_ms(fn, repeats: int = 7) -> float:
-    """Median CPU milliseconds of fn over `repeats` calls after one warm-up (CPU time, so a
-    descheduled process on a shared machine does not count the time it waited)."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        samples.append(time.process_time() - start)
-    return statistics.median(samples) * 1e3
-
-
 def step_parts(model_name: str, dtype_name: str, weights: str, repeats: int = 7) -> dict:
     """Where one decode step's time goes (1 thread, CPU ms, medians): the attention projections,
     the MLP blocks and the LM head run on their own for one token, layer after layer as decoding
@@ -166,6 +155,7 @@ def step_parts(model_name: str, dtype_name: str, weights: str, repeats: int = 7)
     from sparse_expansion.arch import decoder_layers
     from sparse_expansion.data import corpus_tokens
     from sparse_expansion.models import load_causal_lm
+    from sparse_expansion.resources import cpu_ms
 
     model, tokenizer = load_causal_lm(model_name, "cpu", getattr(torch, dtype_name), weights=weights)
     layers = decoder_layers(model)
@@ -303,7 +293,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="names from VARIANTS")
-    parser.add_argument("--out", type=Path, default=HERE / "decode_speed.jsonl", help="raw rows, appended")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "decode_speed.jsonl",
+                        help="raw rows, appended (default runs/decode_speed.jsonl; commit a run as "
+                             "results/DATE-MACHINE/decode_speed.jsonl)")
     parser.add_argument("--summary", type=Path, help="only print the tables of an earlier --out file")
     parser.add_argument("--paths", nargs="+", default=["hf"], choices=("fast", "hf"),
                         help="decode paths to time (decode.generate(path=...)); default hf, as before issue 20")

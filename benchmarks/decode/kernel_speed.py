@@ -1,7 +1,7 @@
 """Time compressed-weight matmuls against dense ones on SmolLM2's MLP shapes, weights from DRAM.
 
-    python benchmarks/kernel_speed.py --out benchmarks/kernel_speed.md     # the full table, ~5 min
-    python benchmarks/kernel_speed.py --tokens 1 --threads 1 --repeats 5   # a quick look
+    python benchmarks/decode/kernel_speed.py --out runs/kernel_speed.md     # the full table, ~5 min
+    python benchmarks/decode/kernel_speed.py --tokens 1 --threads 1 --repeats 5   # a quick look
 
 A decoding model reads every weight once per token from DRAM (SmolLM2's MLPs alone are ~320 MB
 in fp32, far beyond the last-level cache), so one layer timed over and over, sitting in cache,
@@ -198,8 +198,8 @@ def main() -> None:
         sections.append(table((out, cols), variants, results))
         del variants
     header = [
-        "# Sparse kernel speed (benchmarks/kernel_speed.py)", "",
-        f"`python benchmarks/kernel_speed.py --repeats {args.repeats} --working-set-mb {args.working_set_mb} "
+        "# Sparse kernel speed (benchmarks/decode/kernel_speed.py)", "",
+        f"`python benchmarks/decode/kernel_speed.py --repeats {args.repeats} --working-set-mb {args.working_set_mb} "
         f"--clock {args.clock} --tokens {' '.join(map(str, args.tokens))} --threads "
         f"{' '.join(map(str, args.threads))}"
         f"{' --backends ' + ' '.join(args.backends) if args.backends else ''}"
