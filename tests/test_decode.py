@@ -204,3 +204,18 @@ def test_quantized_values_decode_through_hugging_face_and_say_why(folders):
     model, _ = load_model(str(folders["bitmask"]), weights="int8")
     result = decode.generate(model, windows(1, 6), 4, pad_token_id=1, ignore_eos=True)
     assert result["decode_path"] == "hf" and "int8" in result["fast_unavailable"] and result["new_tokens"] == 4
+
+
+def test_generate_picks_bfloat16_for_a_sparse_folder_and_float32_for_a_dense_one(folders, tiny_model_dir, capsys):
+    """--dtype auto (the default): the fastest storage within 1% of float32 where the kernels have it."""
+    from sparse_expansion.storage import fast_dtype
+
+    expect = "bfloat16" if ops.bf16_dot_available() else "float32"
+    assert fast_dtype(str(folders["bitmask"]), "cpu")[0] == expect
+    assert fast_dtype(str(folders["experts"]), "cpu")[0] == expect
+    assert fast_dtype(str(tiny_model_dir), "cpu") == ("float32", "a dense model")
+    for args, dtype in (([], expect), (["--dtype", "float32"], "float32")):
+        assert main(["generate", str(folders["bitmask"]), "--prompt", "To be", "--max-new-tokens", "2", "--json",
+                     *args]) == 0
+        row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert row["dtype"] == dtype and row["dtype_chosen_because"]

@@ -27,10 +27,14 @@ DEVICE_HELP = "auto (default: the GPU when CUDA is present, else cpu), cpu, cuda
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, dtype: bool = True,
-                     dtype_help: str = "storage precision of the weights") -> None:
-    """--device and --dtype, spelled the same on every command that runs a model."""
+                     dtype_help: str = "storage precision of the weights", auto_dtype: str | None = None) -> None:
+    """--device and --dtype, spelled the same on every command that runs a model. `auto_dtype` (the
+    command's words for what "auto" picks) adds --dtype auto and makes it the default."""
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    if dtype:
+    if dtype and auto_dtype:
+        parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPE_NAMES),
+                            help=f"{dtype_help} (default auto: {auto_dtype})")
+    elif dtype:
         parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
                             help=f"{dtype_help} (default float32)")
 

@@ -200,6 +200,27 @@ def release_freed_memory() -> None:
         pass
 
 
+def fast_dtype(name_or_path: str, device: str) -> tuple[str, str]:
+    """(--dtype, why) that `generate` takes when none is given: bfloat16 for a folder with sparse weights
+    on a CPU whose kernels have the AVX512-BF16 decode path (bfloat16 values decode fastest there, and
+    their perplexity stayed within 1% of float32: BENCHMARKS.md, decode), else float32. Read from the
+    folder's manifest, before any weight is loaded."""
+    from .artifact import CAUSAL_LM, is_artifact, read_manifest
+    from .kernels import ops
+    from .models import resolve_model_path
+
+    if torch.device(device).type != "cpu":
+        return "float32", "not on the CPU"
+    path = resolve_model_path(name_or_path)
+    manifest = read_manifest(path) if is_artifact(path) else {}
+    sparse = manifest.get("kind") == CAUSAL_LM and (manifest.get("modules") or manifest["record"].get("sparsity"))
+    if not sparse:
+        return "float32", "a dense model"
+    if not ops.bf16_dot_available():
+        return "float32", "no AVX512-BF16 kernels on this CPU"
+    return "bfloat16", "sparse weights and AVX512-BF16 kernels: bfloat16 values decode fastest"
+
+
 def weights_in_memory(model: nn.Module) -> str:
     """"compressed" when some weights are held compressed (CompressedLinear, or expanded experts
     without a dense copy), else "dense"."""
