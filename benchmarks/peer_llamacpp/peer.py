@@ -145,9 +145,9 @@ def resolve_folder(name_or_path: str) -> Path:
 
 def gguf_path(variant: Variant) -> Path:
     if variant.gguf.startswith("shipped:"):
-        from sparse_expansion.models import _shipped_gguf  # the one place that knows where the file lives
+        from sparse_expansion.models import shipped_gguf  # the one place that knows where the file lives
 
-        return _shipped_gguf(variant.gguf.split(":", 1)[1])
+        return shipped_gguf(variant.gguf.split(":", 1)[1])
     return Path(variant.gguf)
 
 

@@ -10,7 +10,8 @@
 # MemAvailable, other lines are taken meanwhile. Two runners may share queues: a name is claimed
 # with mkdir OUT/.claims/NAME (remove it to rerun a failed name). Runs get oom_score_adj 1000, so
 # on a shared machine the kernel kills them before anyone else's work. $MODEL (default smollm2-135m)
-# names the model every line compresses, e.g. MODEL=gemma3-270m.
+# names the model every line compresses, e.g. MODEL=gemma3-270m; $EVAL_DATA the corpora each result is
+# evaluated on (default "shakespeare:test pydoc"; the first is the row's `perplexity`).
 set -u
 out=$1; shift
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -45,5 +46,5 @@ while true; do
   echo "$(date +%H:%M) start $name (MemAvailable $(avail_gib) GiB)"
   OMP_NUM_THREADS=1 nice -n "$niceness" "$python" "$root/benchmarks/pruning/compression.py" run --out "$out" --name "$name" \
     --model "${MODEL:-smollm2-135m}" \
-    --eval-data shakespeare:test pydoc -- $cmd $calib < /dev/null
+    --eval-data ${EVAL_DATA:-shakespeare:test pydoc} -- $cmd $calib < /dev/null
 done

@@ -159,10 +159,32 @@ class CalibrationSpec:
         if model is not None:
             check_seqlen(model, self.seqlen)
         tokens = corpus_tokens(self.data, tokenizer)
-        return calibration_windows(tokens, self.windows, self.seqlen, self.seed, name=self.data)
+        return start_with_bos(calibration_windows(tokens, self.windows, self.seqlen, self.seed, name=self.data),
+                              tokenizer)
 
     def to_json(self) -> dict:
         return {"data": self.data, "windows": self.windows, "seqlen": self.seqlen, "seed": self.seed}
+
+
+def bos_prefix(tokenizer) -> int | None:
+    """The BOS id when the tokenizer puts one before every text it encodes (Gemma; not SmolLM2),
+    else None. Such a model only ever saw text after it: Gemma 3 270M puts its attention sink there,
+    and without it its perplexity on the same shakespeare:test tokens is 2.5x higher (94.6 against
+    37.2 on three windows), so calibration and evaluation windows start with it."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tokenizer("a")["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
+def start_with_bos(windows: torch.Tensor, tokenizer) -> torch.Tensor:
+    """The windows [n, seqlen] with the tokenizer's BOS in front and their last token dropped (same
+    shape, same number of predicted tokens), when the tokenizer prepends one; else unchanged."""
+    bos = bos_prefix(tokenizer)
+    if bos is None:
+        return windows
+    return torch.cat([windows.new_full((windows.shape[0], 1), bos), windows[:, :-1]], dim=1)
 
 
 def context_length(model) -> int | None:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import decoder_layers, set_linear_weight, target_groups
+from .arch import decoder_layers, layer_kinds, set_linear_weight, target_groups
 from .progress import progress_bar
 from .surgery import StopForward, flat_inputs, hooks, layer_site, replace
 
@@ -77,10 +77,20 @@ class EngineTimes:
 @dataclass
 class LayerInputs:
     """The hidden states entering the current layer, one tensor per batch, plus the keyword
-    arguments the model passed to its layers (masks, rotary embeddings), captured once."""
+    arguments the model passed to its layers (masks, rotary embeddings), captured once: `kwargs`
+    those of layer 0, `by_kind` those of the first layer of each attention kind (`arch.layer_kinds`:
+    Gemma's global layers get another mask and rotary table than its sliding-window ones)."""
 
     hidden: list[torch.Tensor]
     kwargs: list[dict[str, Any]]
+    by_kind: dict[str, list[dict[str, Any]]] | None = None
+    kinds: tuple[str, ...] = ()
+
+    def kwargs_for(self, index: int) -> list[dict[str, Any]]:
+        """The keyword arguments, one dict per batch, that layer `index` gets from the model."""
+        if not self.by_kind or not self.kinds:
+            return self.kwargs
+        return self.by_kind[self.kinds[index]]
 
 
 def _move_except_layers(model: nn.Module, layers: nn.ModuleList, device: str) -> None:
@@ -103,27 +113,37 @@ def _move_except_layers(model: nn.Module, layers: nn.ModuleList, device: str) ->
 @torch.no_grad()
 def capture_layer_inputs(model: nn.Module, windows: torch.Tensor, batch_size: int,
                          device: str = "cpu") -> LayerInputs:
-    """Run the model up to decoder layer 0 on each batch of windows and keep what enters it."""
+    """Run the model up to decoder layer 0 on each batch of windows and keep what enters it, and
+    the keyword arguments of the first layer of every other attention kind (the forward then runs
+    on to that layer, and no further)."""
     layers = decoder_layers(model)
+    kinds = layer_kinds(model)
+    firsts = {kind: kinds.index(kind) for kind in dict.fromkeys(kinds)}  # kind -> its first layer
+    last = max(firsts.values())
     _move_except_layers(model, layers, device)
     hidden: list[torch.Tensor] = []
-    kwargs: list[dict[str, Any]] = []
+    by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in firsts}
 
-    def grab(_module, args, kw):
-        states = args[0] if args else kw.pop("hidden_states")
-        hidden.append(states.detach())
-        kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
-        raise StopForward
+    def grab(index: int, kind: str):
+        def hook(_module, args, kw):
+            kw = dict(kw)
+            states = args[0] if args else kw.pop("hidden_states")
+            if index == 0:
+                hidden.append(states.detach())
+            by_kind[kind].append({k: v for k, v in kw.items() if k != "hidden_states"})
+            if index == last:
+                raise StopForward
+        return hook
 
     try:
-        with hooks(model, before={layer_site(model, 0): grab}):
+        with hooks(model, before={layer_site(model, index): grab(index, kind) for kind, index in firsts.items()}):
             for start in range(0, windows.shape[0], batch_size):
                 with contextlib.suppress(StopForward):
                     model(windows[start : start + batch_size].to(device), use_cache=False)
     finally:
         if device != "cpu":
             _move_except_layers(model, layers, "cpu")
-    return LayerInputs(hidden, kwargs)
+    return LayerInputs(hidden, by_kind[kinds[0]], by_kind, kinds)
 
 
 def run_layer(layer: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
@@ -176,7 +196,7 @@ def calibrate(
         if inputs is not None:
             t0 = time.perf_counter()
             with input_hooks(layer, groups, compressor.observe):
-                for states, kw in zip(inputs.hidden, inputs.kwargs):
+                for states, kw in zip(inputs.hidden, inputs.kwargs_for(index)):
                     run_layer(layer, states, kw)
             times.forward += time.perf_counter() - t0
 
@@ -186,7 +206,7 @@ def calibrate(
 
         if inputs is not None and index + 1 < len(layers):
             t0 = time.perf_counter()
-            inputs.hidden = [run_layer(layer, s, kw) for s, kw in zip(inputs.hidden, inputs.kwargs)]
+            inputs.hidden = [run_layer(layer, s, kw) for s, kw in zip(inputs.hidden, inputs.kwargs_for(index))]
             times.forward += time.perf_counter() - t0
         if device != "cpu":
             layer.to("cpu")

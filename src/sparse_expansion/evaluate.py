@@ -4,7 +4,11 @@ FLOPs per token count the weight matmuls a token goes through: 2 x non-zeros of 
 the decoder layers plus the LM head, or, for a replacement module (e.g. a sparse expert layer),
 that module's own count (one expert plus its router); a part two modules share (gate_proj's and
 up_proj's one router) is counted once. Attention scores (which grow with the
-context) and embedding lookups are left out, the same way for every model.
+context) and embedding lookups are left out, the same way for every model. A mixture of experts
+(moe.py) counts its router and the top-k experts a token goes through (k times the mean expert).
+
+The LM head is a full matmul per token: with Gemma 3's 262k vocabulary it is most of a small
+model's FLOPs per token (README, "Gemma 3 270M"), and compressing the MLPs does not touch it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import architecture_of, decoder_layers, is_linear_like, linear_weight
+from .moe import experts_cost, is_fused_experts
 from .progress import progress_bar
+
+
+class _Cost:
+    """A fixed (FLOPs per token, non-zeros) pair, for parts that are not linears (MoE experts, routers)."""
+
+    def __init__(self, flops: int, nonzeros: int) -> None:
+        self._flops, self._nonzeros = flops, nonzeros
+
+    def flops_per_token(self) -> int:
+        return self._flops
+
+    def nonzeros(self) -> int:
+        return self._nonzeros
+
+
+def _top_k(model: nn.Module) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(getattr(config, "num_experts_per_tok", 1))
 
 
 @torch.no_grad()
@@ -51,6 +74,11 @@ def _cost_modules(model: nn.Module) -> dict[str, nn.Module]:
                 out[f"{i}.{name}"] = module
             elif is_linear_like(module):
                 out[f"{i}.{name}"] = module
+            elif is_fused_experts(module):
+                out[f"{i}.{name}"] = _Cost(*experts_cost(module, _top_k(model)))
+            elif hasattr(module, "top_k") and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+                nnz = int((module.weight != 0).sum())  # a MoE router: one [experts, hidden] matmul
+                out[f"{i}.{name}"] = _Cost(2 * nnz, nnz)
     head = model.get_output_embeddings()
     if head is not None:
         out["lm_head"] = head
@@ -68,7 +96,8 @@ def module_cost(module: nn.Module) -> tuple[int, int]:
 def model_costs(model: nn.Module) -> dict[str, Any]:
     """flops_per_token, nonzeros (stored, of the counted matmuls), params (all parameters, a compressed
     weight counted as the dense weight it stands for)."""
-    mlp = set(architecture_of(model).mlp)
+    arch = architecture_of(model)
+    mlp = set(arch.mlp) | ({arch.experts} if arch.experts else set())
     flops = nonzeros = mlp_nonzeros = 0
     seen: set[int] = set()  # shared parts already counted, by identity
     for name, module in _cost_modules(model).items():
@@ -95,11 +124,12 @@ def evaluate_model(model: nn.Module, tokenizer, data: str, windows: int | None, 
     model's FLOPs per token and non-zeros: what `eval` prints."""
     import time
 
-    from .data import check_seqlen, corpus_tokens, evaluation_windows
+    from .data import check_seqlen, corpus_tokens, evaluation_windows, start_with_bos
     from .errors import UsageError
 
     check_seqlen(model, seqlen)
-    batch = evaluation_windows(corpus_tokens(data, tokenizer), seqlen, windows or None, name=data)
+    batch = start_with_bos(evaluation_windows(corpus_tokens(data, tokenizer), seqlen, windows or None, name=data),
+                           tokenizer)
     start = time.perf_counter()
     result = perplexity(model.to(device), batch, batch_size=batch_size, device=device, progress=progress)
     if not math.isfinite(result["perplexity"]):

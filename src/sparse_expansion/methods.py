@@ -94,13 +94,16 @@ def check_widths(config: Any, model: nn.Module, targets: str = "mlp") -> None:
     """Refuse an N:M sparsity whose M does not divide the input width of every target linear
     (`model` may be a skeleton on the meta device: only shapes are read)."""
     from .arch import decoder_layers, in_features, target_groups
+    from .moe import expert_linears
     from .prune.sparsity import check_divisible
 
     groups = target_groups(model, targets)
-    for index, layer in enumerate(decoder_layers(model)):
-        for group in groups:
-            for name in group:
-                check_divisible(in_features(layer.get_submodule(name)), config.sparsity, f"layer {index} {name}")
+    with expert_linears(model):  # a mixture of experts: every expert's linears, as compress sees them
+        for index, layer in enumerate(decoder_layers(model)):
+            for group in groups:
+                for name in group:
+                    check_divisible(in_features(layer.get_submodule(name)), config.sparsity,
+                                    f"layer {index} {name}")
 
 
 def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, targets: str = "mlp",
@@ -110,10 +113,14 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
     Returns the run record: method, settings, achieved sparsity (mean and per linear), per-linear
     facts, FLOPs per token and non-zeros afterwards, and where the time went.
     """
+    from .arch import architecture_of, refuse_expansion
     from .engine import calibrate
     from .evaluate import model_costs
+    from .moe import expert_linears
 
     method = method_of(config)
+    if method.kind == "expanded":
+        refuse_expansion(architecture_of(model), model.config.model_type)
     compressor = method.compressor(config)
     if compressor.needs_calibration:
         if windows is None:
@@ -123,9 +130,10 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
         windows = None  # data-free (magnitude): it must not read, or fail on, a corpus
     check_widths(config, model, targets)
     start = time.perf_counter()
-    compressor.prepare(model, windows, targets=targets, batch_size=batch_size)
-    times = calibrate(model, windows, compressor, targets=targets,
-                      batch_size=batch_size, device=device, progress=progress)
+    with expert_linears(model):  # MoE: every expert's linears, pruned like any linear (moe.py)
+        compressor.prepare(model, windows, targets=targets, batch_size=batch_size)
+        times = calibrate(model, windows, compressor, targets=targets,
+                          batch_size=batch_size, device=device, progress=progress)
     elapsed = time.perf_counter() - start
     linears = compressor.record()
     achieved = [r["sparsity"] for r in linears.values()]
@@ -158,7 +166,7 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
     from . import distributed, runtime
     from .artifact import save_artifact
     from .io import atomic_output_dir, check_output_dir
-    from .models import load_causal_lm, skeleton
+    from .models import check_model_config, load_causal_lm, skeleton
 
     check_output_dir(out)
     asked = method_of(config).compressor(config)  # what data the method needs, asked before any work
@@ -168,6 +176,7 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
         asked.check_calibration(calibration.windows * calibration.seqlen)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    check_model_config(source, expanding=method_of(config).kind == "expanded")
     if config.sparsity.structured and (shape := skeleton(source)) is not None:
         check_widths(config, shape, targets)  # from config.json: N:M against the layer widths
     runtime.join_process_group(device)

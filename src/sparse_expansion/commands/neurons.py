@@ -84,6 +84,7 @@ def run(args) -> int:
         check_seqlen_value,
         corpus_tokens,
         evaluation_windows,
+        start_with_bos,
     )
     from ..io import atomic_output_dir, check_output_dir
     from ..models import load_causal_lm
@@ -115,8 +116,8 @@ def run(args) -> int:
     from ..arch import decoder_layers
 
     layers = parse_layers(args.layers, len(decoder_layers(dense)))
-    windows = evaluation_windows(corpus_tokens(args.data, tokenizer), args.seqlen, args.windows or None,
-                                 name=args.data)
+    windows = start_with_bos(evaluation_windows(corpus_tokens(args.data, tokenizer), args.seqlen,
+                                                args.windows or None, name=args.data), tokenizer)
     if min(args.tokens, windows.numel()) < 4:
         raise UsageError("--tokens must be at least 4 (two pairs for mapping difficulty)")
     settings = StudySettings(model=args.model, data=args.data, windows=args.windows, seqlen=args.seqlen,
@@ -124,10 +125,10 @@ def run(args) -> int:
                              memory_mb=args.memory_mb, batch_size=args.batch_size, layers=layers)
     ablation = None
     if args.ablate:
-        calib = calibration_windows(corpus_tokens(args.calib, tokenizer), args.calib_windows, args.seqlen,
-                                    args.seed, name=args.calib)
-        evaluation = evaluation_windows(corpus_tokens(args.eval_data, tokenizer), args.seqlen, args.eval_windows,
-                                        name=args.eval_data)
+        calib = start_with_bos(calibration_windows(corpus_tokens(args.calib, tokenizer), args.calib_windows,
+                                                   args.seqlen, args.seed, name=args.calib), tokenizer)
+        evaluation = start_with_bos(evaluation_windows(corpus_tokens(args.eval_data, tokenizer), args.seqlen,
+                                                       args.eval_windows, name=args.eval_data), tokenizer)
         ablation = {"calib": calib, "eval": evaluation, "fractions": fractions, "sparsity": sparsity,
                     "random_seeds": args.random_seeds, "hessians": args.hessians,
                     "record": {"sparsity": str(sparsity), "hessians": args.hessians, "calib": args.calib,

@@ -25,7 +25,11 @@ from ..surgery import StopForward, flat_inputs, hooks, layer_site
 
 def neuron_projections(model: nn.Module) -> tuple[str, ...]:
     """The MLP input projections whose rows are neurons; they all read the same input."""
-    return architecture_of(model).neuron_projections
+    arch = architecture_of(model)
+    if not arch.neuron_projections:
+        raise UsageError(f"model type '{model.config.model_type}' has no dense MLP neurons (its MLPs are mixtures of "
+                         "fused experts); run neurons on a dense model")
+    return arch.neuron_projections
 
 
 def parse_layers(spec: str | None, num_layers: int) -> list[int]:

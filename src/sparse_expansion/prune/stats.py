@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UsageError
+
+NO_INPUTS = ("no calibration token reached this linear (a mixture-of-experts expert no token was routed to); "
+             "raise --calib-windows or --seqlen")
+
 
 class HessianStat:
     """H = 2/n * sum_x x x^T over every calibration token, accumulated batch by batch."""
@@ -20,7 +25,7 @@ class HessianStat:
 
     def value(self) -> torch.Tensor:
         if self.total is None:
-            raise RuntimeError("no inputs were observed")
+            raise UsageError(NO_INPUTS)
         return self.total * (2.0 / self.count)
 
 
@@ -38,5 +43,5 @@ class SquaredNormStat:
 
     def value(self) -> torch.Tensor:
         if self.total is None:
-            raise RuntimeError("no inputs were observed")
+            raise UsageError(NO_INPUTS)
         return self.total / self.count
