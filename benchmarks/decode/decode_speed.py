@@ -43,12 +43,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from sparse_expansion import benchmarking
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]  # the repository
@@ -191,18 +192,6 @@ def run_worker(name: str, threads: int, paths: tuple[str, ...] = ("hf",), rounds
     return [{"variant": name, **row} for row in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
 def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -339,7 +328,7 @@ def main() -> None:
         folder = VARIANTS[name][0]
         if folder.startswith("runs/") and not (ROOT / folder / "sparse_expansion.json").is_file():
             parser.error(f"{folder} is missing: make it first (see the module docstring)")
-    print(f"# {machine()}; load before: {load()}", file=sys.stderr)
+    print(f"# {benchmarking.machine()}; load before: {load()}", file=sys.stderr)
     rows = []
     groups = [tuple(args.paths)] if args.same_process else [(path,) for path in args.paths]
     pairs = [(name, t, paths) for t in args.threads for name in args.variants for paths in groups]

@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from sparse_expansion import benchmarking
 
 try:
     import tomllib
@@ -322,18 +323,6 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs"
-
-
 def commit() -> str:
     """HEAD, with "+changes" when tracked files differ from it (the code that ran is then not HEAD's)."""
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
@@ -359,7 +348,7 @@ def run(config: Config, venv: Path, work: Path, out: Path, threads: list[int], r
             handle.write(json.dumps(row) + "\n")
 
     write({"kind": "meta", "config": config.path.name, "base": config.base,
-           "variants": [v.name for v in config.variants], "commit": commit(), "machine": machine(),
+           "variants": [v.name for v in config.variants], "commit": commit(), "machine": benchmarking.machine(),
            "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "rounds": rounds,
            "threads": threads, "new_tokens": new, "prompt_tokens": len(inp["decode"]["ids"]),
            "prefill_tokens": len(inp["prefill"]["ids"]), "eval": inp["eval"], "note": note,

@@ -86,3 +86,18 @@ def append_row(results: Path, row: dict[str, Any]) -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("a") as handle:
         handle.write(json.dumps(row) + "\n")
+
+
+def machine() -> str:
+    """The CPU's model name and its count of CPUs, as benchmark reports name the machine they ran on."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs"
