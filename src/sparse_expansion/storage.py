@@ -12,12 +12,10 @@ import torch
 from torch import nn
 
 from .errors import UsageError
+from .kernels.formats import COMPRESS_FROM_SPARSITY
 from .surgery import replace
 
 WEIGHTS = ("auto", "compressed", "dense", "int8", "int4")
-#: A decoder-layer linear at least this sparse is worth compressing: bitmask storage is then <= 0.73x
-#: dense in the same dtype, and the kernels read less than a dense matvec does.
-COMPRESS_FROM_SPARSITY = 0.3
 
 
 def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
@@ -98,9 +96,8 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
     from .arch import decoder_layers, is_linear_like, linear_weight
     from .expand.module import SparseExpertLinear
     from .kernels import CompressedLinear, QuantizedLinear
-    from .kernels.formats import choose_format, quantize
+    from .kernels.formats import choose_format, fit_grid, quantize
     from .kernels.linear import DecodeLinear, quantized_copy
-    from .prune.quantize import fit_grid
 
     if bits not in QUANT_BITS:
         raise UsageError(f"quantized weights are 8 or 4 bits, got {bits}")
@@ -200,18 +197,16 @@ def release_freed_memory() -> None:
         pass
 
 
-def fast_dtype(name_or_path: str, device: str) -> tuple[str, str]:
+def fast_dtype(path: str, device: str) -> tuple[str, str]:
     """(--dtype, why) that `generate` takes when none is given: bfloat16 for a folder with sparse weights
     on a CPU whose kernels have the AVX512-BF16 decode path (bfloat16 values decode fastest there, and
     their perplexity stayed within 1% of float32: BENCHMARKS.md, decode), else float32. Read from the
-    folder's manifest, before any weight is loaded."""
+    folder's manifest (`path`: a folder, as models.resolve_model_path gives), before any weight is loaded."""
     from .artifact import CAUSAL_LM, is_artifact, read_manifest
     from .kernels import ops
-    from .models import resolve_model_path
 
     if torch.device(device).type != "cpu":
         return "float32", "not on the CPU"
-    path = resolve_model_path(name_or_path)
     manifest = read_manifest(path) if is_artifact(path) else {}
     sparse = manifest.get("kind") == CAUSAL_LM and (manifest.get("modules") or manifest["record"].get("sparsity"))
     if not sparse:

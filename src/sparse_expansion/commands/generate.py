@@ -57,7 +57,7 @@ def run(args) -> int:
     import torch
 
     from ..kernels import ops
-    from ..models import load_causal_lm
+    from ..models import load_causal_lm, resolve_model_path
     from ..storage import fast_dtype, weights_in_memory
 
     common.require_positive(args.max_new_tokens, "--max-new-tokens")
@@ -67,7 +67,7 @@ def run(args) -> int:
         raise UsageError("--prompt is empty; give some text to continue")
     dtype, dtype_why = args.dtype, "asked for"
     if dtype == "auto":
-        dtype, dtype_why = fast_dtype(args.model, runtime.resolve_device(args.device))
+        dtype, dtype_why = fast_dtype(resolve_model_path(args.model), runtime.resolve_device(args.device))
     rt = runtime.setup(args.device, dtype)
     start = time.perf_counter()
     model, tokenizer = load_causal_lm(args.model, rt.device, rt.dtype, weights=args.weights)

@@ -223,8 +223,7 @@ class QuantizedLinear(_Compressed):
     def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, bits: int,
                  group_size: int | None = None) -> QuantizedLinear:
         """Round-to-nearest onto the min/max grid of every row (or row and group of `group_size` columns)."""
-        from ..prune.quantize import fit_grid
-        from .formats import quantize
+        from .formats import fit_grid, quantize
 
         weight = weight.detach().float()
         group = weight.shape[1] if group_size is None else min(group_size, weight.shape[1])
@@ -258,8 +257,7 @@ def quantized_copy(module: _Compressed, bits: int, group_size: int | None = None
     """A CompressedLinear or CompressedExperts with the same sparsity, its weights rounded to the nearest
     point of a `bits`-bit min/max grid per row (or row and group of `group_size` columns); already
     quantized modules come back as they are."""
-    from ..prune.quantize import fit_grid
-    from .formats import decompress, quantize
+    from .formats import decompress, fit_grid, quantize
 
     if module.bits is not None:
         return module

@@ -90,8 +90,7 @@ def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None,
     a CompressedLinear (bitmask or N:M) when it is sparse enough to pay for its index, else a dense
     QuantizedLinear. Refuses (ValueError) a weight that is not exactly on the grid."""
     from ..kernels import CompressedLinear, QuantizedLinear
-    from ..kernels.formats import choose_format, quantize
-    from ..storage import COMPRESS_FROM_SPARSITY
+    from ..kernels.formats import COMPRESS_FROM_SPARSITY, choose_format, quantize
 
     scale, zero, bits, group = grid
     fmt = "dense" if zero_fraction(weight) < COMPRESS_FROM_SPARSITY else choose_format(weight)

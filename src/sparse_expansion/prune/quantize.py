@@ -8,30 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def fit_grid(weight: torch.Tensor, bits: int, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero) [..., out, groups] float32 of the min/max grid of each row (group_size None) or each
-    row's group of `group_size` consecutive columns (the last group may be shorter): the grid spans
-    [min(w, 0), max(w, 0)] in 2^bits - 1 steps, zero = round(-min / scale) is an integer code, and an
-    all-zero group gets the grid of [-1, 1] (any grid stores zeros exactly)."""
-    cols = weight.shape[-1]
-    group = cols if group_size is None else group_size
-    if group < 1:
-        raise ValueError(f"group size must be at least 1, got {group}")
-    groups = -(-cols // group)
-    w = weight.detach().float()
-    if groups * group != cols:
-        # pad the last group with its own columns' zeros: a padding 0 changes neither min(w, 0) nor max(w, 0)
-        w = torch.cat([w, w.new_zeros(*w.shape[:-1], groups * group - cols)], dim=-1)
-    w = w.reshape(*w.shape[:-1], groups, group)
-    lo = w.amin(dim=-1).clamp(max=0)
-    hi = w.amax(dim=-1).clamp(min=0)
-    flat = (lo == 0) & (hi == 0)
-    lo = torch.where(flat, torch.full_like(lo, -1), lo)
-    hi = torch.where(flat, torch.ones_like(hi), hi)
-    scale = (hi - lo) / (2**bits - 1)
-    zero = torch.round(-lo / scale)
-    return scale, zero
+from ..kernels.formats import fit_grid  # noqa: F401 (the grid the formats store; GPTQ fits the same)
 
 
 def round_to_grid(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Where int4 round-to-nearest loses: quantize only the pruned MLP linears of a folder (attention
 projections and the LM head keep their float values), for BENCHMARKS' issue 20 table.
 
-    PYTHONPATH=src python benchmarks/quant_mlp_only.py runs/sg70 runs/sg70-int4-mlp --bits 4 --group-size 128
+    PYTHONPATH=src python benchmarks/decode/quant_mlp_only.py runs/sg70 runs/sg70-int4-mlp --bits 4 --group-size 128
     sparse-expansion eval runs/sg70-int4-mlp --data shakespeare:test --windows 16 --seqlen 512 --json --dtype bfloat16
 """
 
