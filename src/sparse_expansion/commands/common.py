@@ -60,3 +60,15 @@ def config_defaults(config_type: type) -> dict[str, Any]:
     """Each field's default, read from the method's config: a flag defaults to None (the config's
     default) and its help quotes this, so no default is written twice."""
     return {f.name: f.default for f in dataclasses.fields(config_type) if f.default is not dataclasses.MISSING}
+
+
+WEIGHTS_HELP = ("how weights sit in memory: auto (default: compressed with the C++ kernels on the CPU), "
+                "compressed (bitmask / N:M in the sparse kernels), dense, int8 / int4 (quantized on load by "
+                "round-to-nearest, as `convert` does)")
+
+
+def add_weights_arg(parser: argparse.ArgumentParser) -> None:
+    """--weights, spelled the same on eval and generate (storage.set_weights)."""
+    from ..storage import WEIGHTS
+
+    parser.add_argument("--weights", default="auto", choices=WEIGHTS, help=WEIGHTS_HELP)

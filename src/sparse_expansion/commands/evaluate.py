@@ -21,9 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--json", action="store_true",
                    help="print exactly one JSON object on stdout (the summary line goes to stderr)")
-    from .generate import add_weights_arg
 
-    add_weights_arg(p)
+    common.add_weights_arg(p)
     runtime.add_runtime_args(p)
     p.set_defaults(func=run)
 

@@ -19,16 +19,6 @@ from ..errors import UsageError
 from ..resources import peak_rss_mb, rss_mb
 from . import common
 
-WEIGHTS_HELP = ("how sparse weights sit in memory: auto (default: compressed with the C++ kernels on the CPU), "
-                "compressed (bitmask / N:M in the sparse kernels), dense")
-
-
-def add_weights_arg(parser) -> None:
-    """--weights, spelled the same on eval and generate (storage.set_weights)."""
-    from ..storage import WEIGHTS
-
-    parser.add_argument("--weights", default="auto", choices=WEIGHTS, help=WEIGHTS_HELP)
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate text from a model or a saved folder",
@@ -47,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--decode", default="auto", choices=PATHS,
                    help="auto (default): the fast C++ decode step where the model and device allow it, else "
                         "Hugging Face generate; fast: the step or an error; hf: always Hugging Face generate")
-    add_weights_arg(p)
+    common.add_weights_arg(p)
     runtime.add_runtime_args(p, auto_dtype="bfloat16 for a pruned or expanded folder on a CPU with AVX512-BF16 "
                              "kernels (fastest, perplexity within 1%% of float32), else float32")
     p.set_defaults(func=run)
