@@ -1,4 +1,4 @@
-"""Tiny random models of every supported family, with a tiny tokenizer: no download, fast."""
+"""Fixtures over helpers.py's tiny random models and tokenizer: no download, fast."""
 
 from __future__ import annotations
 
@@ -8,70 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
-
-FAMILIES = ("llama", "gpt_neox", "opt", "gpt2")
-SAMPLE_TEXT = (
-    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
-    "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles. "
-    "In the beginning God created the heaven and the earth. And the earth was without form. "
-) * 40
-
-
-def tiny_config(family: str, vocab: int = 128):
-    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig
-
-    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=1)
-    if family == "llama":
-        return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
-                           **common)
-    if family == "gpt_neox":
-        return GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             max_position_embeddings=128, **common)
-    if family == "opt":
-        return OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
-                         max_position_embeddings=128, word_embed_proj_dim=32, **common)
-    if family == "gpt2":
-        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, n_inner=64, **common)
-    raise ValueError(family)
-
-
-def tiny_model(family: str, seed: int = 0):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32)
-    with torch.no_grad():  # random init gives tiny weights; scale up so pruning visibly matters
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    return model.eval()
-
-
-def tiny_tokenizer(vocab: int = 128):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:64])
-    tok.train_from_iterator([SAMPLE_TEXT], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
-
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `sparse-expansion ARGS` run in this process."""
-    from sparse_expansion.cli import main
-
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import SAMPLE_TEXT, tiny_model, tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, tiny_config, tiny_tokenizer
+from helpers import run_cli, tiny_config, tiny_tokenizer
 
 from sparse_expansion.arch import (
     ARCHITECTURES,

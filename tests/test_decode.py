@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from sparse_expansion import decode
 from sparse_expansion.artifact import save_artifact

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FAMILIES, tiny_model
+from helpers import FAMILIES, tiny_model
 
 from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight, target_names
 from sparse_expansion.engine import LayerCompressor, calibrate

@@ -11,11 +11,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import DATA, tiny_model
 
 from sparse_expansion.artifact import hugging_face_config, read_manifest, save_artifact
 from sparse_expansion.engine import calibrate
@@ -29,7 +28,6 @@ from sparse_expansion.models import load_model
 from sparse_expansion.prune import MagnitudeConfig, parse_sparsity
 from sparse_expansion.storage import quantize_weights, set_weights
 
-DATA = Path(__file__).parent / "data"
 NEW_TOKENS = 8
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from sparse_expansion.errors import UsageError
 from sparse_expansion.runtime import backend_for, resolve_device, resolve_dtype, setup

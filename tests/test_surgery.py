@@ -4,7 +4,7 @@ import contextlib
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from torch import nn
 
 from sparse_expansion.surgery import StopForward, flat_inputs, hooks, layer_site, replace

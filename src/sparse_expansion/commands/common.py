@@ -72,3 +72,55 @@ def add_weights_arg(parser: argparse.ArgumentParser) -> None:
     from ..storage import WEIGHTS
 
     parser.add_argument("--weights", default="auto", choices=WEIGHTS, help=WEIGHTS_HELP)
+
+
+def add_group_size_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group-size", type=int, default=None, metavar="G",
+                   help="with --bits: one grid per row and G input columns (G must divide 128, SparseGPT's block); "
+                        "default one grid per row (GPTQ's per-channel)")
+
+
+def check_group_size(args) -> int | None:
+    """--group-size as a config field, refused in one line unless --bits is given and G divides 128."""
+    if args.group_size is None:
+        return None
+    if args.bits is None:
+        raise UsageError("--group-size needs --bits")
+    if args.group_size < 1 or 128 % args.group_size:
+        raise UsageError(f"--group-size must divide 128 (SparseGPT's block of columns), got {args.group_size}; "
+                         "use 32, 64 or 128")
+    return args.group_size
+
+
+def add_allocation_args(p: argparse.ArgumentParser) -> None:
+    """Non-uniform sparsity at the same total (wanda, sparsegpt, expand); see prune/allocation.py.
+    Choices and defaults are the config's (AllocationFields)."""
+    from ..prune.allocation import LAYER_RULES, ROW_RULES, AllocationFields
+
+    default = config_defaults(AllocationFields)
+    group = p.add_argument_group("non-uniform sparsity (same total number of zeros)")
+    group.add_argument("--layer-alloc", choices=LAYER_RULES, default=None,
+                       help="owl: layers with more outlier Wanda scores are pruned less (Yin et al. 2024); "
+                            f"default {default['layer_alloc']}")
+    group.add_argument("--owl-m", type=float, default=None, metavar="M",
+                       help=f"OWL outlier threshold: M x the layer's mean score (default {default['owl_m']:g})")
+    group.add_argument("--owl-lambda", type=float, default=None, metavar="L",
+                       help=f"OWL layer sparsities span target +- L (default {default['owl_lmbda']:g})")
+    group.add_argument("--row-alloc", choices=ROW_RULES, default=None,
+                       help="rows (output neurons) with a higher score keep more weights: wd (Wasserstein distance "
+                            "of the row's outputs to a Gaussian), variance (of its outputs), norm (of its weights); "
+                            f"equal: the same count for every row; default {default['row_alloc']} (the method's "
+                            "own choice)")
+    group.add_argument("--row-lambda", type=float, default=None, metavar="L",
+                       help=f"row sparsities span target +- L, linear in the score's rank (default "
+                            f"{default['row_lmbda']:g})")
+    group.add_argument("--row-tokens", type=int, default=None, metavar="N",
+                       help=f"tokens per layer on which wd / variance are measured (default {default['row_tokens']})")
+
+
+def allocation_options(args) -> dict:
+    """The allocation flags as config fields (None = the config's default)."""
+    if args.row_tokens is not None:
+        require_positive(args.row_tokens, "--row-tokens")
+    return {"layer_alloc": args.layer_alloc, "owl_m": args.owl_m, "owl_lmbda": args.owl_lambda,
+            "row_alloc": args.row_alloc, "row_lmbda": args.row_lambda, "row_tokens": args.row_tokens}

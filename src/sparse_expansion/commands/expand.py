@@ -5,7 +5,6 @@ from __future__ import annotations
 from .. import runtime
 from ..errors import UsageError
 from . import common
-from .prune import add_allocation_args, add_group_size_arg, allocation_options, check_group_size
 
 
 def register(subparsers) -> None:
@@ -47,9 +46,9 @@ def register(subparsers) -> None:
                         f"{default['balance']:g} = off)")
     p.add_argument("--bits", type=int, default=None,
                    help="fused GPTQ-style quantization of the experts (2-8); 4 and 8 are stored as int4 / int8 codes")
-    add_group_size_arg(p)
+    common.add_group_size_arg(p)
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    add_allocation_args(p)
+    common.add_allocation_args(p)
     common.add_calibration_args(p)
     runtime.add_runtime_args(p, dtype_help="storage precision of the weights and experts (statistics, router "
                                            "and solves stay float32)")
@@ -72,7 +71,7 @@ def run(args) -> int:
         common.require_positive(args.router_tokens, "--router-tokens")
     if args.bits is not None and not 2 <= args.bits <= 8:
         raise UsageError("--bits must be from 2 to 8")
-    group_size = check_group_size(args)
+    group_size = common.check_group_size(args)
     if args.memory_budget is not None:
         sparsity = parse_sparsity(budget_sparsity(args.memory_budget, args.experts))
     else:
@@ -81,7 +80,7 @@ def run(args) -> int:
     config = make_config("sparse_expansion", sparsity, experts=args.experts, pca_dim=args.pca_dim, bits=args.bits,
                          group_size=group_size, seed=args.seed, n_init=args.n_init, blend_below=args.blend_below,
                          shrink=args.shrink, router_tokens=args.router_tokens, balance=args.balance,
-                         **allocation_options(args))
+                         **common.allocation_options(args))
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
                                batch_size=args.batch_size, device=rt.device, dtype=rt.dtype,
                                notes={"memory_budget": args.memory_budget})

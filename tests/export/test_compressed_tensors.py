@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 pytest.importorskip("compressed_tensors")
 

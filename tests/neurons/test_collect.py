@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from sparse_expansion.arch import decoder_layers
 from sparse_expansion.errors import UsageError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from sparse_expansion.arch import decoder_layers, linear_weight
 from sparse_expansion.engine import calibrate

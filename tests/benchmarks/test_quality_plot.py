@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("matplotlib")
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality" / "plot_allocation.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality" / "plot_allocation.py"
 
 
 def load_script():

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "peer_llmcompressor" / "peer_llmcompressor.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "peer_llmcompressor" / "peer_llmcompressor.py"
 
 
 def test_peer_table_from_results(tmp_path):

@@ -4,34 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import nm_weight, unstructured_weight
 
 from sparse_expansion.kernels import formats as F
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def nm_weight(shape: tuple[int, ...], n: int, m: int, seed: int = 0) -> torch.Tensor:
-    """Random weight with exactly m - n zeros in every group of m (some groups emptier)."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(*shape, generator=g)
-    groups = w.reshape(*shape[:-1], -1, m)
-    drop = torch.rand(groups.shape, generator=g).argsort(-1)[..., : m - n]
-    groups.scatter_(-1, drop, 0.0)
-    w = groups.reshape(shape)
-    w[..., 0, :] = 0.0  # an all-zero row: every group stores zero fillers
-    return w
-
-
-def unstructured_weight(shape: tuple[int, ...], density: float, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(*shape, generator=g)
-    w[torch.rand(shape, generator=g) >= density] = 0.0
-    if shape[-2] > 1:
-        w[..., 1, :] = 0.0  # all-zero row
-    if shape[-1] > 2:
-        w[..., :, 2] = 0.0  # all-zero column
-    w[..., 0, :] = torch.randn(shape[-1], generator=g) + 5.0  # fully dense row
-    return w
 
 
 def test_bitmask_layout_by_hand():

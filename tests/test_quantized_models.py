@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_cli, tiny_model
+from helpers import run_cli, tiny_model
 
 from sparse_expansion.artifact import load_artifact, read_manifest, save_artifact
 from sparse_expansion.expand import SparseExpertLinear

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import FAMILIES, tiny_model
+from helpers import FAMILIES, tiny_model
 
 from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight
 from sparse_expansion.artifact import load_artifact as load_saved

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from sparse_expansion.arch import decoder_layers, linear_weight, target_groups
 from sparse_expansion.cli import main

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_kernels_formats import nm_weight, unstructured_weight
+from helpers import nm_weight, unstructured_weight
 
 from sparse_expansion.kernels import build, ops
 from sparse_expansion.kernels import formats as F

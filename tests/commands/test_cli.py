@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from sparse_expansion.cli import main
 

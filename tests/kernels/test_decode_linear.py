@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model
+from helpers import tiny_model
 
 from sparse_expansion.kernels import DecodeLinear, build, ops
 from sparse_expansion.storage import set_weights

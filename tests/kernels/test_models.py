@@ -6,11 +6,10 @@ router is stored once, evaluated once and counted once; generate --json."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import DATA, tiny_model
 
 from sparse_expansion.artifact import read_manifest, save_artifact
 from sparse_expansion.cli import main
@@ -23,7 +22,6 @@ from sparse_expansion.models import load_model
 from sparse_expansion.prune import SparseGPTConfig, parse_sparsity
 from sparse_expansion.storage import set_weights, weights_in_memory
 
-DATA = Path(__file__).parent / "data"
 # The kernels' backends: the C++ library where a compiler exists, and always the pure-torch
 # fallback, which is what a machine without a compiler runs.
 BACKENDS = ["auto", "torch"] if build.find_compiler() else ["torch"]

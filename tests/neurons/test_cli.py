@@ -36,7 +36,7 @@ def test_neurons_values_follow_from_the_weights(tmp_path, tokenizer, text_file, 
     neuron whose weights are 3x (or -1x) another's has the same WD (the Gaussian is symmetric), 9x
     its output variance and 3x its weight norm; the ablation's dense row is `eval`'s perplexity."""
     import torch
-    from conftest import tiny_model
+    from helpers import tiny_model
 
     model = tiny_model("llama")
     gate = model.model.layers[0].mlp.gate_proj.weight

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 pytestmark = pytest.mark.real_model
 

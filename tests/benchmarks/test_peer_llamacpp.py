@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "peer_llamacpp"
+STUDY = Path(__file__).resolve().parents[2] / "benchmarks" / "peer_llamacpp"
 SCRIPT = STUDY / "peer.py"
 RESULTS = sorted(p.parent for p in (STUDY / "results").glob("*/results.jsonl"))
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight
 from sparse_expansion.engine import calibrate

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import run_cli, tiny_model
+from helpers import run_cli, tiny_model
 
 from sparse_expansion.cli import build_parser
 

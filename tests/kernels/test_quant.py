@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import nm_weight, unstructured_weight
 from safetensors.torch import load_file, save_file
-from test_kernels_formats import nm_weight, unstructured_weight
 
 from sparse_expansion.kernels import CompressedExperts, CompressedLinear, QuantizedLinear, build, ops
 from sparse_expansion.kernels import formats as F

@@ -5,7 +5,7 @@ import json
 import sys
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_next_line_questions_are_true_continuations():
