@@ -109,3 +109,22 @@ def test_run_record_reports_mean_sparsity(tmp_path, tiny_model_dir, text_file, c
                             "--calib-windows", "2", "--seqlen", "16"], capsys)
         assert code == 0, err
         assert json.loads((out / "sparse_expansion.json").read_text())["record"]["mean_sparsity"] == 0.5
+
+
+def test_no_command_imports_another_command():
+    """Commands share flags through commands/common.py only (issue 22): a command importing another
+    drags its parser and imports along, and the two drift."""
+    import ast
+    from pathlib import Path
+
+    import sparse_expansion.commands as package
+
+    folder = Path(package.__file__).parent
+    commands = {p.stem for p in folder.glob("*.py")} - {"__init__", "common"}
+    offenders = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                offenders += [f"{path.name} -> {n}" for n in names if n in commands]
+    assert len(commands) > 10 and offenders == []
