@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from sparse_expansion import models
 from sparse_expansion.errors import UsageError
@@ -104,3 +105,23 @@ def test_gemma3_270m_by_name(tmp_path, capsys):
                  "--json"]) == 0
     text = last_json()["text"]  # greedy, de-quantized Q4_K_M: " the capital of the country of France."
     assert text.isascii() and len(re.findall(r"[A-Za-z]{2,}", text)) >= 4, text
+
+
+def test_load_model_auto_dtype_is_generates_choice(tiny_model_dir, tmp_path, capsys):
+    """load_model(dtype="auto") takes the storage `generate` takes by default; float32 stays the default."""
+    from helpers import run_cli
+
+    from sparse_expansion.kernels import ops
+    from sparse_expansion.models import load_model
+
+    pruned = tmp_path / "pruned"
+    assert run_cli(["prune", tiny_model_dir, "--method", "magnitude", "--sparsity", "0.5", "--out", pruned],
+                   capsys)[0] == 0
+    sparse_dtype = torch.bfloat16 if ops.bf16_dot_available() else torch.float32
+    for folder, dtype in ((tiny_model_dir, torch.float32), (pruned, sparse_dtype)):
+        model, _ = load_model(str(folder), dtype="auto")
+        assert {p.dtype for p in model.parameters() if p.dim() == 2} == {dtype}
+    model, _ = load_model(str(pruned))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    with pytest.raises(UsageError, match="'auto'"):
+        load_model(str(pruned), dtype="half")

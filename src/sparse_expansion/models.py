@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import UsageError
 from .io import cache_dir
-from .storage import WEIGHTS, release_freed_memory, set_weights
+from .storage import WEIGHTS, fast_dtype, release_freed_memory, set_weights
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -198,12 +198,14 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
-               dtype: torch.dtype = torch.float32, weights: str | None = None) -> tuple[nn.Module, object]:
+               dtype: torch.dtype | str = torch.float32, weights: str | None = None) -> tuple[nn.Module, object]:
     """(model in eval mode, tokenizer): a shipped name, a Hugging Face folder, or any folder this
     library wrote (pruned, expanded, sgatlin, FPE: see artifact.py).
 
-    `weights` says how sparse weights sit in memory (see `set_weights`): None (default) as stored,
-    i.e. a pruned folder's linears dense and an expanded folder's experts compressed;
+    `dtype="auto"` takes what `generate` takes by default (`storage.fast_dtype`: bfloat16 for a sparse
+    folder on a CPU with the AVX512-BF16 kernels, else float32); the default stays float32, so logits
+    compare exactly. `weights` says how sparse weights sit in memory (see `set_weights`): None (default)
+    as stored, i.e. a pruned folder's linears dense and an expanded folder's experts compressed;
     "compressed", "dense", or "auto" (what eval and generate use)."""
     from .artifact import is_artifact, load_artifact
 
@@ -211,6 +213,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
     if weights is not None and weights not in WEIGHTS:
         raise UsageError(f"unknown weights {weights!r}; use {', '.join(WEIGHTS)}")
     path = resolve_model_path(name_or_path)
+    if dtype == "auto":
+        dtype = getattr(torch, fast_dtype(path, torch.device(device).type)[0])
+    elif not isinstance(dtype, torch.dtype):
+        raise UsageError(f"dtype must be a torch.dtype or 'auto', got {dtype!r}")
     if is_artifact(path):
         model, tokenizer = load_artifact(path, dtype)
     else:
