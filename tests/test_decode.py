@@ -375,3 +375,19 @@ def test_generate_picks_bfloat16_for_a_sparse_folder_and_float32_for_a_dense_one
                      *args]) == 0
         row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert row["dtype"] == dtype and row["dtype_chosen_because"]
+
+
+def test_a_step_without_layers_is_the_embedding_through_the_final_norm_and_head():
+    """FastDecoder(layers=0), what the benchmark times as the LM head alone, computes exactly that:
+    Gemma 3's scaled embedding, final norm, head and logit soft cap, with no decoder layer."""
+    model = family_model("gemma3_text")
+    ids = windows(1, 4, seed=2)
+    with torch.no_grad():
+        logits = model.lm_head(model.model.norm(model.model.embed_tokens(ids)))[0]
+        cap = model.config.final_logit_softcapping
+        want = torch.tanh(logits / cap) * cap
+    head = decode.FastDecoder(model, 8, layers=0)
+    got = torch.stack([head.step(int(ids[0, p]), p).clone() for p in range(4)])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="prefill needs all"):
+        head.prefill(ids)

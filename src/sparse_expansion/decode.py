@@ -203,24 +203,27 @@ class FastDecoder:
 
     `prefill(ids)` runs the prompt through the model's forward pass and copies its KV cache in;
     `step(token, pos)` runs one token at position pos and returns the logits (float32 [vocab], a
-    tensor the next call overwrites)."""
+    tensor the next call overwrites). `layers` keeps only the first decoder layers, for timing
+    parts of a step: 0 leaves the embedding, the final norm and the LM head (what a 262k-entry head
+    costs alone); such a step is not the model's, and `prefill` refuses it."""
 
-    def __init__(self, model: nn.Module, max_len: int) -> None:
+    def __init__(self, model: nn.Module, max_len: int, layers: int | None = None) -> None:
         check_model(model)
         lib, level = _kernels()
-        self.model, self.max_len = model, max_len
-        self._built = self._build(lib, level, model, max_len)
+        self.model, self.max_len, self.complete = model, max_len, layers is None
+        self._built = self._build(lib, level, model, max_len, layers)
 
     @staticmethod
-    def _build(lib, level: int, model: nn.Module, max_len: int) -> _Built:
+    def _build(lib, level: int, model: nn.Module, max_len: int, keep: int | None) -> _Built:
         layout, config, text = LAYOUTS[model.config.model_type], _text_config(model), _text_model(model)
-        layers = decoder_layers(model)
+        every = decoder_layers(model)
+        layers = every[:keep]
         heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         norm = _Norms(layout.norm_offset)
-        first = layers[0].self_attn
+        first = every[0].self_attn
         step = lib.DecodeStep(config.hidden_size, heads, kv_heads, head_dim, len(layers),
-                              norm.eps_of(layers[0].input_layernorm), float(first.scaling),
+                              norm.eps_of(every[0].input_layernorm), float(first.scaling),
                               model.dtype == torch.bfloat16, level)
         embed = model.get_input_embeddings()
         scale = embed.embed_scale.to(embed.weight.dtype) if hasattr(embed, "embed_scale") else 1.0
@@ -231,7 +234,7 @@ class FastDecoder:
                         residual_scale=config.residual_multiplier if multiply else 1.0,
                         logit_scale=config.logits_scaling if multiply else 1.0,
                         final_softcap=final_cap or 0.0, attn_softcap=attn_cap or 0.0, activation=_activation(model))
-        cos, sin, table_of = _rotary_tables(text, config, len(layers), max_len)
+        cos, sin, table_of = _rotary_tables(text, config, len(every), max_len)
         routers: dict[int, int] = {}
         for i, layer in enumerate(layers):
             attn, mlp = layer.self_attn, layer.mlp
@@ -262,6 +265,8 @@ class FastDecoder:
         """The model's forward pass over a [1, n] prompt; its keys and values fill the cache's first n
         positions. Returns the last position's logits (float32 [vocab])."""
         n = ids.shape[1]
+        if not self.complete:
+            raise ValueError("this step keeps only some of the model's layers (timing); prefill needs all")
         if n > self.max_len:
             raise ValueError(f"a {n}-token prompt does not fit a cache of {self.max_len}")
         with torch.no_grad():
@@ -463,7 +468,7 @@ def generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, *, path: 
         try:
             return {**fast_generate(model, ids, max_new_tokens, temperature=temperature, ignore_eos=ignore_eos,
                                     profile=profile), "fast_unavailable": None}
-        except Unsupported as error:  # found while building (a module kind, a sliding window)
+        except Unsupported as error:  # found while building (a module kind, a norm)
             if path == "fast":
                 raise
             why = str(error)
