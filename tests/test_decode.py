@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import SAMPLE_TEXT, tiny_model
 
 from sparse_expansion import decode
 from sparse_expansion.arch import decoder_layers, supported_model_types
@@ -391,3 +391,23 @@ def test_a_step_without_layers_is_the_embedding_through_the_final_norm_and_head(
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="prefill needs all"):
         head.prefill(ids)
+
+
+@pytest.mark.real_model
+def test_gemma3_270m_decodes_past_its_sliding_window_as_hugging_face_does():
+    """The shipped Gemma 3 270M (head_dim 256, 262k vocabulary, window 512 on 15 of its 18 layers):
+    after a 530-token prompt the sliding layers see only their last 512 positions; the step's logits
+    equal the forward pass's and greedy decoding gives Hugging Face's tokens."""
+    from sparse_expansion.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm("gemma3-270m", "cpu", torch.float32, weights="dense")
+    ids = tokenizer(SAMPLE_TEXT, return_tensors="pt").input_ids[:, :531]
+    assert ids.shape[1] == 531 and model.config.sliding_window == 512
+    fast = decode.FastDecoder(model, 531)
+    fast.prefill(ids[:, :530])
+    got = fast.step(int(ids[0, 530]), 530)
+    with torch.no_grad():
+        want = model(ids).logits[0, -1]
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
+    hf = decode.generate(model, ids, 12, path="hf", ignore_eos=True, pad_token_id=0)
+    assert decode.generate(model, ids, 12, path="fast", ignore_eos=True)["new_ids"].tolist() == hf["new_ids"].tolist()
