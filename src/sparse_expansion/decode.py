@@ -71,7 +71,8 @@ LAYOUTS: dict[str, Layout] = {
     "granite": Layout(multipliers=True),
 }
 MODEL_TYPES = tuple(t for t in supported_model_types() if t in LAYOUTS)  # the table's order
-# The MLP activation modules the step computes (by class: what the model's forward calls).
+# The MLP activation modules the step computes, by class (what the model's forward calls) -> the
+# Activation enum of decode_step.cpp (0 SiLU, 1 GELU-tanh, 2 GELU with erf).
 ACTIVATIONS = {"SiLUActivation": 0, "SiLU": 0, "GELUTanh": 1, "NewGELUActivation": 1, "GELUActivation": 2}
 
 
