@@ -32,6 +32,16 @@ modules. A fast worker also splits one decode step's CPU time: 127 steps after t
         --variants "dense fp32" "dense bf16" "SparseGPT 70% bf16" "SE-16 70% bf16" --out runs/fast.jsonl
     python benchmarks/decode/decode_speed.py --fast-summary runs/fast.jsonl
 
+**Gemma 3 270M** (issues 20 and 21; one command, `--preset gemma3`: dense and SparseGPT 70%, float32
+and bfloat16, fast step against Hugging Face in one process per variant, 1 thread, 2 alternations).
+The fast worker also times the LM head alone (`FastDecoder(layers=0)`: embedding, final norm and the
+262,144 x 640 head, the same kernels and threads): "LM head ms" in the summary. The pruned folder
+(speed does not depend on calibration quality, so 8 x 256 windows suffice):
+
+    sparse-expansion prune gemma3-270m --method sparsegpt --sparsity 0.7 --calib-windows 8 --seqlen 256 \
+        --out runs/gemma3-sg70
+    python benchmarks/decode/decode_speed.py --preset gemma3 --out runs/gemma3_decode.jsonl
+
 The summary gives medians: with 1 thread of CPU time (immune to being descheduled by other jobs)
 and of wall time; ratios are to dense fp32, to dense bf16 as torch runs it, and to dense bf16 with
 its linears on the C++ bfloat16 decode kernel (kernels.DecodeLinear, what `--weights auto` gives a
@@ -76,6 +86,16 @@ VARIANTS = {
     # and routes of the real folders, made in minutes on a busy machine; their perplexity means nothing
     "magnitude 70% bf16": ("runs/mag70", "bfloat16", "compressed"),
     "SE-16 70% bf16 (stand-in)": ("runs/se16-70-standin", "bfloat16", "compressed"),
+    # Gemma 3 270M (a 262,144-entry LM head, tied to the embedding: 63% of the parameters)
+    "Gemma 3 dense fp32": ("gemma3-270m", "float32", "dense"),
+    "Gemma 3 dense bf16, kernels": ("gemma3-270m", "bfloat16", "compressed"),
+    "Gemma 3 SparseGPT 70% fp32": ("runs/gemma3-sg70", "float32", "compressed"),
+    "Gemma 3 SparseGPT 70% bf16": ("runs/gemma3-sg70", "bfloat16", "compressed"),
+}
+#: one-command studies: the arguments they set (anything given on the command line as well wins)
+PRESETS = {
+    "gemma3": dict(variants=[v for v in VARIANTS if v.startswith("Gemma 3")], paths=["fast", "hf"], threads=[1],
+                   same_process=2, runs=1),
 }
 PROMPT, NEW, PREFILL = 64, 128, 512
 
@@ -96,9 +116,14 @@ def step_split(model, prompt) -> dict:
     start = time.process_time()
     decoder.partial(steps, True, PROMPT + NEW // 2 - 1)  # the mean position of the decode
     rest = time.process_time() - start
+    head = FastDecoder(model, PROMPT + NEW, layers=0)  # the embedding, final norm and LM head alone
+    start = time.process_time()
+    for pos in range(PROMPT, PROMPT + steps):
+        head.step(token, pos)
+    head_alone = time.process_time() - start
     ms = 1e3 / steps
     return {"step_cpu_ms": whole * ms, "linears_cpu_ms": linears * ms, "outside_cpu_ms": (whole - linears) * ms,
-            "no_linears_cpu_ms": rest * ms}
+            "no_linears_cpu_ms": rest * ms, "head_cpu_ms": head_alone * ms}
 
 
 def worker(model_name: str, dtype_name: str, weights: str, threads: int, paths: tuple[str, ...] = ("hf",),
@@ -253,7 +278,8 @@ def fast_summary(rows: list[dict]) -> str:
         lines += [f"**{threads} thread{'s' if threads > 1 else ''}** (medians of "
                   f"{min(len(v) for k, v in by.items() if k[2] == threads)}+ runs)", "",
                   "| variant | hf tok/s (CPU) | fast tok/s (CPU) | fast / hf | hf tok/s (wall) | fast tok/s (wall) "
-                  "| fast step ms (CPU) | linears alone ms | outside ms | all but linears ms |", "|---" * 10 + "|"]
+                  "| fast step ms (CPU) | linears alone ms | outside ms | all but linears ms | LM head ms |",
+                  "|---" * 11 + "|"]
         for name in dict.fromkeys(k[0] for k in by):
             hf, fast = (name, "hf", threads), (name, "fast", threads)
             if hf not in by and fast not in by:
@@ -262,7 +288,7 @@ def fast_summary(rows: list[dict]) -> str:
             cells = [cell(hf_cpu), cell(fast_cpu), cell(fast_cpu / hf_cpu if hf_cpu and fast_cpu else None, "{:.2f}x"),
                      cell(med(hf, "decode_tokens_per_second")), cell(med(fast, "decode_tokens_per_second"))]
             cells += [cell(med(fast, f), "{:.2f}") for f in ("step_cpu_ms", "linears_cpu_ms", "outside_cpu_ms",
-                                                            "no_linears_cpu_ms")]
+                                                            "no_linears_cpu_ms", "head_cpu_ms")]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     if len({k[2] for k in by}) > 1:
@@ -295,8 +321,14 @@ def main() -> None:
     parser.add_argument("--inner-rounds", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--parts", action="store_true",
                         help="instead: where one decode step's time goes, per variant (1 thread, CPU ms)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a one-command study (see the module docstring)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.preset:
+        given = {a.dest for a in parser._actions if any(o in sys.argv for o in a.option_strings)}
+        for key, value in PRESETS[args.preset].items():
+            if key not in given:
+                setattr(args, key, value)
     if args.worker:
         result = (step_parts(*VARIANTS[args.worker]) if args.parts
                   else worker(*VARIANTS[args.worker], args.threads[0], tuple(args.paths), args.inner_rounds))

@@ -1,10 +1,12 @@
 """Token generation, timed: the fast C++ decode step where the model and device allow it, else
 Hugging Face `generate`.
 
-**The fast step** (kernels/csrc/decode_step.cpp) runs one whole decode step of a Llama-family
-decoder (llama, mistral, qwen2; SmolLM2 is llama) in one call per token: RMSNorm, rotary, GQA
-attention over a preallocated KV cache, SiLU-gated MLP, residuals, final norm and LM head, with
-every linear a loaded model can hold: dense float32 or bfloat16 (nn.Linear, kernels.DecodeLinear),
+**The fast step** (kernels/csrc/decode_step.cpp) runs one whole decode step of a Llama-shaped
+decoder in one call per token: RMSNorm, rotary, GQA attention over a preallocated KV cache (sliding
+windows per layer), gated MLP, residuals, final norm and LM head, plus what each family adds
+(`LAYOUTS`: Qwen 3's q/k norms; Gemma's (1 + w) norms, scaled embedding, GELU-tanh, sandwich norms,
+per-kind rotary tables and soft caps; Granite's multipliers), with every linear a loaded model can
+hold: dense float32 or bfloat16 (nn.Linear, kernels.DecodeLinear),
 kernels.CompressedLinear (bitmask, N:M) and expanded SparseExpertLinear (the router picks the
 expert once per token; gate and up share it). `FastDecoder` builds it from a loaded model, sharing
 the model's weight tensors (norm weights and bfloat16 biases are copied to float32; they are
@@ -31,9 +33,47 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .arch import architecture_of, decoder_layers, supported_model_types
+
 PATHS = ("auto", "fast", "hf")
-MODEL_TYPES = ("llama", "mistral", "qwen2")  # Llama-shaped decoders without extra norms or softcaps
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # static: one cos/sin table serves every position
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a family computes between its linears beyond Llama's, as the step needs to be told.
+    Everything else is read from the model itself: the attention scale (`self_attn.scaling`:
+    Gemma's query_pre_attn_scalar, Granite's attention_multiplier), each layer's sliding window,
+    the rotary tables (one per layer kind), the embedding's own scale (Gemma's sqrt(hidden), in the
+    model's dtype), the MLP's activation module, the config's soft caps."""
+
+    norm_offset: float = 0.0  # RMSNorm multiplies by offset + weight (Gemma: 1 + w)
+    sandwich_norms: bool = False  # Gemma 2/3: norms on the attention and MLP outputs, pre/post feed-forward
+    qk_norms: bool = False  # Qwen 3, Gemma 3: per-head RMSNorm of queries and keys before rotary
+    window_in_config: bool = False  # Mistral: config.sliding_window for every layer (no per-layer attribute)
+    multipliers: bool = False  # Granite: embedding, residual and logits multipliers from the config
+    # Soft caps (cap * tanh(x / cap)) the family's forward applies when its config sets them: to the
+    # attention scores (attn_logit_softcapping) and the logits (final_logit_softcapping). A cap the
+    # config sets but the forward ignores (transformers 5: Gemma 3's attention, the multimodal Gemma
+    # 3's head) is refused by `check_model` rather than guessed either way.
+    attn_softcap: bool = False
+    final_softcap: bool = False
+
+
+_GEMMA = dict(norm_offset=1.0, sandwich_norms=True)
+# Keyed by model types of arch.ARCHITECTURES' rows (tests/test_decode.py checks every key is one);
+# a type of the table that is not here decodes through Hugging Face, and --json says so.
+LAYOUTS: dict[str, Layout] = {
+    "llama": Layout(), "mistral": Layout(window_in_config=True), "qwen2": Layout(), "qwen3": Layout(qk_norms=True),
+    "gemma": Layout(norm_offset=1.0), "gemma2": Layout(**_GEMMA, attn_softcap=True, final_softcap=True),
+    "gemma3_text": Layout(**_GEMMA, qk_norms=True, final_softcap=True),
+    "gemma3": Layout(**_GEMMA, qk_norms=True),  # the multimodal model's text decoder
+    "granite": Layout(multipliers=True),
+}
+MODEL_TYPES = tuple(t for t in supported_model_types() if t in LAYOUTS)  # the table's order
+# The MLP activation modules the step computes, by class (what the model's forward calls) -> the
+# Activation enum of decode_step.cpp (0 SiLU, 1 GELU-tanh, 2 GELU with erf).
+ACTIVATIONS = {"SiLUActivation": 0, "SiLU": 0, "GELUTanh": 1, "NewGELUActivation": 1, "GELUActivation": 2}
 
 
 class Unsupported(Exception):
@@ -104,17 +144,45 @@ def _kernels() -> tuple[object, int]:
     return lib, lib.isa_level(isa)
 
 
+def _text_config(model: nn.Module):
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _text_model(model: nn.Module) -> nn.Module:
+    """The module holding the decoder layers, the final norm and the rotary embedding."""
+    path = architecture_of(model).layers.rsplit(".", 1)[0]
+    return model.get_submodule(path)
+
+
+def _activation(model: nn.Module) -> int:
+    act = getattr(decoder_layers(model)[0].mlp, "act_fn", None)
+    name = type(act).__name__
+    if name not in ACTIVATIONS:
+        raise Unsupported(f"MLP activation {name}; the fast step runs SiLU, GELU and GELU-tanh")
+    return ACTIVATIONS[name]
+
+
 def check_model(model: nn.Module) -> None:
     """Raise Unsupported unless the fast step can run `model` exactly as its forward pass does."""
-    config = model.config
-    if config.model_type not in MODEL_TYPES:
-        raise Unsupported(f"model type {config.model_type!r} is not one the fast step runs ({', '.join(MODEL_TYPES)})")
-    if getattr(config, "hidden_act", "silu") != "silu":
-        raise Unsupported(f"activation {config.hidden_act!r}; the fast step runs silu")
-    rotary = getattr(model.model, "rotary_emb", None)
+    model_type = model.config.model_type
+    if model_type not in LAYOUTS:
+        raise Unsupported(f"model type {model_type!r} is not one the fast step runs ({', '.join(MODEL_TYPES)})")
+    config = _text_config(model)
+    if getattr(config, "use_bidirectional_attention", False):
+        raise Unsupported("bidirectional attention (use_bidirectional_attention); the fast step is causal")
+    layout = LAYOUTS[model_type]
+    for key, applied in (("attn_logit_softcapping", layout.attn_softcap),
+                         ("final_logit_softcapping", layout.final_softcap)):
+        if getattr(config, key, None) and not applied:
+            raise Unsupported(f"{key}={getattr(config, key)} in the config, which the {model_type} forward "
+                              "does not apply here; the fast step will not guess")
+    _activation(model)
+    rotary = getattr(_text_model(model), "rotary_emb", None)
     rope_type = getattr(rotary, "rope_type", None)
-    if rope_type not in ROPE_TYPES:
-        raise Unsupported(f"rotary type {rope_type!r}; the fast step runs {', '.join(ROPE_TYPES)}")
+    for kind in (rope_type.values() if isinstance(rope_type, dict) else (rope_type,)):
+        if kind not in ROPE_TYPES:
+            raise Unsupported(f"rotary type {kind!r}; the fast step runs {', '.join(ROPE_TYPES)}")
     if model.dtype not in (torch.float32, torch.bfloat16):
         raise Unsupported(f"dtype {model.dtype}; the fast step runs float32 and bfloat16")
     if any(p.device.type != "cpu" for p in model.parameters()):
@@ -136,58 +204,79 @@ class FastDecoder:
 
     `prefill(ids)` runs the prompt through the model's forward pass and copies its KV cache in;
     `step(token, pos)` runs one token at position pos and returns the logits (float32 [vocab], a
-    tensor the next call overwrites)."""
+    tensor the next call overwrites). `layers` keeps only the first decoder layers, for timing
+    parts of a step: 0 leaves the embedding, the final norm and the LM head (what a 262k-entry head
+    costs alone); such a step is not the model's, and `prefill` refuses it."""
 
-    def __init__(self, model: nn.Module, max_len: int) -> None:
+    def __init__(self, model: nn.Module, max_len: int, layers: int | None = None) -> None:
         check_model(model)
         lib, level = _kernels()
-        self.model, self.max_len = model, max_len
-        self._built = self._build(lib, level, model, max_len)
+        self.model, self.max_len, self.complete = model, max_len, layers is None
+        self._built = self._build(lib, level, model, max_len, layers)
 
     @staticmethod
-    def _build(lib, level: int, model: nn.Module, max_len: int) -> _Built:
-        config, layers = model.config, model.model.layers
+    def _build(lib, level: int, model: nn.Module, max_len: int, keep: int | None) -> _Built:
+        layout, config, text = LAYOUTS[model.config.model_type], _text_config(model), _text_model(model)
+        every = decoder_layers(model)
+        layers = every[:keep]
         heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        first = layers[0].self_attn
-        window = getattr(first, "sliding_window", None)
-        if window is not None and max_len > window:
-            raise Unsupported(f"a sliding attention window of {window} < {max_len} positions")
+        norm = _Norms(layout.norm_offset)
+        first = every[0].self_attn
         step = lib.DecodeStep(config.hidden_size, heads, kv_heads, head_dim, len(layers),
-                              float(layers[0].input_layernorm.variance_epsilon), float(first.scaling),
+                              norm.eps_of(every[0].input_layernorm), float(first.scaling),
                               model.dtype == torch.bfloat16, level)
+        embed = model.get_input_embeddings()
+        scale = embed.embed_scale.to(embed.weight.dtype) if hasattr(embed, "embed_scale") else 1.0
+        multiply = layout.multipliers
+        final_cap = getattr(config, "final_logit_softcapping", None) if layout.final_softcap else None
+        attn_cap = getattr(config, "attn_logit_softcapping", None) if layout.attn_softcap else None
+        step.set_layout(embed_scale=float(scale) * (config.embedding_multiplier if multiply else 1.0),
+                        residual_scale=config.residual_multiplier if multiply else 1.0,
+                        logit_scale=config.logits_scaling if multiply else 1.0,
+                        final_softcap=final_cap or 0.0, attn_softcap=attn_cap or 0.0, activation=_activation(model))
+        cos, sin, table_of = _rotary_tables(text, config, len(every), max_len)
         routers: dict[int, int] = {}
         for i, layer in enumerate(layers):
             attn, mlp = layer.self_attn, layer.mlp
-            if getattr(attn, "sliding_window", None) is not None and max_len > attn.sliding_window:
-                raise Unsupported(f"layer {i} has a sliding attention window of {attn.sliding_window}")
+            if float(attn.scaling) != float(first.scaling):
+                raise Unsupported(f"layer {i} scales its attention scores differently from layer 0")
+            window = (getattr(config, "sliding_window", None) if layout.window_in_config
+                      else getattr(attn, "sliding_window", None))
             ids = [_add_linear(step, getattr(parent, name), f"layers.{i}.{name}", routers)
                    for parent, name in ((attn, "q_proj"), (attn, "k_proj"), (attn, "v_proj"), (attn, "o_proj"),
                                         (mlp, "gate_proj"), (mlp, "up_proj"), (mlp, "down_proj"))]
-            step.set_layer(i, _norm(layer.input_layernorm), _norm(layer.post_attention_layernorm), ids)
-        head = _add_linear(step, model.lm_head, "lm_head", routers)
-        positions = torch.arange(max_len).unsqueeze(0)
-        with torch.no_grad():
-            cos, sin = model.model.rotary_emb(torch.zeros(1), positions)
+            if layout.sandwich_norms:  # Gemma names: post_attention_layernorm norms the attention output
+                before_mlp = layer.pre_feedforward_layernorm
+                extra = dict(attn_out_norm=norm(layer.post_attention_layernorm),
+                             mlp_out_norm=norm(layer.post_feedforward_layernorm))
+            else:
+                before_mlp, extra = layer.post_attention_layernorm, {}
+            if layout.qk_norms:
+                extra.update(q_norm=norm(attn.q_norm), k_norm=norm(attn.k_norm))
+            step.set_layer(i, norm(layer.input_layernorm), norm(before_mlp), ids, window=int(window or 0),
+                           rope=table_of[i], **extra)
+        head = _add_linear(step, model.get_output_embeddings(), "lm_head", routers)
         k_cache = torch.zeros(len(layers), kv_heads, max_len, head_dim)
         v_cache = torch.zeros_like(k_cache)
-        embed = model.get_input_embeddings().weight.detach()
-        step.set_model(embed, _norm(model.model.norm), head, cos[0].float().contiguous(), sin[0].float().contiguous(),
-                       k_cache, v_cache)
+        step.set_model(embed.weight.detach(), norm(text.norm), head, cos, sin, k_cache, v_cache)
         return _Built(step, k_cache, v_cache)
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """The model's forward pass over a [1, n] prompt; its keys and values fill the cache's first n
         positions. Returns the last position's logits (float32 [vocab])."""
         n = ids.shape[1]
+        if not self.complete:
+            raise ValueError("this step keeps only some of the model's layers (timing); prefill needs all")
         if n > self.max_len:
             raise ValueError(f"a {n}-token prompt does not fit a cache of {self.max_len}")
         with torch.no_grad():
-            out = self.model(ids, use_cache=True)
+            out = self.model(ids, use_cache=True, logits_to_keep=1)
         cache = out["cache"] if "cache" in out else out["past_key_values"]
-        for i, layer in enumerate(cache.layers):
-            self._built.k_cache[i, :, :n].copy_(layer.keys[0])
-            self._built.v_cache[i, :, :n].copy_(layer.values[0])
+        for i, layer in enumerate(cache.layers):  # a sliding-window layer keeps only its last positions
+            kept = layer.keys.shape[2]
+            self._built.k_cache[i, :, n - kept:n].copy_(layer.keys[0])
+            self._built.v_cache[i, :, n - kept:n].copy_(layer.values[0])
         return out.logits[0, -1].float()
 
     def step(self, token: int, pos: int) -> torch.Tensor:
@@ -207,10 +296,46 @@ class FastDecoder:
         return self._built.step.profile()
 
 
-def _norm(module: nn.Module) -> torch.Tensor:
-    if not type(module).__name__.endswith("RMSNorm") or not hasattr(module, "variance_epsilon"):
-        raise Unsupported(f"a {type(module).__name__} where the fast step expects an RMSNorm")
-    return module.weight.detach().float().contiguous()
+class _Norms:
+    """RMSNorm weights as the factor the model multiplies by (offset + weight, float32), all with
+    the one epsilon the step uses."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset, self.eps = offset, None
+
+    @staticmethod
+    def eps_of(module: nn.Module) -> float:
+        eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+        if not type(module).__name__.endswith("RMSNorm") or eps is None:
+            raise Unsupported(f"a {type(module).__name__} where the fast step expects an RMSNorm")
+        return float(eps)
+
+    def __call__(self, module: nn.Module) -> torch.Tensor:
+        eps = self.eps_of(module)
+        if self.eps is None:
+            self.eps = eps
+        elif eps != self.eps:
+            raise Unsupported(f"RMSNorms with different epsilons ({self.eps}, {eps})")
+        return (self.offset + module.weight.detach().float()).contiguous()
+
+
+def _rotary_tables(text: nn.Module, config, layers: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """cos, sin [kinds, max_len, head_dim] from the model's own rotary module (its scaling included)
+    and each layer's table: one per layer kind where the module keeps one per kind (Gemma 3's local
+    and global bases), else one for all."""
+    rotary = text.rotary_emb
+    positions, x = torch.arange(max_len).unsqueeze(0), torch.zeros(1)
+    with torch.no_grad():
+        if isinstance(getattr(rotary, "rope_type", None), dict):
+            kinds = list(config.layer_types)
+            names = sorted(set(kinds))
+            tables = [rotary(x, positions, name) for name in names]
+            table_of = [names.index(kind) for kind in kinds]
+        else:
+            tables, table_of = [rotary(x, positions)], [0] * layers
+    cos = torch.stack([c[0].float() for c, _ in tables]).contiguous()
+    sin = torch.stack([s[0].float() for _, s in tables]).contiguous()
+    return cos, sin, table_of
 
 
 def _bias(module: nn.Module) -> torch.Tensor | None:
@@ -344,7 +469,7 @@ def generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, *, path: 
         try:
             return {**fast_generate(model, ids, max_new_tokens, temperature=temperature, ignore_eos=ignore_eos,
                                     profile=profile), "fast_unavailable": None}
-        except Unsupported as error:  # found while building (a module kind, a sliding window)
+        except Unsupported as error:  # found while building (a module kind, a norm)
             if path == "fast":
                 raise
             why = str(error)

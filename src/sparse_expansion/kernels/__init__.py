@@ -6,7 +6,7 @@ ops.py      the ops, dispatched to AVX2, scalar C++ or pure torch;
 linear.py   CompressedLinear (an nn.Linear stand-in), CompressedExperts (routed experts),
             QuantizedLinear (a dense int8 / int4 linear) and DecodeLinear (a dense bfloat16 linear
             with a C++ decode path);
-csrc/decode_step.cpp  the whole-model decode step of a Llama-family model, one call per token, over
+csrc/decode_step.cpp  the whole-model decode step of a Llama-shaped model (decode.LAYOUTS), one call per token, over
             these kernels (decode.py builds it from a loaded model).
 """
 

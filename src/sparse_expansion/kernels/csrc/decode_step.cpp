@@ -1,9 +1,14 @@
-// One decode step of a Llama-family decoder (Llama, Mistral, Qwen2, SmolLM2) for one token, in one
-// call: embedding, per layer RMSNorm -> q/k/v -> rotary -> GQA attention over a preallocated KV
-// cache -> o -> residual -> RMSNorm -> gate/up -> SiLU * up -> down -> residual, then the final norm
-// and the LM head. Python (sparse_expansion/decode.py) builds it once from a loaded model, sharing
-// the model's tensors, and calls it once per token: no torch dispatch, no Python, no allocation
-// inside a step.
+// One decode step of a Llama-shaped decoder (Llama, Mistral, Qwen2/3, Gemma 3, Granite; SmolLM2) for
+// one token, in one call: embedding (times a scale), per layer RMSNorm -> q/k/v -> [per-head q/k
+// RMSNorm] -> rotary (one table per layer kind) -> GQA attention over a preallocated KV cache (a
+// sliding window where the layer has one, scores soft-capped where the model caps them) -> o ->
+// [RMSNorm of the attention output] -> residual -> RMSNorm -> gate/up -> act(gate) * up (SiLU or
+// GELU) -> down -> [RMSNorm of the MLP output] -> residual, then the final norm, the LM head and its
+// scale / soft cap. The bracketed parts are the families' extras (Qwen 3 and Gemma 3: q/k norms;
+// Gemma 3: the sandwich norms), each switched on by giving its weights. Python
+// (sparse_expansion/decode.py, its LAYOUTS table) builds it once from a loaded model, sharing the
+// model's tensors, and calls it once per token: no torch dispatch, no Python, no allocation inside a
+// step. RMSNorm weights come in as the factor the model multiplies by (Gemma's 1 + w precomputed).
 //
 // Every linear is a descriptor (LinearDesc): its kind (dense, bitmask, N:M), the value type of
 // sparse.h, the tensors, and optionally a router (SparseExpertLinear: the token's expert is chosen
@@ -35,6 +40,7 @@ namespace se {
 namespace {
 
 enum LinearKind : int { kDense = 0, kBitmask = 1, kNM = 2 };
+enum Activation : int { kSilu = 0, kGeluTanh = 1, kGelu = 2 };  // the MLP's act(gate)
 
 struct LinearDesc {
   int kind = kDense;
@@ -127,8 +133,14 @@ struct ThreadState {
 };
 
 struct LayerDesc {
-  const float* input_norm = nullptr;
-  const float* post_norm = nullptr;
+  const float* input_norm = nullptr;     // before attention
+  const float* post_norm = nullptr;      // before the MLP (Llama's post_attention_layernorm)
+  const float* attn_out_norm = nullptr;  // on the attention output, before the residual (Gemma), or none
+  const float* mlp_out_norm = nullptr;   // on the MLP output, before the residual (Gemma), or none
+  const float* q_norm = nullptr;         // per query head [head_dim] (Qwen 3, Gemma 3), or none
+  const float* k_norm = nullptr;         // per key head [head_dim], or none
+  int64_t window = 0;                    // attend to the last `window` positions; 0: all
+  int64_t rope = 0;                      // which rotary table (the layer's kind)
   int q = -1, k = -1, v = -1, o = -1, gate = -1, up = -1, down = -1;
 };
 
@@ -252,17 +264,34 @@ class DecodeStep {
     return finish(d, bias, router);
   }
 
+  // Norm weights are float32, the factor the model multiplies the normalised vector by; the optional
+  // ones switch their part on. `window` > 0: a sliding-window layer; `rope`: its rotary table.
   void set_layer(int64_t l, const torch::Tensor& input_norm, const torch::Tensor& post_norm,
-                 const std::vector<int64_t>& linears) {
+                 const std::vector<int64_t>& linears, const c10::optional<torch::Tensor>& attn_out_norm,
+                 const c10::optional<torch::Tensor>& mlp_out_norm, const c10::optional<torch::Tensor>& q_norm,
+                 const c10::optional<torch::Tensor>& k_norm, int64_t window, int64_t rope) {
     TORCH_CHECK(l >= 0 && l < layers_, "layer ", l, " out of range");
     TORCH_CHECK(linears.size() == 7, "a layer has 7 linears: q k v o gate up down");
-    TORCH_CHECK(input_norm.numel() == hidden_ && post_norm.numel() == hidden_, "norm weights must be [hidden]");
+    TORCH_CHECK(window >= 0 && rope >= 0, "window and rope must be >= 0");
     if (layer_descs_.empty()) layer_descs_.resize(layers_);
     LayerDesc& L = layer_descs_[l];
-    L.input_norm = f32_ptr(input_norm, "input norm");
-    L.post_norm = f32_ptr(post_norm, "post-attention norm");
-    keep_.push_back(input_norm);
-    keep_.push_back(post_norm);
+    auto norm = [&](const torch::Tensor& w, int64_t n, const char* name) {
+      TORCH_CHECK(w.numel() == n, name, " weights must have ", n, " values");
+      keep_.push_back(w);
+      return f32_ptr(w, name);
+    };
+    auto optional_norm = [&](const c10::optional<torch::Tensor>& w, int64_t n, const char* name) -> const float* {
+      return w ? norm(*w, n, name) : nullptr;
+    };
+    L.input_norm = norm(input_norm, hidden_, "input norm");
+    L.post_norm = norm(post_norm, hidden_, "post-attention norm");
+    L.attn_out_norm = optional_norm(attn_out_norm, hidden_, "attention output norm");
+    L.mlp_out_norm = optional_norm(mlp_out_norm, hidden_, "MLP output norm");
+    L.q_norm = optional_norm(q_norm, head_dim_, "query norm");
+    L.k_norm = optional_norm(k_norm, head_dim_, "key norm");
+    TORCH_CHECK((L.q_norm == nullptr) == (L.k_norm == nullptr), "query and key norms come together");
+    L.window = window;
+    L.rope = rope;
     int* slots[7] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};
     for (int i = 0; i < 7; ++i) {
       TORCH_CHECK(linears[i] >= 0 && linears[i] < static_cast<int64_t>(linears_.size()), "unknown linear ", linears[i]);
@@ -279,9 +308,25 @@ class DecodeStep {
     inter_ = std::max(inter_, g.rows);
   }
 
+  // What the family computes around the layers: the embedding times embed_scale (rounded to the
+  // model's dtype, as its forward multiplies), residual += residual_scale * branch, logits divided by
+  // logit_scale and then soft-capped (cap * tanh(logits / cap), 0: none), attention scores soft-capped
+  // the same way, the MLP's activation (Activation). Defaults: Llama's.
+  void set_layout(double embed_scale, double residual_scale, double logit_scale, double final_softcap,
+                  double attn_softcap, int64_t activation) {
+    TORCH_CHECK(logit_scale != 0 && final_softcap >= 0 && attn_softcap >= 0, "bad logit scale or soft cap");
+    TORCH_CHECK(activation >= kSilu && activation <= kGelu, "unknown activation ", activation);
+    embed_scale_ = static_cast<float>(embed_scale);
+    residual_scale_ = static_cast<float>(residual_scale);
+    logit_scale_ = static_cast<float>(logit_scale);
+    final_softcap_ = static_cast<float>(final_softcap);
+    attn_softcap_ = static_cast<float>(attn_softcap);
+    activation_ = static_cast<int>(activation);
+  }
+
   // embed [vocab, hidden] (float32 or bfloat16), final norm [hidden], lm_head a linear id, rotary
-  // cos/sin [max_len, head_dim] (Hugging Face's, attention scaling included), K/V caches
-  // [layers, kv_heads, max_len, head_dim] float32.
+  // cos/sin [max_len, head_dim] or one table per layer kind [kinds, max_len, head_dim] (Hugging
+  // Face's, attention scaling included), K/V caches [layers, kv_heads, max_len, head_dim] float32.
   void set_model(const torch::Tensor& embed, const torch::Tensor& final_norm, int64_t lm_head, const torch::Tensor& cos,
                  const torch::Tensor& sin, const torch::Tensor& k_cache, const torch::Tensor& v_cache) {
     check_cpu(embed, "embedding");
@@ -296,9 +341,10 @@ class DecodeStep {
     TORCH_CHECK(linears_[lm_head_].in == hidden_, "LM head must read [hidden]");
     cos_ = f32_ptr(cos, "cos");
     sin_ = f32_ptr(sin, "sin");
-    TORCH_CHECK(cos.dim() == 2 && cos.size(1) == head_dim_ && sin.sizes() == cos.sizes(), "cos/sin must be [max_len, ",
-                head_dim_, "]");
-    max_len_ = cos.size(0);
+    TORCH_CHECK((cos.dim() == 2 || cos.dim() == 3) && cos.size(-1) == head_dim_ && sin.sizes() == cos.sizes(),
+                "cos/sin must be [kinds, max_len, ", head_dim_, "] or [max_len, ", head_dim_, "]");
+    max_len_ = cos.size(-2);
+    const int64_t kinds = cos.dim() == 3 ? cos.size(0) : 1;
     kc_ = const_cast<float*>(f32_ptr(k_cache, "key cache"));
     vc_ = const_cast<float*>(f32_ptr(v_cache, "value cache"));
     const std::vector<int64_t> want{layers_, kv_heads_, max_len_, head_dim_};
@@ -306,7 +352,10 @@ class DecodeStep {
                 max_len_, ", ", head_dim_, "]");
     keep_.insert(keep_.end(), {embed, final_norm, cos, sin, k_cache, v_cache});
     TORCH_CHECK(static_cast<int64_t>(layer_descs_.size()) == layers_, "set every layer before the model");
-    for (const auto& L : layer_descs_) TORCH_CHECK(L.input_norm != nullptr, "a layer was not set");
+    for (const auto& L : layer_descs_) {
+      TORCH_CHECK(L.input_norm != nullptr, "a layer was not set");
+      TORCH_CHECK(L.rope < kinds, "a layer's rotary table ", L.rope, " is not among the ", kinds, " given");
+    }
     logits_ = torch::empty({linears_[lm_head_].rows}, torch::kFloat);
     logits_ptr_ = logits_.data_ptr<float>();
     h_.assign(hidden_, 0.f);
@@ -461,12 +510,51 @@ class DecodeStep {
     }
   }
 
+  // 1 / sqrt(mean(x^2) + eps): float32 in Hugging Face; double here costs nothing and is at least as exact.
+  float inv_rms(const float* x, int64_t n) const {
+    double ss = 0;
+    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+    return 1.0f / std::sqrt(static_cast<float>(ss / n) + eps_);
+  }
+
+  float round_act(float v) const { return act_bf16_ ? from_bf16(to_bf16(v)) : v; }
+
   void rmsnorm(const float* w, Vec& out) const {
-    double ss = 0;  // float32 in Hugging Face; double here costs nothing and is at least as exact
-    for (int64_t i = 0; i < hidden_; ++i) ss += static_cast<double>(h_[i]) * h_[i];
-    const float inv = 1.0f / std::sqrt(static_cast<float>(ss / hidden_) + eps_);
+    const float inv = inv_rms(h_.data(), hidden_);
     for (int64_t i = 0; i < hidden_; ++i) out.f[i] = w[i] * (h_[i] * inv);
     round_inputs(out, 0, hidden_);
+  }
+
+  // In place, every head of `heads` vectors of head_dim (Qwen 3 / Gemma 3 q_norm, k_norm).
+  void head_norm(const float* w, float* x, int64_t heads) const {
+    if (w == nullptr) return;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x + h * head_dim_;
+      const float inv = inv_rms(v, head_dim_);
+      for (int64_t i = 0; i < head_dim_; ++i) v[i] = round_act(w[i] * (v[i] * inv));
+    }
+  }
+
+  // h[lo:hi] += residual_scale * branch[lo:hi], the branch first normed by w (over all of it) when
+  // the layer norms its outputs (Gemma), rounded to the model's dtype as its forward hands it over.
+  void add_residual(const float* w, const float* branch, int64_t lo, int64_t hi) {
+    if (w == nullptr) {
+      for (int64_t r = lo; r < hi; ++r) h_[r] += residual_scale_ * branch[r];
+      return;
+    }
+    const float inv = inv_rms(branch, hidden_);
+    for (int64_t r = lo; r < hi; ++r) h_[r] += residual_scale_ * round_act(w[r] * (branch[r] * inv));
+  }
+
+  float activate(float g) const {
+    switch (activation_) {
+      case kGeluTanh: {
+        const float inner = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+        return 0.5f * g * (1.0f + std::tanh(inner));
+      }
+      case kGelu: return 0.5f * g * (1.0f + std::erf(g * 0.7071067811865476f));
+      default: return g / (1.0f + std::exp(-g));
+    }
   }
 
   // y[r0:r1] = W x (+ bias), W the linear's weight or its routed expert's.
@@ -530,10 +618,10 @@ class DecodeStep {
   }
 
   // Rotary embedding of `heads` vectors of head_dim at position pos (Hugging Face's rotate_half).
-  void rotate(float* x, int64_t heads, int64_t pos) const {
+  void rotate(float* x, int64_t heads, int64_t pos, int64_t table) const {
     const int64_t half = head_dim_ / 2;
-    const float* c = cos_ + pos * head_dim_;
-    const float* s = sin_ + pos * head_dim_;
+    const float* c = cos_ + (table * max_len_ + pos) * head_dim_;
+    const float* s = sin_ + (table * max_len_ + pos) * head_dim_;
     for (int64_t h = 0; h < heads; ++h) {
       float* v = x + h * head_dim_;
       for (int64_t i = 0; i < half; ++i) {
@@ -544,21 +632,24 @@ class DecodeStep {
     }
   }
 
-  // Query heads [lo, hi) of layer `layer` at position pos: runs of heads that share a KV head go
-  // through the vector kernel together (their keys and values read once).
+  // Query heads [lo, hi) of layer `layer` at position pos, over the cached positions it sees (all,
+  // or the last `window`): runs of heads that share a KV head go through the vector kernel together
+  // (their keys and values read once); soft-capped scores take the plain loop.
   void attention_heads(int64_t layer, int64_t lo, int64_t hi, int64_t pos, float* scores) {
     const int64_t group = heads_ / kv_heads_;
+    const int64_t window = layer_descs_[layer].window;
+    const int64_t first = window > 0 ? std::max<int64_t>(0, pos + 1 - window) : 0, n = pos + 1 - first;
     for (int64_t head = lo; head < hi;) {
       const int64_t g = head / group;
       const int64_t end = std::min(hi, (g + 1) * group);
-      const float* keys = kc_ + ((layer * kv_heads_ + g) * max_len_) * head_dim_;
-      const float* values = vc_ + ((layer * kv_heads_ + g) * max_len_) * head_dim_;
+      const float* keys = kc_ + ((layer * kv_heads_ + g) * max_len_ + first) * head_dim_;
+      const float* values = vc_ + ((layer * kv_heads_ + g) * max_len_ + first) * head_dim_;
       const float* q = q_.data() + head * head_dim_;
       float* out = attn_.f.data() + head * head_dim_;
       const int64_t nq = end - head;
-      if (!(level_ >= 2 && nq <= 8 &&
-            attend_heads_avx512(q, static_cast<int>(nq), keys, values, pos + 1, head_dim_, scaling_, scores, out))) {
-        for (int64_t h = 0; h < nq; ++h) attend_one(q + h * head_dim_, keys, values, pos + 1, scores, out + h * head_dim_);
+      if (!(level_ >= 2 && nq <= 8 && attn_softcap_ == 0 &&
+            attend_heads_avx512(q, static_cast<int>(nq), keys, values, n, head_dim_, scaling_, scores, out))) {
+        for (int64_t h = 0; h < nq; ++h) attend_one(q + h * head_dim_, keys, values, n, scores, out + h * head_dim_);
       }
       head = end;
     }
@@ -568,6 +659,7 @@ class DecodeStep {
     float top = -std::numeric_limits<float>::infinity();
     for (int64_t j = 0; j < n; ++j) {
       scores[j] = dot_f32(q, keys + j * head_dim_, head_dim_, level_) * scaling_;
+      if (attn_softcap_ > 0) scores[j] = attn_softcap_ * std::tanh(scores[j] / attn_softcap_);
       top = std::max(top, scores[j]);
     }
     float sum = 0;
@@ -610,6 +702,8 @@ class DecodeStep {
         const uint16_t* row = static_cast<const uint16_t*>(embed_) + token * hidden_;
         for (int64_t i = lo; i < hi; ++i) h_[i] = from_bf16(row[i]);
       }
+      if (embed_scale_ != 1.0f)
+        for (int64_t i = lo; i < hi; ++i) h_[i] = round_act(h_[i] * embed_scale_);
     }
     barrier(T);
     float* scores = scores_.data() + t * std::min<int64_t>(8, heads_ / kv_heads_) * max_len_;
@@ -628,8 +722,10 @@ class DecodeStep {
         int64_t q0, q1, k0, k1;
         split(heads_ * head_dim_, t, T, head_dim_, &q0, &q1);
         split(kv_heads_ * head_dim_, t, T, head_dim_, &k0, &k1);
-        rotate(q_.data() + q0, (q1 - q0) / head_dim_, pos);
-        rotate(k_.data() + k0, (k1 - k0) / head_dim_, pos);
+        head_norm(L.q_norm, q_.data() + q0, (q1 - q0) / head_dim_);
+        head_norm(L.k_norm, k_.data() + k0, (k1 - k0) / head_dim_);
+        rotate(q_.data() + q0, (q1 - q0) / head_dim_, pos, L.rope);
+        rotate(k_.data() + k0, (k1 - k0) / head_dim_, pos, L.rope);
         for (int64_t g = k0 / head_dim_; g < k1 / head_dim_; ++g) {
           const int64_t at = ((l * kv_heads_ + g) * max_len_ + pos) * head_dim_;
           std::copy(k_.begin() + g * head_dim_, k_.begin() + (g + 1) * head_dim_, kc_ + at);
@@ -649,9 +745,13 @@ class DecodeStep {
       if (all) route_for({L.o}, attn_, st);
       begin();
       run_linear(linears_[L.o], attn_, tmp_.data(), lo, hi, st);
-      for (int64_t r = lo; r < hi; ++r) h_[r] += tmp_[r];
+      if (L.attn_out_norm == nullptr || !all) add_residual(nullptr, tmp_.data(), lo, hi);
       barrier(T);
       end(linear);
+      if (L.attn_out_norm != nullptr && all) {  // the norm reads the whole output: after the barrier
+        add_residual(L.attn_out_norm, tmp_.data(), lo, hi);
+        barrier(T);
+      }
       if (all) {
         rmsnorm(L.post_norm, st.xn);
         route_for({L.gate, L.up}, st.xn, st);
@@ -664,7 +764,7 @@ class DecodeStep {
         run_linear(linears_[L.gate], st.xn, tmp_.data(), g0, g1, st);
         run_linear(linears_[L.up], st.xn, up_.data(), g0, g1, st);
         float* a = act_.f.data();
-        for (int64_t r = g0; r < g1; ++r) a[r] = tmp_[r] / (1.0f + std::exp(-tmp_[r])) * up_[r];
+        for (int64_t r = g0; r < g1; ++r) a[r] = activate(tmp_[r]) * up_[r];
         round_inputs(act_, g0, g1);
       }
       barrier(T);
@@ -672,16 +772,29 @@ class DecodeStep {
       if (all) route_for({L.down}, act_, st);
       begin();
       run_linear(linears_[L.down], act_, tmp_.data(), lo, hi, st);
-      for (int64_t r = lo; r < hi; ++r) h_[r] += tmp_[r];
+      if (L.mlp_out_norm == nullptr || !all) add_residual(nullptr, tmp_.data(), lo, hi);
       barrier(T);
       end(linear);
+      if (L.mlp_out_norm != nullptr && all) {
+        add_residual(L.mlp_out_norm, tmp_.data(), lo, hi);
+        barrier(T);
+      }
     }
     if (all) {
       rmsnorm(final_norm_, st.xn);
       route_for({lm_head_}, st.xn, st);
     }
     begin();
-    linear_part(lm_head_, st.xn, logits_ptr_, t, T, st);
+    {
+      int64_t v0, v1;
+      split(linears_[lm_head_].rows, t, T, 16, &v0, &v1);
+      run_linear(linears_[lm_head_], st.xn, logits_ptr_, v0, v1, st);
+      if (all && (logit_scale_ != 1.0f || final_softcap_ > 0))
+        for (int64_t r = v0; r < v1; ++r) {
+          float z = logits_ptr_[r] / logit_scale_;
+          logits_ptr_[r] = final_softcap_ > 0 ? final_softcap_ * std::tanh(z / final_softcap_) : z;
+        }
+    }
     barrier(T);
     end(linear);
     if (timing) {
@@ -706,6 +819,8 @@ class DecodeStep {
   const float* final_norm_ = nullptr;
   int lm_head_ = -1;
   const float *cos_ = nullptr, *sin_ = nullptr;
+  float embed_scale_ = 1, residual_scale_ = 1, logit_scale_ = 1, final_softcap_ = 0, attn_softcap_ = 0;
+  int activation_ = kSilu;
   float *kc_ = nullptr, *vc_ = nullptr;
   torch::Tensor logits_;
   float* logits_ptr_ = nullptr;
@@ -733,7 +848,13 @@ void register_decode_step(pybind11::module_& m) {
       .def("add_dense", &DecodeStep::add_dense)
       .def("add_bitmask", &DecodeStep::add_bitmask)
       .def("add_nm", &DecodeStep::add_nm)
-      .def("set_layer", &DecodeStep::set_layer)
+      .def("set_layout", &DecodeStep::set_layout, py::arg("embed_scale") = 1.0, py::arg("residual_scale") = 1.0,
+           py::arg("logit_scale") = 1.0, py::arg("final_softcap") = 0.0, py::arg("attn_softcap") = 0.0,
+           py::arg("activation") = 0)
+      .def("set_layer", &DecodeStep::set_layer, py::arg("layer"), py::arg("input_norm"), py::arg("post_norm"),
+           py::arg("linears"), py::arg("attn_out_norm") = py::none(), py::arg("mlp_out_norm") = py::none(),
+           py::arg("q_norm") = py::none(), py::arg("k_norm") = py::none(), py::arg("window") = 0,
+           py::arg("rope") = 0)
       .def("set_model", &DecodeStep::set_model)
       .def("step", &DecodeStep::step, "logits [vocab] after token at position pos")
       .def("partial", &DecodeStep::partial, "repeat only the linears of the last step, or all but them")

@@ -21,7 +21,7 @@ void axpy_f32(float s, const float* b, float* out, int64_t n, int level);
 // `nq` (1..8) query heads that share one KV head, over positions [0, n) of its cached keys and values
 // (rows head_dim apart): out[h] = softmax(scale q[h].K^T) V, q and out rows head_dim apart. Each key
 // and value row is read once for all nq heads. `scores` holds nq * n floats of scratch. Returns false
-// when this CPU or head_dim (64 and 128 are vectorised) has no fast version; the caller then uses
+// when this CPU or head_dim (64, 128 and 256 are vectorised) has no fast version; the caller then uses
 // dot_f32/axpy_f32.
 bool attend_heads_avx512(const float* q, int nq, const float* keys, const float* values, int64_t n,
                          int64_t head_dim, float scale, float* scores, float* out);

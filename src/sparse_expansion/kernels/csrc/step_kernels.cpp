@@ -198,6 +198,7 @@ bool attend_heads_avx512(const float* q, int nq, const float* keys, const float*
   switch (head_dim) {
     case 64: attend_impl<4>(q, nq, keys, values, n, scale, scores, out); return true;
     case 128: attend_impl<8>(q, nq, keys, values, n, scale, scores, out); return true;
+    case 256: attend_impl<16>(q, nq, keys, values, n, scale, scores, out); return true;  // Gemma 3
     default: return false;
   }
 }
