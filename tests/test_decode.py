@@ -213,41 +213,17 @@ def quantized_model(folders, kind: str, bits: int, dtype: torch.dtype = torch.fl
     return model
 
 
-def act8_forward(model):
-    """A context in which the model's quantized modules compute as the step does (ops.quant_decode_linear:
-    act8 for dense and bitmask, exact for N:M), token by token: the forward pass the step must equal up to
-    float rounding."""
-    import contextlib
-
-    from sparse_expansion.kernels.linear import CompressedExperts, _Compressed
-
-    @contextlib.contextmanager
-    def patched():
-        saved = []
-        for module in model.modules():
-            if isinstance(module, _Compressed) and module.bits is not None:
-                def forward(x, labels=None, m=module):
-                    y = ops.quant_decode_linear(x.reshape(-1, m.in_features), m.compressed(), m.bias, labels)
-                    return y.reshape(*x.shape[:-1], -1).to(x.dtype)
-                saved.append(module)
-                module.forward = forward if isinstance(module, CompressedExperts) else (lambda x, f=forward: f(x))
-        try:
-            yield
-        finally:
-            for module in saved:
-                del module.forward
-    return patched()
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("kind", QUANT_KINDS)
 def test_quantized_step_equals_the_forward_pass_in_its_arithmetic(folders, kind, bits, threads):
     """The step runs every quantized linear as ops.quant_decode_linear does: equal to that forward pass
-    within float rounding (as float32 models are)."""
+    (kernels.linear.decode_arithmetic) within float rounding, as float32 models are."""
+    from sparse_expansion.kernels.linear import decode_arithmetic
+
     model = quantized_model(folders, kind, bits)
     ids = windows(1, 12, seed=5)
-    with torch.no_grad(), act8_forward(model):
+    with torch.no_grad(), decode_arithmetic(model):
         want = model(ids).logits[0].float()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
