@@ -9,6 +9,7 @@
 // they add (z - z) q = 0, and a bitmask row is computed as the dense row it stands for).
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "quant.h"
 
@@ -145,14 +146,30 @@ inline uint64_t mask_bits(const uint8_t* mask, int64_t bytes, int64_t k) {
   return m;
 }
 
-// R rows at once: the input's chunk is loaded once for all of them.
+// int4 bitmask: row r's codes spread one a byte into `out` (code p of the stream at out[p - offsets[r]]),
+// 64 at a time: one nibble spread per 64 codes of the row instead of one per 64 columns.
+SE_A8 void spread_row(const QuantView& w, int64_t r, uint8_t* out) {
+  const int64_t p0 = w.offsets[r], count = w.offsets[r + 1] - p0;
+  const int odd = static_cast<int>(p0 & 1);
+  for (int64_t j = 0; j < count; j += 64) {
+    const int64_t b = (p0 >> 1) + j / 2;
+    const __m512i raw = b + 64 <= w.codes_bytes
+                            ? _mm512_loadu_si512(w.codes + b)
+                            : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, static_cast<unsigned>(w.codes_bytes - b)), w.codes + b);
+    _mm512_storeu_si512(out + j, spread_nibbles(raw, odd));
+  }
+}
+
+// R rows at once: the input's chunk is loaded once for all of them. `spread` (int4 bitmask): R buffers of
+// `stride` bytes for spread_row.
 template <int FMT, int BITS, int R>
-SE_A8 void rows_r(const QuantView& w, int64_t r, const Act8& a, float* y) {
+SE_A8 void rows_r(const QuantView& w, int64_t r, const Act8& a, float* y, uint8_t* spread, int64_t stride) {
   __m512 acc[R];
   int64_t p[R];
   for (int i = 0; i < R; ++i) {
     acc[i] = _mm512_setzero_ps();
-    p[i] = FMT == kQBitmask ? w.offsets[r + i] : 0;
+    p[i] = FMT == kQBitmask ? (BITS == 4 ? 0 : w.offsets[r + i]) : 0;
+    if (FMT == kQBitmask && BITS == 4) spread_row(w, r + i, spread + i * stride);
   }
   const bool halves = w.groups > 1 && w.group_size == 32;
   for (int64_t k = 0; k < a.chunks; ++k) {
@@ -191,13 +208,8 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, const Act8& a, float* y) {
         if (BITS == 8) {
           packed = p[i] + 64 <= w.codes_bytes ? _mm512_loadu_si512(w.codes + p[i])
                                               : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, n), w.codes + p[i]);
-        } else {
-          const int odd = static_cast<int>(p[i] & 1);
-          const unsigned bytes = (odd + n + 1) / 2;
-          const uint8_t* at = w.codes + (p[i] >> 1);
-          packed = spread_nibbles((p[i] >> 1) + 64 <= w.codes_bytes ? _mm512_loadu_si512(at)
-                                                                     : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, bytes), at),
-                                  odd);
+        } else {  // p[i] counts from the row's first code, in its spread buffer (zero-padded by 64)
+          packed = _mm512_loadu_si512(spread + i * stride + p[i]);
         }
         c = _mm512_mask_expand_epi8(zb, m, packed);
         p[i] += n;
@@ -232,9 +244,13 @@ SE_A8 void prepare_avx512(const float* x, int64_t in, Act8& a) {
 
 template <int FMT, int BITS>
 SE_A8 void rows_fb(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, float* y) {
+  thread_local std::vector<uint8_t> buffers;
+  const int64_t stride = FMT == kQBitmask && BITS == 4 ? (w.in + 127) / 64 * 64 : 0;  // a row's codes + 64
+  if (static_cast<int64_t>(buffers.size()) < 4 * stride) buffers.resize(4 * stride);
+  uint8_t* spread = buffers.data();
   int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) rows_r<FMT, BITS, 4>(w, r, a, y);
-  for (; r < r1; ++r) rows_r<FMT, BITS, 1>(w, r, a, y);
+  for (; r + 4 <= r1; r += 4) rows_r<FMT, BITS, 4>(w, r, a, y, spread, stride);
+  for (; r < r1; ++r) rows_r<FMT, BITS, 1>(w, r, a, y, spread, stride);
 }
 
 }  // namespace
