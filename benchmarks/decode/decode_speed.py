@@ -20,6 +20,16 @@ Prompts are the first 64 and 512 tokens of shakespeare:test. The model folders a
     sparse-expansion expand smollm2-135m --experts 16 --sparsity 0.7 --out runs/se16-70
     sparse-expansion expand smollm2-135m --experts 4 --sparsity 2:4 --out runs/se4-24
     sparse-expansion expand smollm2-135m --experts 16 --sparsity 2:4 --out runs/se16-24
+    sparse-expansion convert runs/sg70 --bits 8 --out runs/sg70-int8
+    sparse-expansion convert runs/sg70 --bits 4 --group-size 32 --out runs/sg70-int4g32
+    sparse-expansion convert runs/sg70 --bits 4 --out runs/sg70-int4
+
+int8 / int4 through the fast step (issue 20 part 2), 1 and 2 threads:
+
+    python benchmarks/decode/decode_speed.py --paths fast --runs 3 --threads 1 2 --variants "dense bf16" \
+        "dense int8" "dense int4" "SparseGPT 70% bf16" "SparseGPT 70% int8" "SparseGPT 70% int4 g32" \
+        "SparseGPT 70% int4 g128" --out runs/quant_step.jsonl
+    python benchmarks/decode/decode_speed.py --fast-summary runs/quant_step.jsonl
 
 **Fast decode step against Hugging Face** (`--paths fast hf`, issue 20): the same timings through
 `decode.generate(path=...)`: "fast" is the C++ decode step, "hf" Hugging Face `generate` on the same
@@ -82,6 +92,13 @@ VARIANTS = {
     "SE-4 2:4 bf16": ("runs/se4-24", "bfloat16", "compressed"),
     "SE-16 2:4 fp32": ("runs/se16-24", "float32", "compressed"),
     "SE-16 2:4 bf16": ("runs/se16-24", "bfloat16", "compressed"),
+    # int8 / int4 values (issue 20 part 2): the fast step runs them in the act8 arithmetic (csrc/quant.h). Dense:
+    # quantized on load (int8 per row, int4 in groups of 128); SparseGPT: `convert` of runs/sg70 (docstring)
+    "dense int8": ("smollm2-135m", "bfloat16", "int8"),
+    "dense int4": ("smollm2-135m", "bfloat16", "int4"),
+    "SparseGPT 70% int8": ("runs/sg70-int8", "bfloat16", "compressed"),
+    "SparseGPT 70% int4 g32": ("runs/sg70-int4g32", "bfloat16", "compressed"),
+    "SparseGPT 70% int4 g128": ("runs/sg70-int4", "bfloat16", "compressed"),
     # speed-only stand-ins (benchmarks/decode/speed_standin.py; prune --method magnitude): the format, sparsity
     # and routes of the real folders, made in minutes on a busy machine; their perplexity means nothing
     "magnitude 70% bf16": ("runs/mag70", "bfloat16", "compressed"),

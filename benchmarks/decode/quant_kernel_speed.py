@@ -2,6 +2,13 @@
 
     PYTHONPATH=src python benchmarks/decode/quant_kernel_speed.py            # 1536x576, 70% bitmask and dense
     PYTHONPATH=src python benchmarks/decode/quant_kernel_speed.py --out 576 --in 1536 --sparsity 0.5
+    PYTHONPATH=src python benchmarks/decode/quant_kernel_speed.py --act8-only --out 49152 --in 576  # the LM head
+    benchmarks/decode/quant_kernel_speed.sh      # the three SmolLM2 shapes, act8 rows, into results/
+
+"act8" rows are what the fast decode step runs for int8 / int4 values (ops.quant_decode_linear; the
+input rounded to int8 in blocks of 32, the codes dotted with it by AVX-512 VNNI, csrc/quant.h); the
+other int8 / int4 rows are the exact de-quantizing kernels modules call (ops.sparse_linear).
+`--act8-only` keeps the bfloat16 rows and the act8 rows (the comparison the decode step makes).
 
 Every variant cycles through copies of its weight, enough for `--working-set-mb` bytes, so that its
 weights come from DRAM as in a decoding model (SmolLM2's linears do not fit the cache), and also runs
@@ -29,6 +36,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=128)
     parser.add_argument("--working-set-mb", type=float, default=256)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--act8-only", action="store_true", help="bfloat16 and act8 rows only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from sparse_expansion.kernels import formats, ops
@@ -60,6 +68,19 @@ def main() -> None:
         (f"{pct} int4 g{args.group}", quantized(sparse, "bitmask", 4, args.group), lambda w: ops.sparse_linear(x32, w)),
         (f"{pct} int4 per row", quantized(sparse, "bitmask", 4, None), lambda w: ops.sparse_linear(x32, w)),
     ]
+    act8 = [
+        ("dense int8 per row, act8", quantized(dense, "dense", 8, None), lambda w: ops.quant_decode_linear(x32, w)),
+        ("dense int4 g32, act8", quantized(dense, "dense", 4, 32), lambda w: ops.quant_decode_linear(x32, w)),
+        (f"dense int4 g{args.group}, act8", quantized(dense, "dense", 4, args.group),
+         lambda w: ops.quant_decode_linear(x32, w)),
+        (f"{pct} int8 per row, act8", quantized(sparse, "bitmask", 8, None), lambda w: ops.quant_decode_linear(x32, w)),
+        (f"{pct} int4 g32, act8", quantized(sparse, "bitmask", 4, 32), lambda w: ops.quant_decode_linear(x32, w)),
+        (f"{pct} int4 g{args.group}, act8", quantized(sparse, "bitmask", 4, args.group),
+         lambda w: ops.quant_decode_linear(x32, w)),
+    ]
+    if args.act8_only:
+        variants = [v for v in variants if "bf16" in v[0] and "fp32 input" not in v[0]]
+    variants = variants + [v for v in act8 if v[0] not in {name for name, *_ in variants}]
     copies = {}
     for name, weight, _ in variants:
         size = weight.numel() * weight.element_size() if isinstance(weight, torch.Tensor) else weight.nbytes()
@@ -80,8 +101,9 @@ def main() -> None:
             times[name]["cache"].append((time.process_time() - start) / len(pool))
     print(f"# {rows}x{cols}, 1 token, 1 thread, backend {ops.backend()}, CPU time (median of {args.repeats}); "
           f"working set {args.working_set_mb:g} MB per variant")
-    print("| weights | bytes | us from DRAM | vs dense fp32 | us in cache |\n|---|---|---|---|---|")
-    base = statistics.median(times[variants[0][0]]["dram"])
+    first = variants[0][0].split(",")[0]
+    print(f"| weights | bytes | us from DRAM | vs {first} | us in cache |\n|---|---|---|---|---|")
+    base = statistics.median(times[variants[0][0]]["dram"])  # the first row: dense fp32, or dense bf16
     for name, *_ in variants:
         dram, cache = (statistics.median(times[name][k]) for k in ("dram", "cache"))
         print(f"| {name} | {copies[name][0] / 1e6:.3f} MB | {dram * 1e6:.1f} | {base / dram:.2f}x | "

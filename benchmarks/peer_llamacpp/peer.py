@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DEFAULT_WORK = ROOT / "runs" / "peer_llamacpp"
 DTYPES = ("float32", "bfloat16", "float16")
-WEIGHTS = ("auto", "compressed", "dense")
+WEIGHTS = ("auto", "compressed", "dense", "int8", "int4")  # int8 / int4: quantized on load (generate --weights)
 ENGINES = ("ours", "llama.cpp")
 KEYS = {"name", "engine", "folder", "make", "script", "dtype", "weights", "gguf", "convert", "pre", "quantize",
         "perplexity"}

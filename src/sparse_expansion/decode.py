@@ -8,7 +8,12 @@ windows per layer), gated MLP, residuals, final norm and LM head, plus what each
 per-kind rotary tables and soft caps; Granite's multipliers), with every linear a loaded model can
 hold: dense float32 or bfloat16 (nn.Linear, kernels.DecodeLinear),
 kernels.CompressedLinear (bitmask, N:M) and expanded SparseExpertLinear (the router picks the
-expert once per token; gate and up share it). `FastDecoder` builds it from a loaded model, sharing
+expert once per token; gate and up share it), and int8 / int4 values in any of them or in
+kernels.QuantizedLinear. Quantized dense and bitmask weights (groups of 32, a multiple of 64 or the
+whole row) run the "act8" arithmetic of csrc/quant.h: the input rounded to int8 in blocks of 32 and
+dotted with the codes in integers (AVX-512 VNNI), so their outputs differ from the de-quantized
+forward pass by that rounding (bounded per linear in tests/test_kernels_quant.py); N:M and other
+group sizes run the exact de-quantized arithmetic. `FastDecoder` builds it from a loaded model, sharing
 the model's weight tensors (norm weights and bfloat16 biases are copied to float32; they are
 small). The prompt goes through the model's own forward pass (its KV cache is copied into the
 step's), the decode loop through the step. Threads: `torch.set_num_threads` (one OpenMP region per
@@ -346,7 +351,7 @@ def _bias(module: nn.Module) -> torch.Tensor | None:
 def _add_linear(step, module: nn.Module, name: str, routers: dict[int, int]) -> int:
     """Describe one linear to the step (sharing its tensors); raise Unsupported for a kind it lacks."""
     from .expand.module import SparseExpertLinear
-    from .kernels import CompressedLinear, DecodeLinear
+    from .kernels import CompressedLinear, DecodeLinear, QuantizedLinear
 
     if isinstance(module, SparseExpertLinear):  # the compressed experts, even when a dense copy is also held
         router = _add_router(step, module.router, routers)
@@ -359,14 +364,20 @@ def _add_linear(step, module: nn.Module, name: str, routers: dict[int, int]) -> 
         if weight.dtype not in (torch.float32, torch.bfloat16):
             raise Unsupported(f"{name} holds {weight.dtype} weights; the fast step runs float32 and bfloat16")
         return step.add_dense(weight.contiguous(), _bias(module), -1)
-    if getattr(module, "bits", None):  # kernels.QuantizedLinear: a dense int8 / int4 linear
-        raise Unsupported(f"{name} holds int{module.bits} values; the fast step runs float32, bfloat16 and float16")
+    if isinstance(module, QuantizedLinear):  # a dense int8 / int4 linear (attention projections, LM head)
+        return _add_quant(step, module.compressed(), _bias(module), -1)
     raise Unsupported(f"{name} is a {type(module).__name__}, which the fast step does not run")
+
+
+def _add_quant(step, weight, bias: torch.Tensor | None, router: int) -> int:
+    from .kernels import ops
+
+    return step.add_quant(weight.format, *ops._quant_args(weight), bias, router)
 
 
 def _add_compressed(step, weight, bias: torch.Tensor | None, router: int, experts: int) -> int:
     if weight.quantized:
-        raise Unsupported(f"int{weight.bits} values; the fast step runs float32, bfloat16 and float16 values")
+        return _add_quant(step, weight, bias, router)
     if weight.row_offsets is not None:
         return step.add_bitmask(weight.values, weight.index, weight.row_offsets, experts, weight.in_features, bias,
                                 router)

@@ -236,3 +236,59 @@ def test_group_quantizer_fits_each_group_when_the_solve_reaches_it():
     assert torch.equal(q.scale[..., 1], want_scale[..., 0])
     column = q(w[..., 40], 40)
     assert torch.equal(column, round_to_grid(w[..., 40], q.scale[..., 1], q.zero[..., 1], 4))
+
+
+# ------------------------------------------------------------------- the decode arithmetic (act8)
+
+ACT8_SHAPES = [(2, 9, 53), (1, 5, 300), (2, 4, 7), (1, 6, 130)]  # odd widths, a tail chunk, all-zero row 1
+
+
+def act8_bound(x: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """sum_j |w_j| d_b(j) / 2: how far rounding the input to int8 in blocks of 32 can move W x."""
+    _, d = ops.act8_quantize(x)
+    return (dense.double().abs() * d.repeat_interleave(32)[: x.numel()].double() / 2).sum(-1)
+
+
+@pytest.mark.parametrize("fmt", ["dense", "bitmask"])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("group", [None, 32, 64])
+def test_act8_kernels_agree_and_stay_within_the_input_rounding(compiled, fmt, bits, group):
+    """AVX-512 VNNI == scalar bit for bit; the torch version within float32 rounding; each against the
+    exact de-quantized product within the bound the input's rounding allows; all-zero rows exactly 0."""
+    for shape in ACT8_SHAPES:
+        weight = quantized(fmt, shape, bits, group, seed=shape[-1])
+        assert ops.act8_applies(weight)
+        dense = F.decompress(weight)
+        g = torch.Generator().manual_seed(2)
+        for tokens in (1, 3):
+            x = torch.randn(tokens, shape[-1], generator=g) * torch.linspace(0.1, 4, shape[-1])  # blocks differ
+            labels = torch.randint(0, shape[0], (tokens,), generator=g)
+            out = {}
+            for mode in ("cpp", "scalar", "torch"):
+                with ops.use_backend(mode):
+                    out[mode] = ops.quant_decode_linear(x, weight, labels=labels)
+            assert torch.equal(out["cpp"], out["scalar"])
+            assert (out["torch"] - out["cpp"]).abs().max() <= 1e-5 * (1 + out["cpp"].abs().max())
+            for i in range(tokens):
+                exact = dense[labels[i]].double() @ x[i].double()
+                slack = 1e-5 * (1 + dense[labels[i]].double().abs() @ x[i].double().abs())
+                assert ((out["cpp"][i].double() - exact).abs() <= act8_bound(x[i], dense[labels[i]]) + slack).all()
+                assert (out["cpp"][i][1] == 0).item()  # the all-zero row
+
+
+def test_act8_rounds_the_input_in_blocks_of_32():
+    x = torch.cat([torch.linspace(-2, 1, 32), torch.zeros(32), torch.tensor([0.5, -0.25, 0.125])])
+    q, d = ops.act8_quantize(x)
+    assert q.numel() == 128 and d.numel() == 4  # two chunks of 64 columns, zero-padded
+    assert q[0] == -127 and d[0] == pytest.approx(2 / 127)  # each block's largest magnitude is 127
+    assert (q[32:64] == 0).all() and d[1] == 0  # an all-zero block
+    assert q[64:67].tolist() == [127, -64, 32] and (q[67:] == 0).all()  # -63.5 rounds to even
+
+
+@pytest.mark.parametrize("fmt,group", [("2:4", None), ("dense", 16), ("bitmask", 7)])
+def test_act8_leaves_other_weights_to_the_exact_kernels(compiled, fmt, group):
+    """N:M and group sizes act8 does not lay out run quant_matmul's exact arithmetic."""
+    weight = quantized(fmt, (1, 5, 96), 8, group).expert(0)
+    assert not ops.act8_applies(weight)
+    x = torch.randn(2, 96, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ops.quant_decode_linear(x, weight), ops.sparse_linear(x, weight))

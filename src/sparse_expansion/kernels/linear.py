@@ -7,7 +7,9 @@ Outputs come back in the input's dtype; the kernels compute in fp32.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -292,3 +294,27 @@ class DecodeLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+@contextlib.contextmanager
+def decode_arithmetic(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, every int8 / int4 module of `model` computes as the fast decode step does
+    (ops.quant_decode_linear, token by token: act8 for dense and bitmask values, exact otherwise)
+    instead of de-quantizing: for measuring what the step's input rounding costs (perplexity) and for
+    checking the step against a forward pass. Slow for long inputs (one matvec per token)."""
+    swapped = []
+    for module in model.modules():
+        if not isinstance(module, _Compressed) or module.bits is None:
+            continue
+
+        def forward(x: torch.Tensor, labels: torch.Tensor | None = None, m: _Compressed = module) -> torch.Tensor:
+            y = ops.quant_decode_linear(x.reshape(-1, m.in_features), m.compressed(), m.bias, labels)
+            return y.reshape(*x.shape[:-1], -1).to(x.dtype)
+
+        module.forward = forward if isinstance(module, CompressedExperts) else (lambda x, f=forward: f(x))
+        swapped.append(module)
+    try:
+        yield model
+    finally:
+        for module in swapped:
+            del module.forward

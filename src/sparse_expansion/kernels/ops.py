@@ -192,6 +192,76 @@ def _quantized_matmul(lib: ModuleType | None, isa: int, x: torch.Tensor, labels:
     return y if bias is None else y + bias
 
 
+def act8_applies(weight: CompressedWeight) -> bool:
+    """Whether `quant_decode_linear` (and the fast decode step) use the act8 arithmetic for this weight
+    (csrc/quant.h): int8 / int4 values, dense or bitmask, groups of 32, a multiple of 64 or the whole row."""
+    if not weight.quantized or weight.n_m is not None:
+        return False
+    return weight.groups == 1 or weight.group_size == 32 or weight.group_size % 64 == 0
+
+
+def quant_decode_linear(x: torch.Tensor, weight: CompressedWeight, bias: torch.Tensor | None = None,
+                        labels: torch.Tensor | None = None) -> torch.Tensor:
+    """x [tokens, in] @ W^T (+ bias) for int8 / int4 W in the decode arithmetic the fast step runs: the
+    input quantized to int8 in blocks of 32 and dotted with the codes in integers (csrc/quant.h, "act8"),
+    where `act8_applies`; otherwise the exact arithmetic of `sparse_linear`. The C++ kernels (AVX-512
+    VNNI or scalar, the same bits) or, without them, `act8_reference` (the same integers; its float sums
+    in float64, so within float32 rounding of the kernels). float32 out. Token i uses expert labels[i]."""
+    if not weight.quantized:
+        raise ValueError("quant_decode_linear takes int8 / int4 weights")
+    x = x.reshape(-1, weight.in_features).float()
+    if bias is not None:
+        bias = bias.float()
+    lib, isa = _resolved or _library()
+    if lib is not None and x.is_cpu:
+        lab = None if labels is None else labels.reshape(-1).long().contiguous()
+        return lib.quant_decode_matmul(x.contiguous(), lab, weight.format, *_quant_args(weight), bias, isa)
+    if not act8_applies(weight):
+        return _torch_matmul(x, labels, weight, bias)
+    rows = []
+    for i in range(x.shape[0]):
+        w = weight if labels is None else weight.expert(int(labels.reshape(-1)[i]))
+        rows.append(act8_reference(x[i], w))
+    y = torch.stack(rows)
+    return y if bias is None else y + bias
+
+
+def act8_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 1 of the act8 arithmetic for one input [in]: (q int64 [chunks * 64], d float32 [chunks * 2]),
+    blocks of 32 columns, zero-padded to a multiple of 64."""
+    cols = x.shape[-1]
+    chunks = -(-cols // 64)
+    padded = torch.zeros(chunks * 64)
+    padded[:cols] = x.float()
+    blocks = padded.reshape(-1, 32)
+    amax = blocks.abs().amax(-1)
+    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
+    q = torch.round(blocks * inv[:, None]).clamp(-127, 127)  # round half to even, as nearbyint
+    return q.reshape(-1).long(), amax / 127.0
+
+
+def act8_reference(x: torch.Tensor, weight: CompressedWeight) -> torch.Tensor:
+    """The act8 arithmetic in torch for one token and an [out, in] weight: the same integers as the
+    kernels, the products and sums in float64 (so within float32 rounding of the kernels' bits)."""
+    q, d = act8_quantize(x)
+    cols, padded = weight.in_features, q.numel()
+    grid = torch.arange(padded).clamp(max=cols - 1) // weight.group_size  # the group of every (padded) column
+    grid = grid.clamp(max=weight.groups - 1)
+    rows = weight.rows
+    # codes in column order, the zero point where nothing is stored
+    zeros = weight.zeros.reshape(rows, -1).long()[:, grid]
+    codes = zeros.clone()
+    dense = decompress(weight).reshape(rows, cols)
+    scales = weight.scales.reshape(rows, -1).float()
+    stored = (dense != 0) if weight.format != "dense" else torch.ones_like(dense, dtype=torch.bool)
+    codes[:, :cols] = torch.where(stored, torch.round(dense / scales[:, grid[:cols]]).long() + zeros[:, :cols],
+                                  zeros[:, :cols])
+    v = ((codes - zeros) * q).reshape(rows, -1, 16, 4).sum(-1)  # [rows, chunks, 16 lanes]: exact integers
+    lane_block = torch.arange(padded // 64)[:, None] * 2 + torch.arange(16)[None, :] // 8
+    m = (d[lane_block][None] * scales[:, grid[lane_block * 32]]).float()  # rounded to float32, as the kernels
+    return (v.double() * m.double()).sum((1, 2)).float()
+
+
 def _quant_args(weight: CompressedWeight) -> tuple:
     """What the C++ quant entry points take after the format: tensors, then the grid's shape."""
     empty = torch.empty(0, dtype=torch.uint8)

@@ -12,8 +12,8 @@
 //
 // Every linear is a descriptor (LinearDesc): its kind (dense, bitmask, N:M), the value type of
 // sparse.h, the tensors, and optionally a router (SparseExpertLinear: the token's expert is chosen
-// once per router and step, so gate and up, which share one, route once). A new value type (int8,
-// int4) is one more case in run_linear plus its add_* method.
+// once per router and step, so gate and up, which share one, route once). int8 / int4 values (any
+// kind) are one quant.h view per expert, run by quant_rows_decode.
 //
 // Threads: one OpenMP parallel region per step (the team is torch's, so torch.set_num_threads
 // applies); inside it, phases separated by barriers, every linear's rows split evenly over the
@@ -33,10 +33,17 @@
 #include <limits>
 #include <vector>
 
+#include "quant.h"
 #include "sparse.h"
 #include "step.h"
 
 namespace se {
+
+QuantView quant_view(const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+                     const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
+                     int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
+                     int64_t expert, int64_t* rows);  // quant_torch.cpp
+
 namespace {
 
 enum LinearKind : int { kDense = 0, kBitmask = 1, kNM = 2 };
@@ -54,6 +61,7 @@ struct LinearDesc {
   int64_t row_bytes = 0;              // bitmask
   int64_t n = 0, m = 0, per_row = 0, index_bytes = 0;  // N:M
   const float* bias = nullptr;
+  std::vector<QuantView> quant;       // int8 / int4 values: one view per expert (empty otherwise)
 };
 
 // A folded router scores argmin_j bias[j] + x . matrix[:, j] (ops.cpp `route`, the same loop order,
@@ -261,6 +269,23 @@ class DecodeStep {
     d.per_row = per_row;
     d.index_bytes = indices.size(-1);
     keep_.insert(keep_.end(), {values, indices});
+    return finish(d, bias, router);
+  }
+
+  // int8 / int4 values in any format (formats.py; ops._quant_args gives the arguments), one linear or
+  // `experts` stacked behind a router; run by quant_rows_decode (quant.h's act8 arithmetic where it applies).
+  int64_t add_quant(const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+                    const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
+                    int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
+                    const c10::optional<torch::Tensor>& bias, int64_t router) {
+    LinearDesc d;
+    d.kind = format == "dense" ? kDense : format == "bitmask" ? kBitmask : kNM;
+    d.experts = experts;
+    d.in = in;
+    for (int64_t e = 0; e < experts; ++e)
+      d.quant.push_back(quant_view(format, values, index, offsets, scales, zeros, bits, group_size, n, m, experts, in,
+                                   e, &d.rows));
+    keep_.insert(keep_.end(), {values, index, offsets, scales, zeros});
     return finish(d, bias, router);
   }
 
@@ -561,6 +586,12 @@ class DecodeStep {
   void run_linear(const LinearDesc& L, const Vec& x, float* y, int64_t r0, int64_t r1, const ThreadState& st) const {
     if (r0 >= r1 || mode_ == kNoLinears) return;
     const int64_t e = L.router >= 0 ? st.labels[L.router] : 0;
+    if (!L.quant.empty()) {
+      quant_rows_decode(L.quant[e], r0, r1, x.f.data(), y, level_);
+      if (L.bias)
+        for (int64_t r = r0; r < r1; ++r) y[r] += L.bias[r];
+      return;
+    }
     switch (L.kind) {
       case kDense: {
         if (L.vtype == kF32) {
@@ -848,6 +879,7 @@ void register_decode_step(pybind11::module_& m) {
       .def("add_dense", &DecodeStep::add_dense)
       .def("add_bitmask", &DecodeStep::add_bitmask)
       .def("add_nm", &DecodeStep::add_nm)
+      .def("add_quant", &DecodeStep::add_quant)
       .def("set_layout", &DecodeStep::set_layout, py::arg("embed_scale") = 1.0, py::arg("residual_scale") = 1.0,
            py::arg("logit_scale") = 1.0, py::arg("final_softcap") = 0.0, py::arg("attn_softcap") = 0.0,
            py::arg("activation") = 0)

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace se {
 
@@ -56,6 +57,40 @@ inline float quant_tree_sum(const float* s16) {
   for (int l = 0; l < 2; ++l) s[l] = s[l] + s[l + 2];
   return s[0] + s[1];
 }
+
+// --- the decode arithmetic ("act8"): int8 activations, integer dot products --------------------------
+// What the fast decode step (and ops.quant_decode_linear) computes for dense and bitmask weights whose
+// group size is 32, a multiple of 64, or the whole row (`quant_act8_applies`); other weights (N:M, odd
+// group sizes) take the exact arithmetic above. It is llama.cpp's Q8 idea with its own layout:
+//   1. The input is quantized once per call in blocks of 32 columns (the last block zero-padded to a
+//      multiple of 64 columns): d_b = amax_b / 127, q_j = clamp(nearbyint(x_j * (127 / amax_b)), -127, 127)
+//      (d_b = 0 and q = 0 for an all-zero block).
+//   2. A row is read 64 columns ("a chunk") at a time; lane l (0..15) of chunk k holds the exact integer
+//      v = sum over columns j = 64k + 4l .. 64k + 4l + 3 of (c_j - z_g) q_j, c_j the code of column j
+//      (the group's zero point z_g where a bitmask stores nothing: weight 0.0) and g the group of j.
+//   3. acc[l] = fma(float(v), d_b * s_g, acc[l]) (d_b * s_g rounded to float32 first), b = 2k + l / 8;
+//      the row's result is quant_tree_sum(acc) (above).
+// Every step is exact or one defined float32 rounding, so the scalar and the AVX-512 VNNI kernels agree
+// bit for bit; an all-zero row gives exactly 0. Against the exact de-quantized product it differs by the
+// input's rounding only: |y - W x| <= sum_j |w_j| d_b(j) / 2 plus float32 rounding of the sums.
+struct Act8 {
+  int64_t in = 0, chunks = 0;
+  std::vector<int8_t> q, nq;  // [chunks * 64]: q and -q
+  std::vector<float> lane_d;  // [chunks * 16]: d of each lane's block
+};
+
+bool quant_act8_applies(const QuantView& w);
+// Step 1 for one input vector x [in]: the portable loops, and the same bits by level (2: AVX-512).
+void quant_act8_size(int64_t in, Act8& a);
+void quant_act8_prepare(const float* x, int64_t in, Act8& a);
+void quant_act8_prepare_level(const float* x, int64_t in, Act8& a, int level);
+// Steps 2-3 for rows [r0, r1): y[r] = W[r, :] . x, by level (2: AVX-512 VNNI where the CPU has it).
+void quant_rows_act8(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, float* y, int level);
+void quant_rows_act8_scalar(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, float* y);
+// Whether quant_rows_act8 at level 2 runs vector code on this CPU (AVX-512 F/BW/VL/VBMI/VBMI2/VNNI, BMI2).
+bool act8_vector_supported();
+// The decode entry: act8 where it applies (x quantized into a per-thread buffer), else quant_rows.
+void quant_rows_decode(const QuantView& w, int64_t r0, int64_t r1, const float* x, float* y, int level);
 
 // Code number i of a code stream (no bounds check).
 inline unsigned quant_code(const uint8_t* codes, int bits, int64_t i) {

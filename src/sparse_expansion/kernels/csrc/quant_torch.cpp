@@ -126,11 +126,15 @@ Checked check_quant(const std::string& format, const torch::Tensor& values, cons
 
 }  // namespace
 
-torch::Tensor quant_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
-                           const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
-                           const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
-                           int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
-                           const c10::optional<torch::Tensor>& bias, int64_t isa) {
+namespace {
+
+// Both entries below: `decode` picks quant_rows_decode (the act8 arithmetic where it applies) over the
+// exact quant_rows.
+torch::Tensor quant_matmul_impl(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
+                                const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+                                const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
+                                int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
+                                const c10::optional<torch::Tensor>& bias, int64_t isa, bool decode) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2 && x.size(1) == in, "x must be float32 [tokens, ",
               in, "]");
   check_cpu_contiguous(x, "x");
@@ -157,13 +161,49 @@ torch::Tensor quant_matmul(const torch::Tensor& x, const c10::optional<torch::Te
     const QuantView view = for_expert(w, index, offsets, scales, zeros, e);
     const float* xt = x.data_ptr<float>() + t * in;
     float* yt = y.data_ptr<float>() + t * rows;
-    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { quant_rows(view, r0, r1, xt, yt, level); });
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      if (decode)
+        quant_rows_decode(view, r0, r1, xt, yt, level);
+      else
+        quant_rows(view, r0, r1, xt, yt, level);
+    });
     if (bias) {
       const float* b = bias->data_ptr<float>();
       for (int64_t r = 0; r < rows; ++r) yt[r] += b[r];
     }
   }
   return y;
+}
+
+}  // namespace
+
+torch::Tensor quant_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
+                           const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+                           const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
+                           int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
+                           const c10::optional<torch::Tensor>& bias, int64_t isa) {
+  return quant_matmul_impl(x, labels, format, values, index, offsets, scales, zeros, bits, group_size, n, m, experts,
+                           in, bias, isa, false);
+}
+
+torch::Tensor quant_decode_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
+                                  const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+                                  const torch::Tensor& offsets, const torch::Tensor& scales,
+                                  const torch::Tensor& zeros, int64_t bits, int64_t group_size, int64_t n, int64_t m,
+                                  int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias, int64_t isa) {
+  return quant_matmul_impl(x, labels, format, values, index, offsets, scales, zeros, bits, group_size, n, m, experts,
+                           in, bias, isa, true);
+}
+
+// The checked view of expert `expert` of a quantized weight: what the decode step keeps per linear.
+QuantView quant_view(const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
+                     const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
+                     int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
+                     int64_t expert, int64_t* rows) {
+  const Checked w = check_quant(format, values, index, offsets, scales, zeros, bits, group_size, n, m, experts, in);
+  TORCH_CHECK(expert >= 0 && expert < experts, "expert ", expert, " is not in [0, ", experts, ")");
+  *rows = w.rows;
+  return for_expert(w, index, offsets, scales, zeros, expert);
 }
 
 }  // namespace se

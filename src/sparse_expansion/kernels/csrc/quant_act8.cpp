@@ -1,0 +1,313 @@
+// The decode arithmetic of quant.h ("act8"): the input quantized to int8 in blocks of 32, the codes
+// dotted with it in exact integers (AVX-512 VNNI vpdpbusd, 64 columns an instruction), one float32
+// fused multiply-add per 16 lanes and 64 columns. The scalar loops are the definition; the vector ones
+// follow them lane for lane, so both give the same bits.
+//
+// Codes reach the dot product in column order, one a byte: int8 dense rows as stored; int4 nibbles
+// spread to bytes by one byte permute (vpermb) and a shift; bitmask codes put into the columns their
+// mask bits name by vpexpandb, the columns it does not store filled with the group's zero point (so
+// they add (z - z) q = 0, and a bitmask row is computed as the dense row it stands for).
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "quant.h"
+
+namespace se {
+
+bool quant_act8_applies(const QuantView& w) {
+  if (w.format == kQNM) return false;
+  return w.groups == 1 || w.group_size == 32 || w.group_size % 64 == 0;
+}
+
+void quant_act8_size(int64_t in, Act8& a) {
+  a.in = in;
+  a.chunks = (in + 63) / 64;
+  const size_t cols = static_cast<size_t>(a.chunks) * 64;
+  if (a.q.size() < cols) {
+    a.q.resize(cols);
+    a.nq.resize(cols);
+    a.lane_d.resize(static_cast<size_t>(a.chunks) * 16);
+  }
+}
+
+void quant_act8_prepare(const float* x, int64_t in, Act8& a) {
+  quant_act8_size(in, a);
+  for (int64_t b = 0; b < 2 * a.chunks; ++b) {
+    const int64_t lo = b * 32, hi = lo + 32 < in ? lo + 32 : in;
+    float amax = 0.f;
+    for (int64_t j = lo; j < hi; ++j) {
+      const float v = std::fabs(x[j]);
+      amax = v > amax ? v : amax;
+    }
+    const float inv = amax > 0.f ? 127.0f / amax : 0.f;
+    for (int64_t j = lo; j < lo + 32; ++j) {
+      float r = j < hi ? std::nearbyint(x[j] * inv) : 0.f;
+      r = r > 127.f ? 127.f : r < -127.f ? -127.f : r;
+      const int qj = r == r ? static_cast<int>(r) : 0;  // NaN -> 0
+      a.q[j] = static_cast<int8_t>(qj);
+      a.nq[j] = static_cast<int8_t>(-qj);
+    }
+    const float d = amax / 127.0f;
+    for (int l = 0; l < 8; ++l) a.lane_d[(b / 2) * 16 + (b % 2) * 8 + l] = d;
+  }
+}
+
+namespace {
+
+// The group of the block of lane half `half` in chunk k (clamped: blocks past the row have q = 0).
+inline int64_t chunk_group(const QuantView& w, int64_t k, int half) {
+  if (w.groups == 1) return 0;
+  const int64_t g = (k * 64 + half * 32) / w.group_size;
+  return g < w.groups ? g : w.groups - 1;
+}
+
+// Row r's codes in column order, [chunks * 64] bytes (a bitmask's unstored columns, and columns past
+// the row, hold their group's zero point).
+void row_codes(const QuantView& w, int64_t r, int64_t chunks, uint8_t* out) {
+  for (int64_t c = 0; c < chunks * 64; ++c) out[c] = w.zeros[r * w.groups + chunk_group(w, c / 64, (c / 32) % 2)];
+  if (w.format == kQDense) {
+    const uint8_t* codes = w.codes + r * w.code_row_bytes;
+    for (int64_t c = 0; c < w.in; ++c) out[c] = static_cast<uint8_t>(quant_code(codes, w.bits, c));
+    return;
+  }
+  const uint8_t* mask = w.index + r * w.index_bytes;
+  int64_t p = w.offsets[r];
+  for (int64_t b = 0; b < w.index_bytes; ++b)
+    for (unsigned bits = mask[b]; bits; bits &= bits - 1)
+      out[b * 8 + __builtin_ctz(bits)] = static_cast<uint8_t>(quant_code(w.codes, w.bits, p++));
+}
+
+}  // namespace
+
+void quant_rows_act8_scalar(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, float* y) {
+  std::vector<uint8_t> codes(static_cast<size_t>(a.chunks) * 64);
+  for (int64_t r = r0; r < r1; ++r) {
+    row_codes(w, r, a.chunks, codes.data());
+    float acc[16] = {};
+    for (int64_t k = 0; k < a.chunks; ++k) {
+      for (int l = 0; l < 16; ++l) {
+        const int64_t g = chunk_group(w, k, l / 8);
+        const int z = w.zeros[r * w.groups + g];
+        int v = 0;
+        for (int i = 0; i < 4; ++i) {
+          const int64_t j = k * 64 + 4 * l + i;
+          v += (int(codes[j]) - z) * int(a.q[j]);
+        }
+        const float m = a.lane_d[k * 16 + l] * w.scales[r * w.groups + g];
+        acc[l] = std::fma(static_cast<float>(v), m, acc[l]);
+      }
+    }
+    y[r] = quant_tree_sum(acc);
+  }
+}
+
+}  // namespace se
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#define SE_A8                                                                                                \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,avx512vnni,avx2,fma,f16c,popcnt," \
+                        "bmi,bmi2")))
+
+namespace se {
+namespace {
+
+// 64 int4 codes from nibble `odd` (0 or 1) of `raw`, one a byte.
+SE_A8 inline __m512i spread_nibbles(__m512i raw, int odd) {
+  alignas(64) static const struct Idx {
+    uint8_t v[2][64];
+    Idx() {
+      for (int o = 0; o < 2; ++o)
+        for (int i = 0; i < 64; ++i) v[o][i] = static_cast<uint8_t>((o + i) >> 1);
+    }
+  } idx;
+  const __m512i bytes = _mm512_permutexvar_epi8(_mm512_load_si512(idx.v[odd]), raw);
+  const __mmask64 high = odd ? 0x5555555555555555ULL : 0xAAAAAAAAAAAAAAAAULL;  // lanes taking a high nibble
+  const __m512i picked = _mm512_mask_blend_epi8(high, bytes, _mm512_srli_epi16(bytes, 4));
+  return _mm512_and_si512(picked, _mm512_set1_epi8(15));
+}
+
+SE_A8 inline float tree(__m512 acc) {
+  alignas(64) float s[16];
+  _mm512_store_ps(s, acc);
+  return quant_tree_sum(s);
+}
+
+// The 64 mask bits of chunk k (a fixed 8-byte load inside the row; the last chunk byte by byte).
+inline uint64_t mask_bits(const uint8_t* mask, int64_t bytes, int64_t k) {
+  uint64_t m = 0;
+  if (8 * k + 8 <= bytes) {
+    std::memcpy(&m, mask + 8 * k, 8);
+    return m;
+  }
+  for (int64_t b = 8 * k; b < bytes; ++b) m |= uint64_t(mask[b]) << (8 * (b - 8 * k));
+  return m;
+}
+
+// int4 bitmask: row r's codes spread one a byte into `out` (code p of the stream at out[p - offsets[r]]),
+// 64 at a time: one nibble spread per 64 codes of the row instead of one per 64 columns.
+SE_A8 void spread_row(const QuantView& w, int64_t r, uint8_t* out) {
+  const int64_t p0 = w.offsets[r], count = w.offsets[r + 1] - p0;
+  const int odd = static_cast<int>(p0 & 1);
+  for (int64_t j = 0; j < count; j += 64) {
+    const int64_t b = (p0 >> 1) + j / 2;
+    const __m512i raw = b + 64 <= w.codes_bytes
+                            ? _mm512_loadu_si512(w.codes + b)
+                            : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, static_cast<unsigned>(w.codes_bytes - b)), w.codes + b);
+    _mm512_storeu_si512(out + j, spread_nibbles(raw, odd));
+  }
+}
+
+// R rows at once: the input's chunk is loaded once for all of them. `spread` (int4 bitmask): R buffers of
+// `stride` bytes for spread_row.
+template <int FMT, int BITS, int R>
+SE_A8 void rows_r(const QuantView& w, int64_t r, const Act8& a, float* y, uint8_t* spread, int64_t stride) {
+  __m512 acc[R];
+  int64_t p[R];
+  for (int i = 0; i < R; ++i) {
+    acc[i] = _mm512_setzero_ps();
+    p[i] = FMT == kQBitmask ? (BITS == 4 ? 0 : w.offsets[r + i]) : 0;
+    if (FMT == kQBitmask && BITS == 4) spread_row(w, r + i, spread + i * stride);
+  }
+  const bool halves = w.groups > 1 && w.group_size == 32;
+  for (int64_t k = 0; k < a.chunks; ++k) {
+    const __m512i q = _mm512_loadu_si512(a.q.data() + 64 * k);
+    const __m512i nq = _mm512_loadu_si512(a.nq.data() + 64 * k);
+    const __m512 d = _mm512_loadu_ps(a.lane_d.data() + 16 * k);
+    const int64_t g0 = chunk_group(w, k, 0), g1 = halves ? chunk_group(w, k, 1) : g0;
+    const int64_t left = w.in - 64 * k;
+#pragma GCC unroll 4  // keeps acc[] and p[] in registers (not unrolled, GCC left them on the stack: 30% slower)
+    for (int i = 0; i < R; ++i) {
+      const int64_t row = r + i;
+      const float* sc = w.scales + row * w.groups;
+      const uint8_t* zs = w.zeros + row * w.groups;
+      __m512 s = _mm512_set1_ps(sc[g0]);
+      __m512i zb = _mm512_set1_epi8(static_cast<char>(zs[g0]));
+      if (halves) {
+        s = _mm512_mask_blend_ps(0xFF00, s, _mm512_set1_ps(sc[g1]));
+        zb = _mm512_mask_blend_epi8(0xFFFFFFFF00000000ULL, zb, _mm512_set1_epi8(static_cast<char>(zs[g1])));
+      }
+      __m512i c;
+      if (FMT == kQDense) {
+        const uint8_t* codes = w.codes + row * w.code_row_bytes;
+        _mm_prefetch(reinterpret_cast<const char*>(codes + (BITS == 8 ? 64 : 32) * k) + 4096, _MM_HINT_T0);
+        if (BITS == 8) {
+          c = left >= 64 ? _mm512_loadu_si512(codes + 64 * k)
+                         : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, static_cast<unsigned>(left)), codes + 64 * k);
+        } else {
+          const int64_t bytes = left >= 64 ? 32 : (left + 1) / 2;
+          c = spread_nibbles(_mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, static_cast<unsigned>(bytes)), codes + 32 * k), 0);
+        }
+      } else {
+        const uint64_t m = mask_bits(w.index + row * w.index_bytes, w.index_bytes, k);
+        const unsigned n = static_cast<unsigned>(_mm_popcnt_u64(m));
+        __m512i packed;
+        // vpexpandb reads only the first n codes: a whole 64-byte load where the stream has them, else masked
+        if (BITS == 8) {
+          packed = p[i] + 64 <= w.codes_bytes ? _mm512_loadu_si512(w.codes + p[i])
+                                              : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, n), w.codes + p[i]);
+        } else {  // p[i] counts from the row's first code, in its spread buffer (zero-padded by 64)
+          packed = _mm512_loadu_si512(spread + i * stride + p[i]);
+        }
+        c = _mm512_mask_expand_epi8(zb, m, packed);
+        p[i] += n;
+      }
+      const __m512i v = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c, q), zb, nq);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(d, s), acc[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) y[r + i] = tree(acc[i]);
+}
+
+// quant_act8_prepare's blocks 16 lanes at a time: the same max, the same quotient, the same rounding
+// (cvtps2dq rounds half to even, as nearbyint; clamping before or after rounding to +-127 agrees).
+SE_A8 void prepare_avx512(const float* x, int64_t in, Act8& a) {
+  const __m512 lim = _mm512_set1_ps(127.f), nlim = _mm512_set1_ps(-127.f);
+  for (int64_t b = 0; b < 2 * a.chunks; ++b) {
+    const int64_t lo = b * 32, n = in - lo;
+    const __mmask16 m0 = n >= 16 ? 0xffff : n > 0 ? static_cast<__mmask16>((1u << n) - 1) : 0;
+    const __mmask16 m1 = n >= 32 ? 0xffff : n > 16 ? static_cast<__mmask16>((1u << (n - 16)) - 1) : 0;
+    const __m512 x0 = _mm512_maskz_loadu_ps(m0, x + lo), x1 = _mm512_maskz_loadu_ps(m1, x + lo + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+    const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.0f / amax : 0.f);
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x0, inv), nlim), lim));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x1, inv), nlim), lim));
+    const __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(q0)), _mm512_cvtepi32_epi8(q1), 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.q.data() + lo), q);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.nq.data() + lo), _mm256_sub_epi8(_mm256_setzero_si256(), q));
+    const float d = amax / 127.0f;
+    for (int l = 0; l < 8; ++l) a.lane_d[(b / 2) * 16 + (b % 2) * 8 + l] = d;
+  }
+}
+
+template <int FMT, int BITS>
+SE_A8 void rows_fb(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, float* y) {
+  thread_local std::vector<uint8_t> buffers;
+  const int64_t stride = FMT == kQBitmask && BITS == 4 ? (w.in + 127) / 64 * 64 : 0;  // a row's codes + 64
+  if (static_cast<int64_t>(buffers.size()) < 4 * stride) buffers.resize(4 * stride);
+  uint8_t* spread = buffers.data();
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) rows_r<FMT, BITS, 4>(w, r, a, y, spread, stride);
+  for (; r < r1; ++r) rows_r<FMT, BITS, 1>(w, r, a, y, spread, stride);
+}
+
+}  // namespace
+
+bool act8_vector_supported() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") &&
+                          __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512vnni") &&
+                          __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
+  return yes;
+}
+
+void quant_act8_prepare_level(const float* x, int64_t in, Act8& a, int level) {
+  if (level < 2 || !act8_vector_supported()) {
+    quant_act8_prepare(x, in, a);
+    return;
+  }
+  quant_act8_size(in, a);
+  prepare_avx512(x, in, a);
+}
+
+void quant_rows_act8(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, float* y, int level) {
+  if (level < 2 || !act8_vector_supported()) {
+    quant_rows_act8_scalar(w, r0, r1, a, y);
+    return;
+  }
+  const bool bitmask = w.format == kQBitmask;
+  if (w.bits == 8)
+    bitmask ? rows_fb<kQBitmask, 8>(w, r0, r1, a, y) : rows_fb<kQDense, 8>(w, r0, r1, a, y);
+  else
+    bitmask ? rows_fb<kQBitmask, 4>(w, r0, r1, a, y) : rows_fb<kQDense, 4>(w, r0, r1, a, y);
+}
+
+}  // namespace se
+
+#else  // not x86-64
+
+namespace se {
+bool act8_vector_supported() { return false; }
+void quant_act8_prepare_level(const float* x, int64_t in, Act8& a, int) { quant_act8_prepare(x, in, a); }
+void quant_rows_act8(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, float* y, int) {
+  quant_rows_act8_scalar(w, r0, r1, a, y);
+}
+}  // namespace se
+
+#endif
+
+namespace se {
+
+void quant_rows_decode(const QuantView& w, int64_t r0, int64_t r1, const float* x, float* y, int level) {
+  if (!quant_act8_applies(w)) {
+    quant_rows(w, r0, r1, x, y, level);
+    return;
+  }
+  thread_local Act8 act;
+  quant_act8_prepare_level(x, w.in, act, level);
+  quant_rows_act8(w, r0, r1, act, y, level);
+}
+
+}  // namespace se
