@@ -44,7 +44,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser under its PyPI name
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DEFAULT_WORK = ROOT / "runs" / "peer_llamacpp"
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: what `generate` picks with no --dtype
 WEIGHTS = ("auto", "compressed", "dense", "int8", "int4")  # int8 / int4: quantized on load (generate --weights)
 ENGINES = ("ours", "llama.cpp")
 KEYS = {"name", "engine", "folder", "make", "script", "dtype", "weights", "gguf", "convert", "pre", "quantize",
@@ -295,10 +295,20 @@ def measure_speed(variant: Variant, threads: int, inputs: Path, venv: Path, key:
                   "--ids", str(inputs), "--key", key, "--new", str(new), "--threads", str(threads)], env)
 
 
+def eval_dtype(variant: Variant) -> str:
+    """`eval` has no --dtype auto (it stays float32 unless told): score the precision `generate` chose."""
+    if variant.dtype != "auto":
+        return variant.dtype
+    from sparse_expansion.models import resolve_model_path
+    from sparse_expansion.storage import fast_dtype
+
+    return fast_dtype(resolve_model_path(variant.folder), "cpu")[0]
+
+
 def measure_perplexity(variant: Variant, threads: int, inputs: Path, venv: Path) -> dict:
     if variant.engine == "ours":
         return child(cli("eval", variant.folder, "--data", EVAL["data"], "--windows", str(EVAL["windows"]),
-                         "--seqlen", str(EVAL["seqlen"]), "--json", "--dtype", variant.dtype, "--weights",
+                         "--seqlen", str(EVAL["seqlen"]), "--json", "--dtype", eval_dtype(variant), "--weights",
                          variant.weights, "--device", "cpu"), our_env(threads))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return child([str(venv_python(venv)), str(HERE / "llama_worker.py"), "perplexity", "--gguf",
