@@ -31,10 +31,12 @@ class ClusterHessianStat:
     cluster reproduces SparseGPT's Hessian bit for bit.
     """
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, fourth: bool = True) -> None:
+        """`fourth`: also sum |x|^4 per cluster (only the `lw` rule reads it; a pass over every batch)."""
         self.k = k
         self.stats = [HessianStat() for _ in range(k)]
         self.fourth = torch.zeros(k, dtype=torch.float64)
+        self.tracks_fourth = fourth
 
     @property
     def counts(self) -> list[int]:
@@ -43,8 +45,9 @@ class ClusterHessianStat:
     def add(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         x = x.float()
         counts = torch.bincount(labels, minlength=self.k)
-        sq = x.pow(2).sum(1).double()
-        self.fourth += torch.zeros(self.k, dtype=torch.float64).index_add_(0, labels.cpu(), sq.cpu().pow(2))
+        if self.tracks_fourth:
+            sq = x.pow(2).sum(1).double()
+            self.fourth += torch.zeros(self.k, dtype=torch.float64).index_add_(0, labels.cpu(), sq.cpu().pow(2))
         full = int(counts.argmax())
         if counts[full] == x.shape[0]:  # the whole batch in one cluster (always so for k = 1)
             self.stats[full].add(x)
@@ -91,7 +94,7 @@ def shrinkage(rule: str, counts: list[int], *, min_tokens: float = 0.0, fourth: 
     """
     lam = []
     if rule == "lw":
-        assert fourth is not None and totals is not None
+        assert fourth is not None and totals is not None, "the lw rule needs the fourth moments and the totals"
         n_all = sum(counts)
         full = totals.sum(0) / n_all
     for c, n in enumerate(counts):
@@ -143,6 +146,8 @@ def shrunk_hessians(stat: ClusterHessianStat, rule: str, blend_below: float) -> 
     lam = [0.0] * stat.k
     if stat.k > 1:
         totals = stat.totals(d, hessians.device) if rule == "lw" else None
+        if rule == "lw" and not stat.tracks_fourth:
+            raise ValueError("the lw rule needs a ClusterHessianStat made with fourth=True")
         lam = shrinkage(rule, counts, min_tokens=round(min_tokens) if rule == "blend" else min_tokens,
                         fourth=stat.fourth, totals=totals)
         del totals
