@@ -48,12 +48,13 @@ class ClusterHessianStat:
         if self.tracks_fourth:
             sq = x.pow(2).sum(1).double()
             self.fourth += torch.zeros(self.k, dtype=torch.float64).index_add_(0, labels.cpu(), sq.cpu().pow(2))
-        full = int(counts.argmax())
-        if counts[full] == x.shape[0]:  # the whole batch in one cluster (always so for k = 1)
+        sizes = counts.tolist()  # the one read from the device per batch
+        full = max(range(self.k), key=sizes.__getitem__)
+        if sizes[full] == x.shape[0]:  # the whole batch in one cluster (always so for k = 1)
             self.stats[full].add(x)
             return
         order = torch.argsort(labels, stable=True)
-        for c, chunk in enumerate(torch.split(x.index_select(0, order), counts.tolist())):
+        for c, chunk in enumerate(torch.split(x.index_select(0, order), sizes)):
             if chunk.shape[0]:
                 self.stats[c].add(chunk)
 
