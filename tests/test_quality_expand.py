@@ -183,16 +183,18 @@ def test_fourth_moments_only_when_the_rule_reads_them():
     assert comp.config.shrink == "prior"
 
 
-def test_hessian_accumulated_in_place_equals_the_sum():
+def test_hessian_added_through_a_scratch_buffer_is_bit_equal():
     from sparse_expansion.prune.stats import HessianStat
 
     g = torch.Generator().manual_seed(6)
-    batches = [torch.randn(n, 9, generator=g) for n in (5, 40, 1)]
-    stat = HessianStat()
+    batches = [torch.randn(n, 9, generator=g) for n in (5, 1500, 1)]  # 1500 rows: several BLAS blocks
+    plain, buffered, scratch = HessianStat(), HessianStat(), torch.empty(9, 9)
     for b in batches:
-        stat.add(b)
+        plain.add(b)
+        buffered.add(b, scratch)
     x = torch.cat(batches)
-    assert stat.count == 46 and torch.allclose(stat.value(), 2 * x.t() @ x / 46, atol=1e-5)
+    assert torch.equal(plain.total, buffered.total) and buffered.count == 1506
+    assert torch.allclose(plain.value(), 2 * x.t() @ x / 1506, atol=1e-5)
 
 
 def test_balanced_router_meets_its_bounds_on_random_blobs():

@@ -37,6 +37,7 @@ class ClusterHessianStat:
         self.stats = [HessianStat() for _ in range(k)]
         self.fourth = torch.zeros(k, dtype=torch.float64)
         self.tracks_fourth = fourth
+        self._scratch: torch.Tensor | None = None  # one [d, d] product buffer shared by the k clusters
 
     @property
     def counts(self) -> list[int]:
@@ -54,9 +55,12 @@ class ClusterHessianStat:
             self.stats[full].add(x)
             return
         order = torch.argsort(labels, stable=True)
+        d = x.shape[1]
+        if self._scratch is None or self._scratch.shape[0] != d or self._scratch.device != x.device:
+            self._scratch = torch.empty(d, d, dtype=torch.float32, device=x.device)
         for c, chunk in enumerate(torch.split(x.index_select(0, order), sizes)):
             if chunk.shape[0]:
-                self.stats[c].add(chunk)
+                self.stats[c].add(chunk, self._scratch)
 
     def totals(self, d: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """[k, d, d] sums of x x^T (zeros for empty clusters)."""
@@ -79,8 +83,9 @@ class ClusterHessianStat:
         return sum(st.total for st in self.stats if st.count) * (2.0 / sum(self.counts))
 
     def nbytes(self) -> int:
+        scratch = 0 if self._scratch is None else self._scratch.numel() * self._scratch.element_size()
         return sum(s.total.numel() * s.total.element_size() for s in self.stats if s.total is not None) + \
-            self.fourth.numel() * self.fourth.element_size()
+            self.fourth.numel() * self.fourth.element_size() + scratch
 
 
 def shrinkage(rule: str, counts: list[int], *, min_tokens: float = 0.0, fourth: torch.Tensor | None = None,

@@ -17,12 +17,16 @@ class HessianStat:
         self.total: torch.Tensor | None = None
         self.count = 0
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, scratch: torch.Tensor | None = None) -> None:
+        """`scratch` ([d, d] float32): where to put the batch's product instead of a new tensor (Sparse
+        Expansion adds k small chunks per batch, and a fresh [d, d] each costs as much as a small
+        product). The product is then added, as without it: adding it inside the GEMM (addmm_) is
+        faster still but rounds differently once a chunk spans several of the BLAS library's blocks."""
         x = x.float()
         if self.total is None:
             self.total = x.t() @ x
-        else:  # in place: no [d, d] temporary per batch (Sparse Expansion adds k small chunks per batch)
-            self.total.addmm_(x.t(), x)
+        else:
+            self.total.add_(x.t() @ x if scratch is None else torch.mm(x.t(), x, out=scratch))
         self.count += x.shape[0]
 
     def value(self) -> torch.Tensor:
