@@ -109,9 +109,8 @@ def test_balanced_offsets_bound_cluster_sizes():
 
 
 def test_balanced_router_routes_within_bounds_and_keeps_its_format():
-    # Seeded: the input came from the global generator, so the suite's order decided it. On some draws
-    # (e.g. seed 0) balance_offsets stops at its round limit with a cluster past the bound, which its
-    # docstring allows ("best effort"); this draw is one it solves.
+    # Seeded: the input came from the global generator, so the suite's order decided it (many more
+    # draws in test_balanced_router_meets_its_bounds_on_random_blobs).
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(600, 16, generator=gen)
     x[:400] += 4 * torch.randn(16, generator=gen)  # one dense blob takes most tokens in plain k-means
@@ -130,3 +129,82 @@ def test_balance_and_shrink_run_end_to_end():
         comp = expand(model, 3, **kw)
         assert all(r["expert_sparsity"] == [0.5] * 3 for r in comp.record().values())
         assert torch.isfinite(model(windows(seed=9)).logits).all()
+
+
+# --- calibration speed (issue 21 part 4): the faster statistics give the results of the plain ones ---
+
+@pytest.mark.parametrize("n, d, block", [(300, 20, 8), (50, 700, 384), (40, 7, 384)])
+def test_gram_is_the_full_product_and_symmetric(n, d, block):
+    from sparse_expansion.prune.stats import gram
+
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(n))
+    g = gram(x, block)
+    assert torch.equal(g, g.t())
+    assert torch.allclose(g, x.t() @ x, rtol=1e-5, atol=1e-4)
+
+
+def test_pca_as_the_float64_formula_of_before():
+    from sparse_expansion.expand.router import fit_pca
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2000, 40, generator=g) * torch.linspace(0.5, 4, 40) + 7  # a large mean: cancellation
+    mean, components = fit_pca(x, 5)
+    old_mean = x.double().mean(0)  # the previous implementation: a float64 copy of x, the full product
+    cov = ((x.t() @ x).double() - x.shape[0] * torch.outer(old_mean, old_mean)) / (x.shape[0] - 1)
+    vectors = torch.linalg.eigh(cov.float())[1][:, -5:].flip(-1)
+    vectors = vectors * torch.sign(vectors[vectors.abs().argmax(0), torch.arange(5)])
+    assert torch.allclose(mean, old_mean.float(), rtol=1e-7, atol=0)
+    assert torch.allclose(components, vectors, atol=1e-5)
+
+
+def test_kmeans_kept_norms_give_the_same_distances():
+    from sparse_expansion.expand.router import _sq_distances
+
+    g = torch.Generator().manual_seed(4)
+    z, c = torch.randn(500, 6, generator=g), torch.randn(5, 6, generator=g)
+    assert torch.equal(_sq_distances(z, c, z.pow(2).sum(1, keepdim=True)), _sq_distances(z, c))
+
+
+def test_fourth_moments_only_when_the_rule_reads_them():
+    from sparse_expansion.expand.hessians import shrunk_hessians
+
+    g = torch.Generator().manual_seed(5)
+    x, labels = torch.randn(200, 6, generator=g), torch.randint(0, 3, (200,), generator=g)
+    with_fourth, without = ClusterHessianStat(3), ClusterHessianStat(3, fourth=False)
+    for stat in (with_fourth, without):
+        stat.add(x[:120], labels[:120])
+        stat.add(x[120:], labels[120:])
+    for rule in ("prior", "blend", "none"):
+        assert torch.equal(shrunk_hessians(with_fourth, rule, 1.0)[0], shrunk_hessians(without, rule, 1.0)[0])
+    assert torch.equal(without.fourth, torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="fourth"):
+        shrunk_hessians(without, "lw", 1.0)
+    comp = expand(tiny_model("llama"), 3)  # the compressor asks for them only under lw
+    assert comp.config.shrink == "prior"
+
+
+def test_hessian_added_through_a_scratch_buffer_is_bit_equal():
+    from sparse_expansion.prune.stats import HessianStat
+
+    g = torch.Generator().manual_seed(6)
+    batches = [torch.randn(n, 9, generator=g) for n in (5, 1500, 1)]  # 1500 rows: several BLAS blocks
+    plain, buffered, scratch = HessianStat(), HessianStat(), torch.empty(9, 9)
+    for b in batches:
+        plain.add(b)
+        buffered.add(b, scratch)
+    x = torch.cat(batches)
+    assert torch.equal(plain.total, buffered.total) and buffered.count == 1506
+    assert torch.allclose(plain.value(), 2 * x.t() @ x / 1506, atol=1e-5)
+
+
+def test_balanced_router_meets_its_bounds_on_random_blobs():
+    # Before the fix 31 of the first 40 draws missed a bound: the float32 router put the boundary token
+    # on the other side of a price set 1e-9 past it (off by one), or two clusters at their bounds
+    # traded one token back and forth until the round limit (benchmarks/calibration/report.md).
+    for seed in range(12):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(600, 16, generator=gen)
+        x[:400] += 4 * torch.randn(16, generator=gen)
+        _, labels = Router.fit(x, 4, 4, seed=0, balance=1.25)
+        counts = torch.bincount(labels, minlength=4)
+        assert counts.max() <= 188 and counts.min() >= 120, (seed, counts.tolist())

@@ -156,7 +156,7 @@ class ExpandCompressor(SparsityCompressor):
             state.row_sample = rows.value()
         del x
         self.times["clustering"] += time.perf_counter() - t0
-        state.stat = ClusterHessianStat(s.experts)
+        state.stat = ClusterHessianStat(s.experts, fourth=s.shrink == "lw")
         buffer, state.buffer, state.buffered = state.buffer, [], 0
         for batch in buffer:
             self._accumulate(state, batch)

@@ -31,10 +31,13 @@ class ClusterHessianStat:
     cluster reproduces SparseGPT's Hessian bit for bit.
     """
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, fourth: bool = True) -> None:
+        """`fourth`: also sum |x|^4 per cluster (only the `lw` rule reads it; a pass over every batch)."""
         self.k = k
         self.stats = [HessianStat() for _ in range(k)]
         self.fourth = torch.zeros(k, dtype=torch.float64)
+        self.tracks_fourth = fourth
+        self._scratch: torch.Tensor | None = None  # one [d, d] product buffer shared by the k clusters
 
     @property
     def counts(self) -> list[int]:
@@ -43,16 +46,21 @@ class ClusterHessianStat:
     def add(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         x = x.float()
         counts = torch.bincount(labels, minlength=self.k)
-        sq = x.pow(2).sum(1).double()
-        self.fourth += torch.zeros(self.k, dtype=torch.float64).index_add_(0, labels.cpu(), sq.cpu().pow(2))
-        full = int(counts.argmax())
-        if counts[full] == x.shape[0]:  # the whole batch in one cluster (always so for k = 1)
+        if self.tracks_fourth:
+            sq = x.pow(2).sum(1).double()
+            self.fourth += torch.zeros(self.k, dtype=torch.float64).index_add_(0, labels.cpu(), sq.cpu().pow(2))
+        sizes = counts.tolist()  # the one read from the device per batch
+        full = max(range(self.k), key=sizes.__getitem__)
+        if sizes[full] == x.shape[0]:  # the whole batch in one cluster (always so for k = 1)
             self.stats[full].add(x)
             return
         order = torch.argsort(labels, stable=True)
-        for c, chunk in enumerate(torch.split(x.index_select(0, order), counts.tolist())):
+        d = x.shape[1]
+        if self._scratch is None or self._scratch.shape[0] != d or self._scratch.device != x.device:
+            self._scratch = torch.empty(d, d, dtype=torch.float32, device=x.device)
+        for c, chunk in enumerate(torch.split(x.index_select(0, order), sizes)):
             if chunk.shape[0]:
-                self.stats[c].add(chunk)
+                self.stats[c].add(chunk, self._scratch)
 
     def totals(self, d: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """[k, d, d] sums of x x^T (zeros for empty clusters)."""
@@ -75,8 +83,9 @@ class ClusterHessianStat:
         return sum(st.total for st in self.stats if st.count) * (2.0 / sum(self.counts))
 
     def nbytes(self) -> int:
+        scratch = 0 if self._scratch is None else self._scratch.numel() * self._scratch.element_size()
         return sum(s.total.numel() * s.total.element_size() for s in self.stats if s.total is not None) + \
-            self.fourth.numel() * self.fourth.element_size()
+            self.fourth.numel() * self.fourth.element_size() + scratch
 
 
 def shrinkage(rule: str, counts: list[int], *, min_tokens: float = 0.0, fourth: torch.Tensor | None = None,
@@ -91,7 +100,7 @@ def shrinkage(rule: str, counts: list[int], *, min_tokens: float = 0.0, fourth: 
     """
     lam = []
     if rule == "lw":
-        assert fourth is not None and totals is not None
+        assert fourth is not None and totals is not None, "the lw rule needs the fourth moments and the totals"
         n_all = sum(counts)
         full = totals.sum(0) / n_all
     for c, n in enumerate(counts):
@@ -143,6 +152,8 @@ def shrunk_hessians(stat: ClusterHessianStat, rule: str, blend_below: float) -> 
     lam = [0.0] * stat.k
     if stat.k > 1:
         totals = stat.totals(d, hessians.device) if rule == "lw" else None
+        if rule == "lw" and not stat.tracks_fourth:
+            raise ValueError("the lw rule needs a ClusterHessianStat made with fourth=True")
         lam = shrinkage(rule, counts, min_tokens=round(min_tokens) if rule == "blend" else min_tokens,
                         fourth=stat.fourth, totals=totals)
         del totals

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..hub.modeling_sparse_expansion import fold_router, nearest_centroid
+from ..prune.stats import gram
 from ..threads import one_thread
 
 
@@ -28,14 +29,15 @@ def fit_pca(x: torch.Tensor, dim: int, second_moment: torch.Tensor | None = None
     does not depend on the eigen-solver's arbitrary signs.
 
     `second_moment` (sum of x x^T, e.g. from the Hessian pass the caller makes anyway) saves the
-    one expensive product. The covariance is formed in float64 (it subtracts two large terms), the
-    eigenproblem solved in float32, faster than float64 at 1536 x 1536
+    one expensive product, otherwise computed on the lower blocks only (`gram`). The covariance is
+    formed in float64 (it subtracts two large terms) from a float64 sum of x, without a float64 copy
+    of x; the eigenproblem is solved in float32, faster than float64 at 1536 x 1536
     (benchmarks/pruning/expansion_parts.py).
     """
     n = x.shape[0]
-    mean = x.double().mean(0)
+    mean = x.sum(0, dtype=torch.float64) / n
     if second_moment is None:
-        second_moment = x.t().float() @ x.float()
+        second_moment = gram(x.float())
     cov = (second_moment.double() - n * torch.outer(mean, mean)) / max(n - 1, 1)
     _, vectors = torch.linalg.eigh(cov.float())  # ascending eigenvalues
     components = vectors[:, -dim:].flip(-1)
@@ -44,23 +46,29 @@ def fit_pca(x: torch.Tensor, dim: int, second_moment: torch.Tensor | None = None
     return mean.float(), components.float()
 
 
-def _sq_distances(z: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    return (z.pow(2).sum(1, keepdim=True) - 2 * z @ centroids.t() + centroids.pow(2).sum(1)).clamp_min(0)
+def _sq_distances(z: torch.Tensor, centroids: torch.Tensor, z_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """|z_i - c_j|^2 [n, k]; `z_sq` is z.pow(2).sum(1, keepdim=True) when the caller keeps it (k-means
+    measures the same points against new centres every iteration)."""
+    if z_sq is None:
+        z_sq = z.pow(2).sum(1, keepdim=True)
+    return (z_sq - 2 * z @ centroids.t() + centroids.pow(2).sum(1)).clamp_min(0)
 
 
-def _kmeans_pp(z: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def _kmeans_pp(z: torch.Tensor, k: int, generator: torch.Generator, z_sq: torch.Tensor | None = None
+               ) -> torch.Tensor:
     """k-means++ seeding: each new centre drawn with probability proportional to squared distance."""
     first = torch.randint(z.shape[0], (1,), generator=generator, device="cpu").item()
     centres = [z[first]]
-    closest = _sq_distances(z, z[first : first + 1]).squeeze(1)
+    closest = _sq_distances(z, z[first : first + 1], z_sq).squeeze(1)
     for _ in range(1, k):
-        total = closest.sum()
+        weights = closest.cpu()  # the generator is a CPU one: one copy per centre, no other sync
+        total = weights.sum()
         if total <= 0:  # fewer distinct points than clusters: repeat a point
             idx = torch.randint(z.shape[0], (1,), generator=generator, device="cpu").item()
         else:
-            idx = torch.multinomial((closest / total).cpu(), 1, generator=generator).item()
+            idx = torch.multinomial(weights / total, 1, generator=generator).item()
         centres.append(z[idx])
-        closest = torch.minimum(closest, _sq_distances(z, z[idx : idx + 1]).squeeze(1))
+        closest = torch.minimum(closest, _sq_distances(z, z[idx : idx + 1], z_sq).squeeze(1))
     return torch.stack(centres)
 
 
@@ -78,23 +86,26 @@ def kmeans(z: torch.Tensor, k: int, *, seed: int = 0, n_init: int = 10, max_iter
     An emptied cluster is re-seeded at the point farthest from its centre, so all k stay in use.
     """
     z = z.float()
+    z_sq = z.pow(2).sum(1, keepdim=True)
     generator = torch.Generator().manual_seed(seed)
     best: KMeansResult | None = None
     for _ in range(n_init):
-        centroids = _kmeans_pp(z, k, generator)
+        centroids = _kmeans_pp(z, k, generator, z_sq)
         previous = float("inf")
         for _ in range(max_iter):
-            dist = _sq_distances(z, centroids)
+            dist = _sq_distances(z, centroids, z_sq)
             min_dist, labels = dist.min(1)
             counts = torch.bincount(labels, minlength=k)
             sums = torch.zeros_like(centroids).index_add_(0, labels, z)
             empty = counts == 0
             centroids = sums / counts.clamp_min(1).unsqueeze(1).to(z.dtype)
-            if empty.any():
-                far = min_dist.argsort(descending=True)[: int(empty.sum())]
+            # One read from the device per iteration (inertia and the empty count together): on a GPU
+            # each read waits for the queue to drain.
+            inertia, n_empty = torch.stack([min_dist.sum(), empty.sum().to(min_dist.dtype)]).tolist()
+            if n_empty:
+                far = min_dist.argsort(descending=True)[: int(n_empty)]
                 centroids[empty] = z[far]
-            inertia = float(min_dist.sum())
-            if previous - inertia <= tol * max(previous, 1e-12) and not empty.any():
+            if previous - inertia <= tol * max(previous, 1e-12) and not n_empty:
                 break
             previous = inertia
         labels = nearest_centroid(z, centroids)
@@ -113,7 +124,7 @@ def balance_offsets(z: torch.Tensor, centroids: torch.Tensor, factor: float, max
     These are the dual prices of a size-constrained assignment: each round takes the cluster that
     breaks its bound most and moves its price just far enough that the excess (or the shortfall)
     of tokens changes sides, those with the smallest margin first. Clusters pushed past a bound
-    by another's move are fixed in later rounds; the loop stops after `max_rounds` (default 50 k)
+    by another's move are fixed in later rounds; the loop stops after `max_rounds` (default 250 k)
     with the best effort so far. Deterministic: no randomness, ties by position.
     """
     n, k = z.shape[0], centroids.shape[0]
@@ -124,7 +135,7 @@ def balance_offsets(z: torch.Tensor, centroids: torch.Tensor, factor: float, max
         raise ValueError(f"balance factor must be >= 1 (got {factor})")
     hi, lo = math.ceil(factor * n / k), math.floor(n / (k * factor))  # always feasible
     dist = _sq_distances(z.double(), centroids.double())
-    for _ in range(max_rounds or 50 * k):
+    for _ in range(max_rounds or 250 * k):
         cost = dist + offsets
         labels = cost.argmin(1)
         counts = torch.bincount(labels, minlength=k)
@@ -138,14 +149,25 @@ def balance_offsets(z: torch.Tensor, centroids: torch.Tensor, factor: float, max
             others = cost[mine].clone()
             others[:, c] = float("inf")
             margin = (others.min(1).values - cost[mine, c]).sort().values  # raise b_c by this to push out
-            step = margin[move - 1]
-            offsets[c] += step + 1e-9 * (1 + abs(float(step)))
+            offsets[c] += _between(margin, move)
         else:
             c, move = worst_under, int(shortfall[worst_under])
             gap = (cost[~(labels == c), c] - cost[~(labels == c)].min(1).values).sort().values
-            step = gap[move - 1]
-            offsets[c] -= step + 1e-9 * (1 + abs(float(step)))
+            offsets[c] -= _between(gap, move)
     return offsets
+
+
+def _between(sorted_margins: torch.Tensor, move: int) -> float:
+    """A price step that moves exactly the `move` tokens of smallest margin: halfway between the
+    last of them and the next, so the float32 router that stores the offsets (Router.fit) routes
+    them as the float64 prices did; a bare nudge past the last one (the first version) left the
+    boundary token to rounding, and two clusters at their bounds then traded one token back and
+    forth in ever smaller steps until the round limit."""
+    step = float(sorted_margins[move - 1])
+    nudge = step + 1e-9 * (1 + abs(step))
+    if move >= sorted_margins.shape[0]:
+        return nudge
+    return max(nudge, 0.5 * (step + float(sorted_margins[move])))
 
 
 class Router(nn.Module):

@@ -20,7 +20,12 @@ def upper_cholesky_of_inverse(hessian: torch.Tensor) -> tuple[torch.Tensor, torc
     inverse instead of Cholesky, cholesky_inverse and a second Cholesky, which is slower
     (`benchmarks/design/design_choices.py`, key inverse_factor).
     """
-    lower, info = torch.linalg.cholesky_ex(hessian.flip(-1, -2))
+    return _upper_cholesky_of_inverse(hessian.flip(-1, -2))
+
+
+def _upper_cholesky_of_inverse(flipped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """upper_cholesky_of_inverse of H given P H P (`flipped`, which the caller may have damped)."""
+    lower, info = torch.linalg.cholesky_ex(flipped)
     return lower_triangular_inverse(lower).flip(-1, -2), info
 
 
@@ -29,19 +34,25 @@ def lower_triangular_inverse(lower: torch.Tensor, leaf: int = 192) -> torch.Tens
 
     A triangular solve against the identity does the full n^3 work; the halves put most of the
     n^3/3 into matmuls (`benchmarks/design/design_choices.py`, keys triangular_inverse_1 and _16).
+    The halves are written into one output (no [.., n, n] buffer per level: at 16 x 1536^2 those
+    allocations cost a third of the inverse).
     """
+    out = torch.empty_like(lower)
+    _triangular_inverse_into(lower, out, leaf)
+    return out
+
+
+def _triangular_inverse_into(lower: torch.Tensor, out: torch.Tensor, leaf: int) -> None:
     n = lower.shape[-1]
     if n <= leaf:
         eye = torch.eye(n, dtype=lower.dtype, device=lower.device).expand_as(lower)
-        return torch.linalg.solve_triangular(lower, eye, upper=False)
+        out.copy_(torch.linalg.solve_triangular(lower, eye, upper=False))
+        return
     h = n // 2
-    top = lower_triangular_inverse(lower[..., :h, :h], leaf)
-    bottom = lower_triangular_inverse(lower[..., h:, h:], leaf)
-    out = torch.zeros_like(lower)
-    out[..., :h, :h] = top
-    out[..., h:, h:] = bottom
-    out[..., h:, :h] = -bottom @ (lower[..., h:, :h] @ top)
-    return out
+    _triangular_inverse_into(lower[..., :h, :h], out[..., :h, :h], leaf)
+    _triangular_inverse_into(lower[..., h:, h:], out[..., h:, h:], leaf)
+    out[..., :h, h:] = 0.0
+    out[..., h:, :h] = -out[..., h:, h:] @ (lower[..., h:, :h] @ out[..., :h, :h])
 
 
 def inverse_hessian_factor(
@@ -59,9 +70,10 @@ def inverse_hessian_factor(
     factor: torch.Tensor | None = None
     todo = torch.arange(batch, device=hessian.device)
     for _ in range(max_tries):
-        damped = hessian.clone() if factor is None else hessian[todo]
+        # The flip is a copy: damp that (the same diagonal, reversed), not a clone of the input as well.
+        damped = (hessian if factor is None else hessian[todo]).flip(-1, -2)
         damped.diagonal(dim1=-2, dim2=-1).add_((damp[todo] * mean_diag[todo]).unsqueeze(-1))
-        upper, info = upper_cholesky_of_inverse(damped)
+        upper, info = _upper_cholesky_of_inverse(damped)
         del damped
         good = (info == 0) & torch.isfinite(upper.sum(dim=(-2, -1)))  # any inf/nan makes the sum non-finite
         if factor is None:
@@ -106,16 +118,17 @@ def sparsegpt_solve(
     """
     dtype = weight.dtype
     W = weight.detach().clone().float()
-    H = hessian.detach().clone().float()
+    H = hessian.detach().float()  # copied below only if an input never fired (it is read, not written, after)
     if W.dim() == 2:
         W, H, squeeze = W.unsqueeze(0), H.unsqueeze(0), True
     else:
         squeeze = False
 
     # Inputs that never fire carry no information: make H invertible there and drop the weight.
-    diag = torch.diagonal(H, dim1=-2, dim2=-1)
-    dead = diag == 0
-    diag[dead] = 1.0
+    dead = torch.diagonal(H, dim1=-2, dim2=-1) == 0
+    if bool(dead.any()):
+        H = H.clone()
+        torch.diagonal(H, dim1=-2, dim2=-1)[dead] = 1.0
     W.masked_fill_(dead.unsqueeze(-2), 0.0)
 
     if group_size is not None and (group_size < 1 or blocksize % group_size):
