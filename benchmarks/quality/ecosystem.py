@@ -135,7 +135,7 @@ def step_lmeval(args, work: Path) -> dict:
     log = work / "lmeval.log"
     scores = {}
     for name, model in (("dense", args.model), ("pruned", args.pruned), ("expanded", args.expanded)):
-        if model is None:
+        if model is None or name not in args.lmeval_models:
             continue
         stdout, seconds = cli(["lm-eval", model, "--tasks", "shakespeare_next_line", "--questions", args.questions,
                                "--batch-size", "8", "--json"], log)
@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--eval-windows", default="16", help="export: windows of --seqlen tokens evaluated")
     parser.add_argument("--seqlen", default="512", help="tokens per window (export's eval, neurons)")
     parser.add_argument("--questions", default="100", help="lmeval: questions of the built-in task")
+    parser.add_argument("--lmeval-models", nargs="+", choices=("dense", "pruned", "expanded"),
+                        default=["dense", "pruned", "expanded"], help="lmeval: which models are scored")
     parser.add_argument("--layers", default="4,11", help="neurons: layers measured")
     parser.add_argument("--fractions", default="0.03,0.1", help="neurons: ablated fractions of each layer's rows")
     args = parser.parse_args()
