@@ -11,7 +11,8 @@
 # with mkdir OUT/.claims/NAME (remove it to rerun a failed name). Runs get oom_score_adj 1000, so
 # on a shared machine the kernel kills them before anyone else's work. $MODEL (default smollm2-135m)
 # names the model every line compresses, e.g. MODEL=gemma3-270m; $EVAL_DATA the corpora each result is
-# evaluated on (default "shakespeare:test pydoc"; the first is the row's `perplexity`).
+# evaluated on (default "shakespeare:test pydoc"; the first is the row's `perplexity`). $KEEP: names
+# whose model folders stay in OUT/model-NAME after evaluation (space-separated; default none).
 set -u
 out=$1; shift
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -44,7 +45,8 @@ while true; do
   if [ $status -eq 1 ]; then break; elif [ $status -eq 2 ]; then sleep 60; continue; fi
   IFS='|' read -r name calib cmd <<< "$job"
   echo "$(date +%H:%M) start $name (MemAvailable $(avail_gib) GiB)"
-  OMP_NUM_THREADS=1 nice -n "$niceness" "$python" "$root/benchmarks/pruning/compression.py" run --out "$out" --name "$name" \
+  keep=(); case " ${KEEP:-} " in *" $name "*) keep=(--keep);; esac
+  OMP_NUM_THREADS=1 nice -n "$niceness" "$python" "$root/benchmarks/pruning/compression.py" run --out "$out" --name "$name" "${keep[@]}" \
     --model "${MODEL:-smollm2-135m}" \
     --eval-data ${EVAL_DATA:-shakespeare:test pydoc} -- $cmd $calib < /dev/null
 done
