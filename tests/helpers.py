@@ -96,3 +96,26 @@ def unstructured_weight(shape: tuple[int, ...], density: float, seed: int = 0) -
         w[..., :, 2] = 0.0  # all-zero column
     w[..., 0, :] = torch.randn(shape[-1], generator=g) + 5.0  # fully dense row
     return w
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sgatlin_ddp_worker(rank: int, world: int, port: int, cfg, data, out: str) -> None:
+    """One gloo rank of an sgatlin training run. Here, not in the test file: spawned processes import
+    it by module name, and test files are not importable modules under pytest's importlib mode."""
+    import torch.distributed as dist
+
+    from sparse_expansion.sgatlin.training import train
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        train(cfg, data, Path(out) if rank == 0 else None, progress=False)
+    finally:
+        dist.destroy_process_group()

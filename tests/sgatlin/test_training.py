@@ -4,13 +4,13 @@ resume, atomic and checked checkpoints, DDP (2 gloo processes) = 1 process."""
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import free_port, sgatlin_ddp_worker
 
 from sparse_expansion.artifact import load_artifact, read_manifest
 from sparse_expansion.errors import UsageError
@@ -256,31 +256,12 @@ def test_nothing_to_resume(tiny_data, tmp_path):
         train(tiny_config(4, tiny_data), tiny_data, None, old, resume=True, progress=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, cfg: LMTrainConfig, data: TokenData,
-                out: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
-    try:
-        train(cfg, data, Path(out) if rank == 0 else None, progress=False)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_ddp_two_processes_equal_one(tiny_data, tmp_path):
     cfg = tiny_config(6, tiny_data)
     data = TokenData(tiny_data.tokenizer, np.asarray(tiny_data.train), np.asarray(tiny_data.val))
     single = train(cfg, data, tmp_path / "one", progress=False)
     (tmp_path / "two").mkdir()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, data, str(tmp_path / "two")), nprocs=2,
+    mp.spawn(sgatlin_ddp_worker, args=(2, free_port(), cfg, data, str(tmp_path / "two")), nprocs=2,
              join=True)
     from sparse_expansion.io import read_json
 
