@@ -119,3 +119,15 @@ def sgatlin_ddp_worker(rank: int, world: int, port: int, cfg, data, out: str) ->
         train(cfg, data, Path(out) if rank == 0 else None, progress=False)
     finally:
         dist.destroy_process_group()
+
+
+def tiny_gemma3_multimodal(text_config: dict):
+    """A tiny `gemma3` (the multimodal wrapper) config around `text_config`: its text decoder runs a
+    text-only prompt, the vision tower is the smallest transformers accepts."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(
+        "gemma3", text_config=text_config, tie_word_embeddings=True,
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=5, eoi_token_index=6, image_token_index=7)

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from helpers import run_cli, tiny_config, tiny_tokenizer
+from helpers import run_cli, tiny_config, tiny_gemma3_multimodal, tiny_tokenizer
 
 from sparse_expansion.arch import (
     ARCHITECTURES,
@@ -60,11 +60,7 @@ def config_of(model_type: str):
     if model_type in FROM_CONFTEST:
         return tiny_config(model_type)
     if model_type == "gemma3":  # the multimodal wrapper: text decoder plus a (tiny) vision tower
-        return AutoConfig.for_model(
-            "gemma3", text_config=dict(COMMON, head_dim=8, **SLIDING), tie_word_embeddings=True,
-            vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               image_size=28, patch_size=14),
-            mm_tokens_per_image=4, boi_token_index=5, eoi_token_index=6, image_token_index=7)
+        return tiny_gemma3_multimodal(dict(COMMON, head_dim=8, **SLIDING))
     return AutoConfig.for_model(model_type, **COMMON, **CONFIGS[model_type])
 
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from helpers import SAMPLE_TEXT, tiny_model
+from helpers import SAMPLE_TEXT, tiny_gemma3_multimodal, tiny_model
 
 from sparse_expansion import decode
 from sparse_expansion.arch import decoder_layers, supported_model_types
@@ -59,11 +59,7 @@ def family_config(model_type: str):
     from transformers import AutoConfig
 
     if model_type == "gemma3":  # the multimodal wrapper: its text decoder runs a text-only prompt
-        return AutoConfig.for_model(
-            "gemma3", text_config=dict(TINY, query_pre_attn_scalar=16, **SLIDING), tie_word_embeddings=True,
-            vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               image_size=28, patch_size=14),
-            mm_tokens_per_image=4, boi_token_index=5, eoi_token_index=6, image_token_index=7)
+        return tiny_gemma3_multimodal(dict(TINY, query_pre_attn_scalar=16, **SLIDING))
     return AutoConfig.for_model(model_type, **TINY, **FAMILY_CONFIGS[model_type])
 
 
