@@ -41,6 +41,12 @@ class Architecture:
     experts: str | None = None
 
 
+# The Llama-style decoder layer's linears, shared by every row that names them the same way.
+_GATED_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+_GATED_MLP_INPUTS = (("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
+_SELF_ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_SELF_ATTN_INPUTS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",))
+
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         family="llama",
@@ -49,11 +55,10 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
                      "granite"),
         layers="model.layers",
-        mlp=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
-        attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-        mlp_input_groups=(("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",)),
-        attention_input_groups=(
-            ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",)),
+        mlp=_GATED_MLP,
+        attention=_SELF_ATTN,
+        mlp_input_groups=_GATED_MLP_INPUTS,
+        attention_input_groups=_SELF_ATTN_INPUTS,
         neuron_projections=("mlp.gate_proj", "mlp.up_proj"),
     ),
     # Gemma 3 with its vision tower: the text decoder is the language model's (text-only input).
@@ -61,11 +66,10 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         family="gemma3",
         model_types=("gemma3",),
         layers="model.language_model.layers",
-        mlp=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
-        attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-        mlp_input_groups=(("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",)),
-        attention_input_groups=(
-            ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",)),
+        mlp=_GATED_MLP,
+        attention=_SELF_ATTN,
+        mlp_input_groups=_GATED_MLP_INPUTS,
+        attention_input_groups=_SELF_ATTN_INPUTS,
         neuron_projections=("mlp.gate_proj", "mlp.up_proj"),
     ),
     # Mixtral / Qwen3-MoE: every MLP is a top-k mixture of fused experts (see `experts`).
@@ -74,10 +78,9 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         model_types=("mixtral", "qwen3_moe"),
         layers="model.layers",
         mlp=(),
-        attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+        attention=_SELF_ATTN,
         mlp_input_groups=(),
-        attention_input_groups=(
-            ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",)),
+        attention_input_groups=_SELF_ATTN_INPUTS,
         neuron_projections=(),
         experts="mlp.experts",
     ),
@@ -87,11 +90,10 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         model_types=("qwen2_moe",),
         layers="model.layers",
         mlp=("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj"),
-        attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+        attention=_SELF_ATTN,
         mlp_input_groups=(("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj"),
                           ("mlp.shared_expert.down_proj",)),
-        attention_input_groups=(
-            ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",)),
+        attention_input_groups=_SELF_ATTN_INPUTS,
         neuron_projections=("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj"),
         experts="mlp.experts",
     ),
