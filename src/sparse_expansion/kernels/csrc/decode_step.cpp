@@ -87,6 +87,23 @@ int value_type_of(const torch::Tensor& t) {
   }
 }
 
+// What a bitmask and an N:M linear share: `total` rows of values with their uint8 index, split into
+// `experts` equal blocks.
+LinearDesc compressed_desc(int kind, const torch::Tensor& values, const torch::Tensor& index, int64_t total,
+                           int64_t experts, int64_t in) {
+  TORCH_CHECK(experts > 0 && total % experts == 0, total, " rows do not split into ", experts, " experts");
+  LinearDesc d;
+  d.kind = kind;
+  d.vtype = value_type_of(values);
+  d.experts = experts;
+  d.rows = total / experts;
+  d.in = in;
+  d.values = values.data_ptr();
+  d.values_len = values.numel();
+  d.index = index.data_ptr<uint8_t>();
+  return d;
+}
+
 void check_cpu(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), name, " must be a contiguous CPU tensor");
 }
@@ -226,17 +243,7 @@ class DecodeStep {
     TORCH_CHECK(offsets.scalar_type() == torch::kLong && offsets.numel() == mask.numel() / mask.size(-1) + 1 &&
                     offsets.data_ptr<int64_t>()[offsets.numel() - 1] == values.numel(),
                 "row_offsets must be int64 [rows + 1] ending at the number of values");
-    const int64_t total = offsets.numel() - 1;
-    TORCH_CHECK(experts > 0 && total % experts == 0, total, " rows do not split into ", experts, " experts");
-    LinearDesc d;
-    d.kind = kBitmask;
-    d.vtype = value_type_of(values);
-    d.experts = experts;
-    d.rows = total / experts;
-    d.in = in;
-    d.values = values.data_ptr();
-    d.values_len = values.numel();
-    d.index = mask.data_ptr<uint8_t>();
+    LinearDesc d = compressed_desc(kBitmask, values, mask, offsets.numel() - 1, experts, in);
     d.offsets = offsets.data_ptr<int64_t>();
     d.row_bytes = mask.size(-1);
     keep_.insert(keep_.end(), {values, mask, offsets});
@@ -253,17 +260,7 @@ class DecodeStep {
                     indices.size(-1) == (per_row * bits + 7) / 8 &&
                     indices.numel() / indices.size(-1) == values.numel() / per_row,
                 "N:M values / indices do not match ", n, ":", m, " with in_features ", in);
-    const int64_t total = values.numel() / per_row;
-    TORCH_CHECK(experts > 0 && total % experts == 0, total, " rows do not split into ", experts, " experts");
-    LinearDesc d;
-    d.kind = kNM;
-    d.vtype = value_type_of(values);
-    d.experts = experts;
-    d.rows = total / experts;
-    d.in = in;
-    d.values = values.data_ptr();
-    d.values_len = values.numel();
-    d.index = indices.data_ptr<uint8_t>();
+    LinearDesc d = compressed_desc(kNM, values, indices, values.numel() / per_row, experts, in);
     d.n = n;
     d.m = m;
     d.per_row = per_row;
