@@ -13,7 +13,7 @@ norms, Qwen 3's q/k norms (modules outside the linears we compress). Per-layer a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -47,31 +47,24 @@ _GATED_MLP_INPUTS = (("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
 _SELF_ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 _SELF_ATTN_INPUTS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",))
 
+_LLAMA = Architecture(
+    family="llama",
+    # qwen3: q/k norms inside attention; gemma2/gemma3_text: GELU-tanh, scaled embedding, pre/post
+    # feed-forward norms, sliding-window layers; granite: scaled embedding, residual and logits.
+    model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
+                 "granite"),
+    layers="model.layers",
+    mlp=_GATED_MLP,
+    attention=_SELF_ATTN,
+    mlp_input_groups=_GATED_MLP_INPUTS,
+    attention_input_groups=_SELF_ATTN_INPUTS,
+    neuron_projections=("mlp.gate_proj", "mlp.up_proj"),
+)
+
 ARCHITECTURES: tuple[Architecture, ...] = (
-    Architecture(
-        family="llama",
-        # qwen3: q/k norms inside attention; gemma2/gemma3_text: GELU-tanh, scaled embedding, pre/post
-        # feed-forward norms, sliding-window layers; granite: scaled embedding, residual and logits.
-        model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
-                     "granite"),
-        layers="model.layers",
-        mlp=_GATED_MLP,
-        attention=_SELF_ATTN,
-        mlp_input_groups=_GATED_MLP_INPUTS,
-        attention_input_groups=_SELF_ATTN_INPUTS,
-        neuron_projections=("mlp.gate_proj", "mlp.up_proj"),
-    ),
-    # Gemma 3 with its vision tower: the text decoder is the language model's (text-only input).
-    Architecture(
-        family="gemma3",
-        model_types=("gemma3",),
-        layers="model.language_model.layers",
-        mlp=_GATED_MLP,
-        attention=_SELF_ATTN,
-        mlp_input_groups=_GATED_MLP_INPUTS,
-        attention_input_groups=_SELF_ATTN_INPUTS,
-        neuron_projections=("mlp.gate_proj", "mlp.up_proj"),
-    ),
+    _LLAMA,
+    # Gemma 3 with its vision tower: the Llama-style text decoder sits inside the language model (text-only input).
+    replace(_LLAMA, family="gemma3", model_types=("gemma3",), layers="model.language_model.layers"),
     # Mixtral / Qwen3-MoE: every MLP is a top-k mixture of fused experts (see `experts`).
     Architecture(
         family="moe",
