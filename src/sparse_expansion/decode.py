@@ -372,6 +372,8 @@ def _add_linear(step, module: nn.Module, name: str, routers: dict[int, int]) -> 
 def _add_quant(step, weight, bias: torch.Tensor | None, router: int) -> int:
     from .kernels import ops
 
+    if ops.act8_applies(weight):
+        weight = weight.act8_form  # N:M codes run as the bitmask they stand for (act8 kernels)
     return step.add_quant(weight.format, *ops._quant_args(weight), bias, router)
 
 

@@ -285,10 +285,41 @@ def test_act8_rounds_the_input_in_blocks_of_32():
     assert q[64:67].tolist() == [127, -64, 32] and (q[67:] == 0).all()  # -63.5 rounds to even
 
 
-@pytest.mark.parametrize("fmt,group", [("2:4", None), ("dense", 16), ("bitmask", 7)])
-def test_act8_leaves_other_weights_to_the_exact_kernels(compiled, fmt, group):
-    """N:M and group sizes act8 does not lay out run quant_matmul's exact arithmetic."""
-    weight = quantized(fmt, (1, 5, 96), 8, group).expert(0)
+@pytest.mark.parametrize("fmt,group,bits,width", [("1:4", None, 4, 100), ("dense", 16, 8, 96), ("bitmask", 7, 8, 96)])
+def test_act8_leaves_other_weights_to_the_exact_kernels(compiled, fmt, group, bits, width):
+    """Group sizes act8 does not lay out, and int4 N:M rows that end mid-byte (no bitmask view), run
+    quant_matmul's exact arithmetic."""
+    weight = quantized(fmt, (1, 5, width), bits, group).expert(0)
     assert not ops.act8_applies(weight)
-    x = torch.randn(2, 96, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, width, generator=torch.Generator().manual_seed(0))
     assert torch.equal(ops.quant_decode_linear(x, weight), ops.sparse_linear(x, weight))
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "4:8"])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("group", [None, 32])
+def test_act8_runs_nm_codes_as_the_bitmask_they_stand_for(compiled, fmt, bits, group):
+    """A quantized N:M weight's bitmask view shares its codes and stands for the same weight; act8 runs
+    it (C++ == scalar bit for bit, torch within float32 rounding, within the input-rounding bound)."""
+    for shape in [(2, 9, 64), (1, 5, 320), (3, 4, 136)]:
+        weight = quantized(fmt, shape, bits, group, seed=shape[-1])
+        view = F.nm_as_bitmask(weight)
+        assert view.format == "bitmask" and view.values.data_ptr() == weight.values.data_ptr()
+        dense = F.decompress(weight)
+        assert torch.equal(F.decompress(view), dense)
+        assert ops.act8_applies(weight) and weight.act8_form is weight.act8_form  # built once
+        g = torch.Generator().manual_seed(3)
+        for tokens in (1, 3):
+            x = torch.randn(tokens, shape[-1], generator=g) * torch.linspace(0.1, 4, shape[-1])
+            labels = torch.randint(0, shape[0], (tokens,), generator=g)
+            out = {}
+            for mode in ("cpp", "scalar", "torch"):
+                with ops.use_backend(mode):
+                    out[mode] = ops.quant_decode_linear(x, weight, labels=labels)
+            assert torch.equal(out["cpp"], out["scalar"])
+            assert torch.equal(out["cpp"], ops.quant_decode_linear(x, view, labels=labels))
+            assert (out["torch"] - out["cpp"]).abs().max() <= 1e-5 * (1 + out["cpp"].abs().max())
+            for i in range(tokens):
+                exact = dense[labels[i]].double() @ x[i].double()
+                slack = 1e-5 * (1 + dense[labels[i]].double().abs() @ x[i].double().abs())
+                assert ((out["cpp"][i].double() - exact).abs() <= act8_bound(x[i], dense[labels[i]]) + slack).all()

@@ -116,6 +116,14 @@ class CompressedWeight:
     def quantized(self) -> bool:
         return self.bits is not None
 
+    @cached_property
+    def act8_form(self) -> CompressedWeight | None:
+        """The weight the act8 decode kernels take for this one: itself (dense, bitmask), the bitmask view
+        of a quantized N:M weight (`nm_as_bitmask`, built once), None where there is none."""
+        if not self.quantized:
+            return None
+        return self if self.n_m is None else nm_as_bitmask(self)
+
     def expert(self, e: int) -> CompressedWeight:
         """Expert e of a [k, out, in] weight, as an [out, in] weight (views, no copy of values; an int4
         bitmask expert whose codes start mid-byte gets its codes re-packed)."""
@@ -397,6 +405,26 @@ def nm_columns(weight: CompressedWeight) -> torch.Tensor:
 
 def decompress_nm(weight: CompressedWeight) -> torch.Tensor:
     return unpack_nm(weight.values, weight.index, *weight.n_m, weight.shape)
+
+
+def nm_as_bitmask(weight: CompressedWeight) -> CompressedWeight | None:
+    """A quantized N:M weight as the bitmask weight it stands for, sharing its codes (no copy): one mask
+    bit for every stored position (a group's zero fillers included: their code is the zero point, so
+    they add nothing), each row `in * N / M` codes after the last. For the act8 decode kernels, which run
+    bitmask and dense codes only; for 2:4 the mask costs what the N:M indices cost, one bit a column.
+    None for int4 rows that end mid-byte (the codes would not run on from row to row)."""
+    if not weight.quantized or weight.n_m is None:
+        raise ValueError("nm_as_bitmask takes a quantized N:M weight")
+    n, m = weight.n_m
+    per_row, rows = weight.in_features // m * n, weight.rows
+    if weight.bits == 4 and per_row % 2:
+        return None
+    keep = torch.zeros(rows, weight.in_features, dtype=torch.bool)
+    keep.scatter_(1, nm_columns(weight).reshape(rows, per_row), True)
+    mask = _bits_to_bytes(keep).reshape(*weight.shape[:-1], -1)
+    offsets = torch.arange(rows + 1, dtype=torch.int64) * per_row
+    return CompressedWeight("bitmask", weight.shape, weight.values.reshape(-1), mask, offsets, weight.scales,
+                            weight.zeros, weight.bits, weight.group_size)
 
 
 # --- quantized values ----------------------------------------------------------------------------

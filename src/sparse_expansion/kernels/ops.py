@@ -194,10 +194,12 @@ def _quantized_matmul(lib: ModuleType | None, isa: int, x: torch.Tensor, labels:
 
 def act8_applies(weight: CompressedWeight) -> bool:
     """Whether `quant_decode_linear` (and the fast decode step) use the act8 arithmetic for this weight
-    (csrc/quant.h): int8 / int4 values, dense or bitmask, groups of 32, a multiple of 64 or the whole row."""
-    if not weight.quantized or weight.n_m is not None:
+    (csrc/quant.h): int8 / int4 values, dense or bitmask (N:M codes as the bitmask they stand for:
+    formats.nm_as_bitmask), groups of 32, a multiple of 64 or the whole row."""
+    form = weight.act8_form
+    if form is None:
         return False
-    return weight.groups == 1 or weight.group_size == 32 or weight.group_size % 64 == 0
+    return form.groups == 1 or form.group_size == 32 or form.group_size % 64 == 0
 
 
 def quant_decode_linear(x: torch.Tensor, weight: CompressedWeight, bias: torch.Tensor | None = None,
@@ -209,6 +211,8 @@ def quant_decode_linear(x: torch.Tensor, weight: CompressedWeight, bias: torch.T
     in float64, so within float32 rounding of the kernels). float32 out. Token i uses expert labels[i]."""
     if not weight.quantized:
         raise ValueError("quant_decode_linear takes int8 / int4 weights")
+    if act8_applies(weight):
+        weight = weight.act8_form  # N:M codes run as the bitmask they stand for
     x = x.reshape(-1, weight.in_features).float()
     if bias is not None:
         bias = bias.float()
@@ -317,6 +321,12 @@ def bf16_dot_available() -> bool:
         lib, isa = resolved
         _bf16_dot = (resolved, lib is not None and isa >= 2 and bool(lib.bf16_dense_supported()))
     return _bf16_dot[1]
+
+
+def act8_vector_available() -> bool:
+    """Whether the act8 kernels (int8 / int4 values at decode) run AVX-512 VNNI code here, not scalar."""
+    lib, isa = _resolved or _library()
+    return lib is not None and isa >= 2 and bool(lib.act8_vector_supported())
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

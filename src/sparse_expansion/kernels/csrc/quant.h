@@ -60,8 +60,9 @@ inline float quant_tree_sum(const float* s16) {
 
 // --- the decode arithmetic ("act8"): int8 activations, integer dot products --------------------------
 // What the fast decode step (and ops.quant_decode_linear) computes for dense and bitmask weights whose
-// group size is 32, a multiple of 64, or the whole row (`quant_act8_applies`); other weights (N:M, odd
-// group sizes) take the exact arithmetic above. It is llama.cpp's Q8 idea with its own layout:
+// group size is 32, a multiple of 64, or the whole row (`quant_act8_applies`); other weights (N:M views, odd
+// group sizes) take the exact arithmetic above (Python hands N:M codes over as the bitmask view they stand
+// for: formats.nm_as_bitmask). It is llama.cpp's Q8 idea with its own layout:
 //   1. The input is quantized once per call in blocks of 32 columns (the last block zero-padded to a
 //      multiple of 64 columns): d_b = amax_b / 127, q_j = clamp(nearbyint(x_j * (127 / amax_b)), -127, 127)
 //      (d_b = 0 and q = 0 for an all-zero block).
