@@ -434,6 +434,32 @@ def test_quantized_values_take_the_fast_step(folders):
     assert result["decode_path"] == "fast" and result["fast_unavailable"] is None and result["new_tokens"] == 4
 
 
+def test_generate_picks_int8_values_for_bitmask_folders_where_vnni_runs_them(folders, tiny_model_dir, tmp_path,
+                                                                            capsys):
+    """--weights fast (generate's default): int8 on load for bitmask-sparse float folders, nothing else."""
+    from sparse_expansion.storage import fast_weights
+
+    expect = "int8" if ops.act8_vector_available() else "auto"
+    assert fast_weights(str(folders["bitmask"]), "cpu")[0] == expect
+    assert fast_weights(str(folders["experts"]), "cpu")[0] == expect
+    assert fast_weights(str(folders["2:4"]), "cpu") == ("auto", "N:M sparsity: its int8 kernel is slower than "
+                                                                "bfloat16 values")
+    assert fast_weights(str(tiny_model_dir), "cpu") == ("auto", "a dense model")
+    assert fast_weights(str(folders["bitmask"]), "cuda")[0] == "auto"
+    assert main(["convert", str(folders["bitmask"]), "--bits", "4", "--out", str(tmp_path / "int4")]) == 0
+    assert fast_weights(str(tmp_path / "int4"), "cpu")[0] == "auto"  # codes already: kept as they are
+    capsys.readouterr()
+    for args, chosen, held in (([], expect, "int8" if expect == "int8" else None), (["--weights", "auto"], "auto",
+                                                                                  None)):
+        assert main(["generate", str(folders["bitmask"]), "--prompt", "To be", "--max-new-tokens", "2", "--json",
+                     *args]) == 0
+        row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert row["weights_chosen"] == chosen and row["weights_chosen_because"]
+        model, _ = load_model(str(folders["bitmask"]), weights=chosen)
+        bits = {getattr(m, "bits", None) for m in model.modules() if hasattr(m, "bits")}
+        assert bits == ({8} if held == "int8" else {None})
+
+
 def test_generate_picks_bfloat16_for_a_sparse_folder_and_float32_for_a_dense_one(folders, tiny_model_dir, capsys):
     """--dtype auto (the default): the fastest storage within 1% of float32 where the kernels have it."""
     from sparse_expansion.storage import fast_dtype

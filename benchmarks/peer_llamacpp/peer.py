@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DEFAULT_WORK = ROOT / "runs" / "peer_llamacpp"
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: what `generate` picks with no --dtype
-WEIGHTS = ("auto", "compressed", "dense", "int8", "int4")  # int8 / int4: quantized on load (generate --weights)
+WEIGHTS = ("fast", "auto", "compressed", "dense", "int8", "int4")  # int8 / int4: on load; fast: generate's default
 ENGINES = ("ours", "llama.cpp")
 KEYS = {"name", "engine", "folder", "make", "script", "dtype", "weights", "gguf", "convert", "pre", "quantize",
         "perplexity"}
@@ -305,11 +305,21 @@ def eval_dtype(variant: Variant) -> str:
     return fast_dtype(resolve_model_path(variant.folder), "cpu")[0]
 
 
+def eval_weights(variant: Variant) -> str:
+    """`eval` has no --weights fast (generate's default): score the storage `generate` chose."""
+    if variant.weights != "fast":
+        return variant.weights
+    from sparse_expansion.models import resolve_model_path
+    from sparse_expansion.storage import fast_weights
+
+    return fast_weights(resolve_model_path(variant.folder), "cpu")[0]
+
+
 def measure_perplexity(variant: Variant, threads: int, inputs: Path, venv: Path) -> dict:
     if variant.engine == "ours":
         return child(cli("eval", variant.folder, "--data", EVAL["data"], "--windows", str(EVAL["windows"]),
                          "--seqlen", str(EVAL["seqlen"]), "--json", "--dtype", eval_dtype(variant), "--weights",
-                         variant.weights, "--device", "cpu"), our_env(threads))
+                         eval_weights(variant), "--device", "cpu"), our_env(threads))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return child([str(venv_python(venv)), str(HERE / "llama_worker.py"), "perplexity", "--gguf",
                   str(gguf_path(variant)), "--ids", str(inputs), "--threads", str(threads)], env)

@@ -197,23 +197,53 @@ def release_freed_memory() -> None:
         pass
 
 
+def _sparse_folder(path: str) -> dict | None:
+    """The manifest of a saved causal LM with sparse weights (pruned or expanded), else None."""
+    from .artifact import CAUSAL_LM, is_artifact, read_manifest
+
+    manifest = read_manifest(path) if is_artifact(path) else {}
+    sparse = manifest.get("kind") == CAUSAL_LM and (manifest.get("modules") or manifest["record"].get("sparsity"))
+    return manifest if sparse else None
+
+
 def fast_dtype(path: str, device: str) -> tuple[str, str]:
     """(--dtype, why) that `generate` takes when none is given: bfloat16 for a folder with sparse weights
     on a CPU whose kernels have the AVX512-BF16 decode path (bfloat16 values decode fastest there, and
     their perplexity stayed within 1% of float32: BENCHMARKS.md, decode), else float32. Read from the
     folder's manifest (`path`: a folder, as models.resolve_model_path gives), before any weight is loaded."""
-    from .artifact import CAUSAL_LM, is_artifact, read_manifest
     from .kernels import ops
 
     if torch.device(device).type != "cpu":
         return "float32", "not on the CPU"
-    manifest = read_manifest(path) if is_artifact(path) else {}
-    sparse = manifest.get("kind") == CAUSAL_LM and (manifest.get("modules") or manifest["record"].get("sparsity"))
-    if not sparse:
+    if _sparse_folder(path) is None:
         return "float32", "a dense model"
     if not ops.bf16_dot_available():
         return "float32", "no AVX512-BF16 kernels on this CPU"
     return "bfloat16", "sparse weights and AVX512-BF16 kernels: bfloat16 values decode fastest"
+
+
+def fast_weights(path: str, device: str) -> tuple[str, str]:
+    """(--weights, why) that `generate` takes when given none: "int8" (per row, round-to-nearest, on
+    load) for a folder with bitmask-sparse float weights on a CPU whose act8 kernels run AVX-512 VNNI,
+    where int8 decodes 1.3-1.4x faster than bfloat16 and its perplexity stayed within 1% of float32
+    (BENCHMARKS.md, llamacpp: dense +0.7%, SparseGPT 70% -1.2%, 4 and 16 experts); else "auto". N:M
+    folders keep float values (the int8 N:M kernel is exact, not act8, and slower than bfloat16), and
+    folders already holding codes keep theirs."""
+    from .kernels import ops
+
+    if torch.device(device).type != "cpu":
+        return "auto", "not on the CPU"
+    manifest = _sparse_folder(path)
+    if manifest is None:
+        return "auto", "a dense model"
+    modules = (manifest.get("modules") or {}).values()
+    if any(spec.get("value_dtype") in ("int8", "int4") for spec in modules):
+        return "auto", "the folder already stores int8 / int4 values"
+    if ":" in str(manifest["record"].get("sparsity")) or any(":" in str(spec.get("format")) for spec in modules):
+        return "auto", "N:M sparsity: its int8 kernel is slower than bfloat16 values"
+    if not ops.act8_vector_available():
+        return "auto", "no AVX-512 VNNI act8 kernels on this CPU"
+    return "int8", "bitmask-sparse weights and VNNI kernels: int8 values decode fastest within 1% of float32"
 
 
 def weights_in_memory(model: nn.Module) -> str:

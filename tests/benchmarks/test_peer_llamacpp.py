@@ -36,6 +36,11 @@ def test_shipped_configs_parse_and_expand_the_work_folder(tmp_path):
     assert q8.quantize == [str(tmp_path / "smollm2-135m.F16.gguf"), "Q8_0"]
     big = peer.load_config(STUDY / "configs" / "llama1b.toml", tmp_path)
     assert big.tokenizer == str(tmp_path / "llama1b") and not any(v.perplexity for v in big.variants)
+    for config in sorted((STUDY / "configs").glob("*.toml")):  # every committed config, base among its rows
+        loaded = peer.load_config(config, tmp_path)
+        assert loaded.base in [v.name for v in loaded.variants], config.name
+    defaults = peer.load_config(STUDY / "configs" / "defaults.toml", tmp_path)
+    assert {v.weights for v in defaults.variants if "no flags" in v.name} == {"fast"}  # generate's own default
 
 
 def test_interleaving_alternates_the_engines():

@@ -62,16 +62,21 @@ def config_defaults(config_type: type) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(config_type) if f.default is not dataclasses.MISSING}
 
 
-WEIGHTS_HELP = ("how weights sit in memory: auto (default: compressed with the C++ kernels on the CPU), "
+WEIGHTS_HELP = ("how weights sit in memory: auto (compressed with the C++ kernels on the CPU; eval's default), "
                 "compressed (bitmask / N:M in the sparse kernels), dense, int8 / int4 (quantized on load by "
                 "round-to-nearest, as `convert` does)")
 
 
-def add_weights_arg(parser: argparse.ArgumentParser) -> None:
-    """--weights, spelled the same on eval and generate (storage.set_weights)."""
+def add_weights_arg(parser: argparse.ArgumentParser, fast: str | None = None) -> None:
+    """--weights, spelled the same on eval and generate (storage.set_weights). `fast` (the command's words
+    for what it picks) adds the choice "fast" and makes it the default (generate: storage.fast_weights)."""
     from ..storage import WEIGHTS
 
-    parser.add_argument("--weights", default="auto", choices=WEIGHTS, help=WEIGHTS_HELP)
+    if fast:
+        parser.add_argument("--weights", default="fast", choices=("fast", *WEIGHTS),
+                            help=f"{WEIGHTS_HELP}; fast (default here): {fast}")
+    else:
+        parser.add_argument("--weights", default="auto", choices=WEIGHTS, help=WEIGHTS_HELP)
 
 
 def add_group_size_arg(p: argparse.ArgumentParser) -> None:
