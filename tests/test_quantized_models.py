@@ -85,11 +85,11 @@ def test_prune_and_expand_with_bits_store_codes(tmp_path, tiny_model_dir, text_f
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("bits,group", [(8, None), (4, 16)])
-def test_quantized_model_saves_and_loads_to_identical_logits(tmp_path, tokenizer, bits, group):
+@pytest.mark.parametrize("bits,group,grid", [(8, None, "minmax"), (4, 16, "minmax"), (4, 16, "mse")])
+def test_quantized_model_saves_and_loads_to_identical_logits(tmp_path, tokenizer, bits, group, grid):
     model = tiny_model("llama")
     before = logits(model)
-    counts = quantize_weights(model, bits, group)
+    counts = quantize_weights(model, bits, group, grid=grid)
     assert counts["dense"] == 2 * 7 + 1  # every linear of two layers and the LM head
     assert isinstance(model.lm_head, QuantizedLinear) and not model.config.tie_word_embeddings
     after = logits(model)

@@ -7,7 +7,9 @@ quantizes a copy in memory).
         --variants minmax mse-head mse-layers --out runs/grid_by_linear.jsonl
 
 Variants: minmax, mse (every linear), mse-head (the LM head only), mse-layers (every decoder-layer linear,
-the head min/max). One JSON row per variant is printed and appended to --out.
+the head min/max), mse-pruned (the decoder-layer linears at least COMPRESS_FROM_SPARSITY sparse: a pruned
+folder's MLP), mse-unpruned (the other decoder-layer linears: its attention projections). One JSON row
+per variant is printed and appended to --out.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = ("minmax", "mse", "mse-head", "mse-layers")
+VARIANTS = ("minmax", "mse", "mse-head", "mse-layers", "mse-pruned", "mse-unpruned")
 
 
 def main() -> None:
@@ -33,6 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     from sparse_expansion.evaluate import evaluate_model
     from sparse_expansion.kernels import formats
+    from sparse_expansion.kernels.formats import COMPRESS_FROM_SPARSITY
     from sparse_expansion.models import load_causal_lm
     from sparse_expansion.storage import quantize_weights
 
@@ -43,7 +46,9 @@ def main() -> None:
     def chooser(variant: str):
         def fit(weight, bits, group_size=None, method="minmax"):  # quantize_weights looks fit_grid up per call
             head = weight.shape[0] == head_rows
-            use = {"minmax": False, "mse": True, "mse-head": head, "mse-layers": not head}[variant]
+            pruned = not head and float((weight == 0).float().mean()) >= COMPRESS_FROM_SPARSITY
+            use = {"minmax": False, "mse": True, "mse-head": head, "mse-layers": not head, "mse-pruned": pruned,
+                   "mse-unpruned": not head and not pruned}[variant]
             return fit_grid(weight, bits, group_size, "mse" if use else "minmax")
         return fit
 

@@ -529,7 +529,8 @@ def fit_grid(weight: torch.Tensor, bits: int, group_size: int | None = None,
       group to minimise the group's squared round-to-nearest error: first one factor for both ends,
       then a for the low end, then b for the high end, each step keeping the best so far. A few
       outliers clipped cost less than a coarse step for every other weight; a = b = 1 is a candidate
-      (ties keep it), so the error is never above the min/max grid's.
+      (ties keep it), so the error is never above the min/max grid's. A smaller weight error is not a
+      better model: on SmolLM2 int4 it loses more perplexity (BENCHMARKS.md), so "minmax" is the default.
     An all-zero group gets the grid of [-1, 1] (any grid stores zeros exactly)."""
     if method not in GRID_METHODS:
         raise ValueError(f"grid method must be one of {', '.join(GRID_METHODS)}, got {method!r}")
