@@ -29,11 +29,12 @@ def hessian(cols=64, tokens=256, seed=0):
 
 @pytest.mark.parametrize("sparsity", ["0.5", "2:4"])
 @pytest.mark.parametrize("bits,group", [(8, None), (4, None), (4, 32), (4, 16)])
-def test_sparsegpt_grid_is_stored_exactly(sparsity, bits, group):
+@pytest.mark.parametrize("grid", ["minmax", "mse"])
+def test_sparsegpt_grid_is_stored_exactly(sparsity, bits, group, grid):
     """The stored codes de-quantize to the very weight SparseGPT returned, and that weight lies on the
-    grid it reports (per row or per group of columns)."""
+    grid it reports (per row or per group of columns), min/max or clipped (mse)."""
     weight = torch.randn(24, 64, generator=torch.Generator().manual_seed(1))
-    config = SparseGPTConfig(parse_sparsity(sparsity), bits=bits, group_size=group)
+    config = SparseGPTConfig(parse_sparsity(sparsity), bits=bits, group_size=group, grid=grid)
     new, info = prune_weight(config, weight, hessian())
     scale, zero, grid_bits, group_size = info["grid"]
     assert scale.shape == (24, 64 // group_size) and grid_bits == bits
@@ -61,7 +62,8 @@ def make(command, tmp_path, source, text_file, capsys, *flags):
 
 def test_prune_and_expand_with_bits_store_codes(tmp_path, tiny_model_dir, text_file, capsys):
     pruned = make("prune", tmp_path, tiny_model_dir, text_file, capsys, "--method", "sparsegpt", "--sparsity", "0.5",
-                  "--bits", "4", "--group-size", "16")
+                  "--bits", "4", "--group-size", "16", "--grid", "mse")
+    assert read_manifest(pruned)["record"]["grid"] == "mse"
     modules = read_manifest(pruned)["modules"]
     assert modules and {(s["type"], s["value_dtype"], s["group_size"]) for s in modules.values()} == \
         {("compressed_linear", "int4", 16)}
@@ -76,17 +78,18 @@ def test_prune_and_expand_with_bits_store_codes(tmp_path, tiny_model_dir, text_f
     experts = [m for m in model.modules() if isinstance(m, SparseExpertLinear)]
     assert experts and all(m.experts.bits == 8 for m in experts)
     for flags, message in ((["--method", "sparsegpt", "--group-size", "16"], "--group-size needs --bits"),
-                           (["--method", "sparsegpt", "--bits", "4", "--group-size", "48"], "must divide 128")):
+                           (["--method", "sparsegpt", "--bits", "4", "--group-size", "48"], "must divide 128"),
+                           (["--method", "sparsegpt", "--grid", "mse"], "--grid needs --bits")):
         code, _, err = run_cli(["prune", tiny_model_dir, *flags, "--sparsity", "0.5", "--out", tmp_path / "bad"],
                                capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("bits,group", [(8, None), (4, 16)])
-def test_quantized_model_saves_and_loads_to_identical_logits(tmp_path, tokenizer, bits, group):
+@pytest.mark.parametrize("bits,group,grid", [(8, None, "minmax"), (4, 16, "minmax"), (4, 16, "mse")])
+def test_quantized_model_saves_and_loads_to_identical_logits(tmp_path, tokenizer, bits, group, grid):
     model = tiny_model("llama")
     before = logits(model)
-    counts = quantize_weights(model, bits, group)
+    counts = quantize_weights(model, bits, group, grid=grid)
     assert counts["dense"] == 2 * 7 + 1  # every linear of two layers and the LM head
     assert isinstance(model.lm_head, QuantizedLinear) and not model.config.tie_word_embeddings
     after = logits(model)
@@ -127,6 +130,30 @@ def test_convert_command(tmp_path, tiny_model_dir, text_file, capsys):
     model, _ = load_model(str(tmp_path / "h8"))
     assert (model.lm_head.bits, model.lm_head.group_size) == (8, 32)  # per row: the head's rows are 32 wide
     assert {m.bits for m in model.model.layers.modules() if isinstance(m, QuantizedLinear)} == {4}
+
+
+def test_convert_grid_is_recorded_and_only_changes_scales_and_zeros(tmp_path, tiny_model_dir, capsys):
+    folders = {}
+    for grid in ("mse", "minmax"):
+        folders[grid] = tmp_path / grid
+        code, stdout, err = run_cli(["convert", tiny_model_dir, "--bits", "4", "--group-size", "16", "--grid", grid,
+                                     "--out", folders[grid]], capsys)
+        assert code == 0 and f"{grid} grid" in stdout, err
+        assert read_manifest(folders[grid])["record"]["converted"]["grid"] == grid
+    code, _, err = run_cli(["convert", tiny_model_dir, "--bits", "4", "--out", tmp_path / "default"], capsys)
+    assert code == 0 and read_manifest(tmp_path / "default")["record"]["converted"]["grid"] == "minmax", err
+    mse, _ = load_model(str(folders["mse"]))
+    minmax, _ = load_model(str(folders["minmax"]))
+    again, _ = load_model(str(folders["mse"]))
+    assert torch.equal(logits(mse), logits(again))  # saved then loaded: identical
+    source, _ = load_model(str(tiny_model_dir))
+    name = "model.layers.0.self_attn.q_proj"
+    weight = source.get_submodule(name).weight.float()
+    a, b = mse.get_submodule(name).compressed(), minmax.get_submodule(name).compressed()
+    assert (a.format, a.shape, a.bits, a.group_size) == (b.format, b.shape, b.bits, b.group_size) == \
+        ("dense", tuple(weight.shape), 4, 16)
+    assert not torch.equal(a.scales, b.scales)
+    assert (decompress(a) - weight).square().sum() < (decompress(b) - weight).square().sum()
 
 
 def test_quantize_on_load(tiny_model_dir):

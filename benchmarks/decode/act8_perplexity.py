@@ -6,7 +6,8 @@ same windows as `sparse-expansion eval` (16 x 512 by default), --dtype bfloat16 
     PYTHONPATH=src python benchmarks/decode/act8_perplexity.py runs/sg70 runs/sg70-int8 runs/sg70-int4g32 \\
         smollm2-135m:int8 smollm2-135m:int4 --out benchmarks/decode/results/DATE-MACHINE/act8_perplexity.jsonl
 
-A MODEL:int8 / MODEL:int4 argument quantizes on load (`--weights int8|int4`). One JSON row per model and
+A MODEL:int8 / MODEL:int4 argument quantizes on load (`--weights int8|int4`); MODEL:int4:mse the same with
+the mse grid (`convert --grid mse`; on load the default grid is used). One JSON row per model and
 arithmetic is appended to --out (the float folder's "act8" row is skipped: it has no quantized linear).
 """
 
@@ -22,7 +23,8 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="+", help="folders or shipped names; MODEL:int8 / MODEL:int4 quantize on load")
+    parser.add_argument("models", nargs="+",
+                        help="folders or shipped names; MODEL:int8 / MODEL:int4[:GRID] quantize on load")
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--exact-only", action="store_true", help="skip the act8 (slow, token by token) rows")
@@ -31,10 +33,18 @@ def main() -> None:
     from sparse_expansion.evaluate import evaluate_model
     from sparse_expansion.kernels.linear import decode_arithmetic
     from sparse_expansion.models import load_causal_lm
+    from sparse_expansion.storage import default_group_size, quantize_weights, set_weights
 
     for spec in args.models:
         name, _, weights = spec.partition(":")
-        model, tokenizer = load_causal_lm(name, "cpu", torch.bfloat16, weights=weights or "auto")
+        weights, _, grid = weights.partition(":")
+        if grid:  # what set_weights does for int8 / int4, with this grid
+            model, tokenizer = load_causal_lm(name, "cpu", torch.bfloat16, weights="dense")
+            bits = int(weights[3:])
+            quantize_weights(model, bits, default_group_size(bits), grid=grid)
+            set_weights(model, "auto")
+        else:
+            model, tokenizer = load_causal_lm(name, "cpu", torch.bfloat16, weights=weights or "auto")
         quantized = any(getattr(m, "bits", None) for m in model.modules())
         for arithmetic in ("exact", "act8"):
             if arithmetic == "act8" and (args.exact_only or not quantized):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError
-from .kernels.formats import COMPRESS_FROM_SPARSITY
+from .kernels.formats import COMPRESS_FROM_SPARSITY, GRID_METHODS
 from .surgery import replace
 
 WEIGHTS = ("auto", "compressed", "dense", "int8", "int4")
@@ -31,8 +31,8 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
     - "auto": "compressed" on the CPU when the C++ kernels are available; otherwise pruned linears
       stay dense, and expanded experts stay compressed on the CPU (a dense copy would take k x the
       memory) and go dense on a GPU.
-    - "int8", "int4": quantize on load (`quantize_weights`, round-to-nearest, the default group size),
-      then "auto". Quantized weights stay codes under every choice but "dense".
+    - "int8", "int4": quantize on load (`quantize_weights`, round-to-nearest, the default group size
+      and grid), then "auto". Quantized weights stay codes under every choice but "dense".
     A model with nothing sparse keeps its weights as they are ("dense")."""
     from .arch import decoder_layers, is_linear_like, linear_weight
     from .expand.module import SparseExpertLinear
@@ -73,6 +73,9 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
 
 QUANT_BITS = (8, 4)
 DEFAULT_INT4_GROUP = 128  # int4 by round-to-nearest: one grid per 128 columns (per row loses far more)
+# How round-to-nearest places its grids (formats.GRID_METHODS). "mse" rounds the weights more closely but
+# loses more perplexity at int4 on SmolLM2 (BENCHMARKS.md, quantized values), so min/max stays the default.
+DEFAULT_GRID = "minmax"
 
 
 def default_group_size(bits: int) -> int | None:
@@ -81,9 +84,11 @@ def default_group_size(bits: int) -> int | None:
 
 
 def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
-                     head_bits: int | None = None) -> dict[str, int]:
+                     head_bits: int | None = None, grid: str = DEFAULT_GRID) -> dict[str, int]:
     """Hold every linear weight of a causal LM as `bits`-bit codes (kernels/formats.py), by round-to-nearest
-    onto an asymmetric min/max grid per row (`group_size` None) or per row and `group_size` input columns:
+    onto an asymmetric grid per row (`group_size` None) or per row and `group_size` input columns, placed
+    by `grid` (formats.fit_grid: "minmax", the default, spans each group's min/max range; "mse" clips it
+    where rounding loses least):
 
     - decoder-layer linears at least COMPRESS_FROM_SPARSITY sparse (pruned) and CompressedLinear become a
       quantized CompressedLinear (bitmask or N:M, the same zeros), expanded experts quantized
@@ -103,16 +108,18 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
         raise UsageError(f"quantized weights are 8 or 4 bits, got {bits}")
     if group_size is not None and group_size < 1:
         raise UsageError(f"the group size must be at least 1, got {group_size}")
+    if grid not in GRID_METHODS:
+        raise UsageError(f"unknown grid {grid!r}; use {' or '.join(GRID_METHODS)}")
     _set_decode_linears(model, False)
     counts = {"compressed": 0, "experts": 0, "dense": 0, "kept": 0}
 
     def quantized(module: nn.Module) -> nn.Module:
         if isinstance(module, CompressedLinear) or isinstance(module, QuantizedLinear):
             counts["kept" if module.bits is not None else "compressed"] += 1
-            return quantized_copy(module, bits, group_size) if isinstance(module, CompressedLinear) else module
+            return quantized_copy(module, bits, group_size, grid) if isinstance(module, CompressedLinear) else module
         weight = linear_weight(module).detach().float()
         group = weight.shape[1] if group_size is None else min(group_size, weight.shape[1])
-        scales, zeros = fit_grid(weight, bits, group)
+        scales, zeros = fit_grid(weight, bits, group, grid)
         bias = None if module.bias is None else module.bias.detach().float()
         if _sparsity(weight) >= COMPRESS_FROM_SPARSITY:
             counts["compressed"] += 1
@@ -126,7 +133,7 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
             if isinstance(module, SparseExpertLinear):
                 counts["kept" if module.experts.bits is not None else "experts"] += 1
                 module.use_dense_weights(False)
-                module.experts = quantized_copy(module.experts, bits, group_size)
+                module.experts = quantized_copy(module.experts, bits, group_size, grid)
             elif isinstance(module, (CompressedLinear, QuantizedLinear)) or is_linear_like(module):
                 if not _inside_expert(layer, name):
                     swaps.append((name, module))
@@ -144,7 +151,7 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
             replacement = head
         else:
             group = group_size if hb == bits else default_group_size(hb)
-            replacement = QuantizedLinear.quantize(linear_weight(head), head.bias, hb, group)
+            replacement = QuantizedLinear.quantize(linear_weight(head), head.bias, hb, group, grid)
             counts["dense"] += 1
         model.set_output_embeddings(replacement)
         if getattr(model.config, "tie_word_embeddings", False):

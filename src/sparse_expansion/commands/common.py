@@ -85,6 +85,23 @@ def add_group_size_arg(p: argparse.ArgumentParser) -> None:
                         "default one grid per row (GPTQ's per-channel)")
 
 
+def add_grid_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    """--grid, how each row's or group's quantization grid is placed (kernels/formats.fit_grid); `default`
+    None: the method config's (check_grid)."""
+    from ..kernels.formats import GRID_METHODS
+
+    p.add_argument("--grid", choices=GRID_METHODS, default=default,
+                   help="mse: clip each grid's min/max range where rounding loses least (same stored format); "
+                        f"minmax: span it (default {default or 'minmax, GPTQ'}{'' if default else '; needs --bits'})")
+
+
+def check_grid(args) -> str | None:
+    """--grid of prune / expand as a config field (None: the config's default), refused without --bits."""
+    if args.grid is not None and args.bits is None:
+        raise UsageError("--grid needs --bits")
+    return args.grid
+
+
 def check_group_size(args) -> int | None:
     """--group-size as a config field, refused in one line unless --bits is given and G divides 128."""
     if args.group_size is None:

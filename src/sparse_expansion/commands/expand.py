@@ -47,6 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--bits", type=int, default=None,
                    help="fused GPTQ-style quantization of the experts (2-8); 4 and 8 are stored as int4 / int8 codes")
     common.add_group_size_arg(p)
+    common.add_grid_arg(p, None)
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     common.add_allocation_args(p)
     common.add_calibration_args(p)
@@ -78,8 +79,9 @@ def run(args) -> int:
         sparsity = parse_sparsity(args.sparsity)
     rt = runtime.setup(args.device, args.dtype)
     config = make_config("sparse_expansion", sparsity, experts=args.experts, pca_dim=args.pca_dim, bits=args.bits,
-                         group_size=group_size, seed=args.seed, n_init=args.n_init, blend_below=args.blend_below,
-                         shrink=args.shrink, router_tokens=args.router_tokens, balance=args.balance,
+                         group_size=group_size, grid=common.check_grid(args), seed=args.seed, n_init=args.n_init,
+                         blend_below=args.blend_below, shrink=args.shrink, router_tokens=args.router_tokens,
+                         balance=args.balance,
                          **common.allocation_options(args))
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
                                batch_size=args.batch_size, device=rt.device, dtype=rt.dtype,

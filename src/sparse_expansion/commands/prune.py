@@ -23,6 +23,7 @@ def register(subparsers) -> None:
                    help="fused GPTQ-style quantization, 2-8 bits (sparsegpt); 4 and 8 are stored as int4 / int8 codes "
                         "on exactly the grid SparseGPT chose")
     common.add_group_size_arg(p)
+    common.add_grid_arg(p, None)
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     common.add_allocation_args(p)
     common.add_calibration_args(p)
@@ -39,6 +40,8 @@ def run(args) -> int:
         raise UsageError("--bits needs --method sparsegpt and a value from 2 to 8")
     group_size = common.check_group_size(args)
     extra = {} if group_size is None else {"group_size": group_size}
+    if common.check_grid(args) is not None:
+        extra["grid"] = args.grid
     config = make_config(args.method, sparsity, bits=args.bits, **extra, **common.allocation_options(args))
     rt = runtime.setup(args.device, args.dtype)
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,

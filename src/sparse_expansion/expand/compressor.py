@@ -48,6 +48,7 @@ class ExpandConfig(AllocationFields):
     pca_dim: int | None = None  # default: in_features // 32, at least 8
     bits: int | None = None  # fused GPTQ-style quantization; 4 and 8 are stored as codes (kernels/formats.py)
     group_size: int | None = None  # quantization grid per row (None) or per row and this many columns
+    grid: str = "minmax"  # how each grid is placed: its min/max range, or "mse" (clipped: formats.fit_grid)
     seed: int = 0
     n_init: int = 10
     # Cluster Hessian H_c -> (1 - lam_c) H_c + lam_c H (H: the layer's): `shrink` picks lam_c.
@@ -211,7 +212,7 @@ class ExpandCompressor(SparsityCompressor):
             zeros = block_counts(count if rows is None else rows, weight.shape[1], s.blocksize)
             allocated = self.allocator.record(self.index, name, rows)
         local, info = sparsegpt_solve(weight.expand(len(mine), *weight.shape), hessians[mine], s.sparsity,
-                                      bits=s.bits, group_size=s.group_size, blocksize=s.blocksize,
+                                      bits=s.bits, group_size=s.group_size, grid=s.grid, blocksize=s.blocksize,
                                       percdamp=s.percdamp, zeros=zeros, zeros_per_row=rows is not None)
         weights = distributed.gather_shares(local, s.experts)
         grid = None

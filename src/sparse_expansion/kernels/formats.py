@@ -31,7 +31,8 @@ bitmask at density p costs p * bytes(dtype) + 1/8 bytes a weight; 2:4 costs
 
 **Quantized values** ("int8", "int4"; either format above, or "dense": every column stored). The
 values are integer codes on an asymmetric grid per row and group of `group_size` input columns
-(GPTQ's min/max grid: prune/quantize.py fits it; a group of the whole row is per-row):
+(GPTQ's min/max grid, or that range clipped where rounding loses least: `fit_grid`; a group of the whole
+row is per-row):
   - `values`  uint8 codes in the order above: one a byte (int8) or two a byte, low nibble first
     (int4). bitmask: [ceil(nnz * bits / 8)], one stream over all rows (an int4 row may start
     mid-byte); N:M: [k, out, ceil(in * N / M * bits / 8)], dense: [k, out, ceil(in * bits / 8)],
@@ -535,11 +536,32 @@ def choose_format(dense: torch.Tensor, candidates: tuple[str, ...] = ("2:4", "4:
 COMPRESS_FROM_SPARSITY = 0.3
 
 
-def fit_grid(weight: torch.Tensor, bits: int, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero) [..., out, groups] float32 of the min/max grid of each row (group_size None) or each
-    row's group of `group_size` consecutive columns (the last group may be shorter): the grid spans
-    [min(w, 0), max(w, 0)] in 2^bits - 1 steps, zero = round(-min / scale) is an integer code, and an
-    all-zero group gets the grid of [-1, 1] (any grid stores zeros exactly)."""
+#: How `fit_grid` places a grid: "minmax" spans each group's [min(w, 0), max(w, 0)]; "mse" clips that
+#: range where rounding loses less (see `fit_grid`).
+GRID_METHODS = ("minmax", "mse")
+#: The clipping factors the "mse" search tries on each end of the range: 1.0 (the min/max grid itself,
+#: so the search never does worse) down to 0.525 in steps of 0.025.
+GRID_SHRINKS = tuple(1.0 - 0.025 * i for i in range(20))
+_SEARCH_CHUNK = 1 << 21  # weights a search step holds at once (a few [chunk] float32 temporaries)
+
+
+def fit_grid(weight: torch.Tensor, bits: int, group_size: int | None = None,
+             method: str = "minmax") -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) [..., out, groups] float32 of one grid per row (group_size None) or per row's group of
+    `group_size` consecutive columns (the last group may be shorter). Either way the grid has 2^bits
+    points, `scale` apart, and zero = round(-lo / scale) is an integer code in [0, 2^bits - 1], so 0.0 is
+    on every grid (pruned weights stay exactly zero) and the stored format is the same.
+
+    - "minmax": the grid spans [lo, hi] = [min(w, 0), max(w, 0)] (GPTQ's grid).
+    - "mse": the same range clipped to [a * lo, b * hi], the factors a, b in GRID_SHRINKS chosen per
+      group to minimise the group's squared round-to-nearest error: first one factor for both ends,
+      then a for the low end, then b for the high end, each step keeping the best so far. A few
+      outliers clipped cost less than a coarse step for every other weight; a = b = 1 is a candidate
+      (ties keep it), so the error is never above the min/max grid's. A smaller weight error is not a
+      better model: on SmolLM2 int4 it loses more perplexity (BENCHMARKS.md), so "minmax" is the default.
+    An all-zero group gets the grid of [-1, 1] (any grid stores zeros exactly)."""
+    if method not in GRID_METHODS:
+        raise ValueError(f"grid method must be one of {', '.join(GRID_METHODS)}, got {method!r}")
     cols = weight.shape[-1]
     group = cols if group_size is None else group_size
     if group < 1:
@@ -547,7 +569,8 @@ def fit_grid(weight: torch.Tensor, bits: int, group_size: int | None = None) -> 
     groups = -(-cols // group)
     w = weight.detach().float()
     if groups * group != cols:
-        # pad the last group with its own columns' zeros: a padding 0 changes neither min(w, 0) nor max(w, 0)
+        # pad the last group with its own columns' zeros: a padding 0 changes neither min(w, 0) nor max(w, 0),
+        # and rounds to 0 exactly on every grid (no error either)
         w = torch.cat([w, w.new_zeros(*w.shape[:-1], groups * group - cols)], dim=-1)
     w = w.reshape(*w.shape[:-1], groups, group)
     lo = w.amin(dim=-1).clamp(max=0)
@@ -555,6 +578,57 @@ def fit_grid(weight: torch.Tensor, bits: int, group_size: int | None = None) -> 
     flat = (lo == 0) & (hi == 0)
     lo = torch.where(flat, torch.full_like(lo, -1), lo)
     hi = torch.where(flat, torch.ones_like(hi), hi)
-    scale = (hi - lo) / (2**bits - 1)
-    zero = torch.round(-lo / scale)
-    return scale, zero
+    if method == "mse":
+        lo, hi = _clipped_range(w, lo, hi, 2**bits - 1)
+    return _grid(lo, hi, 2**bits - 1)
+
+
+def _grid(lo: torch.Tensor, hi: torch.Tensor, maxq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = (hi - lo) / maxq
+    return scale, torch.round(-lo / scale)
+
+
+def _rounding_error(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, maxq: int, axis: int,
+                    buf: torch.Tensor) -> torch.Tensor:
+    """[groups] squared error of each group of w (its weights along `axis`: [groups, group] or
+    [group, groups]) rounded onto the grid of [lo, hi], computed as `quantize` rounds (so the grid
+    chosen on it is the one stored), in place in `buf` (fresh temporaries cost ~10x: page faults)."""
+    scale, zero = _grid(lo, hi, maxq)
+    scale, zero = scale.unsqueeze(axis), zero.unsqueeze(axis)
+    torch.div(w, scale, out=buf)
+    buf.round_().add_(zero).clamp_(0, maxq).sub_(zero).mul_(scale).sub_(w).square_()
+    return buf.sum(dim=axis)
+
+
+def _clipped_range(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, maxq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "mse" search of `fit_grid` on w [..., groups, group], in chunks of groups (bounded memory).
+    Groups under 64 columns are searched transposed ([group, groups]): torch's in-place ops broadcast a
+    per-group scale over a short last dimension ~6x slower than over a long one."""
+    shape, group = lo.shape, w.shape[-1]
+    w, lo, hi = w.reshape(-1, group), lo.reshape(-1), hi.reshape(-1)
+    axis = 0 if group < 64 else -1
+    step = max(1, _SEARCH_CHUNK // group)
+    shrinks = torch.tensor(GRID_SHRINKS, dtype=torch.float32, device=w.device)
+    buf = w.new_empty(min(step, w.shape[0]), group)
+    buf = buf.T.contiguous() if axis == 0 else buf
+    out_lo, out_hi = torch.empty_like(lo), torch.empty_like(hi)
+    for start in range(0, w.shape[0], step):
+        part = slice(start, start + step)
+        chunk = w[part].T.contiguous() if axis == 0 else w[part]
+        n = chunk.shape[1] if axis == 0 else chunk.shape[0]
+        a, b = _search_chunk(chunk, lo[part], hi[part], shrinks, maxq, axis,
+                             buf[:, :n] if axis == 0 else buf[:n])
+        out_lo[part], out_hi[part] = lo[part] * a, hi[part] * b
+    return out_lo.reshape(shape), out_hi.reshape(shape)
+
+
+def _search_chunk(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, shrinks: torch.Tensor, maxq: int,
+                  axis: int, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group factors (a, b) for [a * lo, b * hi]: both ends together, then each end alone."""
+    def best(pairs) -> torch.Tensor:  # the index of each group's smallest error (the first one on a tie)
+        return torch.stack([_rounding_error(w, lo * a, hi * b, maxq, axis, buf) for a, b in pairs]).argmin(dim=0)
+
+    a = b = shrinks[best((s, s) for s in shrinks)]
+    a = shrinks[best((s, b) for s in shrinks)]
+    b = shrinks[best((a, s) for s in shrinks)]
+    return a, b

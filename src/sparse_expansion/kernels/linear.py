@@ -223,13 +223,14 @@ class QuantizedLinear(_Compressed):
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, bits: int,
-                 group_size: int | None = None) -> QuantizedLinear:
-        """Round-to-nearest onto the min/max grid of every row (or row and group of `group_size` columns)."""
+                 group_size: int | None = None, grid: str = "minmax") -> QuantizedLinear:
+        """Round-to-nearest onto the grid of every row (or row and group of `group_size` columns) that
+        formats.fit_grid places by `grid` ("minmax" or "mse")."""
         from .formats import fit_grid, quantize
 
         weight = weight.detach().float()
         group = weight.shape[1] if group_size is None else min(group_size, weight.shape[1])
-        scales, zeros = fit_grid(weight, bits, group)
+        scales, zeros = fit_grid(weight, bits, group, grid)
         return cls(quantize(weight, "dense", bits, group, scales, zeros), bias)
 
     def spec(self) -> dict[str, Any]:
@@ -255,10 +256,11 @@ class QuantizedLinear(_Compressed):
                 f"bias={self.bias is not None}")
 
 
-def quantized_copy(module: _Compressed, bits: int, group_size: int | None = None) -> _Compressed:
+def quantized_copy(module: _Compressed, bits: int, group_size: int | None = None,
+                   grid: str = "minmax") -> _Compressed:
     """A CompressedLinear or CompressedExperts with the same sparsity, its weights rounded to the nearest
-    point of a `bits`-bit min/max grid per row (or row and group of `group_size` columns); already
-    quantized modules come back as they are."""
+    point of a `bits`-bit grid per row (or row and group of `group_size` columns) that formats.fit_grid
+    places by `grid`; already quantized modules come back as they are."""
     from .formats import decompress, fit_grid, quantize
 
     if module.bits is not None:
@@ -266,7 +268,7 @@ def quantized_copy(module: _Compressed, bits: int, group_size: int | None = None
     weight = module.compressed()
     dense = decompress(weight).float()
     group = weight.in_features if group_size is None else min(group_size, weight.in_features)
-    scales, zeros = fit_grid(dense, bits, group)
+    scales, zeros = fit_grid(dense, bits, group, grid)
     bias = module.bias
     return type(module)(quantize(dense, weight.format, bits, group, scales, zeros), bias)
 

@@ -40,6 +40,7 @@ class SparseGPTConfig(AllocationFields):
     sparsity: Sparsity
     bits: int | None = None  # fused GPTQ-style quantization; 4 and 8 are stored as codes (kernels/formats.py)
     group_size: int | None = None  # quantization grid per row (None) or per row and this many columns
+    grid: str = "minmax"  # how each grid is placed: its min/max range, or "mse" (clipped: formats.fit_grid)
     blocksize: int = 128
     percdamp: float = 0.01
 
@@ -73,8 +74,8 @@ def prune_weight(config: PruneConfig, weight: torch.Tensor, statistic: torch.Ten
         block = block_counts(torch.tensor(zeros), in_features, config.blocksize)
     stored = config.bits in STORED_BITS
     new, solve = sparsegpt_solve(weight.float() if stored else weight, statistic, config.sparsity, bits=config.bits,
-                                 group_size=config.group_size, blocksize=config.blocksize, percdamp=config.percdamp,
-                                 zeros=block, zeros_per_row=row_zeros is not None)
+                                 group_size=config.group_size, grid=config.grid, blocksize=config.blocksize,
+                                 percdamp=config.percdamp, zeros=block, zeros_per_row=row_zeros is not None)
     info = {"damping": solve["damping"][0]}
     if stored:  # float32 on the grid, with the grid: the caller stores the codes
         info["grid"] = (*solve["grid"], config.bits, config.group_size or weight.shape[1])

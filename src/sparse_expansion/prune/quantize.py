@@ -1,5 +1,6 @@
-"""GPTQ-style asymmetric uniform quantization: a min/max grid per output row, or per row and group of
-`group_size` input columns. Pure functions; SparseGPT (--bits) and `convert` (round-to-nearest) fit
+"""GPTQ-style asymmetric uniform quantization: a grid per output row, or per row and group of
+`group_size` input columns, spanning its min/max range or clipped where rounding loses least
+(`grid`, formats.fit_grid). Pure functions; SparseGPT (--bits) and `convert` (round-to-nearest) fit
 the same grids, and kernels/formats.py stores their codes."""
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ class RowQuantizer:
     maxq: int
 
     @classmethod
-    def fit(cls, weight: torch.Tensor, bits: int) -> RowQuantizer:
-        scale, zero = fit_grid(weight, bits)
+    def fit(cls, weight: torch.Tensor, bits: int, grid: str = "minmax") -> RowQuantizer:
+        scale, zero = fit_grid(weight, bits, method=grid)
         return cls(scale=scale, zero=zero, maxq=2**bits - 1)
 
     def __call__(self, column: torch.Tensor) -> torch.Tensor:
@@ -44,13 +45,14 @@ class GroupQuantizer:
     """The grid SparseGPT quantizes onto, column by column: per row (`group_size` None: fit once on the
     whole weight, as GPTQ's per-channel quantizer) or per row and group, each group's grid fit when
     the solve reaches its first column, on the weights as the updates so far left them (GPTQ's
-    group-wise rule). `scale`/`zero` [B, out, groups] hold the grids: what a saved folder stores."""
+    group-wise rule); `grid` places each one (formats.fit_grid: "minmax" or "mse"). `scale`/`zero`
+    [B, out, groups] hold the grids: what a saved folder stores."""
 
-    def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = None) -> None:
-        self.bits, self.group_size = bits, group_size
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = None, grid: str = "minmax") -> None:
+        self.bits, self.group_size, self.grid = bits, group_size, grid
         cols = weight.shape[-1]
         if group_size is None:
-            self.scale, self.zero = fit_grid(weight, bits)
+            self.scale, self.zero = fit_grid(weight, bits, method=grid)
         else:
             groups = -(-cols // group_size)
             self.scale = weight.new_zeros(*weight.shape[:-1], groups, dtype=torch.float32)
@@ -64,7 +66,7 @@ class GroupQuantizer:
 
     def fit_group(self, column: int, block: torch.Tensor) -> None:
         """Fit the grid of the group starting at `column` on block [B, out, cols of that group]."""
-        scale, zero = fit_grid(block, self.bits)
+        scale, zero = fit_grid(block, self.bits, method=self.grid)
         g = self.group_of(column)
         self.scale[..., g], self.zero[..., g] = scale[..., 0], zero[..., 0]
 

@@ -98,6 +98,7 @@ def sparsegpt_solve(
     *,
     bits: int | None = None,
     group_size: int | None = None,
+    grid: str = "minmax",
     blocksize: int = 128,
     percdamp: float = 0.01,
     zeros: torch.Tensor | None = None,
@@ -110,7 +111,8 @@ def sparsegpt_solve(
     not-yet-processed columns (the OBS update), so the layer output changes as little as possible.
     Returns the new weight (same dtype) and {'damping': [...], 'error': [...]} per batch element,
     plus, with `bits`, 'grid': (scale, zero) [..., out, groups] float32, the grid every kept weight
-    lies on (per row, or per row and `group_size` columns, which must divide `blocksize`).
+    lies on (per row, or per row and `group_size` columns, which must divide `blocksize`), each one
+    placed by `grid` ("minmax" or "mse": formats.fit_grid).
 
     `zeros` (from `allocation.block_counts`) replaces the fraction by exact counts: [..., blocks]
     zeros per block, chosen over the whole block as usual, or with `zeros_per_row` [..., out, blocks]
@@ -134,7 +136,7 @@ def sparsegpt_solve(
     if group_size is not None and (group_size < 1 or blocksize % group_size):
         raise ValueError(f"group size {group_size} must divide the block size {blocksize}")
     Hinv, damping = inverse_hessian_factor(H, percdamp)
-    quantizer = GroupQuantizer(W, bits, group_size) if bits else None
+    quantizer = GroupQuantizer(W, bits, group_size, grid) if bits else None
     errors = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
 
     if zeros is not None:
