@@ -210,6 +210,29 @@ def test_quantized_linear_saves_and_loads_to_identical_outputs(tmp_path, bits):
         QuantizedLinear.from_spec(spec).load_state_dict(bad, strict=True)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("group", [None, 32, 7, 500])
+@pytest.mark.parametrize("shape", [(13, 96), (3, 9, 53)])
+def test_quantizing_bitmask_values_equals_the_dense_detour(bits, group, shape):
+    """quantize_bitmask (no dense copy) stores what fit_grid + quantize of the dense weight store, bit for
+    bit: all-zero rows, odd group tails, stored zeros and values that round to the zero point included."""
+    w = unstructured_weight(shape, 0.35, seed=shape[-1] + bits)
+    w[..., 1, :] = 0.0  # an all-zero row
+    w = torch.where(w.abs() < 0.2, torch.zeros_like(w), w)  # nothing rounds to the zero point: the same mask
+    tiny = w.clone()
+    tiny[..., 2, :5] = 1e-6  # rounds to the zero point: leaves the mask
+    for dtype, dense_in in ((torch.float32, w), (torch.float32, tiny), (torch.bfloat16, tiny)):
+        weight = F.compress(dense_in, "bitmask", dtype)
+        g = shape[-1] if group is None else min(group, shape[-1])
+        dense = F.decompress(weight).float()
+        want = F.quantize(dense, "bitmask", bits, g, *fit_grid(dense, bits, g))
+        got = F.quantize_bitmask(weight, bits, g)
+        assert got.tensors().keys() == want.tensors().keys()
+        for name, tensor in want.tensors().items():
+            assert torch.equal(got.tensors()[name], tensor), name
+        assert (got.bits, got.group_size, got.shape) == (want.bits, want.group_size, want.shape)
+
+
 @pytest.mark.parametrize("kind", ["bitmask", "2:4"])
 def test_compressed_modules_quantize_and_reload(tmp_path, kind):
     w = weight_for("bitmask" if kind == "bitmask" else kind, (3, 12, 64))
