@@ -434,16 +434,15 @@ def test_quantized_values_take_the_fast_step(folders):
     assert result["decode_path"] == "fast" and result["fast_unavailable"] is None and result["new_tokens"] == 4
 
 
-def test_generate_picks_int8_values_for_bitmask_folders_where_vnni_runs_them(folders, tiny_model_dir, tmp_path,
-                                                                            capsys):
-    """--weights fast (generate's default): int8 on load for bitmask-sparse float folders, nothing else."""
+def test_generate_picks_int8_values_for_sparse_folders_where_vnni_runs_them(folders, tiny_model_dir, tmp_path,
+                                                                           capsys):
+    """--weights fast (generate's default): int8 on load for sparse float folders, nothing else."""
     from sparse_expansion.storage import fast_weights
 
     expect = "int8" if ops.act8_vector_available() else "auto"
     assert fast_weights(str(folders["bitmask"]), "cpu")[0] == expect
     assert fast_weights(str(folders["experts"]), "cpu")[0] == expect
-    assert fast_weights(str(folders["2:4"]), "cpu") == ("auto", "N:M sparsity: its int8 kernel is slower than "
-                                                                "bfloat16 values")
+    assert fast_weights(str(folders["2:4"]), "cpu")[0] == expect  # N:M codes run as a bitmask in act8
     assert fast_weights(str(tiny_model_dir), "cpu") == ("auto", "a dense model")
     assert fast_weights(str(folders["bitmask"]), "cuda")[0] == "auto"
     assert main(["convert", str(folders["bitmask"]), "--bits", "4", "--out", str(tmp_path / "int4")]) == 0

@@ -231,11 +231,10 @@ def fast_dtype(path: str, device: str) -> tuple[str, str]:
 
 def fast_weights(path: str, device: str) -> tuple[str, str]:
     """(--weights, why) that `generate` takes when given none: "int8" (per row, round-to-nearest, on
-    load) for a folder with bitmask-sparse float weights on a CPU whose act8 kernels run AVX-512 VNNI,
-    where int8 decodes 1.3-1.4x faster than bfloat16 and its perplexity stayed within 1% of float32
-    (BENCHMARKS.md, llamacpp: dense +0.7%, SparseGPT 70% -1.2%, 4 and 16 experts); else "auto". N:M
-    folders keep float values (the int8 N:M kernel is exact, not act8, and slower than bfloat16), and
-    folders already holding codes keep theirs."""
+    load) for a folder with sparse float weights (bitmask or N:M) on a CPU whose act8 kernels run
+    AVX-512 VNNI, where int8 decodes 1.3-1.6x faster than bfloat16 and its perplexity stayed within 1%
+    of float32 (BENCHMARKS.md, llamacpp: SparseGPT 70% and 2:4, 4 and 16 experts); else "auto".
+    Folders already holding codes keep theirs."""
     from .kernels import ops
 
     if torch.device(device).type != "cpu":
@@ -246,11 +245,9 @@ def fast_weights(path: str, device: str) -> tuple[str, str]:
     modules = (manifest.get("modules") or {}).values()
     if any(spec.get("value_dtype") in ("int8", "int4") for spec in modules):
         return "auto", "the folder already stores int8 / int4 values"
-    if ":" in str(manifest["record"].get("sparsity")) or any(":" in str(spec.get("format")) for spec in modules):
-        return "auto", "N:M sparsity: its int8 kernel is slower than bfloat16 values"
     if not ops.act8_vector_available():
         return "auto", "no AVX-512 VNNI act8 kernels on this CPU"
-    return "int8", "bitmask-sparse weights and VNNI kernels: int8 values decode fastest within 1% of float32"
+    return "int8", "sparse weights and VNNI act8 kernels: int8 values decode fastest within 1% of float32"
 
 
 def weights_in_memory(model: nn.Module) -> str:

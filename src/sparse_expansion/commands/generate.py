@@ -37,8 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--decode", default="auto", choices=PATHS,
                    help="auto (default): the fast C++ decode step where the model and device allow it, else "
                         "Hugging Face generate; fast: the step or an error; hf: always Hugging Face generate")
-    common.add_weights_arg(p, fast="int8 values (on load, per row) for a bitmask-sparse float folder on a CPU "
-                           "with AVX-512 VNNI kernels (fastest, perplexity within 1%% of float32), else auto")
+    common.add_weights_arg(p, fast="int8 values (on load, per row) for a pruned or expanded float folder on a "
+                           "CPU with AVX-512 VNNI kernels (fastest, perplexity within 1%% of float32), else auto")
     runtime.add_runtime_args(p, auto_dtype="bfloat16 for a pruned or expanded folder on a CPU with AVX512-BF16 "
                              "kernels (fastest, perplexity within 1%% of float32), else float32")
     p.set_defaults(func=run)
