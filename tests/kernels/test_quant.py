@@ -281,22 +281,32 @@ def test_act8_kernels_agree_and_stay_within_the_input_rounding(compiled, fmt, bi
     for shape in ACT8_SHAPES:
         weight = quantized(fmt, shape, bits, group, seed=shape[-1])
         assert ops.act8_applies(weight)
-        dense = F.decompress(weight)
-        g = torch.Generator().manual_seed(2)
-        for tokens in (1, 3):
-            x = torch.randn(tokens, shape[-1], generator=g) * torch.linspace(0.1, 4, shape[-1])  # blocks differ
-            labels = torch.randint(0, shape[0], (tokens,), generator=g)
-            out = {}
-            for mode in ("cpp", "scalar", "torch"):
-                with ops.use_backend(mode):
-                    out[mode] = ops.quant_decode_linear(x, weight, labels=labels)
-            assert torch.equal(out["cpp"], out["scalar"])
-            assert (out["torch"] - out["cpp"]).abs().max() <= 1e-5 * (1 + out["cpp"].abs().max())
-            for i in range(tokens):
-                exact = dense[labels[i]].double() @ x[i].double()
-                slack = 1e-5 * (1 + dense[labels[i]].double().abs() @ x[i].double().abs())
-                assert ((out["cpp"][i].double() - exact).abs() <= act8_bound(x[i], dense[labels[i]]) + slack).all()
-                assert (out["cpp"][i][1] == 0).item()  # the all-zero row
+        for out in act8_outputs_agree(weight, seed=2):
+            assert (out[:, 1] == 0).all()  # the all-zero row
+
+
+def act8_outputs_agree(weight: F.CompressedWeight, seed: int, same_as: F.CompressedWeight | None = None):
+    """Runs quant_decode_linear on 1 and 3 tokens by every backend and checks: C++ == scalar bit for bit
+    (and == `same_as` run the same way), torch within float32 rounding, each row within the bound the
+    input's rounding allows of the exact product. Yields the C++ outputs."""
+    shape, dense = weight.shape, F.decompress(weight)
+    g = torch.Generator().manual_seed(seed)
+    for tokens in (1, 3):
+        x = torch.randn(tokens, shape[-1], generator=g) * torch.linspace(0.1, 4, shape[-1])  # blocks differ
+        labels = torch.randint(0, shape[0], (tokens,), generator=g)
+        out = {}
+        for mode in ("cpp", "scalar", "torch"):
+            with ops.use_backend(mode):
+                out[mode] = ops.quant_decode_linear(x, weight, labels=labels)
+        assert torch.equal(out["cpp"], out["scalar"])
+        if same_as is not None:
+            assert torch.equal(out["cpp"], ops.quant_decode_linear(x, same_as, labels=labels))
+        assert (out["torch"] - out["cpp"]).abs().max() <= 1e-5 * (1 + out["cpp"].abs().max())
+        for i in range(tokens):
+            exact = dense[labels[i]].double() @ x[i].double()
+            slack = 1e-5 * (1 + dense[labels[i]].double().abs() @ x[i].double().abs())
+            assert ((out["cpp"][i].double() - exact).abs() <= act8_bound(x[i], dense[labels[i]]) + slack).all()
+        yield out["cpp"]
 
 
 def test_act8_rounds_the_input_in_blocks_of_32():
@@ -328,21 +338,6 @@ def test_act8_runs_nm_codes_as_the_bitmask_they_stand_for(compiled, fmt, bits, g
         weight = quantized(fmt, shape, bits, group, seed=shape[-1])
         view = F.nm_as_bitmask(weight)
         assert view.format == "bitmask" and view.values.data_ptr() == weight.values.data_ptr()
-        dense = F.decompress(weight)
-        assert torch.equal(F.decompress(view), dense)
+        assert torch.equal(F.decompress(view), F.decompress(weight))
         assert ops.act8_applies(weight) and weight.act8_form is weight.act8_form  # built once
-        g = torch.Generator().manual_seed(3)
-        for tokens in (1, 3):
-            x = torch.randn(tokens, shape[-1], generator=g) * torch.linspace(0.1, 4, shape[-1])
-            labels = torch.randint(0, shape[0], (tokens,), generator=g)
-            out = {}
-            for mode in ("cpp", "scalar", "torch"):
-                with ops.use_backend(mode):
-                    out[mode] = ops.quant_decode_linear(x, weight, labels=labels)
-            assert torch.equal(out["cpp"], out["scalar"])
-            assert torch.equal(out["cpp"], ops.quant_decode_linear(x, view, labels=labels))
-            assert (out["torch"] - out["cpp"]).abs().max() <= 1e-5 * (1 + out["cpp"].abs().max())
-            for i in range(tokens):
-                exact = dense[labels[i]].double() @ x[i].double()
-                slack = 1e-5 * (1 + dense[labels[i]].double().abs() @ x[i].double().abs())
-                assert ((out["cpp"][i].double() - exact).abs() <= act8_bound(x[i], dense[labels[i]]) + slack).all()
+        assert len(list(act8_outputs_agree(weight, seed=3, same_as=view))) == 2
