@@ -205,7 +205,9 @@ def test_expand_cli_roundtrip(tmp_path, tiny_model_dir, text_file, capsys):
     dense_flops = 2 * sum(linear_weight(m).numel() for m in dense.modules() if isinstance(m, torch.nn.Linear))
     assert result["flops_per_token"] == dense_flops - mlp_numel + routers
 
-    assert main(["generate", str(out), "--prompt", "To be", "--max-new-tokens", "4", "--dtype", "float32"]) == 0
+    # --weights auto: the float values as loaded (generate's default, int8 on load, would not match them)
+    assert main(["generate", str(out), "--prompt", "To be", "--max-new-tokens", "4", "--dtype", "float32",
+                 "--weights", "auto"]) == 0
     ids = tok("To be", return_tensors="pt").input_ids
     greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
                             pad_token_id=tok.eos_token_id)
