@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--exact-only", action="store_true", help="skip the act8 (slow, token by token) rows")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    from sparse_expansion.benchmarking import append_row
     from sparse_expansion.evaluate import evaluate_model
     from sparse_expansion.kernels.linear import decode_arithmetic
     from sparse_expansion.models import load_causal_lm
@@ -62,9 +63,7 @@ def main() -> None:
                    "windows": result["windows"], "seqlen": args.seqlen, "dtype": "bfloat16",
                    "cpu_seconds": time.process_time() - start}
             print(json.dumps(row), flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with args.out.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_row(args.out, row)
 
 
 if __name__ == "__main__":

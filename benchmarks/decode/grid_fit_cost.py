@@ -27,6 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from sparse_expansion.arch import decoder_layers, is_linear_like, linear_weight
+    from sparse_expansion.benchmarking import append_row
     from sparse_expansion.kernels import CompressedLinear
     from sparse_expansion.kernels.formats import decompress, fit_grid, quantize
     from sparse_expansion.models import load_causal_lm
@@ -51,9 +52,7 @@ def main() -> None:
                    "fit_cpu_seconds": round(seconds, 2), "lm_head_fit_cpu_seconds": round(head_seconds, 2),
                    "squared_error": error, "threads": args.threads}
             print(json.dumps(row), flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with args.out.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_row(args.out, row)
 
 
 if __name__ == "__main__":
