@@ -49,6 +49,11 @@ def tiny_model(family: str, seed: int = 0):
     return model.eval()
 
 
+def windows(n: int = 4, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
+    """n random token windows of tiny_model's vocabulary (ids from 2: past the special ones), seeded."""
+    return torch.randint(2, 128, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
 def tiny_tokenizer(vocab: int = 128):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

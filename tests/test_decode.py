@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from helpers import SAMPLE_TEXT, tiny_gemma3_multimodal, tiny_model
+from helpers import SAMPLE_TEXT, tiny_gemma3_multimodal, tiny_model, windows
 
 from sparse_expansion import decode
 from sparse_expansion.arch import decoder_layers, supported_model_types
@@ -26,9 +26,6 @@ from sparse_expansion.prune import SparseGPTConfig, parse_sparsity
 
 pytestmark = pytest.mark.skipif(build.find_compiler() is None, reason="the fast step needs the C++ kernels")
 
-
-def windows(n=4, seqlen=24, seed=0):
-    return torch.randint(2, 128, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
 # Tiny random models of the families beyond Llama. Their sliding window (WINDOW) is shorter than the

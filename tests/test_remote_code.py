@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers import DATA, tiny_model
+from helpers import DATA, tiny_model, windows
 
 from sparse_expansion.artifact import hugging_face_config, read_manifest, save_artifact
 from sparse_expansion.engine import calibrate
@@ -30,9 +30,6 @@ from sparse_expansion.storage import quantize_weights, set_weights
 
 NEW_TOKENS = 8
 
-
-def windows(n=4, seqlen=24, seed=0):
-    return torch.randint(2, 128, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
 def expanded(family, sparsity, experts=3):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import FAMILIES, tiny_model
+from helpers import FAMILIES, tiny_model, windows
 
 from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight
 from sparse_expansion.artifact import load_artifact as load_saved
@@ -14,10 +14,6 @@ from sparse_expansion.engine import calibrate
 from sparse_expansion.expand import ExpandCompressor, ExpandConfig, Router, SparseExpertLinear, kmeans
 from sparse_expansion.expand.hessians import blend_small_clusters, cluster_hessians
 from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
-
-
-def windows(n=4, seqlen=24, seed=0):
-    return torch.randint(2, 128, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
 def expand(model, k, sparsity="0.5", **kw):

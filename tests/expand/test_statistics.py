@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import tiny_model, windows
 
 from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight
 from sparse_expansion.engine import calibrate
@@ -10,10 +10,6 @@ from sparse_expansion.expand import ExpandCompressor, ExpandConfig, Router
 from sparse_expansion.expand.hessians import ClusterHessianStat, shrinkage
 from sparse_expansion.expand.router import balance_offsets
 from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
-
-
-def windows(n=4, seqlen=24, seed=0):
-    return torch.randint(2, 128, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
 def expand(model, k, sparsity="0.5", n=4, **kw):

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from helpers import DATA, tiny_model
+from helpers import DATA, tiny_model, windows
 
 from sparse_expansion.artifact import read_manifest, save_artifact
 from sparse_expansion.cli import main
@@ -26,9 +26,6 @@ from sparse_expansion.storage import set_weights, weights_in_memory
 # fallback, which is what a machine without a compiler runs.
 BACKENDS = ["auto", "torch"] if build.find_compiler() else ["torch"]
 
-
-def windows(n=4, seqlen=24, seed=0):
-    return torch.randint(2, 128, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import tiny_model, windows
 
 from sparse_expansion.arch import decoder_layers, linear_weight, target_groups
 from sparse_expansion.cli import main
@@ -19,10 +19,6 @@ from sparse_expansion.prune.allocation import (
     owl_layer_sparsities,
     rank_sparsities,
 )
-
-
-def windows(n=4, seqlen=24, seed=0):
-    return torch.randint(2, 128, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
 def test_exact_counts_add_up_and_stay_in_bounds():
