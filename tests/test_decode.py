@@ -335,7 +335,9 @@ def test_generate_json_says_which_path_ran(folders, capsys):
         rows[tuple(extra)] = json.loads(capsys.readouterr().out)
     fast, hf = rows[()], rows[("--decode", "hf")]
     assert fast["decode_path"] == "fast" and fast["fast_unavailable"] is None and fast["kernels"] != "torch"
-    assert hf["decode_path"] == "hf" and fast["text"] == hf["text"] and fast["new_tokens"] == 6
+    # only the fields: on a tiny random model the two paths' float rounding (our kernels against torch's BLAS,
+    # whose blocking follows the thread count) can flip a near-tie; the paths' agreement has its own tests
+    assert hf["decode_path"] == "hf" and fast["new_tokens"] == hf["new_tokens"] == 6
 
 
 def test_generate_json_on_an_unsupported_model(tmp_path, tokenizer, capsys):

@@ -160,48 +160,53 @@ SE_A8 void spread_row(const QuantView& w, int64_t r, uint8_t* out) {
   }
 }
 
-// R rows at once: the input's chunk is loaded once for all of them. `spread` (int4 bitmask): R buffers of
-// `stride` bytes for spread_row.
-template <int FMT, int BITS, int R>
-SE_A8 void rows_r(const QuantView& w, int64_t r, const Act8& a, float* y, uint8_t* spread, int64_t stride) {
+// R rows at once, r, r + step, ..., r + (R - 1) step: the input's chunk is loaded once for all of them.
+// HALVES: groups of 32 columns (two groups a chunk). `spread` (int4 bitmask): R buffers of `stride` bytes
+// for spread_row.
+template <int FMT, int BITS, int R, bool HALVES>
+SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, const int32_t* block_group, float* y,
+                  uint8_t* spread, int64_t stride) {
   __m512 acc[R];
   int64_t p[R];
+  const uint8_t* codes[R];  // dense: the row's codes; bitmask: its mask
+  const float* sc[R];
+  const uint8_t* zs[R];
   for (int i = 0; i < R; ++i) {
+    const int64_t row = r + i * step;
     acc[i] = _mm512_setzero_ps();
-    p[i] = FMT == kQBitmask ? (BITS == 4 ? 0 : w.offsets[r + i]) : 0;
-    if (FMT == kQBitmask && BITS == 4) spread_row(w, r + i, spread + i * stride);
+    p[i] = FMT == kQBitmask ? (BITS == 4 ? 0 : w.offsets[row]) : 0;
+    if (FMT == kQBitmask && BITS == 4) spread_row(w, row, spread + i * stride);
+    codes[i] = FMT == kQDense ? w.codes + row * w.code_row_bytes : w.index + row * w.index_bytes;
+    sc[i] = w.scales + row * w.groups;
+    zs[i] = w.zeros + row * w.groups;
   }
-  const bool halves = w.groups > 1 && w.group_size == 32;
   for (int64_t k = 0; k < a.chunks; ++k) {
     const __m512i q = _mm512_loadu_si512(a.q.data() + 64 * k);
     const __m512i nq = _mm512_loadu_si512(a.nq.data() + 64 * k);
     const __m512 d = _mm512_loadu_ps(a.lane_d.data() + 16 * k);
-    const int64_t g0 = chunk_group(w, k, 0), g1 = halves ? chunk_group(w, k, 1) : g0;
+    const int64_t g0 = block_group[2 * k], g1 = block_group[2 * k + 1];
     const int64_t left = w.in - 64 * k;
 #pragma GCC unroll 4  // keeps acc[] and p[] in registers (not unrolled, GCC left them on the stack: 30% slower)
     for (int i = 0; i < R; ++i) {
-      const int64_t row = r + i;
-      const float* sc = w.scales + row * w.groups;
-      const uint8_t* zs = w.zeros + row * w.groups;
-      __m512 s = _mm512_set1_ps(sc[g0]);
-      __m512i zb = _mm512_set1_epi8(static_cast<char>(zs[g0]));
-      if (halves) {
-        s = _mm512_mask_blend_ps(0xFF00, s, _mm512_set1_ps(sc[g1]));
-        zb = _mm512_mask_blend_epi8(0xFFFFFFFF00000000ULL, zb, _mm512_set1_epi8(static_cast<char>(zs[g1])));
+      __m512 s = _mm512_set1_ps(sc[i][g0]);
+      __m512i zb = _mm512_set1_epi8(static_cast<char>(zs[i][g0]));
+      if (HALVES) {
+        s = _mm512_mask_blend_ps(0xFF00, s, _mm512_set1_ps(sc[i][g1]));
+        zb = _mm512_mask_blend_epi8(0xFFFFFFFF00000000ULL, zb, _mm512_set1_epi8(static_cast<char>(zs[i][g1])));
       }
       __m512i c;
       if (FMT == kQDense) {
-        const uint8_t* codes = w.codes + row * w.code_row_bytes;
-        _mm_prefetch(reinterpret_cast<const char*>(codes + (BITS == 8 ? 64 : 32) * k) + 4096, _MM_HINT_T0);
+        const uint8_t* row = codes[i] + (BITS == 8 ? 64 : 32) * k;
+        _mm_prefetch(reinterpret_cast<const char*>(row) + 4096, _MM_HINT_T0);
         if (BITS == 8) {
-          c = left >= 64 ? _mm512_loadu_si512(codes + 64 * k)
-                         : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, static_cast<unsigned>(left)), codes + 64 * k);
+          c = left >= 64 ? _mm512_loadu_si512(row) : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, static_cast<unsigned>(left)), row);
         } else {
-          const int64_t bytes = left >= 64 ? 32 : (left + 1) / 2;
-          c = spread_nibbles(_mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, static_cast<unsigned>(bytes)), codes + 32 * k), 0);
+          const __m512i raw = left >= 64 ? _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row)))
+                                         : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, static_cast<unsigned>((left + 1) / 2)), row);
+          c = spread_nibbles(raw, 0);
         }
       } else {
-        const uint64_t m = mask_bits(w.index + row * w.index_bytes, w.index_bytes, k);
+        const uint64_t m = mask_bits(codes[i], w.index_bytes, k);
         const unsigned n = static_cast<unsigned>(_mm_popcnt_u64(m));
         __m512i packed;
         // vpexpandb reads only the first n codes: a whole 64-byte load where the stream has them, else masked
@@ -218,7 +223,7 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, const Act8& a, float* y, uint8_
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(d, s), acc[i]);
     }
   }
-  for (int i = 0; i < R; ++i) y[r + i] = tree(acc[i]);
+  for (int i = 0; i < R; ++i) y[r + i * step] = tree(acc[i]);
 }
 
 // quant_act8_prepare's blocks 16 lanes at a time: the same max, the same quotient, the same rounding
@@ -244,13 +249,26 @@ SE_A8 void prepare_avx512(const float* x, int64_t in, Act8& a) {
 
 template <int FMT, int BITS>
 SE_A8 void rows_fb(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, float* y) {
+  thread_local std::vector<int32_t> block_group;  // the group of each block of 32 columns (a division per chunk
+  block_group.resize(static_cast<size_t>(2 * a.chunks));  // in the loop cost as much as the dot products)
+  for (int64_t b = 0; b < 2 * a.chunks; ++b) block_group[b] = static_cast<int32_t>(chunk_group(w, b / 2, b % 2));
   thread_local std::vector<uint8_t> buffers;
   const int64_t stride = FMT == kQBitmask && BITS == 4 ? (w.in + 127) / 64 * 64 : 0;  // a row's codes + 64
   if (static_cast<int64_t>(buffers.size()) < 4 * stride) buffers.resize(4 * stride);
   uint8_t* spread = buffers.data();
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) rows_r<FMT, BITS, 4>(w, r, a, y, spread, stride);
-  for (; r < r1; ++r) rows_r<FMT, BITS, 1>(w, r, a, y, spread, stride);
+  // The four rows of a pass come from the four quarters of [r0, r1), not side by side: each quarter is
+  // then one sequential stream through memory. Four neighbouring rows sit in the same few pages, and
+  // the CPU streams them from DRAM at half the rate (dense int4 5632x2048 from DRAM: 605 -> 404 us on
+  // the AMD EPYC this was tuned on; the same bits, only the order of the rows changes).
+  const int64_t quarter = (r1 - r0) / 4;
+  const int32_t* bg = block_group.data();
+  if (w.groups > 1 && w.group_size == 32) {
+    for (int64_t r = r0; r < r0 + quarter; ++r) rows_r<FMT, BITS, 4, true>(w, r, quarter, a, bg, y, spread, stride);
+    for (int64_t r = r0 + 4 * quarter; r < r1; ++r) rows_r<FMT, BITS, 1, true>(w, r, 0, a, bg, y, spread, stride);
+  } else {
+    for (int64_t r = r0; r < r0 + quarter; ++r) rows_r<FMT, BITS, 4, false>(w, r, quarter, a, bg, y, spread, stride);
+    for (int64_t r = r0 + 4 * quarter; r < r1; ++r) rows_r<FMT, BITS, 1, false>(w, r, 0, a, bg, y, spread, stride);
+  }
 }
 
 }  // namespace
