@@ -2,7 +2,7 @@
 
 import sys
 
-from sparse_expansion.resources import peak_gpu_mb, peak_rss_mb, rss_mb, run_measured
+from sparse_expansion.resources import children_cpu_seconds, peak_gpu_mb, peak_rss_mb, rss_mb, run_measured
 
 
 def test_a_child_is_measured_alone(tmp_path):
@@ -24,3 +24,16 @@ def test_this_process_peak_is_at_least_what_it_holds():
     now = rss_mb()
     assert now > 0 and peak_rss_mb() >= 0.95 * now  # the kernel updates the peak lazily, by a few pages
     assert peak_gpu_mb("cpu") is None
+
+
+def test_a_childs_cpu_time_counts_its_work_not_its_waiting(tmp_path):
+    """The benchmark rows' *_cpu_seconds: a child that sleeps costs ~no CPU, one that computes does."""
+    log = tmp_path / "child.log"
+    before = children_cpu_seconds()
+    _, wall, _ = run_measured([sys.executable, "-c", "import time; time.sleep(0.6)"], log)
+    sleeping = children_cpu_seconds() - before
+    assert wall >= 0.6 and sleeping < 0.4  # the interpreter's start-up only
+    before = children_cpu_seconds()
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.8: pass"
+    run_measured([sys.executable, "-c", busy], log)
+    assert children_cpu_seconds() - before >= 0.8

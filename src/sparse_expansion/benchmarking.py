@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .resources import run_measured
+from .resources import children_cpu_seconds, run_measured
 
 CLI = [sys.executable, "-m", "sparse_expansion.cli"]
 
@@ -51,12 +51,14 @@ def run_config(out: Path, cfg: dict[str, Any], windows: int, eval_data: list[str
         row.update(compress_seconds=0.0, peak_gib=None)
     else:
         folder = str(out / f"model-{cfg['name']}")
+        cpu_before = children_cpu_seconds()
         code, wall, peak_mb = run_measured([*CLI, cfg["cmd"][0], model, *cfg["cmd"][1:], "--out", folder], log)
         if code != 0:
             print(f"{cfg['name']}: failed (exit {code}), see {log}", flush=True)
             return None
         record = read_record(folder)
-        row.update(compress_seconds=wall, peak_gib=peak_mb / 1024, seconds=record["seconds"],
+        row.update(compress_seconds=wall, compress_cpu_seconds=children_cpu_seconds() - cpu_before,
+                   peak_gib=peak_mb / 1024, seconds=record["seconds"],
                    sparsity_effective=record["sparsity"], calibration=record.get("calibration"),
                    load=os.getloadavg())
         clusters = [r["cluster_tokens"] for r in record["linears"].values() if "cluster_tokens" in r]
@@ -67,11 +69,14 @@ def run_config(out: Path, cfg: dict[str, Any], windows: int, eval_data: list[str
         model = folder
     by_data = {}
     for i, data in enumerate(eval_data):
+        cpu_before = children_cpu_seconds()
         result = evaluate(model, windows, log, data)
+        result["eval_cpu_seconds"] = children_cpu_seconds() - cpu_before
         by_data[data] = result["perplexity"]
         if i == 0:
             row.update({k: result[k] for k in ("perplexity", "flops_per_token", "nonzeros", "mlp_nonzeros",
-                                                "windows", "seqlen", "tokens", "eval_seconds")})
+                                                "windows", "seqlen", "tokens", "eval_seconds",
+                                                "eval_cpu_seconds")})
     row.update(perplexity_by_data=by_data, date=time.strftime("%Y-%m-%d %H:%M"))
     append_row(out / "results.jsonl", row)
     print(f"{cfg['name']}: " + ", ".join(f"{d} {p:.2f}" for d, p in by_data.items())

@@ -73,6 +73,14 @@ def run_measured(cmd: list[str], log: str | os.PathLike, env: dict[str, str] | N
     return proc.returncode, time.perf_counter() - start, peak
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished (waited-for) children so far: a
+    difference around run_measured is what the child computed, however long a shared machine
+    left it waiting or paused."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu_ms(fn: Callable[[], object], repeats: int = 7) -> float:
     """Median CPU milliseconds of fn over `repeats` calls after one warm-up (process CPU time, so a
     descheduled process on a shared machine does not count the time it waited)."""
