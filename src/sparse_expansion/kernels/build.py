@@ -32,7 +32,7 @@ import torch
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("ops.cpp", "scalar.cpp", "avx2.cpp", "avx512.cpp", "decode_step.cpp", "step_kernels.cpp",
            "quant_torch.cpp", "quant_scalar.cpp", "quant_avx512.cpp", "quant_act8.cpp")
-HEADERS = ("sparse.h", "step.h", "quant.h")
+HEADERS = ("sparse.h", "step.h", "quant.h", "passes.h")
 # OpenMP makes at::parallel_for (inlined from torch's headers) actually parallel; the library
 # then shares torch's own OpenMP runtime, so torch.set_num_threads applies.
 _OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]

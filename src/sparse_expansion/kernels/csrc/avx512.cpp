@@ -12,6 +12,7 @@
 // from 32 loaded inputs. Other N:M shapes use the AVX2 kernel.
 #include <algorithm>
 
+#include "passes.h"
 #include "sparse.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -332,8 +333,8 @@ SE_AVX512BF16 void bitmask_rows_avx512_bf16(const BitmaskView& w, int64_t r0, in
 
 // --- dense bfloat16 weights times bfloat16 inputs (decode) ---------------------------------------
 // torch's bfloat16 linear gains nothing over float32 at one token on this CPU; read as they are, the
-// weights cost half the bytes. Four rows share each input load (rows r, r + step, r + 2 step, ...); one or
-// two tokens.
+// weights cost half the bytes. Four rows share each input load (rows r, r + step, r + 2 step, ...: passes.h);
+// one or two tokens.
 
 template <int TB>
 SE_AVX512BF16 static void dense_rows4_bf16(const uint16_t* w, int64_t in, int64_t r, int64_t step,
@@ -385,23 +386,15 @@ SE_AVX512BF16 void bitmask_unpack_avx512_bf16(const BitmaskView& w, int64_t r0, 
 
 SE_AVX512BF16 void dense_rows_avx512_bf16(const uint16_t* w, int64_t in, int64_t r0, int64_t r1,
                                           const uint16_t* const* xs, float* const* ys, int tokens) {
-  // The four rows of a pass from the four quarters of [r0, r1): four sequential streams through memory,
-  // which the CPU reads from DRAM faster than four neighbouring rows (see quant_act8.cpp's rows_fb).
-  const int64_t quarter = (r1 - r0) / 4;
-  for (int64_t r = r0; r < r0 + quarter; ++r) {
-    if (tokens == 2)
-      dense_rows4_bf16<2>(w, in, r, quarter, xs, ys, 4);
-    else
-      dense_rows4_bf16<1>(w, in, r, quarter, xs, ys, 4);
-  }
-  const int64_t rest = r0 + 4 * quarter;
-  if (rest < r1) {
-    const int rows = static_cast<int>(r1 - rest);
-    if (tokens == 2)
-      dense_rows4_bf16<2>(w, in, rest, 1, xs, ys, rows);
-    else
-      dense_rows4_bf16<1>(w, in, rest, 1, xs, ys, rows);
-  }
+  quarter_passes(
+      r0, r1,
+      [&](int64_t r, int64_t q) {
+        tokens == 2 ? dense_rows4_bf16<2>(w, in, r, q, xs, ys, 4) : dense_rows4_bf16<1>(w, in, r, q, xs, ys, 4);
+      },
+      [&](int64_t lo, int64_t hi) {
+        const int rows = static_cast<int>(hi - lo);
+        tokens == 2 ? dense_rows4_bf16<2>(w, in, lo, 1, xs, ys, rows) : dense_rows4_bf16<1>(w, in, lo, 1, xs, ys, rows);
+      });
 }
 
 bool avx512_supported() {

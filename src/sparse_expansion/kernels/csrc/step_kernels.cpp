@@ -4,6 +4,7 @@
 // portable loops, which the compiler vectorises where it can.
 #include <cstring>
 
+#include "passes.h"
 #include "step.h"
 
 namespace se {
@@ -210,10 +211,9 @@ void dense_rows_f32(const float* w, int64_t in, int64_t r0, int64_t r1, const fl
     dense_rows_f32_scalar(w, in, r0, r1, x, y);
     return;
   }
-  // rows from the four quarters of [r0, r1): four sequential streams (quant_act8.cpp's rows_fb says why)
-  const int64_t quarter = (r1 - r0) / 4, rest = r0 + 4 * quarter;
-  for (int64_t r = r0; r < r0 + quarter; ++r) dense_rows4_f32(w, in, r, quarter, 4, x, y);
-  if (rest < r1) dense_rows4_f32(w, in, rest, 1, static_cast<int>(r1 - rest), x, y);
+  quarter_passes(
+      r0, r1, [&](int64_t r, int64_t q) { dense_rows4_f32(w, in, r, q, 4, x, y); },
+      [&](int64_t lo, int64_t hi) { dense_rows4_f32(w, in, lo, 1, static_cast<int>(hi - lo), x, y); });
 }
 
 float dot_f32(const float* a, const float* b, int64_t n, int level) {
