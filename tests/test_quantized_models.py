@@ -1,18 +1,21 @@
-"""Quantized models end to end on tiny ones: `--bits 4|8` stores exactly SparseGPT's grid, `convert`
-quantizes any folder by round-to-nearest, and a quantized folder saves and loads to identical logits."""
+"""Quantized models end to end on tiny ones: `--bits 4|8` stores exactly SparseGPT's grid, `--quantize-dense`
+puts the dense linears on GPTQ's, `convert` quantizes any folder by round-to-nearest, and a quantized folder
+saves and loads to identical logits."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import run_cli, tiny_model
+from helpers import run_cli, tiny_model, windows
 
 from sparse_expansion.artifact import load_artifact, read_manifest, save_artifact
 from sparse_expansion.expand import SparseExpertLinear
 from sparse_expansion.kernels import CompressedLinear, QuantizedLinear, decompress
+from sparse_expansion.methods import compress, make_config
 from sparse_expansion.models import load_model
-from sparse_expansion.prune import SparseGPTConfig, parse_sparsity
+from sparse_expansion.prune import SparseGPTConfig, Sparsity, parse_sparsity
 from sparse_expansion.prune.compressors import prune_weight, quantized_linear
+from sparse_expansion.prune.dense import DenseQuantConfig
 from sparse_expansion.storage import quantize_weights
 
 
@@ -83,6 +86,78 @@ def test_prune_and_expand_with_bits_store_codes(tmp_path, tiny_model_dir, text_f
         code, _, err = run_cli(["prune", tiny_model_dir, *flags, "--sparsity", "0.5", "--out", tmp_path / "bad"],
                                capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("bits,group", [(4, None), (4, 16), (8, None)])
+def test_gptq_at_sparsity_zero_beats_rounding_on_the_layer_output(bits, group):
+    """--quantize-dense is SparseGPT's solve at sparsity 0 (GPTQ): on correlated inputs its output error
+    tr((Q - W) H (Q - W)^T) is below round-to-nearest's on a grid of the same kind, and it prunes nothing."""
+    from sparse_expansion.kernels.formats import fit_grid
+    from sparse_expansion.prune.quantize import round_to_grid
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(512, 64, generator=gen) @ torch.randn(64, 64, generator=gen)  # correlated features
+    h = 2 * x.t() @ x / x.shape[0]
+    weight = torch.randn(48, 64, generator=gen)
+    new, info = prune_weight(SparseGPTConfig(Sparsity(0.0), bits=bits, group_size=group), weight, h)
+    width = group or 64
+    scale, zero = fit_grid(weight, bits, width, "minmax")
+    rounded = round_to_grid(weight, scale.repeat_interleave(width, 1), zero.repeat_interleave(width, 1), bits)
+
+    def error(q):
+        return float(torch.trace((q - weight) @ h @ (q - weight).t()))
+
+    assert error(new) < 0.8 * error(rounded)
+    assert isinstance(quantized_linear(new, None, info["grid"]), QuantizedLinear)
+    assert (new == 0).float().mean() < 1.5 * (rounded == 0).float().mean() + 0.01  # zeros only where rounding puts them
+
+
+def test_quantize_dense_leaves_the_pruned_linears_of_the_first_layer_as_they_were():
+    """The attention projections are observed in the same pass as the MLP, on the same inputs: layer 0's
+    pruned MLP comes out identical with and without them; the LM head is GPTQ'd and untied."""
+    config = make_config("sparsegpt", parse_sparsity("0.5"), bits=4, group_size=16)
+    plain, quantized = tiny_model("llama"), tiny_model("llama")
+    compress(plain, windows(), config, progress=False)
+    record = compress(quantized, windows(), config, progress=False, dense=DenseQuantConfig(4, 16, head_bits=8))
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        a = plain.model.layers[0].mlp.get_submodule(name).compressed()
+        b = quantized.model.layers[0].mlp.get_submodule(name).compressed()
+        assert torch.equal(decompress(a), decompress(b))
+    attention = [m for m in quantized.model.layers.modules() if isinstance(m, QuantizedLinear)]
+    assert len(attention) == 8 and {(m.bits, m.group_size) for m in attention} == {(4, 16)}
+    assert isinstance(quantized.lm_head, QuantizedLinear) and quantized.lm_head.bits == 8
+    assert not quantized.config.tie_word_embeddings
+    assert quantized.model.embed_tokens.weight.dtype == torch.float32
+    assert set(record["dense_quantization"]["linears"]) == {f"{i}.self_attn.{p}_proj" for i in range(2)
+                                                             for p in "qkvo"}
+    assert record["dense_quantization"]["head"]["bits"] == 8 and "head" in record["seconds"]
+    assert torch.isfinite(logits(quantized)).all()
+
+
+def test_quantize_dense_from_the_command_line(tmp_path, tiny_model_dir, text_file, capsys):
+    pruned = make("prune", tmp_path, tiny_model_dir, text_file, capsys, "--method", "sparsegpt", "--sparsity", "0.5",
+                  "--bits", "4", "--group-size", "16", "--quantize-dense")
+    modules = read_manifest(pruned)["modules"]
+    assert {(s["type"], s["value_dtype"], s["group_size"]) for s in modules.values()} == \
+        {("compressed_linear", "int4", 16), ("quantized_linear", "int4", 16)}
+    assert len(modules) == 2 * 7 + 1  # every linear of two layers and the LM head
+    model, _ = load_model(str(pruned))
+    again, _ = load_model(str(pruned))
+    assert torch.equal(logits(model), logits(again))
+    expanded = make("expand", tmp_path, tiny_model_dir, text_file, capsys, "--experts", "2", "--sparsity", "0.5",
+                    "--bits", "8", "--quantize-dense", "--head-bits", "0", "--act-order")
+    assert read_manifest(expanded)["record"]["dense_quantization"]["act_order"] is True
+    model, _ = load_model(str(expanded))
+    assert {m.bits for m in model.model.layers.modules() if isinstance(m, QuantizedLinear)} == {8}
+    assert not isinstance(model.lm_head, QuantizedLinear)  # --head-bits 0: the head stays float
+    for flags, message in ((["--quantize-dense"], "--bits 4 or --bits 8"),
+                           (["--bits", "3", "--quantize-dense"], "--bits 4 or --bits 8"),
+                           (["--bits", "4", "--head-bits", "8"], "--head-bits needs --quantize-dense"),
+                           (["--bits", "4", "--act-order"], "--act-order needs --quantize-dense")):
+        code, _, err = run_cli(["prune", tiny_model_dir, "--method", "sparsegpt", *flags, "--sparsity", "0.5",
+                                "--out", tmp_path / "bad"], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("bits,group,grid", [(8, None, "minmax"), (4, 16, "minmax"), (4, 16, "mse")])

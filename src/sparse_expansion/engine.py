@@ -151,9 +151,34 @@ def run_layer(layer: nn.Module, states: torch.Tensor, kwargs: dict[str, Any]) ->
     return out[0] if isinstance(out, tuple) else out
 
 
-def input_hooks(layer: nn.Module, groups: Groups, sink) -> contextlib.AbstractContextManager[None]:
-    """Hooks on the first linear of each group that pass (group, its 2-D input) to `sink`."""
-    return hooks(layer, {group[0]: flat_inputs(functools.partial(sink, group)) for group in groups})
+def input_hooks(layer: nn.Module, sinks: dict[tuple[str, ...], Any]) -> contextlib.AbstractContextManager[None]:
+    """Hooks on the first linear of each group that pass (group, its 2-D input) to the group's sink."""
+    return hooks(layer, {group[0]: flat_inputs(functools.partial(sink, group)) for group, sink in sinks.items()})
+
+
+@torch.no_grad()
+def capture_head_inputs(model: nn.Module, windows: torch.Tensor, sink, batch_size: int = 8,
+                        device: str = "cpu") -> None:
+    """Run the (already compressed) model on each batch of windows and hand what enters its LM head,
+    2-D [tokens, hidden], to `sink`; the head itself never runs (its input is all the head's GPTQ needs,
+    and the final norm, whatever the architecture calls it, has run by then)."""
+    head = model.get_output_embeddings()
+    site = next(name for name, module in model.named_modules() if module is head)
+
+    def grab(_module, args, kw):
+        x = args[0] if args else next(iter(kw.values()))
+        sink(x.reshape(-1, x.shape[-1]).detach())
+        raise StopForward
+
+    model.to(device)
+    try:
+        with hooks(model, before={site: grab}):
+            for start in range(0, windows.shape[0], batch_size):
+                with contextlib.suppress(StopForward):
+                    model(windows[start : start + batch_size].to(device), use_cache=False)
+    finally:
+        if device != "cpu":
+            model.to("cpu")
 
 
 def apply_replacements(layer: nn.Module, replacements: dict[str, torch.Tensor | nn.Module]) -> None:
@@ -175,14 +200,19 @@ def calibrate(
     batch_size: int = 8,
     device: str = "cpu",
     progress: bool = True,
+    rest: LayerCompressor | None = None,
 ) -> EngineTimes:
-    """Compress every decoder layer of `model` in place, layer by layer. Returns timings."""
+    """Compress every decoder layer of `model` in place, layer by layer. Returns timings.
+
+    `rest`, when given, compresses the linears outside `targets` (the attention projections when
+    targets is 'mlp') in the same pass, on the same inputs: GPTQ of what pruning leaves dense."""
     model.eval()
     groups = target_groups(model, targets)
+    rest_groups = tuple(g for g in target_groups(model, "all") if g not in groups) if rest is not None else ()
     layers = decoder_layers(model)
     times = EngineTimes()
     inputs = None
-    if compressor.needs_calibration:
+    if compressor.needs_calibration or rest is not None:
         if windows is None:
             raise ValueError(f"{type(compressor).__name__} needs calibration windows")
         t0 = time.perf_counter()
@@ -193,15 +223,21 @@ def calibrate(
     for index in bar:
         layer = layers[index].to(device)
         compressor.start_layer(index, layer, groups)
+        if rest is not None:
+            rest.start_layer(index, layer, rest_groups)
         if inputs is not None:
             t0 = time.perf_counter()
-            with input_hooks(layer, groups, compressor.observe):
+            observers = {group: compressor.observe for group in groups if compressor.needs_calibration}
+            observers.update({group: rest.observe for group in rest_groups} if rest is not None else {})
+            with input_hooks(layer, observers):
                 for states, kw in zip(inputs.hidden, inputs.kwargs_for(index)):
                     run_layer(layer, states, kw)
             times.forward += time.perf_counter() - t0
 
         t0 = time.perf_counter()
         apply_replacements(layer, compressor.finish_layer())
+        if rest is not None:
+            apply_replacements(layer, rest.finish_layer())
         times.compress += time.perf_counter() - t0
 
         if inputs is not None and index + 1 < len(layers):

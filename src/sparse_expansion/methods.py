@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from .data import CalibrationSpec
     from .engine import LayerCompressor
+    from .prune.dense import DenseQuantConfig
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,10 @@ def check_widths(config: Any, model: nn.Module, targets: str = "mlp") -> None:
 
 
 def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, targets: str = "mlp",
-             batch_size: int = 8, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Compress `model` in place, layer by layer, with the method `config` belongs to.
+             batch_size: int = 8, device: str = "cpu", progress: bool = True,
+             dense: DenseQuantConfig | None = None) -> dict[str, Any]:
+    """Compress `model` in place, layer by layer, with the method `config` belongs to; with `dense`,
+    GPTQ-quantize the linears outside `targets` and the LM head too (prune/dense.py).
 
     Returns the run record: method, settings, achieved sparsity (mean and per linear), per-linear
     facts, FLOPs per token and non-zeros afterwards, and where the time went.
@@ -117,12 +120,14 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
     from .engine import calibrate
     from .evaluate import model_costs
     from .moe import expert_linears
+    from .prune.dense import dense_compressor, quantize_head
 
     method = method_of(config)
     if method.kind == "expanded":
         refuse_expansion(architecture_of(model), model.config.model_type)
     compressor = method.compressor(config)
-    if compressor.needs_calibration:
+    rest = dense_compressor(dense) if dense is not None else None
+    if compressor.needs_calibration or rest is not None:
         if windows is None:
             raise ValueError(f"{method.name} needs calibration windows")
         compressor.check_calibration(windows.numel())
@@ -133,7 +138,15 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
     with expert_linears(model):  # MoE: every expert's linears, pruned like any linear (moe.py)
         compressor.prepare(model, windows, targets=targets, batch_size=batch_size)
         times = calibrate(model, windows, compressor, targets=targets,
-                          batch_size=batch_size, device=device, progress=progress)
+                          batch_size=batch_size, device=device, progress=progress, rest=rest)
+    seconds = {"capture": times.capture, "forward": times.forward, "compress": times.compress,
+               **compressor.timings()}
+    quantized: dict[str, Any] = {}
+    if dense is not None:
+        t0 = time.perf_counter()
+        head = quantize_head(model, windows, dense, batch_size=batch_size, device=device)
+        seconds["head"] = time.perf_counter() - t0
+        quantized = {"dense_quantization": {**dataclasses.asdict(dense), "linears": rest.record(), "head": head}}
     elapsed = time.perf_counter() - start
     linears = compressor.record()
     achieved = [r["sparsity"] for r in linears.values()]
@@ -144,16 +157,16 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
         "targets": targets,
         "mean_sparsity": sum(achieved) / len(achieved) if achieved else None,
         "linears": linears,
+        **quantized,
         "costs": model_costs(model),
-        "seconds": {"total": elapsed, "capture": times.capture, "forward": times.forward,
-                    "compress": times.compress, **compressor.timings()},
+        "seconds": {"total": elapsed, **seconds},
     }
 
 
 def compress_and_save(source: str, config: Any, out: str, calibration: CalibrationSpec, *,
                       targets: str = "mlp", batch_size: int = 8, device: str = "cpu",
                       dtype: torch.dtype | None = None, progress: bool = True,
-                      notes: dict[str, Any] | None = None) -> dict[str, Any]:
+                      notes: dict[str, Any] | None = None, dense: DenseQuantConfig | None = None) -> dict[str, Any]:
     """Load `source`, compress it, save it to `out` atomically; returns the saved record (with
     `notes`, e.g. how the user phrased a setting, added to it).
 
@@ -170,7 +183,7 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
 
     check_output_dir(out)
     asked = method_of(config).compressor(config)  # what data the method needs, asked before any work
-    needs_data = asked.needs_calibration
+    needs_data = asked.needs_calibration or dense is not None
     if needs_data:
         calibration.check()
         asked.check_calibration(calibration.windows * calibration.seqlen)
@@ -183,7 +196,7 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
     model, tokenizer = load_causal_lm(source, dtype=dtype) if dtype is not None else load_causal_lm(source)
     windows = calibration.sample(tokenizer, model) if needs_data else None
     record = compress(model, windows, config, targets=targets, batch_size=batch_size, device=device,
-                      progress=progress and distributed.is_main())
+                      progress=progress and distributed.is_main(), dense=dense)
     record.update(source_model=source, calibration=calibration.to_json() if needs_data else None,
                   dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                   machine={**machine_record(), "ranks": distributed.rank_and_size()[1]}, **(notes or {}))

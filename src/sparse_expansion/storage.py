@@ -153,11 +153,17 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
             group = group_size if hb == bits else default_group_size(hb)
             replacement = QuantizedLinear.quantize(linear_weight(head), head.bias, hb, group, grid)
             counts["dense"] += 1
-        model.set_output_embeddings(replacement)
-        if getattr(model.config, "tie_word_embeddings", False):
-            model.config.tie_word_embeddings = False  # the embedding keeps its float weights
+        set_output_head(model, replacement)
     _release_dense_copies(model)
     return counts
+
+
+def set_output_head(model: nn.Module, head: nn.Module) -> None:
+    """Make `head` (a quantized LM head) the model's output embeddings; a tied head is untied, and the
+    token embedding keeps its float weights."""
+    model.set_output_embeddings(head)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False
 
 
 def _inside_expert(layer: nn.Module, name: str) -> bool:

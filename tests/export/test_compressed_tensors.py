@@ -120,6 +120,16 @@ def test_expanded_folder_refused(tmp_path, tiny_model_dir, text_file, capsys):
     assert not out.exists()
 
 
+def test_folder_with_quantized_dense_linears_refused_for_what_it_is(tmp_path, tiny_model_dir, text_file, capsys):
+    folder = make("prune", tmp_path, tiny_model_dir, text_file, capsys, "--method", "sparsegpt", "--sparsity", "0.5",
+                  "--bits", "8", "--quantize-dense")
+    out = tmp_path / "ct"
+    code, _, err = run_cli(["export", folder, "--format", "compressed-tensors", "--out", out], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "also stores 9 dense linears as codes" in err and "expanded" not in err
+    assert not out.exists()
+
+
 BAD = [
     ("missing", ["--format", "compressed-tensors"], "not found"),
     ("pruned", ["--format", "onnx"], "invalid choice"),

@@ -48,6 +48,7 @@ def register(subparsers) -> None:
                    help="fused GPTQ-style quantization of the experts (2-8); 4 and 8 are stored as int4 / int8 codes")
     common.add_group_size_arg(p)
     common.add_grid_arg(p, None)
+    common.add_dense_quant_args(p)
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     common.add_allocation_args(p)
     common.add_calibration_args(p)
@@ -73,6 +74,7 @@ def run(args) -> int:
     if args.bits is not None and not 2 <= args.bits <= 8:
         raise UsageError("--bits must be from 2 to 8")
     group_size = common.check_group_size(args)
+    dense = common.dense_quant_config(args, group_size, common.check_grid(args))
     if args.memory_budget is not None:
         sparsity = parse_sparsity(budget_sparsity(args.memory_budget, args.experts))
     else:
@@ -85,7 +87,8 @@ def run(args) -> int:
                          **common.allocation_options(args))
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
                                batch_size=args.batch_size, device=rt.device, dtype=rt.dtype,
-                               notes={"memory_budget": args.memory_budget})
+                               notes={"memory_budget": args.memory_budget},
+                               dense=dense)
     if args.memory_budget is not None:
         print(f"memory budget {args.memory_budget:g} -> each expert at sparsity {sparsity}")
     print(f"expanded ({args.experts} experts, {sparsity}) {len(record['linears'])} linears in "

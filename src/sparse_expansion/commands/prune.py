@@ -24,6 +24,7 @@ def register(subparsers) -> None:
                         "on exactly the grid SparseGPT chose")
     common.add_group_size_arg(p)
     common.add_grid_arg(p, None)
+    common.add_dense_quant_args(p)
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     common.add_allocation_args(p)
     common.add_calibration_args(p)
@@ -43,9 +44,10 @@ def run(args) -> int:
     if common.check_grid(args) is not None:
         extra["grid"] = args.grid
     config = make_config(args.method, sparsity, bits=args.bits, **extra, **common.allocation_options(args))
+    dense = common.dense_quant_config(args, group_size, args.grid)
     rt = runtime.setup(args.device, args.dtype)
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
-                               batch_size=args.batch_size, device=rt.device, dtype=rt.dtype)
+                               batch_size=args.batch_size, device=rt.device, dtype=rt.dtype, dense=dense)
     print(f"pruned ({args.method}, {sparsity}) {len(record['linears'])} linears in "
           f"{record['seconds']['total']:.1f} s -> {args.out}")
     return 0

@@ -58,7 +58,12 @@ def check_exportable(folder: str | Path) -> dict[str, Any]:
     manifest = read_manifest(path)
     if manifest["kind"] != CAUSAL_LM:
         raise UsageError(f"export supports pruned language models; {folder} holds a {manifest['kind']} model")
-    if any(spec.get("type") != "compressed_linear" for spec in manifest["modules"].values()):
+    kinds = [spec.get("type") for spec in manifest["modules"].values()]
+    if "quantized_linear" in kinds:
+        raise UsageError(f"export supports pruned models; {folder} also stores {kinds.count('quantized_linear')} "
+                         "dense linears as codes (convert, or --quantize-dense), which it does not write: export "
+                         "the folder pruned without them, or use this one with sparse-expansion or load_model()")
+    if any(kind != "compressed_linear" for kind in kinds):
         raise UsageError(f"export supports pruned models; expanded models ({folder} replaces "
                          f"{len(manifest['modules'])} linears with routed experts) have no compressed-tensors form, "
                          "use them with sparse-expansion or load_model()")
