@@ -145,15 +145,14 @@ def test_quantize_dense_from_the_command_line(tmp_path, tiny_model_dir, text_fil
     again, _ = load_model(str(pruned))
     assert torch.equal(logits(model), logits(again))
     expanded = make("expand", tmp_path, tiny_model_dir, text_file, capsys, "--experts", "2", "--sparsity", "0.5",
-                    "--bits", "8", "--quantize-dense", "--head-bits", "0", "--act-order")
-    assert read_manifest(expanded)["record"]["dense_quantization"]["act_order"] is True
+                    "--bits", "8", "--quantize-dense", "--head-bits", "0")
+    assert read_manifest(expanded)["record"]["dense_quantization"]["head_bits"] == 0
     model, _ = load_model(str(expanded))
     assert {m.bits for m in model.model.layers.modules() if isinstance(m, QuantizedLinear)} == {8}
     assert not isinstance(model.lm_head, QuantizedLinear)  # --head-bits 0: the head stays float
     for flags, message in ((["--quantize-dense"], "--bits 4 or --bits 8"),
                            (["--bits", "3", "--quantize-dense"], "--bits 4 or --bits 8"),
-                           (["--bits", "4", "--head-bits", "8"], "--head-bits needs --quantize-dense"),
-                           (["--bits", "4", "--act-order"], "--act-order needs --quantize-dense")):
+                           (["--bits", "4", "--head-bits", "8"], "--head-bits needs --quantize-dense")):
         code, _, err = run_cli(["prune", tiny_model_dir, "--method", "sparsegpt", *flags, "--sparsity", "0.5",
                                 "--out", tmp_path / "bad"], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -199,38 +199,3 @@ def test_sparsegpt_matches_textbook_loop(blocksize):
     assert info["error"][0] == pytest.approx(loss, rel=1e-3)
     assert torch.equal(ours == 0, reference == 0)
     torch.testing.assert_close(ours, reference, rtol=1e-3, atol=1e-4)
-
-
-@pytest.mark.parametrize("sparsity,bits,group", [("0", 4, None), ("0", 4, 16), ("0.5", 8, None)])
-def test_act_order_is_equivariant_under_a_permutation_of_the_inputs(sparsity, bits, group):
-    """Act-order visits columns by decreasing H_jj, whatever order they come in: solving the same layer
-    with its inputs permuted gives the same weights, permuted (per-row grids; with groups the grid of a
-    group depends on which columns it holds, so it is permuted group by group)."""
-    h = hessian(correlated_inputs(seed=5))
-    w = torch.randn(24, 64, generator=torch.Generator().manual_seed(6))
-    if group is None:
-        perm = torch.randperm(64, generator=torch.Generator().manual_seed(7))
-    else:  # whole groups move, and columns move inside their group
-        blocks = torch.randperm(64 // group, generator=torch.Generator().manual_seed(7))
-        perm = torch.cat([b * group + torch.randperm(group, generator=torch.Generator().manual_seed(int(b)))
-                          for b in blocks])
-    kwargs = {"bits": bits, "group_size": group, "act_order": True}
-    a, _ = sparsegpt_solve(w, h, parse_sparsity(sparsity), **kwargs)
-    b, _ = sparsegpt_solve(w[:, perm], h[perm][:, perm], parse_sparsity(sparsity), **kwargs)
-    assert torch.allclose(a[:, perm], b, atol=1e-5)
-    plain, _ = sparsegpt_solve(w, h, parse_sparsity(sparsity), bits=bits, group_size=group)
-    assert not torch.allclose(a, plain, atol=1e-3)  # the order did change the solve
-
-
-def test_act_order_with_columns_already_in_order_is_the_plain_solve():
-    """When H_jj already decreases left to right the order is the identity: per-row grids then give the
-    plain solve bit for bit."""
-    h = hessian(correlated_inputs(seed=8))
-    order = torch.argsort(torch.diagonal(h), descending=True)
-    h = h[order][:, order]
-    w = torch.randn(24, 64, generator=torch.Generator().manual_seed(9))
-    a, _ = sparsegpt_solve(w, h, parse_sparsity("0"), bits=4, act_order=True)
-    b, _ = sparsegpt_solve(w, h, parse_sparsity("0"), bits=4)
-    assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="act-order"):
-        sparsegpt_solve(w, h, parse_sparsity("2:4"), bits=4, act_order=True)

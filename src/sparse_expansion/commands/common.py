@@ -86,30 +86,26 @@ def add_group_size_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_dense_quant_args(p: argparse.ArgumentParser) -> None:
-    """--quantize-dense, --head-bits and --act-order of prune / expand (prune/dense.py)."""
+    """--quantize-dense and --head-bits of prune / expand (prune/dense.py)."""
     p.add_argument("--quantize-dense", action="store_true",
                    help="with --bits 4|8: also GPTQ-quantize the linears pruning leaves dense (attention projections, "
                         "the LM head) on the same calibration windows, so the whole folder is codes")
     p.add_argument("--head-bits", type=int, choices=(8, 4, 0), default=None,
                    help="with --quantize-dense: the LM head's width (default --bits; 8 = per row; 0 = keep it float)")
-    p.add_argument("--act-order", action="store_true",
-                   help="with --quantize-dense: GPTQ's act-order, the dense linears' columns solved in order of "
-                        "decreasing input energy (group grids fit up front; the same stored format)")
 
 
 def dense_quant_config(args, group_size: int | None, grid: str | None):
     """--quantize-dense as a prune.dense.DenseQuantConfig (None without it), refused in one line
-    without --bits 4|8; --head-bits or --act-order without --quantize-dense is refused too."""
+    without --bits 4|8; --head-bits without --quantize-dense is refused too."""
     from ..prune.dense import DenseQuantConfig
 
     if not args.quantize_dense:
-        for flag, value in (("--head-bits", args.head_bits), ("--act-order", args.act_order or None)):
-            if value is not None:
-                raise UsageError(f"{flag} needs --quantize-dense")
+        if args.head_bits is not None:
+            raise UsageError("--head-bits needs --quantize-dense")
         return None
     if args.bits not in (4, 8):
         raise UsageError("--quantize-dense stores codes: give it --bits 4 or --bits 8")
-    return DenseQuantConfig(args.bits, group_size, grid or "minmax", args.head_bits, args.act_order)
+    return DenseQuantConfig(args.bits, group_size, grid or "minmax", args.head_bits)
 
 
 def add_grid_arg(p: argparse.ArgumentParser, default: str | None) -> None:

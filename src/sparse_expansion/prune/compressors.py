@@ -43,7 +43,6 @@ class SparseGPTConfig(AllocationFields):
     grid: str = "minmax"  # how each grid is placed: its min/max range, or "mse" (clipped: formats.fit_grid)
     blocksize: int = 128
     percdamp: float = 0.01
-    act_order: bool = False  # columns by decreasing H_jj, static groups (sparsegpt_solve); unstructured, no counts
 
 
 PruneConfig = MagnitudeConfig | WandaConfig | SparseGPTConfig
@@ -76,8 +75,7 @@ def prune_weight(config: PruneConfig, weight: torch.Tensor, statistic: torch.Ten
     stored = config.bits in STORED_BITS
     new, solve = sparsegpt_solve(weight.float() if stored else weight, statistic, config.sparsity, bits=config.bits,
                                  group_size=config.group_size, grid=config.grid, blocksize=config.blocksize,
-                                 percdamp=config.percdamp, zeros=block, zeros_per_row=row_zeros is not None,
-                                 act_order=config.act_order)
+                                 percdamp=config.percdamp, zeros=block, zeros_per_row=row_zeros is not None)
     info = {"damping": solve["damping"][0]}
     if stored:  # float32 on the grid, with the grid: the caller stores the codes
         info["grid"] = (*solve["grid"], config.bits, config.group_size or weight.shape[1])

@@ -29,14 +29,13 @@ HEAD_GROUP_SIZES = {8: None, 4: 128}  # the head's grid when its width differs f
 @dataclass(frozen=True)
 class DenseQuantConfig:
     """How the dense linears are quantized: `bits` (4 or 8, stored as codes), `group_size` columns per grid
-    (None: one per row), `grid` placement, the LM head's width `head_bits` (None: `bits`; 0: the head
-    stays float), and whether the solve visits columns in act-order."""
+    (None: one per row), `grid` placement, and the LM head's width `head_bits` (None: `bits`; 0: the
+    head stays float)."""
 
     bits: int
     group_size: int | None = None
     grid: str = "minmax"
     head_bits: int | None = None
-    act_order: bool = False  # GPTQ's act-order with static groups (sparsegpt_solve)
 
     def __post_init__(self) -> None:
         if self.bits not in STORED_BITS:
@@ -45,15 +44,14 @@ class DenseQuantConfig:
             raise UsageError(f"--head-bits must be 8, 4 or 0 (float head), got {self.head_bits}")
 
     def layer_config(self) -> SparseGPTConfig:
-        return SparseGPTConfig(Sparsity(0.0), bits=self.bits, group_size=self.group_size, grid=self.grid,
-                               act_order=self.act_order)
+        return SparseGPTConfig(Sparsity(0.0), bits=self.bits, group_size=self.group_size, grid=self.grid)
 
     def head_config(self) -> SparseGPTConfig | None:
         bits = self.bits if self.head_bits is None else self.head_bits
         if not bits:
             return None
         group = self.group_size if bits == self.bits else HEAD_GROUP_SIZES[bits]
-        return SparseGPTConfig(Sparsity(0.0), bits=bits, group_size=group, grid=self.grid, act_order=self.act_order)
+        return SparseGPTConfig(Sparsity(0.0), bits=bits, group_size=group, grid=self.grid)
 
 
 def dense_compressor(config: DenseQuantConfig) -> PruneCompressor:

@@ -48,30 +48,21 @@ class GroupQuantizer:
     group-wise rule); `grid` places each one (formats.fit_grid: "minmax" or "mse"). `scale`/`zero`
     [B, out, groups] hold the grids: what a saved folder stores."""
 
-    def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = None, grid: str = "minmax",
-                 order: torch.Tensor | None = None) -> None:
-        """`order` [cols]: the solve visits the columns in this order (act-order): every group's grid is
-        then fit up front on `weight` as given (GPTQ's static groups), and a column is named by its place
-        in the order, its group by its own index."""
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = None, grid: str = "minmax") -> None:
         self.bits, self.group_size, self.grid = bits, group_size, grid
-        self.order = None if order is None else order.tolist()
         cols = weight.shape[-1]
         if group_size is None:
             self.scale, self.zero = fit_grid(weight, bits, method=grid)
-        elif order is not None:
-            self.scale, self.zero = fit_grid(weight, bits, group_size, method=grid)
         else:
             groups = -(-cols // group_size)
             self.scale = weight.new_zeros(*weight.shape[:-1], groups, dtype=torch.float32)
             self.zero = torch.zeros_like(self.scale)
 
     def group_of(self, column: int) -> int:
-        if self.group_size is None:
-            return 0
-        return (column if self.order is None else self.order[column]) // self.group_size
+        return 0 if self.group_size is None else column // self.group_size
 
     def starts_group(self, column: int) -> bool:
-        return self.group_size is not None and self.order is None and column % self.group_size == 0
+        return self.group_size is not None and column % self.group_size == 0
 
     def fit_group(self, column: int, block: torch.Tensor) -> None:
         """Fit the grid of the group starting at `column` on block [B, out, cols of that group]."""

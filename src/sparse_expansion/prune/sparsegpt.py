@@ -103,7 +103,6 @@ def sparsegpt_solve(
     percdamp: float = 0.01,
     zeros: torch.Tensor | None = None,
     zeros_per_row: bool = False,
-    act_order: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """Prune (and optionally quantize) `weight` [..., out, in] given H = 2/n sum x x^T [..., in, in].
 
@@ -118,11 +117,6 @@ def sparsegpt_solve(
     `zeros` (from `allocation.block_counts`) replaces the fraction by exact counts: [..., blocks]
     zeros per block, chosen over the whole block as usual, or with `zeros_per_row` [..., out, blocks]
     zeros per row and block (a quota for every row); leading dims broadcast. Unstructured only.
-
-    `act_order` (one unbatched weight, unstructured, no exact counts): visit the columns in order of
-    decreasing H_jj, the inputs with the most energy first, while their errors can still be spread over
-    the most columns (GPTQ's act-order); group grids are then fit up front on the weight as given
-    (static groups), so the stored layout is the same as without it.
     """
     dtype = weight.dtype
     W = weight.detach().clone().float()
@@ -141,15 +135,8 @@ def sparsegpt_solve(
 
     if group_size is not None and (group_size < 1 or blocksize % group_size):
         raise ValueError(f"group size {group_size} must divide the block size {blocksize}")
-    order = None
-    if act_order:
-        if W.shape[0] != 1 or sparsity.structured or zeros is not None:
-            raise ValueError("act-order is for one unbatched weight at an unstructured sparsity without exact counts")
-        order = torch.argsort(torch.diagonal(H[0]), descending=True, stable=True)
-    quantizer = GroupQuantizer(W, bits, group_size, grid, order=order) if bits else None
-    if order is not None:
-        W, H = W[..., order], H[..., order, :][..., order]
     Hinv, damping = inverse_hessian_factor(H, percdamp)
+    quantizer = GroupQuantizer(W, bits, group_size, grid) if bits else None
     errors = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
 
     if zeros is not None:
@@ -163,8 +150,6 @@ def sparsegpt_solve(
     if quantizer is not None:
         scale, zero = quantizer.scale, quantizer.zero
         info["grid"] = (scale.squeeze(0), zero.squeeze(0)) if squeeze else (scale, zero)
-    if order is not None:
-        W = W[..., torch.argsort(order)]
     if squeeze:
         W = W.squeeze(0)
     if not torch.isfinite(W).all():
