@@ -23,8 +23,6 @@ from .compressors import STORED_BITS, PruneCompressor, SparseGPTConfig, prune_we
 from .sparsity import Sparsity
 from .stats import HessianStat
 
-HEAD_GROUP_SIZES = {8: None, 4: 128}  # the head's grid when its width differs from --bits (storage.default_group_size)
-
 
 @dataclass(frozen=True)
 class DenseQuantConfig:
@@ -47,10 +45,12 @@ class DenseQuantConfig:
         return SparseGPTConfig(Sparsity(0.0), bits=self.bits, group_size=self.group_size, grid=self.grid)
 
     def head_config(self) -> SparseGPTConfig | None:
+        from ..storage import default_group_size  # a head of another width gets `convert`'s grid for it
+
         bits = self.bits if self.head_bits is None else self.head_bits
         if not bits:
             return None
-        group = self.group_size if bits == self.bits else HEAD_GROUP_SIZES[bits]
+        group = self.group_size if bits == self.bits else default_group_size(bits)
         return SparseGPTConfig(Sparsity(0.0), bits=bits, group_size=group, grid=self.grid)
 
 
