@@ -182,6 +182,30 @@ def test_architecture_end_to_end(model_type, tmp_path, tokenizer, text_file, cap
     assert code == 0, err
 
 
+@pytest.mark.parametrize("model_type", ALL_TYPES)
+def test_quantize_dense_on_every_architecture(model_type, tmp_path, tokenizer):
+    """--quantize-dense GPTQs every linear pruning leaves dense (attention, GPT-2's transposed Conv1D, the
+    LM head after whatever final norm the family has) into int8 codes; saved -> loaded gives identical logits."""
+    from sparse_expansion.kernels import QuantizedLinear
+    from sparse_expansion.prune.dense import DenseQuantConfig
+
+    model = build(model_type)
+    ids = windows(2, seed=1)
+    before = logits(model, ids)
+    config = make_config("sparsegpt", parse_sparsity("0.5"), bits=8)
+    record = compress(model, windows(), config, progress=False, dense=DenseQuantConfig(8))
+    attention = architecture_of(model).attention
+    for layer in decoder_layers(model):
+        assert all(isinstance(layer.get_submodule(name), QuantizedLinear) for name in attention)
+    assert isinstance(model.get_output_embeddings(), QuantizedLinear)
+    assert len(record["dense_quantization"]["linears"]) == len(attention) * len(decoder_layers(model))
+    after = logits(model, ids)
+    assert torch.isfinite(after).all() and not torch.equal(after, before)
+    save_artifact(tmp_path / "q", model, tokenizer=tokenizer, record=record)
+    loaded, _ = load_model(str(tmp_path / "q"))
+    torch.testing.assert_close(logits(loaded, ids), after, rtol=0, atol=0)
+
+
 def test_moe_flops_count_the_routed_experts_only():
     """A token goes through top_k of the experts: FLOPs per token grow with top_k, not with the
     number of experts, and pruning the experts halves their share."""
