@@ -275,3 +275,11 @@ def in_features(module: nn.Module) -> int:
 
 def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_transposed(module)
+
+
+def set_output_head(model: nn.Module, head: nn.Module) -> None:
+    """Make `head` (a quantized LM head) the model's output embeddings; a tied head is untied, and the
+    token embedding keeps its float weights."""
+    model.set_output_embeddings(head)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .arch import set_output_head
 from .errors import UsageError
-from .kernels.formats import COMPRESS_FROM_SPARSITY, GRID_METHODS
+from .kernels.formats import COMPRESS_FROM_SPARSITY, GRID_METHODS, default_group_size
 from .surgery import replace
 
 WEIGHTS = ("auto", "compressed", "dense", "int8", "int4")
@@ -72,15 +73,9 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
 
 
 QUANT_BITS = (8, 4)
-DEFAULT_INT4_GROUP = 128  # int4 by round-to-nearest: one grid per 128 columns (per row loses far more)
 # How round-to-nearest places its grids (formats.GRID_METHODS). "mse" rounds the weights more closely but
 # loses more perplexity at int4 on SmolLM2 (BENCHMARKS.md, quantized values), so min/max stays the default.
 DEFAULT_GRID = "minmax"
-
-
-def default_group_size(bits: int) -> int | None:
-    """The group size `quantize_weights` uses when given none: per row for int8, 128 columns for int4."""
-    return DEFAULT_INT4_GROUP if bits == 4 else None
 
 
 def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
@@ -156,14 +151,6 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
         set_output_head(model, replacement)
     _release_dense_copies(model)
     return counts
-
-
-def set_output_head(model: nn.Module, head: nn.Module) -> None:
-    """Make `head` (a quantized LM head) the model's output embeddings; a tied head is untied, and the
-    token embedding keeps its float weights."""
-    model.set_output_embeddings(head)
-    if getattr(model.config, "tie_word_embeddings", False):
-        model.config.tie_word_embeddings = False
 
 
 def _inside_expert(layer: nn.Module, name: str) -> bool:

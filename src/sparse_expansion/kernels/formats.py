@@ -612,6 +612,15 @@ COMPRESS_FROM_SPARSITY = 0.3
 #: How `fit_grid` places a grid: "minmax" spans each group's [min(w, 0), max(w, 0)]; "mse" clips that
 #: range where rounding loses less (see `fit_grid`).
 GRID_METHODS = ("minmax", "mse")
+DEFAULT_INT4_GROUP = 128  # int4 by round-to-nearest: one grid per 128 columns (per row loses far more)
+
+
+def default_group_size(bits: int) -> int | None:
+    """The group size quantizing takes when given none (`convert`, a quantized LM head of another width):
+    per row for int8, 128 columns for int4."""
+    return DEFAULT_INT4_GROUP if bits == 4 else None
+
+
 #: The clipping factors the "mse" search tries on each end of the range: 1.0 (the min/max grid itself,
 #: so the search never does worse) down to 0.525 in steps of 0.025.
 GRID_SHRINKS = tuple(1.0 - 0.025 * i for i in range(20))

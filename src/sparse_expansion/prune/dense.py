@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..arch import linear_weight
+from ..arch import linear_weight, set_output_head
 from ..errors import UsageError
 from .compressors import STORED_BITS, PruneCompressor, SparseGPTConfig, prune_weight, quantized_linear
 from .sparsity import Sparsity
@@ -45,7 +45,7 @@ class DenseQuantConfig:
         return SparseGPTConfig(Sparsity(0.0), bits=self.bits, group_size=self.group_size, grid=self.grid)
 
     def head_config(self) -> SparseGPTConfig | None:
-        from ..storage import default_group_size  # a head of another width gets `convert`'s grid for it
+        from ..kernels.formats import default_group_size  # a head of another width: `convert`'s grid for it
 
         bits = self.bits if self.head_bits is None else self.head_bits
         if not bits:
@@ -65,7 +65,6 @@ def quantize_head(model: nn.Module, windows: torch.Tensor, config: DenseQuantCon
     becomes a QuantizedLinear (a tied head is untied; the embedding keeps its float weights). Returns the
     record (bits, group size, damping), or None when the head stays float."""
     from ..engine import capture_head_inputs
-    from ..storage import set_output_head
 
     head_config = config.head_config()
     head = model.get_output_embeddings()
