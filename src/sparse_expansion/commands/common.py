@@ -95,16 +95,14 @@ def add_dense_quant_args(p: argparse.ArgumentParser) -> None:
 
 
 def dense_quant_config(args, group_size: int | None, grid: str | None):
-    """--quantize-dense as a prune.dense.DenseQuantConfig (None without it), refused in one line
-    without --bits 4|8; --head-bits without --quantize-dense is refused too."""
+    """--quantize-dense as a prune.dense.DenseQuantConfig (None without it; the config refuses a width it
+    cannot store); --head-bits without --quantize-dense is refused in one line."""
     from ..prune.dense import DenseQuantConfig
 
     if not args.quantize_dense:
         if args.head_bits is not None:
             raise UsageError("--head-bits needs --quantize-dense")
         return None
-    if args.bits not in (4, 8):
-        raise UsageError("--quantize-dense stores codes: give it --bits 4 or --bits 8")
     return DenseQuantConfig(args.bits, group_size, grid or "minmax", args.head_bits)
 
 

@@ -37,7 +37,7 @@ class DenseQuantConfig:
 
     def __post_init__(self) -> None:
         if self.bits not in STORED_BITS:
-            raise UsageError(f"--quantize-dense stores codes: it needs --bits 4 or 8, got {self.bits}")
+            raise UsageError(f"--quantize-dense stores codes: give it --bits 4 or --bits 8 (got {self.bits})")
         if self.head_bits not in (None, 0, *STORED_BITS):
             raise UsageError(f"--head-bits must be 8, 4 or 0 (float head), got {self.head_bits}")
 
