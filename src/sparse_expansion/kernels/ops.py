@@ -246,7 +246,8 @@ def act8_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def act8_reference(x: torch.Tensor, weight: CompressedWeight) -> torch.Tensor:
     """The act8 arithmetic in torch for one token and an [out, in] weight: the same integers as the
-    kernels, the products and sums in float64 (so within float32 rounding of the kernels' bits)."""
+    kernels (csrc/quant.h, steps 2-4: the codes' dot products, then the zero points' share once per
+    group), the products and sums in float64 (so within float32 rounding of the kernels' bits)."""
     q, d = act8_quantize(x)
     cols, padded = weight.in_features, q.numel()
     grid = torch.arange(padded).clamp(max=cols - 1) // weight.group_size  # the group of every (padded) column
@@ -260,10 +261,13 @@ def act8_reference(x: torch.Tensor, weight: CompressedWeight) -> torch.Tensor:
     stored = (dense != 0) if weight.format != "dense" else torch.ones_like(dense, dtype=torch.bool)
     codes[:, :cols] = torch.where(stored, torch.round(dense / scales[:, grid[:cols]]).long() + zeros[:, :cols],
                                   zeros[:, :cols])
-    v = ((codes - zeros) * q).reshape(rows, -1, 16, 4).sum(-1)  # [rows, chunks, 16 lanes]: exact integers
+    v = (codes * q).reshape(rows, -1, 16, 4).sum(-1)  # [rows, chunks, 16 lanes]: exact integers
     lane_block = torch.arange(padded // 64)[:, None] * 2 + torch.arange(16)[None, :] // 8
     m = (d[lane_block][None] * scales[:, grid[lane_block * 32]]).float()  # rounded to float32, as the kernels
-    return (v.double() * m.double()).sum((1, 2)).float()
+    block_q = q.reshape(-1, 32).sum(-1).double()  # Q_b
+    x_g = torch.zeros(weight.groups, dtype=torch.float64).index_add_(0, grid[::32], d.double() * block_q)
+    share = (weight.zeros.reshape(rows, -1).double() * scales.double()) @ x_g
+    return ((v.double() * m.double()).sum((1, 2)) - share).float()
 
 
 def _quant_args(weight: CompressedWeight) -> tuple:

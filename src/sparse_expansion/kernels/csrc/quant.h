@@ -67,17 +67,24 @@ inline float quant_tree_sum(const float* s16) {
 //      multiple of 64 columns): d_b = amax_b / 127, q_j = clamp(nearbyint(x_j * (127 / amax_b)), -127, 127)
 //      (d_b = 0 and q = 0 for an all-zero block).
 //   2. A row is read 64 columns ("a chunk") at a time; lane l (0..15) of chunk k holds the exact integer
-//      v = sum over columns j = 64k + 4l .. 64k + 4l + 3 of (c_j - z_g) q_j, c_j the code of column j
-//      (the group's zero point z_g where a bitmask stores nothing: weight 0.0) and g the group of j.
-//   3. acc[l] = fma(float(v), d_b * s_g, acc[l]) (d_b * s_g rounded to float32 first), b = 2k + l / 8;
-//      the row's result is quant_tree_sum(acc) (above).
+//      v = sum over columns j = 64k + 4l .. 64k + 4l + 3 of c_j q_j, c_j the code of column j (the zero
+//      point z_g of its group g where a bitmask stores nothing: weight 0.0).
+//   3. acc[l] = fma(float(v), d_b * s_g, acc[l]) (d_b * s_g rounded to float32 first), b = 2k + l / 8.
+//   4. The zero points' share, sum_j z_g q_j d_b s_g, depends on the row only through z_g s_g, so it is
+//      taken once per row instead of as a second dot product per chunk: with Q_b = sum of q over block b
+//      (an exact integer), X_g = the sum over the blocks b of group g, in increasing b, of d_b * Q_b (each
+//      product and sum rounded to float32), and p[g mod 16] = fma(float(z_g) * s_g, X_g, p[g mod 16]) over
+//      the groups in increasing g (p starts at +0.0), the row's result is quant_tree_sum(acc[l] - p[l]).
+//      A bitmask row that stores nothing gives exactly 0.
 // Every step is exact or one defined float32 rounding, so the scalar and the AVX-512 VNNI kernels agree
-// bit for bit; an all-zero row gives exactly 0. Against the exact de-quantized product it differs by the
-// input's rounding only: |y - W x| <= sum_j |w_j| d_b(j) / 2 plus float32 rounding of the sums.
+// bit for bit. Against the exact de-quantized product it differs by the input's rounding, |y - W x| <=
+// sum_j |w_j| d_b(j) / 2, plus float32 rounding of the sums (step 4 subtracts sums that hold the zero
+// points' products, so that rounding is relative to sum_j z_g s_g |x_j| rather than to |y|).
 struct Act8 {
   int64_t in = 0, chunks = 0;
-  std::vector<int8_t> q, nq;  // [chunks * 64]: q and -q
-  std::vector<float> lane_d;  // [chunks * 16]: d of each lane's block
+  std::vector<int8_t> q;        // [chunks * 64]
+  std::vector<float> lane_d;    // [chunks * 16]: d of each lane's block
+  std::vector<int32_t> block_q; // [chunks * 2]: Q_b, the sum of q over block b
 };
 
 bool quant_act8_applies(const QuantView& w);

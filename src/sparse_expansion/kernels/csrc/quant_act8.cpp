@@ -1,12 +1,12 @@
 // The decode arithmetic of quant.h ("act8"): the input quantized to int8 in blocks of 32, the codes
 // dotted with it in exact integers (AVX-512 VNNI vpdpbusd, 64 columns an instruction), one float32
-// fused multiply-add per 16 lanes and 64 columns. The scalar loops are the definition; the vector ones
-// follow them lane for lane, so both give the same bits.
+// fused multiply-add per 16 lanes and 64 columns, and the zero points' share once per row (quant.h step 4).
+// The scalar loops are the definition; the vector ones follow them lane for lane, so both give the same bits.
 //
 // Codes reach the dot product in column order, one a byte: int8 dense rows as stored; int4 nibbles
-// spread to bytes by one byte permute (vpermb) and a shift; bitmask codes put into the columns their
-// mask bits name by vpexpandb, the columns it does not store filled with the group's zero point (so
-// they add (z - z) q = 0, and a bitmask row is computed as the dense row it stands for).
+// spread to bytes by widening and a shift; bitmask codes put into the columns their mask bits name by
+// vpexpandb, the columns it does not store filled with the group's zero point (whose share step 4 takes
+// away with every other column's, so a bitmask row is computed as the dense row it stands for).
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -28,8 +28,8 @@ void quant_act8_size(int64_t in, Act8& a) {
   const size_t cols = static_cast<size_t>(a.chunks) * 64;
   if (a.q.size() < cols) {
     a.q.resize(cols);
-    a.nq.resize(cols);
     a.lane_d.resize(static_cast<size_t>(a.chunks) * 16);
+    a.block_q.resize(static_cast<size_t>(a.chunks) * 2);
   }
 }
 
@@ -43,13 +43,15 @@ void quant_act8_prepare(const float* x, int64_t in, Act8& a) {
       amax = v > amax ? v : amax;
     }
     const float inv = amax > 0.f ? 127.0f / amax : 0.f;
+    int32_t sum = 0;
     for (int64_t j = lo; j < lo + 32; ++j) {
       float r = j < hi ? std::nearbyint(x[j] * inv) : 0.f;
       r = r > 127.f ? 127.f : r < -127.f ? -127.f : r;
       const int qj = r == r ? static_cast<int>(r) : 0;  // NaN -> 0
       a.q[j] = static_cast<int8_t>(qj);
-      a.nq[j] = static_cast<int8_t>(-qj);
+      sum += qj;
     }
+    a.block_q[b] = sum;
     const float d = amax / 127.0f;
     for (int l = 0; l < 8; ++l) a.lane_d[(b / 2) * 16 + (b % 2) * 8 + l] = d;
   }
@@ -80,27 +82,49 @@ void row_codes(const QuantView& w, int64_t r, int64_t chunks, uint8_t* out) {
       out[b * 8 + __builtin_ctz(bits)] = static_cast<uint8_t>(quant_code(w.codes, w.bits, p++));
 }
 
+// X_g of quant.h step 4 for every group of w: the blocks' d_b * Q_b added in block order.
+void group_inputs(const QuantView& w, const Act8& a, std::vector<float>& xg) {
+  xg.assign(static_cast<size_t>(w.groups), 0.f);
+  for (int64_t b = 0; b < 2 * a.chunks; ++b) {
+    const float db = a.lane_d[(b / 2) * 16 + (b % 2) * 8];
+    float& x = xg[chunk_group(w, b / 2, static_cast<int>(b % 2))];
+    x = x + db * static_cast<float>(a.block_q[b]);
+  }
+}
+
+// Whether row r of a bitmask stores nothing (its result is exactly 0).
+inline bool empty_row(const QuantView& w, int64_t r) {
+  return w.format == kQBitmask && w.offsets[r + 1] == w.offsets[r];
+}
+
 }  // namespace
 
 void quant_rows_act8_scalar(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, float* y) {
   std::vector<uint8_t> codes(static_cast<size_t>(a.chunks) * 64);
+  std::vector<float> xg;
+  group_inputs(w, a, xg);
   for (int64_t r = r0; r < r1; ++r) {
     row_codes(w, r, a.chunks, codes.data());
     float acc[16] = {};
     for (int64_t k = 0; k < a.chunks; ++k) {
       for (int l = 0; l < 16; ++l) {
         const int64_t g = chunk_group(w, k, l / 8);
-        const int z = w.zeros[r * w.groups + g];
         int v = 0;
         for (int i = 0; i < 4; ++i) {
           const int64_t j = k * 64 + 4 * l + i;
-          v += (int(codes[j]) - z) * int(a.q[j]);
+          v += int(codes[j]) * int(a.q[j]);
         }
         const float m = a.lane_d[k * 16 + l] * w.scales[r * w.groups + g];
         acc[l] = std::fma(static_cast<float>(v), m, acc[l]);
       }
     }
-    y[r] = quant_tree_sum(acc);
+    float p[16] = {};
+    for (int64_t g = 0; g < w.groups; ++g) {
+      const float zs = static_cast<float>(w.zeros[r * w.groups + g]) * w.scales[r * w.groups + g];
+      p[g % 16] = std::fma(zs, xg[g], p[g % 16]);
+    }
+    for (int l = 0; l < 16; ++l) acc[l] = acc[l] - p[l];
+    y[r] = empty_row(w, r) ? 0.f : quant_tree_sum(acc);
   }
 }
 
@@ -157,17 +181,36 @@ SE_A8 void spread_row(const QuantView& w, int64_t r, uint8_t* out) {
   for (int64_t j = 0; j < count; j += 64) _mm512_storeu_si512(to + j, spread_nibbles(load32(w.codes, (first + j) / 2, w.codes_bytes)));
 }
 
+// How a row's grids meet the chunks: one grid for the whole row (its scale and zero point read once),
+// two groups of 32 columns a chunk, or groups of a multiple of 64 columns (one a chunk).
+enum Grid : int { kPerRow = 0, kHalves = 1, kWide = 2 };
+
+// p of quant.h step 4 for row r, 16 groups a step (the scalar loop's lanes), subtracted from acc.
+SE_A8 inline __m512 less_zero_share(const QuantView& w, int64_t r, const float* xg, __m512 acc) {
+  const uint8_t* z = w.zeros + r * w.groups;
+  const float* s = w.scales + r * w.groups;
+  __m512 p = _mm512_setzero_ps();
+  for (int64_t g = 0; g < w.groups; g += 16) {
+    const __mmask16 m = w.groups - g >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                           : static_cast<__mmask16>((1u << (w.groups - g)) - 1);
+    const __m512 zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, z + g)));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(zf, _mm512_maskz_loadu_ps(m, s + g)), _mm512_maskz_loadu_ps(m, xg + g), p);
+  }
+  return _mm512_sub_ps(acc, p);
+}
+
 // R rows at once, r, r + step, ..., r + (R - 1) step: the input's chunk is loaded once for all of them.
-// HALVES: groups of 32 columns (two groups a chunk). `spread` (int4 bitmask): R buffers of `stride` bytes
-// for spread_row.
-template <int FMT, int BITS, int R, bool HALVES>
-SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, const int32_t* block_group, float* y,
-                  uint8_t* spread, int64_t stride) {
+// GRID: see Grid. `spread` (int4 bitmask): R buffers of `stride` bytes for spread_row. `xg`: X_g.
+template <int FMT, int BITS, int R, int GRID>
+SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, const int32_t* block_group,
+                  const float* xg, float* y, uint8_t* spread, int64_t stride) {
   __m512 acc[R];
   int64_t p[R];
   const uint8_t* codes[R];  // dense: the row's codes; bitmask: its mask
   const float* sc[R];
   const uint8_t* zs[R];
+  __m512 row_s[R];    // kPerRow: the row's scale in every lane
+  __m512i row_z[R];   // kPerRow bitmask: its zero point in every byte (what unstored columns hold)
   for (int i = 0; i < R; ++i) {
     const int64_t row = r + i * step;
     acc[i] = _mm512_setzero_ps();
@@ -176,21 +219,19 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
     codes[i] = FMT == kQDense ? w.codes + row * w.code_row_bytes : w.index + row * w.index_bytes;
     sc[i] = w.scales + row * w.groups;
     zs[i] = w.zeros + row * w.groups;
+    row_s[i] = _mm512_set1_ps(sc[i][0]);
+    row_z[i] = _mm512_set1_epi8(static_cast<char>(zs[i][0]));
   }
   for (int64_t k = 0; k < a.chunks; ++k) {
     const __m512i q = _mm512_loadu_si512(a.q.data() + 64 * k);
-    const __m512i nq = _mm512_loadu_si512(a.nq.data() + 64 * k);
     const __m512 d = _mm512_loadu_ps(a.lane_d.data() + 16 * k);
     const int64_t g0 = block_group[2 * k], g1 = block_group[2 * k + 1];
     const int64_t left = w.in - 64 * k;
 #pragma GCC unroll 4  // keeps acc[] and p[] in registers (not unrolled, GCC left them on the stack: 30% slower)
     for (int i = 0; i < R; ++i) {
-      __m512 s = _mm512_set1_ps(sc[i][g0]);
-      __m512i zb = _mm512_set1_epi8(static_cast<char>(zs[i][g0]));
-      if (HALVES) {
-        s = _mm512_mask_blend_ps(0xFF00, s, _mm512_set1_ps(sc[i][g1]));
-        zb = _mm512_mask_blend_epi8(0xFFFFFFFF00000000ULL, zb, _mm512_set1_epi8(static_cast<char>(zs[i][g1])));
-      }
+      __m512 s = row_s[i];
+      if (GRID != kPerRow) s = _mm512_set1_ps(sc[i][g0]);
+      if (GRID == kHalves) s = _mm512_mask_blend_ps(0xFF00, s, _mm512_set1_ps(sc[i][g1]));
       __m512i c;
       if (FMT == kQDense) {
         const uint8_t* row = codes[i] + (BITS == 8 ? 64 : 32) * k;
@@ -201,6 +242,10 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
           c = spread_nibbles(load32(row, 0, left >= 64 ? 32 : (left + 1) / 2));
         }
       } else {
+        __m512i zb = row_z[i];
+        if (GRID != kPerRow) zb = _mm512_set1_epi8(static_cast<char>(zs[i][g0]));
+        if (GRID == kHalves)
+          zb = _mm512_mask_blend_epi8(0xFFFFFFFF00000000ULL, zb, _mm512_set1_epi8(static_cast<char>(zs[i][g1])));
         const uint64_t m = mask_bits(codes[i], w.index_bytes, k);
         const unsigned n = static_cast<unsigned>(_mm_popcnt_u64(m));
         __m512i packed;
@@ -214,11 +259,14 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
         c = _mm512_mask_expand_epi8(zb, m, packed);
         p[i] += n;
       }
-      const __m512i v = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c, q), zb, nq);
+      const __m512i v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, q);
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(d, s), acc[i]);
     }
   }
-  for (int i = 0; i < R; ++i) y[r + i * step] = tree(acc[i]);
+  for (int i = 0; i < R; ++i) {
+    const int64_t row = r + i * step;
+    y[row] = empty_row(w, row) ? 0.f : tree(less_zero_share(w, row, xg, acc[i]));
+  }
 }
 
 // quant_act8_prepare's blocks 16 lanes at a time: the same max, the same quotient, the same rounding
@@ -236,7 +284,7 @@ SE_A8 void prepare_avx512(const float* x, int64_t in, Act8& a) {
     const __m512i q1 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x1, inv), nlim), lim));
     const __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(q0)), _mm512_cvtepi32_epi8(q1), 1);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.q.data() + lo), q);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.nq.data() + lo), _mm256_sub_epi8(_mm256_setzero_si256(), q));
+    a.block_q[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     const float d = amax / 127.0f;
     for (int l = 0; l < 8; ++l) a.lane_d[(b / 2) * 16 + (b % 2) * 8 + l] = d;
   }
@@ -247,23 +295,28 @@ SE_A8 void rows_fb(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, fl
   thread_local std::vector<int32_t> block_group;  // the group of each block of 32 columns (a division per chunk
   block_group.resize(static_cast<size_t>(2 * a.chunks));  // in the loop cost as much as the dot products)
   for (int64_t b = 0; b < 2 * a.chunks; ++b) block_group[b] = static_cast<int32_t>(chunk_group(w, b / 2, b % 2));
+  thread_local std::vector<float> xg;
+  group_inputs(w, a, xg);
   thread_local std::vector<uint8_t> buffers;
   const int64_t stride = FMT == kQBitmask && BITS == 4 ? (w.in + 127) / 64 * 64 : 0;  // a row's codes + 64
   if (static_cast<int64_t>(buffers.size()) < 4 * stride + 64) buffers.resize(4 * stride + 64);
   uint8_t* spread = buffers.data() + 64;  // spread_row may write one byte in front of a row's buffer
   const int32_t* bg = block_group.data();
-  auto run = [&](auto halves) {
-    constexpr bool H = decltype(halves)::value;
+  const float* x = xg.data();
+  auto run = [&](auto grid) {
+    constexpr int G = decltype(grid)::value;
     quarter_passes(
-        r0, r1, [&](int64_t r, int64_t q) { rows_r<FMT, BITS, 4, H>(w, r, q, a, bg, y, spread, stride); },
+        r0, r1, [&](int64_t r, int64_t q) { rows_r<FMT, BITS, 4, G>(w, r, q, a, bg, x, y, spread, stride); },
         [&](int64_t lo, int64_t hi) {
-          for (int64_t r = lo; r < hi; ++r) rows_r<FMT, BITS, 1, H>(w, r, 0, a, bg, y, spread, stride);
+          for (int64_t r = lo; r < hi; ++r) rows_r<FMT, BITS, 1, G>(w, r, 0, a, bg, x, y, spread, stride);
         });
   };
-  if (w.groups > 1 && w.group_size == 32)
-    run(std::true_type{});
+  if (w.groups == 1)
+    run(std::integral_constant<int, kPerRow>{});
+  else if (w.group_size == 32)
+    run(std::integral_constant<int, kHalves>{});
   else
-    run(std::false_type{});
+    run(std::integral_constant<int, kWide>{});
 }
 
 }  // namespace
