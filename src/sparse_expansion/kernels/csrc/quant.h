@@ -75,6 +75,8 @@ inline float quant_tree_sum(const float* s16) {
 //      (an exact integer), X_g = the sum over the blocks b of group g, in increasing b, of d_b * Q_b (each
 //      product and sum rounded to float32), and p[g mod 16] = fma(float(z_g) * s_g, X_g, p[g mod 16]) over
 //      the groups in increasing g (p starts at +0.0), the row's result is quant_tree_sum(acc[l] - p[l]).
+//      A grid per row (one group) takes its scale out of the loop: step 3 uses d_b alone, p[0] =
+//      fma(float(z), X_0, +0.0), and the result is s * quant_tree_sum(acc[l] - p[l]).
 //      A bitmask row that stores nothing gives exactly 0.
 // Every step is exact or one defined float32 rounding, so the scalar and the AVX-512 VNNI kernels agree
 // bit for bit. Against the exact de-quantized product it differs by the input's rounding, |y - W x| <=

@@ -103,6 +103,7 @@ void quant_rows_act8_scalar(const QuantView& w, int64_t r0, int64_t r1, const Ac
   std::vector<uint8_t> codes(static_cast<size_t>(a.chunks) * 64);
   std::vector<float> xg;
   group_inputs(w, a, xg);
+  const bool per_row = w.groups == 1;  // the row's one scale applied after the sum (quant.h step 4)
   for (int64_t r = r0; r < r1; ++r) {
     row_codes(w, r, a.chunks, codes.data());
     float acc[16] = {};
@@ -114,17 +115,19 @@ void quant_rows_act8_scalar(const QuantView& w, int64_t r0, int64_t r1, const Ac
           const int64_t j = k * 64 + 4 * l + i;
           v += int(codes[j]) * int(a.q[j]);
         }
-        const float m = a.lane_d[k * 16 + l] * w.scales[r * w.groups + g];
+        const float m = per_row ? a.lane_d[k * 16 + l] : a.lane_d[k * 16 + l] * w.scales[r * w.groups + g];
         acc[l] = std::fma(static_cast<float>(v), m, acc[l]);
       }
     }
     float p[16] = {};
     for (int64_t g = 0; g < w.groups; ++g) {
-      const float zs = static_cast<float>(w.zeros[r * w.groups + g]) * w.scales[r * w.groups + g];
+      const float z = static_cast<float>(w.zeros[r * w.groups + g]);
+      const float zs = per_row ? z : z * w.scales[r * w.groups + g];
       p[g % 16] = std::fma(zs, xg[g], p[g % 16]);
     }
     for (int l = 0; l < 16; ++l) acc[l] = acc[l] - p[l];
-    y[r] = empty_row(w, r) ? 0.f : quant_tree_sum(acc);
+    const float sum = per_row ? w.scales[r] * quant_tree_sum(acc) : quant_tree_sum(acc);
+    y[r] = empty_row(w, r) ? 0.f : sum;
   }
 }
 
@@ -185,8 +188,14 @@ SE_A8 void spread_row(const QuantView& w, int64_t r, uint8_t* out) {
 // two groups of 32 columns a chunk, or groups of a multiple of 64 columns (one a chunk).
 enum Grid : int { kPerRow = 0, kHalves = 1, kWide = 2 };
 
-// p of quant.h step 4 for row r, 16 groups a step (the scalar loop's lanes), subtracted from acc.
-SE_A8 inline __m512 less_zero_share(const QuantView& w, int64_t r, const float* xg, __m512 acc) {
+// Row r's result from its lanes: p of quant.h step 4, 16 groups a step (the scalar loop's lanes), subtracted
+// from acc, then the tree (times the row's scale for a per-row grid).
+template <int GRID>
+SE_A8 inline float row_result(const QuantView& w, int64_t r, const float* xg, __m512 acc) {
+  if (GRID == kPerRow) {
+    const float p0 = std::fma(static_cast<float>(w.zeros[r]), xg[0], 0.f);
+    return w.scales[r] * tree(_mm512_mask_sub_ps(acc, 1, acc, _mm512_set1_ps(p0)));
+  }
   const uint8_t* z = w.zeros + r * w.groups;
   const float* s = w.scales + r * w.groups;
   __m512 p = _mm512_setzero_ps();
@@ -196,7 +205,7 @@ SE_A8 inline __m512 less_zero_share(const QuantView& w, int64_t r, const float* 
     const __m512 zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, z + g)));
     p = _mm512_fmadd_ps(_mm512_mul_ps(zf, _mm512_maskz_loadu_ps(m, s + g)), _mm512_maskz_loadu_ps(m, xg + g), p);
   }
-  return _mm512_sub_ps(acc, p);
+  return tree(_mm512_sub_ps(acc, p));
 }
 
 // R rows at once, r, r + step, ..., r + (R - 1) step: the input's chunk is loaded once for all of them.
@@ -209,7 +218,6 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
   const uint8_t* codes[R];  // dense: the row's codes; bitmask: its mask
   const float* sc[R];
   const uint8_t* zs[R];
-  __m512 row_s[R];    // kPerRow: the row's scale in every lane
   __m512i row_z[R];   // kPerRow bitmask: its zero point in every byte (what unstored columns hold)
   for (int i = 0; i < R; ++i) {
     const int64_t row = r + i * step;
@@ -219,7 +227,6 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
     codes[i] = FMT == kQDense ? w.codes + row * w.code_row_bytes : w.index + row * w.index_bytes;
     sc[i] = w.scales + row * w.groups;
     zs[i] = w.zeros + row * w.groups;
-    row_s[i] = _mm512_set1_ps(sc[i][0]);
     row_z[i] = _mm512_set1_epi8(static_cast<char>(zs[i][0]));
   }
   for (int64_t k = 0; k < a.chunks; ++k) {
@@ -229,8 +236,7 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
     const int64_t left = w.in - 64 * k;
 #pragma GCC unroll 4  // keeps acc[] and p[] in registers (not unrolled, GCC left them on the stack: 30% slower)
     for (int i = 0; i < R; ++i) {
-      __m512 s = row_s[i];
-      if (GRID != kPerRow) s = _mm512_set1_ps(sc[i][g0]);
+      __m512 s = _mm512_set1_ps(sc[i][g0]);  // (unused for kPerRow: its scale comes after the sum)
       if (GRID == kHalves) s = _mm512_mask_blend_ps(0xFF00, s, _mm512_set1_ps(sc[i][g1]));
       __m512i c;
       if (FMT == kQDense) {
@@ -260,12 +266,12 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
         p[i] += n;
       }
       const __m512i v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, q);
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(d, s), acc[i]);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), GRID == kPerRow ? d : _mm512_mul_ps(d, s), acc[i]);
     }
   }
   for (int i = 0; i < R; ++i) {
     const int64_t row = r + i * step;
-    y[row] = empty_row(w, row) ? 0.f : tree(less_zero_share(w, row, xg, acc[i]));
+    y[row] = empty_row(w, row) ? 0.f : row_result<GRID>(w, row, xg, acc[i]);
   }
 }
 
