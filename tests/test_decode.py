@@ -370,7 +370,13 @@ def quantized_model(folders, kind: str, bits: int, dtype: torch.dtype = torch.fl
 @pytest.mark.parametrize("kind", QUANT_KINDS)
 def test_quantized_step_equals_the_forward_pass_in_its_arithmetic(folders, kind, bits, threads):
     """The step runs every quantized linear as ops.quant_decode_linear does: equal to that forward pass
-    (kernels.linear.decode_arithmetic) within float rounding, as float32 models are."""
+    (kernels.linear.decode_arithmetic) within float rounding, as float32 models are, until an input code
+    flips. act8 rounds every linear's input to int8, so a float-rounding difference upstream (the step's
+    norms and attention are C++, the forward's torch) can move one code across a rounding boundary, and
+    attention carries that to every later position (seen once: 2:4 int4, layer 1's q/k/v at position 2,
+    inputs 1.2e-6 apart, outputs 0.009). Checked: the first two positions within float rounding (a wrong
+    kernel, scale or route differs from the first token on), every position within the bound one such
+    flip stays inside (the exact-arithmetic test's, below)."""
     from sparse_expansion.kernels.linear import decode_arithmetic
 
     model = quantized_model(folders, kind, bits)
@@ -384,7 +390,8 @@ def test_quantized_step_equals_the_forward_pass_in_its_arithmetic(folders, kind,
         mine = torch.stack([fast.step(int(ids[0, p]), p).clone() for p in range(12)])
     finally:
         torch.set_num_threads(before)
-    torch.testing.assert_close(mine, want, atol=1e-4, rtol=0)
+    torch.testing.assert_close(mine[:2], want[:2], atol=1e-4, rtol=0)
+    assert (mine - want).abs().max() <= 0.2 * want.abs().max()
 
 
 @pytest.mark.parametrize("bits", [8, 4])
