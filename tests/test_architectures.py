@@ -182,10 +182,13 @@ def test_architecture_end_to_end(model_type, tmp_path, tokenizer, text_file, cap
     assert code == 0, err
 
 
+@pytest.mark.parametrize("true_sequential", [False, True])
 @pytest.mark.parametrize("model_type", ALL_TYPES)
-def test_quantize_dense_on_every_architecture(model_type, tmp_path, tokenizer):
+def test_quantize_dense_on_every_architecture(model_type, true_sequential, tmp_path, tokenizer):
     """--quantize-dense GPTQs every linear pruning leaves dense (attention, GPT-2's transposed Conv1D, the
-    LM head after whatever final norm the family has) into int8 codes; saved -> loaded gives identical logits."""
+    LM head after whatever final norm the family has) into int8 codes; saved -> loaded gives identical logits.
+    Also group by group (--true-sequential): every family's groups, a MoE's experts among them, in the order
+    they run."""
     from sparse_expansion.kernels import QuantizedLinear
     from sparse_expansion.prune.dense import DenseQuantConfig
 
@@ -193,7 +196,8 @@ def test_quantize_dense_on_every_architecture(model_type, tmp_path, tokenizer):
     ids = windows(2, seed=1)
     before = logits(model, ids)
     config = make_config("sparsegpt", parse_sparsity("0.5"), bits=8)
-    record = compress(model, windows(), config, progress=False, dense=DenseQuantConfig(8))
+    record = compress(model, windows(), config, progress=False, dense=DenseQuantConfig(8),
+                      true_sequential=true_sequential)
     attention = architecture_of(model).attention
     for layer in decoder_layers(model):
         assert all(isinstance(layer.get_submodule(name), QuantizedLinear) for name in attention)

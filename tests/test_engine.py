@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import FAMILIES, tiny_model
 
-from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight, target_names
+from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight, target_groups, target_names
 from sparse_expansion.engine import LayerCompressor, calibrate
 from sparse_expansion.errors import UsageError
 from sparse_expansion.methods import METHODS, PRUNING_METHODS, make_config
@@ -31,6 +31,20 @@ class RecordingIdentity(LayerCompressor):
         return {}
 
 
+def forward_inputs(model, ids, sites):
+    """What (layer, linear) sees in a plain forward pass of `model`, 2-D."""
+    seen, handles = {}, []
+    for i, layer in enumerate(decoder_layers(model)):
+        for name in sites:
+            def hook(_m, args, _o, key=(i, name)):
+                seen[key] = args[0].reshape(-1, args[0].shape[-1]).clone()
+            handles.append(layer.get_submodule(name).register_forward_hook(hook))
+    model(ids, use_cache=False)
+    for h in handles:
+        h.remove()
+    return seen
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_identity_compressor_keeps_logits(family):
     model = tiny_model(family)
@@ -45,16 +59,7 @@ def test_engine_sees_the_inputs_a_full_forward_pass_sees(family):
     """Layer-sequential capture (masks, rotary embeddings passed along) equals the real forward."""
     model = tiny_model(family)
     ids = windows()
-    expected = {}
-    hooks = []
-    for i, layer in enumerate(decoder_layers(model)):
-        for name in target_names(model, "all"):
-            def hook(_m, args, _o, key=(i, name)):
-                expected[key] = args[0].reshape(-1, args[0].shape[-1]).clone()
-            hooks.append(layer.get_submodule(name).register_forward_hook(hook))
-    model(ids, use_cache=False)
-    for h in hooks:
-        h.remove()
+    expected = forward_inputs(model, ids, target_names(model, "all"))
     rec = RecordingIdentity()
     calibrate(model, ids, rec, targets="all", batch_size=2, progress=False)
     assert rec.seen, "no inputs observed"
@@ -152,3 +157,84 @@ def test_data_free_compressor_runs_no_forward_and_writes_weights_in_place(family
         for name in architecture_of(model).mlp:
             w = linear_weight(layer.get_submodule(name))
             assert (w[0] == 0).all() and (w[1:] != 0).all(), name
+
+
+# --- true-sequential: each group calibrated on the groups compressed before it -------------------------
+
+class HalveGroups(RecordingIdentity):
+    """Halves every target linear, group by group (finish_groups), remembering what each group was shown."""
+
+    def start_layer(self, index, layer, groups):
+        super().start_layer(index, layer, groups)
+        self.layer, self.left = layer, list(groups)
+
+    def finish_groups(self, groups):
+        out = {}
+        for group in groups:
+            self.left.remove(group)
+            for name in group:
+                out[name] = linear_weight(self.layer.get_submodule(name)).detach() * 0.5
+        return out
+
+    def finish_layer(self):
+        return self.finish_groups(tuple(self.left))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_true_sequential_observes_each_group_after_the_groups_before_it_are_compressed(family):
+    """With every group halved in turn, each layer's last group is observed on what the finished model feeds
+    it (every earlier group already halved); layer 0's first group sees what it sees without the option,
+    and its last group differs from what it sees without it (the layer's dense inputs)."""
+    ids = windows()
+    firsts = [group[0] for group in target_groups(tiny_model(family), "all")]
+    model = tiny_model(family)
+    rec = HalveGroups()
+    calibrate(model, ids, rec, targets="all", batch_size=2, progress=False, true_sequential=True)
+    final = forward_inputs(model, ids, firsts)
+    for i in range(len(decoder_layers(model))):
+        assert torch.allclose(torch.cat(rec.seen[(i, firsts[-1])]), final[(i, firsts[-1])], atol=1e-5)
+    plain = HalveGroups()
+    calibrate(tiny_model(family), ids, plain, targets="all", batch_size=2, progress=False)
+    assert torch.allclose(torch.cat(plain.seen[(0, firsts[0])]), torch.cat(rec.seen[(0, firsts[0])]))
+    assert not torch.allclose(torch.cat(plain.seen[(0, firsts[-1])]), torch.cat(rec.seen[(0, firsts[-1])]))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # the cut passes cleaned up
+
+
+def test_true_sequential_sparsegpt_solves_down_proj_on_the_pruned_gate_and_up():
+    """SparseGPT group by group: layer 0's gate and up come out as without the option (same inputs), its
+    down_proj is SparseGPT of the original weight on the Hessian of what the pruned gate and up feed it."""
+    from sparse_expansion.prune.sparsegpt import sparsegpt_solve
+    from sparse_expansion.prune.stats import HessianStat
+
+    ids, config = windows(), SparseGPTConfig(parse_sparsity("0.5"))
+    down = linear_weight(decoder_layers(tiny_model("llama"))[0].mlp.down_proj).detach().clone()
+    model, plain = tiny_model("llama"), tiny_model("llama")
+    calibrate(model, ids, PruneCompressor(config), batch_size=2, progress=False, true_sequential=True)
+    calibrate(plain, ids, PruneCompressor(config), batch_size=2, progress=False)
+    mlp, plain_mlp = decoder_layers(model)[0].mlp, decoder_layers(plain)[0].mlp
+    for name in ("gate_proj", "up_proj"):
+        assert torch.equal(linear_weight(mlp.get_submodule(name)), linear_weight(plain_mlp.get_submodule(name)))
+    stat = HessianStat()
+    handle = mlp.down_proj.register_forward_hook(lambda _m, args, _o: stat.add(args[0].reshape(-1, args[0].shape[-1])))
+    for start in (0, 2):
+        model(ids[start:start + 2], use_cache=False)
+    handle.remove()
+    want, _ = sparsegpt_solve(down, stat.value(), config.sparsity)
+    got = linear_weight(mlp.down_proj)
+    assert torch.equal(got == 0, want == 0) and torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, linear_weight(plain_mlp.down_proj), atol=1e-3)
+
+
+def test_true_sequential_expansion_routes_down_proj_on_the_experts_outputs():
+    """Sparse Expansion group by group: layer 0's gate / up experts as without the option; down_proj's router
+    and experts fit on what the gate / up experts produce, so they differ; the model still runs."""
+    from sparse_expansion.expand import ExpandCompressor, ExpandConfig
+
+    ids, config = windows(n=8), ExpandConfig(experts=2, sparsity=parse_sparsity("0.5"))
+    model, plain = tiny_model("llama"), tiny_model("llama")
+    calibrate(model, ids, ExpandCompressor(config), batch_size=4, progress=False, true_sequential=True)
+    calibrate(plain, ids, ExpandCompressor(config), batch_size=4, progress=False)
+    mlp, plain_mlp = decoder_layers(model)[0].mlp, decoder_layers(plain)[0].mlp
+    assert torch.equal(mlp.gate_proj.dense_experts(), plain_mlp.gate_proj.dense_experts())
+    assert not torch.allclose(mlp.down_proj.dense_experts(), plain_mlp.down_proj.dense_experts(), atol=1e-3)
+    assert torch.isfinite(model(ids).logits).all()

@@ -150,6 +150,12 @@ def test_quantize_dense_from_the_command_line(tmp_path, tiny_model_dir, text_fil
     model, _ = load_model(str(expanded))
     assert {m.bits for m in model.model.layers.modules() if isinstance(m, QuantizedLinear)} == {8}
     assert not isinstance(model.lm_head, QuantizedLinear)  # --head-bits 0: the head stays float
+    sequential = make("prune", tmp_path, tiny_model_dir, text_file, capsys, "--method", "sparsegpt",
+                      "--sparsity", "0.5", "--bits", "4", "--group-size", "16", "--quantize-dense", "--true-sequential")
+    assert read_manifest(sequential)["record"]["true_sequential"] is True
+    assert read_manifest(pruned)["record"]["true_sequential"] is False
+    model, _ = load_model(str(sequential))
+    assert torch.isfinite(logits(model)).all() and not torch.equal(logits(model), logits(again))
     for flags, message in ((["--quantize-dense"], "--bits 4 or --bits 8"),
                            (["--bits", "3", "--quantize-dense"], "--bits 4 or --bits 8"),
                            (["--bits", "4", "--head-bits", "8"], "--head-bits needs --quantize-dense")):

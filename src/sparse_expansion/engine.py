@@ -58,6 +58,12 @@ class LayerCompressor(ABC):
     def finish_layer(self) -> dict[str, torch.Tensor | nn.Module]:
         """Replacements for the layer's linears (new [out, in] weights or modules); frees state."""
 
+    def finish_groups(self, groups: Groups) -> dict[str, torch.Tensor | nn.Module]:
+        """Replacements for the linears of `groups` alone, once their inputs are observed: the engine's
+        true-sequential mode then observes the later groups on these ones' outputs. `finish_layer`
+        afterwards returns what is left. A compressor that solves a layer in one piece keeps this refusal."""
+        raise NotImplementedError(f"{type(self).__name__} cannot compress a layer group by group")
+
     def record(self) -> dict[str, Any]:
         """Per-linear facts for the run record (sparsity achieved, damping, cluster sizes, ...)."""
         return {}
@@ -201,11 +207,16 @@ def calibrate(
     device: str = "cpu",
     progress: bool = True,
     rest: LayerCompressor | None = None,
+    true_sequential: bool = False,
 ) -> EngineTimes:
     """Compress every decoder layer of `model` in place, layer by layer. Returns timings.
 
     `rest`, when given, compresses the linears outside `targets` (the attention projections when
-    targets is 'mlp') in the same pass, on the same inputs: GPTQ of what pruning leaves dense."""
+    targets is 'mlp') in the same pass, on the same inputs: GPTQ of what pruning leaves dense.
+    `true_sequential` (GPTQ's option of that name) compresses a layer's groups one at a time in the order
+    they run, each observed on the outputs of the groups compressed before it (down_proj on the pruned
+    gate and up, not the dense ones), so a group's solve also makes up for the earlier groups' errors;
+    it costs one forward pass of the layer, cut short after the group's input, per group."""
     model.eval()
     groups = target_groups(model, targets)
     rest_groups = tuple(g for g in target_groups(model, "all") if g not in groups) if rest is not None else ()
@@ -225,10 +236,14 @@ def calibrate(
         compressor.start_layer(index, layer, groups)
         if rest is not None:
             rest.start_layer(index, layer, rest_groups)
-        if inputs is not None:
+        owners = {group: compressor for group in groups}
+        owners.update({group: rest for group in rest_groups} if rest is not None else {})
+        if true_sequential:
+            for group in (g for g in target_groups(model, "all") if g in owners):  # in the order they run
+                _compress_group(layer, group, owners[group], inputs, index, times)
+        elif inputs is not None:
             t0 = time.perf_counter()
-            observers = {group: compressor.observe for group in groups if compressor.needs_calibration}
-            observers.update({group: rest.observe for group in rest_groups} if rest is not None else {})
+            observers = {group: owner.observe for group, owner in owners.items() if owner.needs_calibration}
             with input_hooks(layer, observers):
                 for states, kw in zip(inputs.hidden, inputs.kwargs_for(index)):
                     run_layer(layer, states, kw)
@@ -247,3 +262,19 @@ def calibrate(
         if device != "cpu":
             layer.to("cpu")
     return times
+
+
+def _compress_group(layer: nn.Module, group: tuple[str, ...], owner: LayerCompressor, inputs: LayerInputs | None,
+                    index: int, times: EngineTimes) -> None:
+    """True-sequential step: observe one group's inputs through the layer as compressed so far (the pass
+    stops once the group's first linear has run) and write its replacements in."""
+    if inputs is not None and owner.needs_calibration:
+        t0 = time.perf_counter()
+        with input_hooks(layer, {group: owner.observe}), hooks(layer, stop_after=group[0]):
+            for states, kw in zip(inputs.hidden, inputs.kwargs_for(index)):
+                with contextlib.suppress(StopForward):
+                    run_layer(layer, states, kw)
+        times.forward += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    apply_replacements(layer, owner.finish_groups((group,)))
+    times.compress += time.perf_counter() - t0

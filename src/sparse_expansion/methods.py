@@ -109,9 +109,11 @@ def check_widths(config: Any, model: nn.Module, targets: str = "mlp") -> None:
 
 def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, targets: str = "mlp",
              batch_size: int = 8, device: str = "cpu", progress: bool = True,
-             dense: DenseQuantConfig | None = None) -> dict[str, Any]:
+             dense: DenseQuantConfig | None = None, true_sequential: bool = False) -> dict[str, Any]:
     """Compress `model` in place, layer by layer, with the method `config` belongs to; with `dense`,
-    GPTQ-quantize the linears outside `targets` and the LM head too (prune/dense.py).
+    GPTQ-quantize the linears outside `targets` and the LM head too (prune/dense.py); `true_sequential`:
+    each layer's linears in the order they run, each calibrated on the ones compressed before it
+    (engine.calibrate).
 
     Returns the run record: method, settings, achieved sparsity (mean and per linear), per-linear
     facts, FLOPs per token and non-zeros afterwards, and where the time went.
@@ -138,7 +140,8 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
     with expert_linears(model):  # MoE: every expert's linears, pruned like any linear (moe.py)
         compressor.prepare(model, windows, targets=targets, batch_size=batch_size)
         times = calibrate(model, windows, compressor, targets=targets,
-                          batch_size=batch_size, device=device, progress=progress, rest=rest)
+                          batch_size=batch_size, device=device, progress=progress, rest=rest,
+                          true_sequential=true_sequential)
     seconds = {"capture": times.capture, "forward": times.forward, "compress": times.compress,
                **compressor.timings()}
     quantized: dict[str, Any] = {}
@@ -155,6 +158,7 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
         "method": method.name,
         **config_json(config),
         "targets": targets,
+        "true_sequential": true_sequential,
         "mean_sparsity": sum(achieved) / len(achieved) if achieved else None,
         "linears": linears,
         **quantized,
@@ -166,7 +170,8 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
 def compress_and_save(source: str, config: Any, out: str, calibration: CalibrationSpec, *,
                       targets: str = "mlp", batch_size: int = 8, device: str = "cpu",
                       dtype: torch.dtype | None = None, progress: bool = True,
-                      notes: dict[str, Any] | None = None, dense: DenseQuantConfig | None = None) -> dict[str, Any]:
+                      notes: dict[str, Any] | None = None, dense: DenseQuantConfig | None = None,
+                      true_sequential: bool = False) -> dict[str, Any]:
     """Load `source`, compress it, save it to `out` atomically; returns the saved record (with
     `notes`, e.g. how the user phrased a setting, added to it).
 
@@ -196,7 +201,7 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
     model, tokenizer = load_causal_lm(source, dtype=dtype) if dtype is not None else load_causal_lm(source)
     windows = calibration.sample(tokenizer, model) if needs_data else None
     record = compress(model, windows, config, targets=targets, batch_size=batch_size, device=device,
-                      progress=progress and distributed.is_main(), dense=dense)
+                      progress=progress and distributed.is_main(), dense=dense, true_sequential=true_sequential)
     record.update(source_model=source, calibration=calibration.to_json() if needs_data else None,
                   dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                   machine={**machine_record(), "ranks": distributed.rank_and_size()[1]}, **(notes or {}))

@@ -31,6 +31,10 @@ def add_calibration_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--targets", choices=("mlp", "all"), default="mlp",
                        help="mlp (default) or all (adds attention projections)")
     group.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    group.add_argument("--true-sequential", action="store_true",
+                       help="compress each layer's linears in the order they run, each calibrated on the outputs of "
+                            "the ones compressed before it (GPTQ's option of that name; one more partial forward "
+                            "pass of the layer per group of linears)")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:

@@ -171,8 +171,11 @@ class ExpandCompressor(SparsityCompressor):
         self.times["hessians"] += time.perf_counter() - t0
 
     def finish_layer(self) -> dict[str, nn.Module]:
+        return self.finish_groups(tuple(group for group in self.groups if group in self.state))
+
+    def finish_groups(self, groups: Groups) -> dict[str, nn.Module]:
         out: dict[str, nn.Module] = {}
-        for group in self.groups:
+        for group in groups:
             state = self._closed(group)
             t0 = time.perf_counter()
             counts = state.stat.counts

@@ -157,10 +157,15 @@ class PruneCompressor(SparsityCompressor):
             sample.add(inputs)
 
     def finish_layer(self) -> dict[str, torch.Tensor]:
+        out = self.finish_groups(tuple(group for group in self.groups if group in self.samples))
+        self.stats, self.samples = {}, {}
+        return out
+
+    def finish_groups(self, groups: Groups) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        for group in self.groups:
-            statistic = self.stats[group].value() if self.stats else None
-            sample = self.samples[group]
+        for group in groups:
+            statistic = self.stats.pop(group).value() if self.statistic else None
+            sample = self.samples.pop(group)
             for name in group:
                 weight = linear_weight(self.layer.get_submodule(name)).detach()
                 if self.allocator is None:
@@ -174,5 +179,4 @@ class PruneCompressor(SparsityCompressor):
                 module = self.layer.get_submodule(name)
                 out[name] = new if grid is None else quantized_linear(new, getattr(module, "bias", None), grid)
                 self._records[f"{self.index}.{name}"] = {"sparsity": zero_fraction(new), **info}
-        self.stats, self.samples = {}, {}
         return out
