@@ -15,6 +15,7 @@ from sparse_expansion.arch import (
     ARCHITECTURES,
     architecture_of,
     decoder_layers,
+    expert_groups,
     layer_kinds,
     linear_weight,
     mlp_activation,
@@ -23,6 +24,7 @@ from sparse_expansion.arch import (
 )
 from sparse_expansion.artifact import save_artifact
 from sparse_expansion.engine import capture_layer_inputs, run_layer
+from sparse_expansion.errors import UsageError
 from sparse_expansion.methods import PRUNING_METHODS, compress, make_config
 from sparse_expansion.models import load_model
 from sparse_expansion.moe import expert_linears
@@ -182,13 +184,14 @@ def test_architecture_end_to_end(model_type, tmp_path, tokenizer, text_file, cap
     assert code == 0, err
 
 
-@pytest.mark.parametrize("true_sequential", [False, True])
+@pytest.mark.parametrize("mode", ["plain", "true_sequential", "asymmetric"])
 @pytest.mark.parametrize("model_type", ALL_TYPES)
-def test_quantize_dense_on_every_architecture(model_type, true_sequential, tmp_path, tokenizer):
+def test_quantize_dense_on_every_architecture(model_type, mode, tmp_path, tokenizer):
     """--quantize-dense GPTQs every linear pruning leaves dense (attention, GPT-2's transposed Conv1D, the
     LM head after whatever final norm the family has) into int8 codes; saved -> loaded gives identical logits.
     Also group by group (--true-sequential): every family's groups, a MoE's experts among them, in the order
-    they run."""
+    they run; and against the dense model's outputs (--asymmetric: each family's layer copied and run on the
+    dense stream; a mixture of experts is refused in one line)."""
     from sparse_expansion.kernels import QuantizedLinear
     from sparse_expansion.prune.dense import DenseQuantConfig
 
@@ -196,8 +199,12 @@ def test_quantize_dense_on_every_architecture(model_type, true_sequential, tmp_p
     ids = windows(2, seed=1)
     before = logits(model, ids)
     config = make_config("sparsegpt", parse_sparsity("0.5"), bits=8)
-    record = compress(model, windows(), config, progress=False, dense=DenseQuantConfig(8),
-                      true_sequential=true_sequential)
+    options = {mode: True} if mode != "plain" else {}
+    if mode == "asymmetric" and expert_groups(model):
+        with pytest.raises(UsageError, match="mixture of experts"):
+            compress(model, windows(), config, progress=False, dense=DenseQuantConfig(8), **options)
+        return
+    record = compress(model, windows(), config, progress=False, dense=DenseQuantConfig(8), **options)
     attention = architecture_of(model).attention
     for layer in decoder_layers(model):
         assert all(isinstance(layer.get_submodule(name), QuantizedLinear) for name in attention)

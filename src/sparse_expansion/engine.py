@@ -14,6 +14,7 @@ input, observes their inputs batch by batch, and returns for each linear either 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import time
 from abc import ABC, abstractmethod
@@ -52,7 +53,8 @@ class LayerCompressor(ABC):
 
     @abstractmethod
     def observe(self, group: tuple[str, ...], inputs: torch.Tensor) -> None:
-        """One batch of the inputs [tokens, in_features] shared by the linears of `group`."""
+        """One batch of the inputs [tokens, in_features] shared by the linears of `group` (under asymmetric
+        calibration also `reference=`, the dense model's inputs for the same tokens; see calibrate)."""
 
     @abstractmethod
     def finish_layer(self) -> dict[str, torch.Tensor | nn.Module]:
@@ -208,6 +210,7 @@ def calibrate(
     progress: bool = True,
     rest: LayerCompressor | None = None,
     true_sequential: bool = False,
+    asymmetric: bool = False,
 ) -> EngineTimes:
     """Compress every decoder layer of `model` in place, layer by layer. Returns timings.
 
@@ -215,8 +218,14 @@ def calibrate(
     targets is 'mlp') in the same pass, on the same inputs: GPTQ of what pruning leaves dense.
     `true_sequential` (GPTQ's option of that name) compresses a layer's groups one at a time in the order
     they run, each observed on the outputs of the groups compressed before it (down_proj on the pruned
-    gate and up, not the dense ones), so a group's solve also makes up for the earlier groups' errors;
-    it costs one forward pass of the layer, cut short after the group's input, per group."""
+    gate and up, not the dense ones), so each group is solved on the inputs it will see; it costs one
+    forward pass of the layer, cut short after the group's input, per group.
+    `asymmetric` also carries the dense model's hidden states through an uncompressed copy of each layer
+    and hands every compressor, beside each batch of inputs, the dense model's inputs for the same tokens
+    (`observe(..., reference=)`): a solve can then aim at the dense model's outputs rather than at the
+    compressed inputs' own (prune/asymmetric.py). Every compressor must take them. It implies
+    `true_sequential`: a correction fit on inputs the linear will not see (down_proj's through the dense gate
+    and up) does more harm than good (SparseGPT 70% on SmolLM2: perplexity 1.7e6 without, BENCHMARKS.md)."""
     model.eval()
     groups = target_groups(model, targets)
     rest_groups = tuple(g for g in target_groups(model, "all") if g not in groups) if rest is not None else ()
@@ -229,25 +238,30 @@ def calibrate(
         t0 = time.perf_counter()
         inputs = capture_layer_inputs(model, windows, batch_size, device)
         times.capture = time.perf_counter() - t0
+    reference = list(inputs.hidden) if asymmetric and inputs is not None else None  # the dense model's stream
+    true_sequential = true_sequential or asymmetric
 
     bar = progress_bar(range(len(layers)), desc="layers", unit="layer", disable=not progress)
     for index in bar:
         layer = layers[index].to(device)
+        original = copy.deepcopy(layer) if reference is not None else None
         compressor.start_layer(index, layer, groups)
         if rest is not None:
             rest.start_layer(index, layer, rest_groups)
         owners = {group: compressor for group in groups}
         owners.update({group: rest for group in rest_groups} if rest is not None else {})
-        if true_sequential:
-            for group in (g for g in target_groups(model, "all") if g in owners):  # in the order they run
-                _compress_group(layer, group, owners[group], inputs, index, times)
-        elif inputs is not None:
-            t0 = time.perf_counter()
-            observers = {group: owner.observe for group, owner in owners.items() if owner.needs_calibration}
-            with input_hooks(layer, observers):
-                for states, kw in zip(inputs.hidden, inputs.kwargs_for(index)):
-                    run_layer(layer, states, kw)
-            times.forward += time.perf_counter() - t0
+        stages = [(g,) for g in target_groups(model, "all") if g in owners] if true_sequential else [tuple(owners)]
+        for stage in stages:  # one stage: every group on the layer's inputs; true-sequential: a group a stage
+            sinks = {group: owners[group].observe for group in stage if owners[group].needs_calibration}
+            if inputs is not None and sinks:
+                t0 = time.perf_counter()
+                _observe(layer, sinks, inputs, index, stop=stage[0][0] if true_sequential else None,
+                         original=original, reference=reference)
+                times.forward += time.perf_counter() - t0
+            if true_sequential:
+                t0 = time.perf_counter()
+                apply_replacements(layer, owners[stage[0]].finish_groups(stage))
+                times.compress += time.perf_counter() - t0
 
         t0 = time.perf_counter()
         apply_replacements(layer, compressor.finish_layer())
@@ -257,24 +271,38 @@ def calibrate(
 
         if inputs is not None and index + 1 < len(layers):
             t0 = time.perf_counter()
-            inputs.hidden = [run_layer(layer, s, kw) for s, kw in zip(inputs.hidden, inputs.kwargs_for(index))]
+            kwargs = inputs.kwargs_for(index)
+            inputs.hidden = [run_layer(layer, s, kw) for s, kw in zip(inputs.hidden, kwargs)]
+            if reference is not None:
+                reference = [run_layer(original, s, kw) for s, kw in zip(reference, kwargs)]
             times.forward += time.perf_counter() - t0
         if device != "cpu":
             layer.to("cpu")
     return times
 
 
-def _compress_group(layer: nn.Module, group: tuple[str, ...], owner: LayerCompressor, inputs: LayerInputs | None,
-                    index: int, times: EngineTimes) -> None:
-    """True-sequential step: observe one group's inputs through the layer as compressed so far (the pass
-    stops once the group's first linear has run) and write its replacements in."""
-    if inputs is not None and owner.needs_calibration:
-        t0 = time.perf_counter()
-        with input_hooks(layer, {group: owner.observe}), hooks(layer, stop_after=group[0]):
-            for states, kw in zip(inputs.hidden, inputs.kwargs_for(index)):
-                with contextlib.suppress(StopForward):
-                    run_layer(layer, states, kw)
-        times.forward += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    apply_replacements(layer, owner.finish_groups((group,)))
-    times.compress += time.perf_counter() - t0
+def _observe(layer: nn.Module, sinks: dict[tuple[str, ...], Any], inputs: LayerInputs, index: int, *,
+             stop: str | None = None, original: nn.Module | None = None,
+             reference: list[torch.Tensor] | None = None) -> None:
+    """Run `layer` on every batch with each group's inputs handed to its sink, the pass cut short after
+    linear `stop` when given. With `original` (asymmetric), each batch first runs through the uncompressed
+    copy on the dense model's hidden states, and a sink gets that pass's inputs of its group as `reference`."""
+    for batch, (states, kw) in enumerate(zip(inputs.hidden, inputs.kwargs_for(index))):
+        bound = sinks
+        if original is not None:
+            dense: dict[tuple[str, ...], torch.Tensor] = {}
+            _run_cut(original, reference[batch], kw, {g: dense.__setitem__ for g in sinks}, stop)
+            bound = {g: functools.partial(_paired, sink, dense) for g, sink in sinks.items()}
+        _run_cut(layer, states, kw, bound, stop)
+
+
+def _paired(sink, dense: dict[tuple[str, ...], torch.Tensor], group: tuple[str, ...], x: torch.Tensor) -> None:
+    if group not in dense or dense[group].shape != x.shape:
+        raise RuntimeError(f"{group[0]}: the dense model's pass gave no inputs for the same tokens")
+    sink(group, x, reference=dense.pop(group))
+
+
+def _run_cut(layer: nn.Module, states: torch.Tensor, kw: dict[str, Any], sinks: dict[tuple[str, ...], Any],
+             stop: str | None) -> None:
+    with input_hooks(layer, sinks), hooks(layer, stop_after=stop), contextlib.suppress(StopForward):
+        run_layer(layer, states, kw)

@@ -107,13 +107,34 @@ def check_widths(config: Any, model: nn.Module, targets: str = "mlp") -> None:
                                     f"layer {index} {name}")
 
 
+def check_asymmetric(method: str, model: Any, dense: DenseQuantConfig | None) -> None:
+    """Asymmetric calibration pairs each token's compressed and dense inputs in SparseGPT's statistics (its own
+    or the experts'): refused, in one line, for the methods without them, for a mixture of experts (whose
+    routing can send a token to other experts in the two passes), and without --quantize-dense: with the
+    attention projections left as they are, the MLP alone works off every upstream error, and corrections that
+    large fit the calibration corpus (SmolLM2 70%: pydoc perplexity 281 -> 37,190, BENCHMARKS.md)."""
+    from .arch import expert_groups
+
+    if dense is None:
+        raise UsageError("--asymmetric needs --quantize-dense (and --bits 4 or 8): solved alone against the dense "
+                         "outputs, the MLP overfits the calibration corpus")
+    if method not in ("sparsegpt", "sparse_expansion"):
+        raise UsageError(f"--asymmetric works with `prune --method sparsegpt` and `expand` (got {method}): it changes "
+                         "the target of SparseGPT's solve")
+    if model is not None and expert_groups(model):
+        raise UsageError("--asymmetric does not take a mixture of experts: the dense and the compressed pass may "
+                         "route a token to different experts")
+
+
 def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, targets: str = "mlp",
              batch_size: int = 8, device: str = "cpu", progress: bool = True,
-             dense: DenseQuantConfig | None = None, true_sequential: bool = False) -> dict[str, Any]:
+             dense: DenseQuantConfig | None = None, true_sequential: bool = False,
+             asymmetric: bool = False) -> dict[str, Any]:
     """Compress `model` in place, layer by layer, with the method `config` belongs to; with `dense`,
     GPTQ-quantize the linears outside `targets` and the LM head too (prune/dense.py); `true_sequential`:
     each layer's linears in the order they run, each calibrated on the ones compressed before it
-    (engine.calibrate).
+    (engine.calibrate); `asymmetric`: SparseGPT / GPTQ solved against the dense model's outputs
+    (prune/asymmetric.py).
 
     Returns the run record: method, settings, achieved sparsity (mean and per linear), per-linear
     facts, FLOPs per token and non-zeros afterwards, and where the time went.
@@ -128,6 +149,8 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
     if method.kind == "expanded":
         refuse_expansion(architecture_of(model), model.config.model_type)
     compressor = method.compressor(config)
+    if asymmetric:
+        check_asymmetric(method.name, model, dense)
     rest = dense_compressor(dense) if dense is not None else None
     if compressor.needs_calibration or rest is not None:
         if windows is None:
@@ -141,7 +164,7 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
         compressor.prepare(model, windows, targets=targets, batch_size=batch_size)
         times = calibrate(model, windows, compressor, targets=targets,
                           batch_size=batch_size, device=device, progress=progress, rest=rest,
-                          true_sequential=true_sequential)
+                          true_sequential=true_sequential, asymmetric=asymmetric)
     seconds = {"capture": times.capture, "forward": times.forward, "compress": times.compress,
                **compressor.timings()}
     quantized: dict[str, Any] = {}
@@ -158,7 +181,8 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
         "method": method.name,
         **config_json(config),
         "targets": targets,
-        "true_sequential": true_sequential,
+        "true_sequential": true_sequential or asymmetric,
+        "asymmetric": asymmetric,
         "mean_sparsity": sum(achieved) / len(achieved) if achieved else None,
         "linears": linears,
         **quantized,
@@ -171,7 +195,7 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
                       targets: str = "mlp", batch_size: int = 8, device: str = "cpu",
                       dtype: torch.dtype | None = None, progress: bool = True,
                       notes: dict[str, Any] | None = None, dense: DenseQuantConfig | None = None,
-                      true_sequential: bool = False) -> dict[str, Any]:
+                      true_sequential: bool = False, asymmetric: bool = False) -> dict[str, Any]:
     """Load `source`, compress it, save it to `out` atomically; returns the saved record (with
     `notes`, e.g. how the user phrased a setting, added to it).
 
@@ -197,11 +221,14 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
     check_model_config(source, expanding=method_of(config).kind == "expanded")
     if config.sparsity.structured and (shape := skeleton(source)) is not None:
         check_widths(config, shape, targets)  # from config.json: N:M against the layer widths
+    if asymmetric:
+        check_asymmetric(method_of(config).name, skeleton(source), dense)
     runtime.join_process_group(device)
     model, tokenizer = load_causal_lm(source, dtype=dtype) if dtype is not None else load_causal_lm(source)
     windows = calibration.sample(tokenizer, model) if needs_data else None
     record = compress(model, windows, config, targets=targets, batch_size=batch_size, device=device,
-                      progress=progress and distributed.is_main(), dense=dense, true_sequential=true_sequential)
+                      progress=progress and distributed.is_main(), dense=dense, true_sequential=true_sequential,
+                      asymmetric=asymmetric)
     record.update(source_model=source, calibration=calibration.to_json() if needs_data else None,
                   dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                   machine={**machine_record(), "ranks": distributed.rank_and_size()[1]}, **(notes or {}))

@@ -35,6 +35,12 @@ def add_calibration_args(parser: argparse.ArgumentParser) -> None:
                        help="compress each layer's linears in the order they run, each calibrated on the outputs of "
                             "the ones compressed before it (GPTQ's option of that name; one more partial forward "
                             "pass of the layer per group of linears)")
+    group.add_argument("--asymmetric", action="store_true",
+                       help="SparseGPT / GPTQ aim at the dense model's outputs: each linear's solve starts from the "
+                            "weight that best maps the compressed model's inputs onto the dense model's outputs, so it "
+                            "also works off the earlier layers' errors (GPTAQ's asymmetric calibration; one more "
+                            "forward pass of every layer; implies --true-sequential; prune --method sparsegpt, "
+                            "expand)")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:

@@ -88,7 +88,8 @@ def run(args) -> int:
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
                                batch_size=args.batch_size, device=rt.device, dtype=rt.dtype,
                                notes={"memory_budget": args.memory_budget},
-                               dense=dense, true_sequential=args.true_sequential)
+                               dense=dense, true_sequential=args.true_sequential,
+                               asymmetric=args.asymmetric)
     if args.memory_budget is not None:
         print(f"memory budget {args.memory_budget:g} -> each expert at sparsity {sparsity}")
     print(f"expanded ({args.experts} experts, {sparsity}) {len(record['linears'])} linears in "

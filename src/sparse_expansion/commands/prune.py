@@ -48,7 +48,8 @@ def run(args) -> int:
     rt = runtime.setup(args.device, args.dtype)
     record = compress_and_save(args.model, config, args.out, common.calibration_spec(args), targets=args.targets,
                                batch_size=args.batch_size, device=rt.device, dtype=rt.dtype, dense=dense,
-                               true_sequential=args.true_sequential)
+                               true_sequential=args.true_sequential,
+                               asymmetric=args.asymmetric)
     print(f"pruned ({args.method}, {sparsity}) {len(record['linears'])} linears in "
           f"{record['seconds']['total']:.1f} s -> {args.out}")
     return 0

@@ -26,6 +26,7 @@ from ..arch import linear_weight
 from ..engine import Groups
 from ..errors import UsageError
 from ..prune.allocation import AllocationFields, TokenSample, block_counts
+from ..prune.asymmetric import asymmetric_target
 from ..prune.compressors import STORED_BITS, SparsityCompressor
 from ..prune.sparsegpt import sparsegpt_solve
 from ..prune.sparsity import Sparsity
@@ -89,6 +90,7 @@ class _GroupState:
     most `router_tokens` plus one batch), then the router and the cluster statistic."""
 
     buffer: list[torch.Tensor] = field(default_factory=list)
+    references: list[torch.Tensor] = field(default_factory=list)  # the buffer's dense inputs (asymmetric)
     buffered: int = 0
     router: Router | None = None
     sample_size: int = 0
@@ -116,13 +118,17 @@ class ExpandCompressor(SparsityCompressor):
         super().start_layer(index, layer, groups)
         self.state: dict[tuple[str, ...], _GroupState] = {g: _GroupState() for g in groups}
 
-    def observe(self, group: tuple[str, ...], inputs: torch.Tensor) -> None:
+    def observe(self, group: tuple[str, ...], inputs: torch.Tensor, reference: torch.Tensor | None = None) -> None:
+        """A batch of the group's inputs (and, under asymmetric calibration, the dense model's for the same tokens:
+        each expert then aims at the dense outputs, prune/asymmetric.py)."""
         state = self.state[group]
         x = inputs.float()
         if state.router is not None:
-            self._accumulate(state, x)
+            self._accumulate(state, x, reference)
             return
         state.buffer.append(x)
+        if reference is not None:
+            state.references.append(reference)
         state.buffered += x.shape[0]
         if state.buffered >= self.config.router_tokens:
             self._fit_router(group, state)
@@ -159,15 +165,16 @@ class ExpandCompressor(SparsityCompressor):
         self.times["clustering"] += time.perf_counter() - t0
         state.stat = ClusterHessianStat(s.experts, fourth=s.shrink == "lw")
         buffer, state.buffer, state.buffered = state.buffer, [], 0
-        for batch in buffer:
-            self._accumulate(state, batch)
+        references, state.references = state.references or [None] * len(buffer), []
+        for batch, reference in zip(buffer, references, strict=True):
+            self._accumulate(state, batch, reference)
 
-    def _accumulate(self, state: _GroupState, x: torch.Tensor) -> None:
+    def _accumulate(self, state: _GroupState, x: torch.Tensor, reference: torch.Tensor | None = None) -> None:
         t0 = time.perf_counter()
         assert state.router is not None and state.stat is not None
         labels = state.router(x) if self.config.experts > 1 else torch.zeros(x.shape[0], dtype=torch.long,
                                                                               device=x.device)
-        state.stat.add(x, labels)
+        state.stat.add(x, labels, reference=reference)
         self.times["hessians"] += time.perf_counter() - t0
 
     def finish_layer(self) -> dict[str, nn.Module]:
@@ -179,11 +186,14 @@ class ExpandCompressor(SparsityCompressor):
             state = self._closed(group)
             t0 = time.perf_counter()
             counts = state.stat.counts
+            target = None
+            if state.stat.has_cross():  # asymmetric: one target for every expert, from the layer's statistics
+                target = (state.stat.layer_hessian(), state.stat.layer_cross())
             hessians, lam = shrunk_hessians(state.stat, self.config.shrink, self.config.blend_below)
             state.stat = None  # the per-cluster sums go before the solves
             self.times["hessians"] += time.perf_counter() - t0
             for name in group:
-                out[name], solve = self._expand_linear(name, state, hessians)
+                out[name], solve = self._expand_linear(name, state, hessians, target)
                 self._records[f"{self.index}.{name}"] = {**self._linear_record(out[name], state, counts, lam),
                                                          **solve}
         return out
@@ -199,10 +209,14 @@ class ExpandCompressor(SparsityCompressor):
         assert state.router is not None and state.stat is not None
         return state
 
-    def _expand_linear(self, name: str, state: _GroupState, hessians: torch.Tensor
+    def _expand_linear(self, name: str, state: _GroupState, hessians: torch.Tensor,
+                       target: tuple[torch.Tensor, torch.Tensor] | None = None
                        ) -> tuple[SparseExpertLinear, dict[str, Any]]:
         """(the linear's k experts behind the group's router, facts of the solve): each expert solved
-        with SparseGPT on its cluster's Hessian (this rank's share under torchrun)."""
+        with SparseGPT on its cluster's Hessian (this rank's share under torchrun), from the weight itself or,
+        under asymmetric calibration, from the target weight of the layer's statistics (H, C): the upstream
+        errors it works off are the layer's, and a target per cluster, fit on ~1/k of the tokens, overfit
+        (SmolLM2 16 experts 70%: pydoc perplexity 4.2e4, BENCHMARKS.md)."""
         s = self.config
         module = self.layer.get_submodule(name)
         weight = linear_weight(module).detach().float()
@@ -214,7 +228,8 @@ class ExpandCompressor(SparsityCompressor):
             count = torch.tensor(self.allocator.linear_zeros(self.index, name))
             zeros = block_counts(count if rows is None else rows, weight.shape[1], s.blocksize)
             allocated = self.allocator.record(self.index, name, rows)
-        local, info = sparsegpt_solve(weight.expand(len(mine), *weight.shape), hessians[mine], s.sparsity,
+        start = weight if target is None else asymmetric_target(weight, *target, s.percdamp)
+        local, info = sparsegpt_solve(start.expand(len(mine), *start.shape), hessians[mine], s.sparsity,
                                       bits=s.bits, group_size=s.group_size, grid=s.grid, blocksize=s.blocksize,
                                       percdamp=s.percdamp, zeros=zeros, zeros_per_row=rows is not None)
         weights = distributed.gather_shares(local, s.experts)

@@ -38,12 +38,14 @@ class ClusterHessianStat:
         self.fourth = torch.zeros(k, dtype=torch.float64)
         self.tracks_fourth = fourth
         self._scratch: torch.Tensor | None = None  # one [d, d] product buffer shared by the k clusters
+        self.cross_total: torch.Tensor | None = None  # sum x_dense x^T over every token (asymmetric calibration)
 
     @property
     def counts(self) -> list[int]:
         return [s.count for s in self.stats]
 
-    def add(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor | None = None) -> None:
+        """`reference`: the dense model's inputs of the same tokens (asymmetric calibration; every batch or none)."""
         x = x.float()
         counts = torch.bincount(labels, minlength=self.k)
         if self.tracks_fourth:
@@ -51,6 +53,9 @@ class ClusterHessianStat:
             self.fourth += torch.zeros(self.k, dtype=torch.float64).index_add_(0, labels.cpu(), sq.cpu().pow(2))
         sizes = counts.tolist()  # the one read from the device per batch
         full = max(range(self.k), key=sizes.__getitem__)
+        if reference is not None:  # one cross term for the layer: the experts share its target (compressor.py)
+            cross = reference.float().t() @ x
+            self.cross_total = cross if self.cross_total is None else self.cross_total.add_(cross)
         if sizes[full] == x.shape[0]:  # the whole batch in one cluster (always so for k = 1)
             self.stats[full].add(x)
             return
@@ -78,14 +83,22 @@ class ClusterHessianStat:
                 out[c] = stat.value()
         return out
 
+    def has_cross(self) -> bool:
+        """Whether the batches came with the dense model's inputs (asymmetric calibration)."""
+        return self.cross_total is not None
+
+    def layer_cross(self) -> torch.Tensor:
+        """C = 2/n sum x_dense x^T over every token of the layer (asymmetric calibration)."""
+        return self.cross_total * (2.0 / sum(self.counts))
+
     def layer_hessian(self) -> torch.Tensor:
         """H over every token of the layer: each token is in exactly one cluster."""
         return sum(st.total for st in self.stats if st.count) * (2.0 / sum(self.counts))
 
     def nbytes(self) -> int:
-        scratch = 0 if self._scratch is None else self._scratch.numel() * self._scratch.element_size()
+        buffers = [t for t in (self._scratch, self.cross_total) if t is not None]
         return sum(s.total.numel() * s.total.element_size() for s in self.stats if s.total is not None) + \
-            self.fourth.numel() * self.fourth.element_size() + scratch
+            self.fourth.numel() * self.fourth.element_size() + sum(t.numel() * t.element_size() for t in buffers)
 
 
 def shrinkage(rule: str, counts: list[int], *, min_tokens: float = 0.0, fourth: torch.Tensor | None = None,

@@ -18,6 +18,7 @@ from torch import nn
 from ..arch import linear_weight
 from ..engine import Groups, LayerCompressor
 from .allocation import AllocationFields, TokenSample, block_counts, exact_counts
+from .asymmetric import asymmetric_target
 from .magnitude import magnitude_prune
 from .sparsegpt import sparsegpt_solve
 from .sparsity import Sparsity
@@ -150,8 +151,11 @@ class PruneCompressor(SparsityCompressor):
         self.samples: dict[tuple[str, ...], TokenSample | None] = {
             g: self.allocator.sampler(index, gi) if self.allocator else None for gi, g in enumerate(groups)}
 
-    def observe(self, group: tuple[str, ...], inputs: torch.Tensor) -> None:
-        self.stats[group].add(inputs)
+    def observe(self, group: tuple[str, ...], inputs: torch.Tensor, reference: torch.Tensor | None = None) -> None:
+        if reference is None:
+            self.stats[group].add(inputs)
+        else:  # asymmetric calibration (engine.calibrate): SparseGPT's Hessian also keeps the cross term
+            self.stats[group].add(inputs, reference=reference)
         sample = self.samples[group]
         if sample is not None:
             sample.add(inputs)
@@ -164,10 +168,14 @@ class PruneCompressor(SparsityCompressor):
     def finish_groups(self, groups: Groups) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for group in groups:
-            statistic = self.stats.pop(group).value() if self.statistic else None
+            stat = self.stats.pop(group) if self.statistic else None
+            statistic = stat.value() if stat is not None else None
+            cross = stat.cross() if isinstance(stat, HessianStat) else None
             sample = self.samples.pop(group)
             for name in group:
                 weight = linear_weight(self.layer.get_submodule(name)).detach()
+                if cross is not None:  # aim at the dense model's outputs (prune/asymmetric.py)
+                    weight = asymmetric_target(weight, statistic, cross, self.config.percdamp)
                 if self.allocator is None:
                     new, info = prune_weight(self.config, weight, statistic)
                 else:

@@ -11,28 +11,38 @@ NO_INPUTS = ("no calibration token reached this linear (a mixture-of-experts exp
 
 
 class HessianStat:
-    """H = 2/n * sum_x x x^T over every calibration token, accumulated batch by batch."""
+    """H = 2/n * sum_x x x^T over every calibration token, accumulated batch by batch; given the dense
+    model's inputs of the same tokens (`reference`, asymmetric calibration), also C = 2/n * sum x_dense x^T."""
 
     def __init__(self) -> None:
         self.total: torch.Tensor | None = None
+        self.cross_total: torch.Tensor | None = None
         self.count = 0
 
-    def add(self, x: torch.Tensor, scratch: torch.Tensor | None = None) -> None:
+    def add(self, x: torch.Tensor, scratch: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> None:
         """`scratch` ([d, d] float32): where to put the batch's product instead of a new tensor (Sparse
         Expansion adds k small chunks per batch, and a fresh [d, d] each costs as much as a small
         product). The product is then added, as without it: adding it inside the GEMM (addmm_) is
-        faster still but rounds differently once a chunk spans several of the BLAS library's blocks."""
+        faster still but rounds differently once a chunk spans several of the BLAS library's blocks.
+        `reference` [n, d]: the same tokens' inputs in the dense model (every batch or none)."""
         x = x.float()
         if self.total is None:
             self.total = x.t() @ x
         else:
             self.total.add_(x.t() @ x if scratch is None else torch.mm(x.t(), x, out=scratch))
+        if reference is not None:
+            cross = reference.float().t() @ x  # the same product as x.t() @ x when the two streams agree
+            self.cross_total = cross if self.cross_total is None else self.cross_total.add_(cross)
         self.count += x.shape[0]
 
     def value(self) -> torch.Tensor:
         if self.total is None:
             raise UsageError(NO_INPUTS)
         return self.total * (2.0 / self.count)
+
+    def cross(self) -> torch.Tensor | None:
+        """C = 2/n * sum x_dense x^T [d, d], or None without references."""
+        return None if self.cross_total is None else self.cross_total * (2.0 / self.count)
 
 
 def gram(x: torch.Tensor, block: int = 384) -> torch.Tensor:

@@ -1,0 +1,32 @@
+"""Asymmetric calibration: solve a linear against the dense model's outputs, not its compressed inputs' own.
+
+SparseGPT and GPTQ minimise |W X~ - W' X~|^2 over the inputs X~ the compressed model feeds the linear: the
+solve reproduces what the earlier (pruned, quantized) layers left, errors included. With X the dense
+model's inputs for the same tokens, |W X - W' X~|^2 splits into a part no W' can change plus
+|(W_t - W') X~|^2, where W_t = W C H^-1 (C = X X~^T, H = X~ X~^T) is the least-squares weight that maps the
+compressed inputs onto the dense outputs. So the usual solve, given W_t instead of W, also works off the
+upstream errors. GPTAQ (Li et al., ICML 2025) minimises the same objective inside GPTQ's column loop;
+solving for W_t first keeps SparseGPT's solve as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def asymmetric_target(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor,
+                      percdamp: float = 0.01) -> torch.Tensor:
+    """W_t = W + W (C - H) (H + damp I)^-1 for W [out, in], H = 2/n X~ X~^T and C = 2/n X X~^T [..., in, in]
+    (leading dims: one target per cluster Hessian, W broadcast), in W's dtype.
+
+    Equal to W C H^-1 without damping; written as a correction so that where the two streams agree
+    (C = H, e.g. the first layer) W comes back exactly, and the damping (the solve's own rule: `percdamp`
+    of the mean diagonal) only tempers the correction. One Cholesky solve in float32, as SparseGPT's own."""
+    h = hessian.float()
+    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
+    damp = percdamp * h.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    factor = torch.linalg.cholesky(h + damp * eye)  # a Gram matrix plus a positive diagonal
+    w = weight.float()
+    moved = w @ (cross.float() - h)  # [..., out, in]; exactly 0 where the streams agree
+    correction = torch.cholesky_solve(moved.transpose(-1, -2), factor).transpose(-1, -2)  # M H^-1, H symmetric
+    return (w + correction).to(weight.dtype)
