@@ -39,8 +39,8 @@ def add_calibration_args(parser: argparse.ArgumentParser) -> None:
                        help="SparseGPT / GPTQ aim at the dense model's outputs: each linear's solve starts from the "
                             "weight that best maps the compressed model's inputs onto the dense model's outputs, so it "
                             "also works off the earlier layers' errors (GPTAQ's asymmetric calibration; one more "
-                            "forward pass of every layer; implies --true-sequential; prune --method sparsegpt, "
-                            "expand)")
+                            "forward pass of every layer; needs --quantize-dense, implies --true-sequential; prune "
+                            "--method sparsegpt, expand)")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
