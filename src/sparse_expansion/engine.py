@@ -225,7 +225,7 @@ def calibrate(
     (`observe(..., reference=)`): a solve can then aim at the dense model's outputs rather than at the
     compressed inputs' own (prune/asymmetric.py). Every compressor must take them. It implies
     `true_sequential`: a correction fit on inputs the linear will not see (down_proj's through the dense gate
-    and up) does more harm than good (SparseGPT 70% on SmolLM2: perplexity 1.7e6 without, BENCHMARKS.md)."""
+    and up) does more harm than good (a build without it broke SparseGPT 70% on SmolLM2 down completely)."""
     model.eval()
     groups = target_groups(model, targets)
     rest_groups = tuple(g for g in target_groups(model, "all") if g not in groups) if rest is not None else ()

@@ -215,8 +215,8 @@ class ExpandCompressor(SparsityCompressor):
         """(the linear's k experts behind the group's router, facts of the solve): each expert solved
         with SparseGPT on its cluster's Hessian (this rank's share under torchrun), from the weight itself or,
         under asymmetric calibration, from the target weight of the layer's statistics (H, C): the upstream
-        errors it works off are the layer's, and a target per cluster, fit on ~1/k of the tokens, overfit
-        (SmolLM2 16 experts 70%: pydoc perplexity 4.2e4, BENCHMARKS.md)."""
+        errors it works off are the layer's, and a target per cluster, fit on ~1/k of the tokens, overfit (a build
+        that did so broke 16 experts of SmolLM2 down on pydoc, the corpus it was not calibrated on)."""
         s = self.config
         module = self.layer.get_submodule(name)
         weight = linear_weight(module).detach().float()
