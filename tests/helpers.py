@@ -54,6 +54,26 @@ def windows(n: int = 4, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
     return torch.randint(2, 128, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
+def forward_inputs(model, ids: torch.Tensor, sites, batch: int | None = None) -> dict:
+    """(layer index, linear name) -> what that linear sees in a plain forward pass of `model` over `ids`, 2-D
+    (`batch` windows a pass: the batches' inputs concatenated in order)."""
+    from sparse_expansion.arch import decoder_layers
+
+    seen, handles = {}, []
+    for i, layer in enumerate(decoder_layers(model)):
+        for name in sites:
+            def hook(_m, args, _o, key=(i, name)):
+                seen.setdefault(key, []).append(args[0].reshape(-1, args[0].shape[-1]).clone())
+            handles.append(layer.get_submodule(name).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for start in range(0, ids.shape[0], batch or ids.shape[0]):
+                model(ids[start:start + (batch or ids.shape[0])], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {key: torch.cat(parts) for key, parts in seen.items()}
+
 def tiny_tokenizer(vocab: int = 128):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

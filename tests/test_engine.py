@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import FAMILIES, tiny_model
+from helpers import FAMILIES, forward_inputs, tiny_model
 
 from sparse_expansion.arch import architecture_of, decoder_layers, linear_weight, target_groups, target_names
 from sparse_expansion.engine import LayerCompressor, calibrate
@@ -29,20 +29,6 @@ class RecordingIdentity(LayerCompressor):
 
     def finish_layer(self):
         return {}
-
-
-def forward_inputs(model, ids, sites):
-    """What (layer, linear) sees in a plain forward pass of `model`, 2-D."""
-    seen, handles = {}, []
-    for i, layer in enumerate(decoder_layers(model)):
-        for name in sites:
-            def hook(_m, args, _o, key=(i, name)):
-                seen[key] = args[0].reshape(-1, args[0].shape[-1]).clone()
-            handles.append(layer.get_submodule(name).register_forward_hook(hook))
-    model(ids, use_cache=False)
-    for h in handles:
-        h.remove()
-    return seen
 
 
 @pytest.mark.parametrize("family", FAMILIES)

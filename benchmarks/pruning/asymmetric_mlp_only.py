@@ -4,8 +4,10 @@ command line refuses it. Perplexity in domain (shakespeare:test) and out of it (
 
     python benchmarks/pruning/asymmetric_mlp_only.py [--windows 32 --seqlen 512] > runs/asym_mlp_only.jsonl
 
-One JSON line per variant (`plain`, `asymmetric`): perplexity on each corpus (16 x 512 windows, bfloat16, as
-`eval --dtype bfloat16`) and the compression's wall seconds. ~15 CPU minutes at the defaults.
+One JSON line per variant (`plain`, `asymmetric`): perplexity on each corpus (16 x 512 windows of the
+in-memory model in bfloat16, its pruned weights dense; `eval --dtype bfloat16` on a saved folder runs the sparse
+kernels: the plain solve reads 121.34 / 280.60 here, 121.53 / 281.32 there) and the compression's wall seconds.
+~15 CPU minutes at the defaults.
 """
 
 from __future__ import annotations

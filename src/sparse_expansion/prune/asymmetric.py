@@ -16,17 +16,16 @@ import torch
 
 def asymmetric_target(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor,
                       percdamp: float = 0.01) -> torch.Tensor:
-    """W_t = W + W (C - H) (H + damp I)^-1 for W [out, in], H = 2/n X~ X~^T and C = 2/n X X~^T [..., in, in]
-    (leading dims: one target per cluster Hessian, W broadcast), in W's dtype.
+    """W_t = W + W (C - H) (H + damp I)^-1 for W [out, in], H = 2/n X~ X~^T and C = 2/n X X~^T [in, in], in W's
+    dtype (Sparse Expansion's experts share one: expand/compressor.py).
 
     Equal to W C H^-1 without damping; written as a correction so that where the two streams agree
     (C = H, e.g. the first layer) W comes back exactly, and the damping (the solve's own rule: `percdamp`
     of the mean diagonal) only tempers the correction. One Cholesky solve in float32, as SparseGPT's own."""
     h = hessian.float()
-    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
-    damp = percdamp * h.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
-    factor = torch.linalg.cholesky(h + damp * eye)  # a Gram matrix plus a positive diagonal
+    damped = h + percdamp * h.diagonal().mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    factor = torch.linalg.cholesky(damped)  # a Gram matrix plus a positive diagonal
     w = weight.float()
-    moved = w @ (cross.float() - h)  # [..., out, in]; exactly 0 where the streams agree
-    correction = torch.cholesky_solve(moved.transpose(-1, -2), factor).transpose(-1, -2)  # M H^-1, H symmetric
+    moved = w @ (cross.float() - h)  # [out, in]; exactly 0 where the streams agree
+    correction = torch.cholesky_solve(moved.t(), factor).t()  # M H^-1, H symmetric
     return (w + correction).to(weight.dtype)
