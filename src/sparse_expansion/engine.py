@@ -76,10 +76,14 @@ class LayerCompressor(ABC):
 
 
 @dataclass
-class EngineTimes:
+class EngineRun:
+    """Where a calibration's time went, in seconds, and (asymmetric only) the dense model's hidden states
+    after the last decoder layer, one tensor per batch: what the LM head's own solve aims at."""
+
     capture: float = 0.0
     forward: float = 0.0
     compress: float = 0.0
+    dense_outputs: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -166,21 +170,31 @@ def input_hooks(layer: nn.Module, sinks: dict[tuple[str, ...], Any]) -> contextl
 
 @torch.no_grad()
 def capture_head_inputs(model: nn.Module, windows: torch.Tensor, sink, batch_size: int = 8,
-                        device: str = "cpu") -> None:
+                        device: str = "cpu", last_outputs: list[torch.Tensor] | None = None) -> None:
     """Run the (already compressed) model on each batch of windows and hand what enters its LM head,
     2-D [tokens, hidden], to `sink`; the head itself never runs (its input is all the head's GPTQ needs,
-    and the final norm, whatever the architecture calls it, has run by then)."""
+    and the final norm, whatever the architecture calls it, has run by then). `last_outputs` (one tensor
+    per batch, calibrate's batches): what the last decoder layer returns instead of its own output, so
+    the sink gets the head's inputs for those hidden states (the dense model's: EngineRun.dense_outputs)."""
     head = model.get_output_embeddings()
     site = next(name for name, module in model.named_modules() if module is head)
+    batches = iter(last_outputs or ())
 
     def grab(_module, args, kw):
         x = args[0] if args else next(iter(kw.values()))
         sink(x.reshape(-1, x.shape[-1]).detach())
         raise StopForward
 
+    def swap(_module, _args, out):
+        states = next(batches).to(device)
+        if isinstance(out, tuple):
+            return (states.to(out[0].dtype), *out[1:])
+        return states.to(out.dtype)
+
+    replace_last = {layer_site(model, len(decoder_layers(model)) - 1): swap} if last_outputs is not None else {}
     model.to(device)
     try:
-        with hooks(model, before={site: grab}):
+        with hooks(model, replace_last, before={site: grab}):
             for start in range(0, windows.shape[0], batch_size):
                 with contextlib.suppress(StopForward):
                     model(windows[start : start + batch_size].to(device), use_cache=False)
@@ -211,8 +225,9 @@ def calibrate(
     rest: LayerCompressor | None = None,
     true_sequential: bool = False,
     asymmetric: bool = False,
-) -> EngineTimes:
-    """Compress every decoder layer of `model` in place, layer by layer. Returns timings.
+) -> EngineRun:
+    """Compress every decoder layer of `model` in place, layer by layer. Returns timings (and, asymmetric,
+    the dense model's last hidden states).
 
     `rest`, when given, compresses the linears outside `targets` (the attention projections when
     targets is 'mlp') in the same pass, on the same inputs: GPTQ of what pruning leaves dense.
@@ -230,7 +245,7 @@ def calibrate(
     groups = target_groups(model, targets)
     rest_groups = tuple(g for g in target_groups(model, "all") if g not in groups) if rest is not None else ()
     layers = decoder_layers(model)
-    times = EngineTimes()
+    times = EngineRun()
     inputs = None
     if compressor.needs_calibration or rest is not None:
         if windows is None:
@@ -269,15 +284,18 @@ def calibrate(
             apply_replacements(layer, rest.finish_layer())
         times.compress += time.perf_counter() - t0
 
-        if inputs is not None and index + 1 < len(layers):
+        last = index + 1 == len(layers)
+        if inputs is not None and (not last or reference is not None):  # the dense stream also leaves the last layer
             t0 = time.perf_counter()
             kwargs = inputs.kwargs_for(index)
-            inputs.hidden = [run_layer(layer, s, kw) for s, kw in zip(inputs.hidden, kwargs)]
+            if not last:
+                inputs.hidden = [run_layer(layer, s, kw) for s, kw in zip(inputs.hidden, kwargs)]
             if reference is not None:
                 reference = [run_layer(original, s, kw) for s, kw in zip(reference, kwargs)]
             times.forward += time.perf_counter() - t0
         if device != "cpu":
             layer.to("cpu")
+    times.dense_outputs = reference
     return times
 
 

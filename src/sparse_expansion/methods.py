@@ -170,7 +170,8 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
     quantized: dict[str, Any] = {}
     if dense is not None:
         t0 = time.perf_counter()
-        head = quantize_head(model, windows, dense, batch_size=batch_size, device=device)
+        head = quantize_head(model, windows, dense, batch_size=batch_size, device=device,
+                            dense_outputs=times.dense_outputs)
         seconds["head"] = time.perf_counter() - t0
         quantized = {"dense_quantization": {**dataclasses.asdict(dense), "linears": rest.record(), "head": head}}
     elapsed = time.perf_counter() - start

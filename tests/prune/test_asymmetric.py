@@ -169,3 +169,60 @@ def test_cluster_statistic_keeps_the_layers_cross_term():
     assert stat.has_cross() and not ClusterHessianStat(3, fourth=False).has_cross()
     torch.testing.assert_close(stat.layer_cross(), whole.cross())
     torch.testing.assert_close(stat.layer_hessian(), whole.value(), rtol=1e-5, atol=1e-5)
+
+
+def head_inputs(model, ids, **kwargs):
+    from sparse_expansion.engine import capture_head_inputs
+
+    got = []
+    capture_head_inputs(model, ids, got.append, batch_size=2, **kwargs)
+    return torch.cat(got)
+
+
+def test_engine_hands_back_the_dense_models_last_hidden_states():
+    """The dense stream leaves the last layer too: given in place of the compressed model's last layer output,
+    the LM head sees exactly the dense model's head inputs (final norm included)."""
+    ids = windows()
+    dense, model = tiny_model("llama"), tiny_model("llama")
+    run = calibrate(model, ids, PruneCompressor(SparseGPTConfig(parse_sparsity("0.5"))), batch_size=2,
+                    progress=False, asymmetric=True)
+    assert len(run.dense_outputs) == 2 and run.dense_outputs[0].shape == (2, ids.shape[1], 32)
+    want = head_inputs(dense, ids)
+    torch.testing.assert_close(head_inputs(model, ids, last_outputs=run.dense_outputs), want, rtol=0, atol=1e-5)
+    assert not torch.allclose(head_inputs(model, ids), want, atol=1e-3)
+    plain = calibrate(tiny_model("llama"), ids, PruneCompressor(SparseGPTConfig(parse_sparsity("0.5"))),
+                      batch_size=2, progress=False)
+    assert plain.dense_outputs is None
+
+
+def test_asymmetric_head_is_plain_gptq_where_the_streams_agree_and_aims_at_dense_logits_otherwise():
+    from sparse_expansion.arch import decoder_layers as layers_of
+    from sparse_expansion.prune.dense import quantize_head
+
+    ids, config = windows(), DenseQuantConfig(4, group_size=16)
+    own = []  # the model's own last-layer outputs: the two streams agree
+    model = tiny_model("llama")
+    keep = lambda _m, _a, out: own.append(out[0] if isinstance(out, tuple) else out)  # noqa: E731
+    handle = layers_of(model)[-1].register_forward_hook(keep)
+    with torch.no_grad():
+        for start in range(0, ids.shape[0], 2):
+            model(ids[start:start + 2])
+    handle.remove()
+    same, plain = tiny_model("llama"), tiny_model("llama")
+    assert quantize_head(same, ids, config, batch_size=2, dense_outputs=own)["asymmetric"] is True
+    assert quantize_head(plain, ids, config, batch_size=2)["asymmetric"] is False
+    assert torch.equal(decompress(same.lm_head.compressed()), decompress(plain.lm_head.compressed()))
+
+    # on a pruned body the asymmetric head fits the dense model's logits better than GPTQ's own on the same body
+    import copy
+
+    dense, body = tiny_model("llama"), tiny_model("llama")
+    run = calibrate(body, ids, PruneCompressor(SparseGPTConfig(parse_sparsity("0.7"))), batch_size=2,
+                    progress=False, asymmetric=True)
+    symmetric = copy.deepcopy(body)
+    quantize_head(body, ids, config, batch_size=2, dense_outputs=run.dense_outputs)
+    quantize_head(symmetric, ids, config, batch_size=2)
+    with torch.no_grad():
+        dense_logits = dense(ids).logits
+        error = [float((m(ids).logits - dense_logits).square().mean()) for m in (symmetric, body)]
+    assert error[1] < 0.9 * error[0], error

@@ -38,8 +38,9 @@ def add_calibration_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--asymmetric", action="store_true",
                        help="SparseGPT / GPTQ aim at the dense model's outputs: each linear's solve starts from the "
                             "weight that best maps the compressed model's inputs onto the dense model's outputs, so it "
-                            "also works off the earlier layers' errors (GPTAQ's asymmetric calibration; one more "
-                            "forward pass of every layer; needs --quantize-dense, implies --true-sequential; prune "
+                            "also works off the earlier layers' errors (GPTAQ's asymmetric calibration, the LM head's "
+                            "GPTQ included; one more forward pass of every layer and one of the model; needs "
+                            "--quantize-dense, implies --true-sequential; prune "
                             "--method sparsegpt, expand)")
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..arch import linear_weight, set_output_head
 from ..errors import UsageError
+from .asymmetric import asymmetric_target
 from .compressors import STORED_BITS, PruneCompressor, SparseGPTConfig, prune_weight, quantized_linear
 from .sparsity import Sparsity
 from .stats import HessianStat
@@ -60,10 +61,15 @@ def dense_compressor(config: DenseQuantConfig) -> PruneCompressor:
 
 
 def quantize_head(model: nn.Module, windows: torch.Tensor, config: DenseQuantConfig, *, batch_size: int = 8,
-                  device: str = "cpu") -> dict[str, Any] | None:
+                  device: str = "cpu", dense_outputs: list[torch.Tensor] | None = None) -> dict[str, Any] | None:
     """GPTQ the LM head on the inputs the (compressed) model gives it over `windows`, in place: the head
     becomes a QuantizedLinear (a tied head is untied; the embedding keeps its float weights). Returns the
-    record (bits, group size, damping), or None when the head stays float."""
+    record (bits, group size, damping, asymmetric), or None when the head stays float.
+
+    `dense_outputs` (asymmetric calibration: the dense model's last hidden states, engine.EngineRun) makes
+    the solve aim at the dense model's logits, as the decoder linears' do (prune/asymmetric.py): the
+    compressed model's last errors are the head's to work off, and no layer comes after it. It costs a
+    second pass of the model, for the dense stream's head inputs (its final norm is the model's own)."""
     from ..engine import capture_head_inputs
 
     head_config = config.head_config()
@@ -71,8 +77,18 @@ def quantize_head(model: nn.Module, windows: torch.Tensor, config: DenseQuantCon
     if head_config is None or head is None:
         return None
     statistic = HessianStat()
-    capture_head_inputs(model, windows, statistic.add, batch_size=batch_size, device=device)
+    add = statistic.add
+    if dense_outputs is not None:
+        dense_inputs: list[torch.Tensor] = []
+        capture_head_inputs(model, windows, dense_inputs.append, batch_size=batch_size, device=device,
+                            last_outputs=dense_outputs)
+        paired = iter(dense_inputs)
+        add = lambda x: statistic.add(x, reference=next(paired))  # noqa: E731  (calibrate's batches, in order)
+    capture_head_inputs(model, windows, add, batch_size=batch_size, device=device)
     weight = linear_weight(head).detach().float()
+    cross = statistic.cross()
+    if cross is not None:
+        weight = asymmetric_target(weight, statistic.value(), cross, head_config.percdamp)
     new, info = prune_weight(head_config, weight, statistic.value())
     set_output_head(model, quantized_linear(new, getattr(head, "bias", None), info.pop("grid")))
-    return {"bits": head_config.bits, "group_size": head_config.group_size, **info}
+    return {"bits": head_config.bits, "group_size": head_config.group_size, **info, "asymmetric": cross is not None}
