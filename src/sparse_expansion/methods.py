@@ -107,17 +107,12 @@ def check_widths(config: Any, model: nn.Module, targets: str = "mlp") -> None:
                                     f"layer {index} {name}")
 
 
-def check_asymmetric(method: str, model: Any, dense: DenseQuantConfig | None) -> None:
+def check_asymmetric(method: str, model: Any) -> None:
     """Asymmetric calibration pairs each token's compressed and dense inputs in SparseGPT's statistics (its own
-    or the experts'): refused, in one line, for the methods without them, for a mixture of experts (whose
-    routing can send a token to other experts in the two passes), and without --quantize-dense: with the
-    attention projections left as they are, the MLP alone works off every upstream error, and corrections that
-    large fit the calibration corpus (SmolLM2 70%: pydoc perplexity 281 -> 37,190, BENCHMARKS.md)."""
+    or the experts'): refused, in one line, for the methods without them and for a mixture of experts (whose
+    routing can send a token to other experts in the two passes)."""
     from .arch import expert_groups
 
-    if dense is None:
-        raise UsageError("--asymmetric needs --quantize-dense (and --bits 4 or 8): solved alone against the dense "
-                         "outputs, the MLP overfits the calibration corpus")
     if method not in ("sparsegpt", "sparse_expansion"):
         raise UsageError(f"--asymmetric works with `prune --method sparsegpt` and `expand` (got {method}): it changes "
                          "the target of SparseGPT's solve")
@@ -143,14 +138,18 @@ def compress(model: nn.Module, windows: torch.Tensor | None, config: Any, *, tar
     from .engine import calibrate
     from .evaluate import model_costs
     from .moe import expert_linears
-    from .prune.dense import dense_compressor, quantize_head
+    from .prune.dense import DenseQuantConfig, dense_compressor, quantize_head
 
     method = method_of(config)
     if method.kind == "expanded":
         refuse_expansion(architecture_of(model), model.config.model_type)
     compressor = method.compressor(config)
     if asymmetric:
-        check_asymmetric(method.name, model, dense)
+        check_asymmetric(method.name, model)
+        # The linears pruning leaves dense (attention, LM head) take their asymmetric targets too, float without
+        # --quantize-dense: solved alone against the dense outputs, the MLP overfits the calibration corpus
+        # (SmolLM2 70%: pydoc perplexity 281 -> 37,190, BENCHMARKS.md).
+        dense = dense or DenseQuantConfig(None)
     rest = dense_compressor(dense) if dense is not None else None
     if compressor.needs_calibration or rest is not None:
         if windows is None:
@@ -223,7 +222,7 @@ def compress_and_save(source: str, config: Any, out: str, calibration: Calibrati
     if config.sparsity.structured and (shape := skeleton(source)) is not None:
         check_widths(config, shape, targets)  # from config.json: N:M against the layer widths
     if asymmetric:
-        check_asymmetric(method_of(config).name, skeleton(source), dense)
+        check_asymmetric(method_of(config).name, skeleton(source))
     runtime.join_process_group(device)
     model, tokenizer = load_causal_lm(source, dtype=dtype) if dtype is not None else load_causal_lm(source)
     windows = calibration.sample(tokenizer, model) if needs_data else None

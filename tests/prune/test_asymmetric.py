@@ -84,14 +84,51 @@ def test_engine_pairs_each_token_with_the_dense_models_input():
 
 
 def test_asymmetric_is_refused_where_it_does_not_apply(tmp_path, tiny_model_dir, text_file, capsys):
-    code, _, err = run_cli(["prune", tiny_model_dir, "--method", "sparsegpt", "--sparsity", "0.5", "--asymmetric",
+    code, _, err = run_cli(["prune", tiny_model_dir, "--method", "wanda", "--sparsity", "0.5", "--asymmetric",
                             "--calib", text_file, "--out", tmp_path / "bad"], capsys)
-    assert code == 2 and "--asymmetric needs --quantize-dense" in err, err
+    assert code == 2 and "works with `prune --method sparsegpt` and `expand`" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
-    with pytest.raises(UsageError, match="works with `prune --method sparsegpt` and `expand`"):
-        check_asymmetric("wanda", None, DenseQuantConfig(8))
     with pytest.raises(UsageError, match="mixture of experts"):
-        check_asymmetric("sparsegpt", tiny_moe(), DenseQuantConfig(8))
+        check_asymmetric("sparsegpt", tiny_moe())
+
+
+def test_float_asymmetric_gives_the_dense_linears_their_targets_unquantized(tmp_path, tiny_model_dir, text_file,
+                                                                             capsys):
+    """Without --quantize-dense the attention projections and the LM head still aim at the dense outputs, in
+    float: layer 0's q / k / v (whose two streams agree) come out as they were, later ones and the head do
+    not, the embedding keeps its weights, and the saved folder loads to the same logits."""
+    from sparse_expansion.artifact import read_manifest
+
+    out = tmp_path / "float-asym"
+    code, _, err = run_cli(["prune", tiny_model_dir, "--method", "sparsegpt", "--sparsity", "0.5", "--asymmetric",
+                            "--calib", text_file, "--calib-windows", "4", "--seqlen", "32", "--out", out], capsys)
+    assert code == 0, err
+    record = read_manifest(out)["record"]
+    assert record["asymmetric"] is True and record["dense_quantization"]["bits"] is None
+    assert record["dense_quantization"]["head"] == {"bits": None, "group_size": None, "asymmetric": True}
+    original, _ = load_model(tiny_model_dir)
+    model, _ = load_model(str(out))
+    layers = [decoder_layers(m) for m in (original, model)]
+    assert torch.equal(layers[0][0].self_attn.q_proj.weight, layers[1][0].self_attn.q_proj.weight)
+    assert not torch.equal(layers[0][1].self_attn.q_proj.weight, layers[1][1].self_attn.q_proj.weight)
+    assert type(model.lm_head) is torch.nn.Linear
+    assert not torch.equal(original.lm_head.weight, model.lm_head.weight)
+    assert torch.equal(original.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def test_float_asymmetric_model_saved_then_loaded_is_the_same(tmp_path, tokenizer):
+    from sparse_expansion.artifact import load_artifact, save_artifact
+
+    model, ids = tiny_model("llama"), windows()
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    compress(model, ids, make_config("sparsegpt", parse_sparsity("0.5")), progress=False, asymmetric=True)
+    assert not model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    save_artifact(tmp_path / "m", model, tokenizer=tokenizer, record={"kind": "pruned"})
+    again, _ = load_artifact(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
 
 
 def tiny_moe():

@@ -38,10 +38,10 @@ def add_calibration_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--asymmetric", action="store_true",
                        help="SparseGPT / GPTQ aim at the dense model's outputs: each linear's solve starts from the "
                             "weight that best maps the compressed model's inputs onto the dense model's outputs, so it "
-                            "also works off the earlier layers' errors (GPTAQ's asymmetric calibration, the LM head's "
-                            "GPTQ included; one more forward pass of every layer and one of the model; needs "
-                            "--quantize-dense, implies --true-sequential; prune "
-                            "--method sparsegpt, expand)")
+                            "also works off the earlier layers' errors (GPTAQ's asymmetric calibration). The attention "
+                            "projections and the LM head take their targets too, quantized with --quantize-dense, "
+                            "float without it. One more forward pass of every layer and one of the model; implies "
+                            "--true-sequential; prune --method sparsegpt, expand")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,6 +114,8 @@ def dense_quant_config(args, group_size: int | None, grid: str | None):
         if args.head_bits is not None:
             raise UsageError("--head-bits needs --quantize-dense")
         return None
+    if args.bits is None:  # the config's None (float) is asymmetric calibration's, not a width to ask for
+        raise UsageError("--quantize-dense stores codes: give it --bits 4 or --bits 8")
     return DenseQuantConfig(args.bits, group_size, grid or "minmax", args.head_bits)
 
 

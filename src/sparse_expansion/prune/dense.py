@@ -27,17 +27,18 @@ from .stats import HessianStat
 
 @dataclass(frozen=True)
 class DenseQuantConfig:
-    """How the dense linears are quantized: `bits` (4 or 8, stored as codes), `group_size` columns per grid
-    (None: one per row), `grid` placement, and the LM head's width `head_bits` (None: `bits`; 0: the
-    head stays float)."""
+    """How the dense linears are quantized: `bits` (4 or 8, stored as codes; None: they stay float, which only
+    asymmetric calibration asks for, to give them their asymmetric targets), `group_size` columns per grid
+    (None: one per row), `grid` placement, and the LM head's width `head_bits` (None: `bits`; 0: the head is
+    left as it is)."""
 
-    bits: int
+    bits: int | None
     group_size: int | None = None
     grid: str = "minmax"
     head_bits: int | None = None
 
     def __post_init__(self) -> None:
-        if self.bits not in STORED_BITS:
+        if self.bits not in (None, *STORED_BITS):
             raise UsageError(f"--quantize-dense stores codes: give it --bits 4 or --bits 8 (got {self.bits})")
         if self.head_bits not in (None, 0, *STORED_BITS):
             raise UsageError(f"--head-bits must be 8, 4 or 0 (float head), got {self.head_bits}")
@@ -49,6 +50,8 @@ class DenseQuantConfig:
         from ..kernels.formats import default_group_size  # a head of another width: `convert`'s grid for it
 
         bits = self.bits if self.head_bits is None else self.head_bits
+        if bits is None:
+            return SparseGPTConfig(Sparsity(0.0))  # float: only an asymmetric target changes it
         if not bits:
             return None
         group = self.group_size if bits == self.bits else default_group_size(bits)
@@ -89,6 +92,20 @@ def quantize_head(model: nn.Module, windows: torch.Tensor, config: DenseQuantCon
     cross = statistic.cross()
     if cross is not None:
         weight = asymmetric_target(weight, statistic.value(), cross, head_config.percdamp)
+    bias = getattr(head, "bias", None)
+    if head_config.bits is None:  # float: the target itself (a solve at sparsity 0 without a grid returns it)
+        set_output_head(model, float_linear(weight.to(linear_weight(head).dtype), bias))
+        return {"bits": None, "group_size": None, "asymmetric": cross is not None}
     new, info = prune_weight(head_config, weight, statistic.value())
-    set_output_head(model, quantized_linear(new, getattr(head, "bias", None), info.pop("grid")))
+    set_output_head(model, quantized_linear(new, bias, info.pop("grid")))
     return {"bits": head_config.bits, "group_size": head_config.group_size, **info, "asymmetric": cross is not None}
+
+
+def float_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An untied nn.Linear holding `weight` [out, in] (and `bias`): a head whose new weights stay float."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(in_features, out_features, bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    linear.weight.data.copy_(weight)
+    if bias is not None:
+        linear.bias.data.copy_(bias)
+    return linear
