@@ -3,6 +3,8 @@ outputs, it leaves a weight alone where the two streams agree, and the engine pa
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from helpers import forward_inputs, run_cli, tiny_model, windows
@@ -96,7 +98,7 @@ def test_float_asymmetric_gives_the_dense_linears_their_targets_unquantized(tmp_
                                                                              capsys):
     """Without --quantize-dense the attention projections and the LM head still aim at the dense outputs, in
     float: layer 0's q / k / v (whose two streams agree) come out as they were, later ones and the head do
-    not, the embedding keeps its weights, and the saved folder loads to the same logits."""
+    not, and the embedding keeps its weights."""
     from sparse_expansion.artifact import read_manifest
 
     out = tmp_path / "float-asym"
@@ -233,14 +235,13 @@ def test_engine_hands_back_the_dense_models_last_hidden_states():
 
 
 def test_asymmetric_head_is_plain_gptq_where_the_streams_agree_and_aims_at_dense_logits_otherwise():
-    from sparse_expansion.arch import decoder_layers as layers_of
     from sparse_expansion.prune.dense import quantize_head
 
     ids, config = windows(), DenseQuantConfig(4, group_size=16)
     own = []  # the model's own last-layer outputs: the two streams agree
     model = tiny_model("llama")
     keep = lambda _m, _a, out: own.append(out[0] if isinstance(out, tuple) else out)  # noqa: E731
-    handle = layers_of(model)[-1].register_forward_hook(keep)
+    handle = decoder_layers(model)[-1].register_forward_hook(keep)
     with torch.no_grad():
         for start in range(0, ids.shape[0], 2):
             model(ids[start:start + 2])
@@ -251,8 +252,6 @@ def test_asymmetric_head_is_plain_gptq_where_the_streams_agree_and_aims_at_dense
     assert torch.equal(decompress(same.lm_head.compressed()), decompress(plain.lm_head.compressed()))
 
     # on a pruned body the asymmetric head fits the dense model's logits better than GPTQ's own on the same body
-    import copy
-
     dense, body = tiny_model("llama"), tiny_model("llama")
     run = calibrate(body, ids, PruneCompressor(SparseGPTConfig(parse_sparsity("0.7"))), batch_size=2,
                     progress=False, asymmetric=True)
