@@ -14,7 +14,7 @@ from torch import nn
 from .arch import set_output_head
 from .errors import UsageError
 from .kernels.formats import COMPRESS_FROM_SPARSITY, GRID_METHODS, default_group_size
-from .surgery import replace
+from .surgery import linear_from, replace
 
 WEIGHTS = ("auto", "compressed", "dense", "int8", "int4")
 
@@ -261,11 +261,5 @@ def _sparsity(weight: torch.Tensor) -> float:
 
 
 def _dense_linear(module: nn.Module) -> nn.Linear:
-    weight = module.dense_weight()
-    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                       dtype=torch.float32 if module.bits is not None else module.values.dtype)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        if module.bias is not None:
-            linear.bias.copy_(module.bias)
-    return linear
+    dtype = torch.float32 if module.bits is not None else module.values.dtype
+    return linear_from(module.dense_weight().to(dtype), module.bias)

@@ -46,6 +46,18 @@ def replace(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
     return old
 
 
+@torch.no_grad()
+def linear_from(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """A plain nn.Linear holding `weight` [out, in] (and `bias`), in the weight's dtype and device: what a
+    compressed or re-solved module becomes when it leaves as ordinary float weights."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(in_features, out_features, bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    linear.weight.copy_(weight)
+    if bias is not None:
+        linear.bias.copy_(bias)
+    return linear
+
+
 def layer_site(model: nn.Module, index: int, name: str = "") -> str:
     """The name of decoder layer `index` of a Hugging Face causal LM, or of `name` inside it."""
     from .arch import architecture_of

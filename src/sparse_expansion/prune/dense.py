@@ -19,6 +19,7 @@ from torch import nn
 
 from ..arch import linear_weight, set_output_head
 from ..errors import UsageError
+from ..surgery import linear_from
 from .asymmetric import asymmetric_target
 from .compressors import STORED_BITS, PruneCompressor, SparseGPTConfig, prune_weight, quantized_linear
 from .sparsity import Sparsity
@@ -94,18 +95,9 @@ def quantize_head(model: nn.Module, windows: torch.Tensor, config: DenseQuantCon
         weight = asymmetric_target(weight, statistic.value(), cross, head_config.percdamp)
     bias = getattr(head, "bias", None)
     if head_config.bits is None:  # float: the target itself (a solve at sparsity 0 without a grid returns it)
-        set_output_head(model, float_linear(weight.to(linear_weight(head).dtype), bias))
+        set_output_head(model, linear_from(weight.to(linear_weight(head).dtype), bias))
         return {"bits": None, "group_size": None, "asymmetric": cross is not None}
     new, info = prune_weight(head_config, weight, statistic.value())
     set_output_head(model, quantized_linear(new, bias, info.pop("grid")))
     return {"bits": head_config.bits, "group_size": head_config.group_size, **info, "asymmetric": cross is not None}
 
-
-def float_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    """An untied nn.Linear holding `weight` [out, in] (and `bias`): a head whose new weights stay float."""
-    out_features, in_features = weight.shape
-    linear = nn.Linear(in_features, out_features, bias=bias is not None, dtype=weight.dtype, device=weight.device)
-    linear.weight.data.copy_(weight)
-    if bias is not None:
-        linear.bias.data.copy_(bias)
-    return linear
