@@ -3,7 +3,8 @@
 // one sequential stream through memory. Four neighbouring rows sit in the same few pages, and a CPU
 // streams that pattern from DRAM at about half the rate (dense int8 5632x2048 from DRAM: 1.27 -> 0.74 ms
 // on the AMD EPYC this was measured on, BENCHMARKS.md section llamacpp). Only the order of the rows
-// changes, never a row's arithmetic.
+// changes, never a row's arithmetic. Not every kernel: act8's int4 bitmask rows read their codes once, in order,
+// before the loop, and go faster side by side (quant_act8.cpp, bitmask_rows4).
 #pragma once
 
 #include <cstdint>

@@ -209,7 +209,9 @@ SE_A8 inline float row_result(const QuantView& w, int64_t r, const float* xg, __
 }
 
 // R rows at once, r, r + step, ..., r + (R - 1) step: the input's chunk is loaded once for all of them.
-// GRID: see Grid. `spread` (int4 bitmask): R buffers of `stride` bytes for spread_row. `xg`: X_g.
+// GRID: see Grid. `spread` (int4 bitmask): R buffers of `stride` bytes for spread_row. `xg`: X_g. Bitmask rows
+// come here only one at a time, the last (r1 - r0) % 4 of a range (bitmask_rows4 takes the rest); its
+// vector loop is the definition bitmask_rows4 follows.
 template <int FMT, int BITS, int R, int GRID>
 SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, const int32_t* block_group,
                   const float* xg, float* y, uint8_t* spread, int64_t stride) {
