@@ -7,6 +7,7 @@
 // spread to bytes by widening and a shift; bitmask codes put into the columns their mask bits name by
 // vpexpandb, the columns it does not store filled with the group's zero point (whose share step 4 takes
 // away with every other column's, so a bitmask row is computed as the dense row it stands for).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -303,9 +304,11 @@ SE_A8 inline __m512 bitmask_chunk(const QuantView& w, const uint8_t* mask, int64
 // 5632x2048 int4 70% in cache 337 -> 257 us). kWide and kPerRow walk a group at a time, its scale and zero
 // point read once for all of its chunks. int4 rows run side by side (step 1): their codes are read once, in
 // order, by spread_row, and neighbouring masks share pages (from DRAM 438 -> 308 us); int8 codes are read in
-// the loop, four streams, which go faster far apart (passes.h; side by side: 514 -> 845 us).
+// the loop, four streams, which go faster far apart (passes.h; side by side: 514 -> 845 us). `ahead` (side by
+// side only, when rows r + 4 .. r + 7 are in the range): prefetch theirs (int4 g128 from DRAM 320 / 300 -> 279 /
+// 288 us, in cache unchanged: results/2026-12-07-cpu2-zen5/kernel_ab_prefetch_5632x2048.md).
 template <int BITS, int GRID>
-SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, const Act8& a, const int32_t* block_group,
+SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead, const Act8& a, const int32_t* block_group,
                          const float* xg, float* y, uint8_t* spread, int64_t stride) {
   const int64_t ib = w.index_bytes, ng = w.groups, rows[4] = {r, r + step, r + 2 * step, r + 3 * step};
   const uint8_t *m0 = w.index + rows[0] * ib, *m1 = w.index + rows[1] * ib, *m2 = w.index + rows[2] * ib,
@@ -321,6 +324,13 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, const Act8
   } else {
     s0 = w.codes + w.offsets[rows[0]], s1 = w.codes + w.offsets[rows[1]], s2 = w.codes + w.offsets[rows[2]],
     s3 = w.codes + w.offsets[rows[3]];
+  }
+  if (ahead) {  // the next four rows' masks and about as many codes as these took, fetched while these compute
+    const char* next_mask = reinterpret_cast<const char*>(w.index + (r + 4) * ib);
+    for (int64_t b = 0; b < 4 * ib; b += 64) _mm_prefetch(next_mask + b, _MM_HINT_T0);
+    const int64_t from = w.offsets[r + 4] * BITS / 8;
+    const int64_t bytes = std::min((w.offsets[r + 4] - w.offsets[r]) * BITS / 8, w.codes_bytes - from);
+    for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(w.codes + from + b), _MM_HINT_T0);
   }
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   const int64_t full = ib / 8;  // chunks whose 8 mask bytes all lie in the row
@@ -417,10 +427,10 @@ SE_A8 void rows_fb(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, fl
       };
       if (BITS == 4) {
         int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) bitmask_rows4<BITS, G>(w, r, 1, a, bg, x, y, spread, stride);
+        for (; r + 4 <= r1; r += 4) bitmask_rows4<BITS, G>(w, r, 1, r + 8 <= r1, a, bg, x, y, spread, stride);
         rest(r, r1);
       } else {
-        quarter_passes(r0, r1, [&](int64_t r, int64_t q) { bitmask_rows4<BITS, G>(w, r, q, a, bg, x, y, spread, stride); }, rest);
+        quarter_passes(r0, r1, [&](int64_t r, int64_t q) { bitmask_rows4<BITS, G>(w, r, q, false, a, bg, x, y, spread, stride); }, rest);
       }
       return;
     }
