@@ -191,6 +191,10 @@ double median_us(const std::vector<Weights>& ws, int copies, int reps, F f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (!__builtin_cpu_supports("avx512vbmi") || !__builtin_cpu_supports("avx512vnni") || !__builtin_cpu_supports("bmi2")) {
+    std::printf("index_layout: needs AVX-512 VBMI and VNNI and BMI2; this CPU lacks one\n");
+    return 0;
+  }
   const float density = argc > 1 ? std::strtof(argv[1], nullptr) : 0.3f;
   const int copies = argc > 2 ? std::atoi(argv[2]) : 40, rounds = argc > 3 ? std::atoi(argv[3]) : 3;
   std::vector<Weights> ws(copies);
