@@ -263,7 +263,8 @@ def test_group_quantizer_fits_each_group_when_the_solve_reaches_it():
 
 # ------------------------------------------------------------------- the decode arithmetic (act8)
 
-ACT8_SHAPES = [(2, 9, 53), (1, 5, 300), (2, 4, 7), (1, 6, 130)]  # odd widths, a tail chunk, all-zero row 1
+# odd widths, a tail chunk, all-zero row 1; 19 rows: four-row passes that prefetch the next four, and three left over
+ACT8_SHAPES = [(2, 9, 53), (1, 5, 300), (2, 4, 7), (1, 6, 130), (1, 19, 300)]
 
 
 def act8_bound(x: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -274,7 +275,7 @@ def act8_bound(x: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("fmt", ["dense", "bitmask"])
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("group", [None, 32, 64])
+@pytest.mark.parametrize("group", [None, 32, 64, 128])
 def test_act8_kernels_agree_and_stay_within_the_input_rounding(compiled, fmt, bits, group):
     """AVX-512 VNNI == scalar bit for bit; the torch version within float32 rounding; each against the
     exact de-quantized product within the bound the input's rounding allows; an all-zero row exactly 0

@@ -209,64 +209,36 @@ SE_A8 inline float row_result(const QuantView& w, int64_t r, const float* xg, __
   return tree(_mm512_sub_ps(acc, p));
 }
 
-// R rows at once, r, r + step, ..., r + (R - 1) step: the input's chunk is loaded once for all of them.
-// GRID: see Grid. `spread` (int4 bitmask): R buffers of `stride` bytes for spread_row. `xg`: X_g. Bitmask rows
-// come here only one at a time, the last (r1 - r0) % 4 of a range (bitmask_rows4 takes the rest); its
-// vector loop is the definition bitmask_rows4 follows.
-template <int FMT, int BITS, int R, int GRID>
+// R dense rows at once, r, r + step, ..., r + (R - 1) step: the input's chunk is loaded once for all of them.
+// GRID: see Grid. `xg`: X_g. (Bitmask rows: bitmask_rows4.)
+template <int BITS, int R, int GRID>
 SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, const int32_t* block_group,
-                  const float* xg, float* y, uint8_t* spread, int64_t stride) {
+                  const float* xg, float* y) {
   __m512 acc[R];
-  int64_t p[R];
-  const uint8_t* codes[R];  // dense: the row's codes; bitmask: its mask
+  const uint8_t* codes[R];
   const float* sc[R];
-  const uint8_t* zs[R];
-  __m512i row_z[R];   // kPerRow bitmask: its zero point in every byte (what unstored columns hold)
   for (int i = 0; i < R; ++i) {
     const int64_t row = r + i * step;
     acc[i] = _mm512_setzero_ps();
-    p[i] = FMT == kQBitmask ? (BITS == 4 ? 0 : w.offsets[row]) : 0;
-    if (FMT == kQBitmask && BITS == 4) spread_row(w, row, spread + i * stride);
-    codes[i] = FMT == kQDense ? w.codes + row * w.code_row_bytes : w.index + row * w.index_bytes;
+    codes[i] = w.codes + row * w.code_row_bytes;
     sc[i] = w.scales + row * w.groups;
-    zs[i] = w.zeros + row * w.groups;
-    row_z[i] = _mm512_set1_epi8(static_cast<char>(zs[i][0]));
   }
   for (int64_t k = 0; k < a.chunks; ++k) {
     const __m512i q = _mm512_loadu_si512(a.q.data() + 64 * k);
     const __m512 d = _mm512_loadu_ps(a.lane_d.data() + 16 * k);
     const int64_t g0 = block_group[2 * k], g1 = block_group[2 * k + 1];
     const int64_t left = w.in - 64 * k;
-#pragma GCC unroll 4  // keeps acc[] and p[] in registers (not unrolled, GCC left them on the stack: 30% slower)
+#pragma GCC unroll 4  // keeps acc[] in registers (not unrolled, GCC left them on the stack: 30% slower)
     for (int i = 0; i < R; ++i) {
       __m512 s = _mm512_set1_ps(sc[i][g0]);  // (unused for kPerRow: its scale comes after the sum)
       if (GRID == kHalves) s = _mm512_mask_blend_ps(0xFF00, s, _mm512_set1_ps(sc[i][g1]));
+      const uint8_t* row = codes[i] + (BITS == 8 ? 64 : 32) * k;
+      _mm_prefetch(reinterpret_cast<const char*>(row) + 4096, _MM_HINT_T0);
       __m512i c;
-      if (FMT == kQDense) {
-        const uint8_t* row = codes[i] + (BITS == 8 ? 64 : 32) * k;
-        _mm_prefetch(reinterpret_cast<const char*>(row) + 4096, _MM_HINT_T0);
-        if (BITS == 8) {
-          c = left >= 64 ? _mm512_loadu_si512(row) : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, static_cast<unsigned>(left)), row);
-        } else {
-          c = spread_nibbles(load32(row, 0, left >= 64 ? 32 : (left + 1) / 2));
-        }
+      if (BITS == 8) {
+        c = left >= 64 ? _mm512_loadu_si512(row) : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, static_cast<unsigned>(left)), row);
       } else {
-        __m512i zb = row_z[i];
-        if (GRID != kPerRow) zb = _mm512_set1_epi8(static_cast<char>(zs[i][g0]));
-        if (GRID == kHalves)
-          zb = _mm512_mask_blend_epi8(0xFFFFFFFF00000000ULL, zb, _mm512_set1_epi8(static_cast<char>(zs[i][g1])));
-        const uint64_t m = mask_bits(codes[i], w.index_bytes, k);
-        const unsigned n = static_cast<unsigned>(_mm_popcnt_u64(m));
-        __m512i packed;
-        // vpexpandb reads only the first n codes: a whole 64-byte load where the stream has them, else masked
-        if (BITS == 8) {
-          packed = p[i] + 64 <= w.codes_bytes ? _mm512_loadu_si512(w.codes + p[i])
-                                              : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, n), w.codes + p[i]);
-        } else {  // p[i] counts from the row's first code, in its spread buffer (zero-padded by 64)
-          packed = _mm512_loadu_si512(spread + i * stride + p[i]);
-        }
-        c = _mm512_mask_expand_epi8(zb, m, packed);
-        p[i] += n;
+        c = spread_nibbles(load32(row, 0, left >= 64 ? 32 : (left + 1) / 2));
       }
       const __m512i v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, q);
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), GRID == kPerRow ? d : _mm512_mul_ps(d, s), acc[i]);
@@ -274,10 +246,9 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
   }
   for (int i = 0; i < R; ++i) {
     const int64_t row = r + i * step;
-    y[row] = empty_row(w, row) ? 0.f : row_result<GRID>(w, row, xg, acc[i]);
+    y[row] = row_result<GRID>(w, row, xg, acc[i]);
   }
 }
-
 
 // One chunk k of one bitmask row: its codes put into the columns its mask bits name (the zero point zb in
 // the others), dotted with the input's chunk q, added to acc with the lane factors f. `src` moves past the
@@ -299,8 +270,9 @@ SE_A8 inline __m512 bitmask_chunk(const QuantView& w, const uint8_t* mask, int64
   return _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), f, acc);
 }
 
-// Four bitmask rows r, r + step, r + 2 step, r + 3 step: the arithmetic of rows_r lane for lane, each row's
-// state in named variables (as a branch of rows_r, with arrays, GCC kept the rows' pointers on the stack:
+// Four bitmask rows r, r + step, r + 2 step, r + 3 step (step 0: row r alone, computed four times, for the
+// rows a range leaves over) in the arithmetic of quant.h, each row's state in named variables (as a branch of
+// the dense loop rows_r, with arrays, GCC kept the rows' pointers on the stack:
 // 5632x2048 int4 70% in cache 337 -> 257 us). kWide and kPerRow walk a group at a time, its scale and zero
 // point read once for all of its chunks. int4 rows run side by side (step 1): their codes are read once, in
 // order, by spread_row, and neighbouring masks share pages (from DRAM 438 -> 308 us); int8 codes are read in
@@ -421,9 +393,9 @@ SE_A8 void rows_fb(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, fl
   const float* x = xg.data();
   auto run = [&](auto grid) {
     constexpr int G = decltype(grid)::value;
-    if (FMT == kQBitmask) {
+    if constexpr (FMT == kQBitmask) {
       auto rest = [&](int64_t lo, int64_t hi) {
-        for (int64_t r = lo; r < hi; ++r) rows_r<FMT, BITS, 1, G>(w, r, 0, a, bg, x, y, spread, stride);
+        for (int64_t r = lo; r < hi; ++r) bitmask_rows4<BITS, G>(w, r, 0, false, a, bg, x, y, spread, stride);
       };
       if (BITS == 4) {
         int64_t r = r0;
@@ -432,13 +404,13 @@ SE_A8 void rows_fb(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, fl
       } else {
         quarter_passes(r0, r1, [&](int64_t r, int64_t q) { bitmask_rows4<BITS, G>(w, r, q, false, a, bg, x, y, spread, stride); }, rest);
       }
-      return;
+    } else {
+      quarter_passes(
+          r0, r1, [&](int64_t r, int64_t q) { rows_r<BITS, 4, G>(w, r, q, a, bg, x, y); },
+          [&](int64_t lo, int64_t hi) {
+            for (int64_t r = lo; r < hi; ++r) rows_r<BITS, 1, G>(w, r, 0, a, bg, x, y);
+          });
     }
-    quarter_passes(
-        r0, r1, [&](int64_t r, int64_t q) { rows_r<FMT, BITS, 4, G>(w, r, q, a, bg, x, y, spread, stride); },
-        [&](int64_t lo, int64_t hi) {
-          for (int64_t r = lo; r < hi; ++r) rows_r<FMT, BITS, 1, G>(w, r, 0, a, bg, x, y, spread, stride);
-        });
   };
   if (w.groups == 1)
     run(std::integral_constant<int, kPerRow>{});
