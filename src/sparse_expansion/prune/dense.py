@@ -100,4 +100,3 @@ def quantize_head(model: nn.Module, windows: torch.Tensor, config: DenseQuantCon
     new, info = prune_weight(head_config, weight, statistic.value())
     set_output_head(model, quantized_linear(new, bias, info.pop("grid")))
     return {"bits": head_config.bits, "group_size": head_config.group_size, **info, "asymmetric": cross is not None}
-

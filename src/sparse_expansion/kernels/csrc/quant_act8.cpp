@@ -272,12 +272,13 @@ SE_A8 inline __m512 bitmask_chunk(const QuantView& w, const uint8_t* mask, int64
 
 // Four bitmask rows r, r + step, r + 2 step, r + 3 step (step 0: row r alone, computed four times, for the
 // rows a range leaves over) in the arithmetic of quant.h, each row's state in named variables (as a branch of
-// the dense loop rows_r, with arrays, GCC kept the rows' pointers on the stack:
-// 5632x2048 int4 70% in cache 337 -> 257 us). kWide and kPerRow walk a group at a time, its scale and zero
-// point read once for all of its chunks. int4 rows run side by side (step 1): their codes are read once, in
-// order, by spread_row, and neighbouring masks share pages (from DRAM 438 -> 308 us); int8 codes are read in
-// the loop, four streams, which go faster far apart (passes.h; side by side: 514 -> 845 us). `ahead` (side by
-// side only, when rows r + 4 .. r + 7 are in the range): prefetch theirs (int4 g128 from DRAM 320 / 300 -> 279 /
+// the dense loop rows_r, with arrays, GCC kept the rows' pointers on the stack; this loop took 5632x2048 int4
+// 70% from DRAM 435 / 445 -> 348 / 322 us, in cache 330 / 338 -> 275 / 258: results/2026-12-07-cpu2-zen5/
+// kernel_ab_5632x2048.md). kWide and kPerRow walk a group at a time, its scale and zero point read once for
+// all of its chunks. int4 rows run side by side (step 1): their codes are read once, in order, by spread_row,
+// and neighbouring masks share pages; int8 codes are read in the loop, four streams, which go faster far apart
+// (passes.h; side by side, a development build not kept was ~1.6x slower from DRAM). `ahead` (side by side
+// only, when rows r + 4 .. r + 7 are in the range): prefetch theirs (int4 g128 from DRAM 320 / 300 -> 279 /
 // 288 us, in cache unchanged: results/2026-12-07-cpu2-zen5/kernel_ab_prefetch_5632x2048.md).
 template <int BITS, int GRID>
 SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead, const Act8& a, const int32_t* block_group,
