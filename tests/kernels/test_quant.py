@@ -264,7 +264,7 @@ def test_group_quantizer_fits_each_group_when_the_solve_reaches_it():
 # ------------------------------------------------------------------- the decode arithmetic (act8)
 
 # odd widths, a tail chunk, all-zero row 1; 19 rows: four-row passes that prefetch the next four, and three left over
-ACT8_SHAPES = [(2, 9, 53), (1, 5, 300), (2, 4, 7), (1, 6, 130), (1, 19, 300)]
+ACT8_SHAPES = [(2, 9, 53), (1, 5, 300), (2, 4, 7), (1, 6, 130), (1, 19, 300), (1, 21, 256)]
 
 
 def act8_bound(x: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -310,7 +310,9 @@ def act8_outputs_agree(weight: F.CompressedWeight, seed: int, same_as: F.Compres
         assert (out["torch"] - out["cpp"]).abs().max() <= 1e-5 * (1 + out["cpp"].abs().max())
         for i in range(tokens):
             exact = dense[labels[i]].double() @ x[i].double()
-            slack = 1e-5 * (1 + dense[labels[i]].double().abs() @ x[i].double().abs())
+            # float32 rounding of the product, and of the zero points' share taken back (quant.h step 4: each
+            # column's code counts its zero point, z s ~ 1 on these grids, so that share is ~ sum |x|)
+            slack = 1e-5 * (1 + dense[labels[i]].double().abs() @ x[i].double().abs()) + 1e-6 * x[i].double().abs().sum()
             assert ((out["cpp"][i].double() - exact).abs() <= act8_bound(x[i], dense[labels[i]]) + slack).all()
         yield x, out["cpp"]
 

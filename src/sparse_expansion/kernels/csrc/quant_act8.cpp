@@ -176,11 +176,12 @@ inline uint64_t mask_bits(const uint8_t* mask, int64_t bytes, int64_t k) {
   return m;
 }
 
-// int4 bitmask: row r's codes spread one a byte into `out` (code p of the stream at out[p - offsets[r]]),
-// 64 at a time: one nibble spread per 64 codes of the row instead of one per 64 columns. A row that starts
-// mid-byte is spread from the code before it, written at out[-1] (the buffers leave a byte in front).
-SE_A8 void spread_row(const QuantView& w, int64_t r, uint8_t* out) {
-  const int64_t first = w.offsets[r] & ~int64_t(1), count = w.offsets[r + 1] - first;
+// int4 bitmask: the codes of rows r .. r + rows - 1 (one stream) spread one a byte into `out` (code p of the
+// stream at out[p - offsets[r]]), 64 at a time: one nibble spread per 64 codes instead of one per 64 columns.
+// A stream that starts mid-byte is spread from the code before it, written at out[-1] (the buffers leave a
+// byte in front).
+SE_A8 void spread_rows(const QuantView& w, int64_t r, int64_t rows, uint8_t* out) {
+  const int64_t first = w.offsets[r] & ~int64_t(1), count = w.offsets[r + rows] - first;
   uint8_t* to = out - (w.offsets[r] & 1);
   for (int64_t j = 0; j < count; j += 64) _mm512_storeu_si512(to + j, spread_nibbles(load32(w.codes, (first + j) / 2, w.codes_bytes)));
 }
@@ -275,14 +276,17 @@ SE_A8 inline __m512 bitmask_chunk(const QuantView& w, const uint8_t* mask, int64
 // the dense loop rows_r, with arrays, GCC kept the rows' pointers on the stack; this loop took 5632x2048 int4
 // 70% from DRAM 435 / 445 -> 348 / 322 us, in cache 330 / 338 -> 275 / 258: results/2026-12-07-cpu2-zen5/
 // kernel_ab_5632x2048.md). kWide and kPerRow walk a group at a time, its scale and zero point read once for
-// all of its chunks. int4 rows run side by side (step 1): their codes are read once, in order, by spread_row,
+// all of its chunks. int4 rows run side by side (step 1): their codes are read once, in order, by spread_rows,
 // and neighbouring masks share pages; int8 codes are read in the loop, four streams, which go faster far apart
 // (passes.h; side by side, a development build not kept was ~1.6x slower from DRAM). `ahead` (side by side
 // only, when rows r + 4 .. r + 7 are in the range): prefetch theirs (int4 g128 from DRAM 320 / 300 -> 279 /
-// 288 us, in cache unchanged: results/2026-12-07-cpu2-zen5/kernel_ab_prefetch_5632x2048.md).
+// 288 us, in cache unchanged: results/2026-12-07-cpu2-zen5/kernel_ab_prefetch_5632x2048.md). The chunks whose
+// mask bytes and codes need no bounds care (`plain`: all but a short last chunk) run in loops of their own
+// (NoTail), the rest after them: with one loop testing each chunk, GCC kept some of the rows' code pointers
+// on the stack (int8 per row and int4 in groups of 32).
 template <int BITS, int GRID>
 SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead, const Act8& a, const int32_t* block_group,
-                         const float* xg, float* y, uint8_t* spread, int64_t stride) {
+                         const float* xg, float* y, uint8_t* spread) {
   const int64_t ib = w.index_bytes, ng = w.groups, rows[4] = {r, r + step, r + 2 * step, r + 3 * step};
   const uint8_t *m0 = w.index + rows[0] * ib, *m1 = w.index + rows[1] * ib, *m2 = w.index + rows[2] * ib,
                 *m3 = w.index + rows[3] * ib;
@@ -292,8 +296,9 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
   const uint8_t* end = BITS == 8 ? w.codes + w.codes_bytes : nullptr;
   const uint8_t *s0, *s1, *s2, *s3;
   if (BITS == 4) {
-    for (int i = 0; i < 4; ++i) spread_row(w, rows[i], spread + i * stride);
-    s0 = spread, s1 = spread + stride, s2 = spread + 2 * stride, s3 = spread + 3 * stride;
+    spread_rows(w, r, step == 0 ? 1 : 4, spread);  // side by side, the four rows' codes are one stream
+    s0 = spread + (w.offsets[rows[0]] - w.offsets[r]), s1 = spread + (w.offsets[rows[1]] - w.offsets[r]),
+    s2 = spread + (w.offsets[rows[2]] - w.offsets[r]), s3 = spread + (w.offsets[rows[3]] - w.offsets[r]);
   } else {
     s0 = w.codes + w.offsets[rows[0]], s1 = w.codes + w.offsets[rows[1]], s2 = w.codes + w.offsets[rows[2]],
     s3 = w.codes + w.offsets[rows[3]];
@@ -308,21 +313,18 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   const int64_t full = ib / 8;  // chunks whose 8 mask bytes all lie in the row
   const bool tail8 = BITS == 8 && w.offsets[rows[3] + 1] + 64 > w.codes_bytes;  // the last row ends last
-  auto one_chunk = [&](int64_t k, __m512 f0, __m512 f1, __m512 f2, __m512 f3, __m512i z0, __m512i z1, __m512i z2,
+  const int64_t plain = tail8 ? 0 : std::min(full, a.chunks);  // chunks before it need no tail care
+  auto one_chunk = [&](auto tail, int64_t k, __m512 f0, __m512 f1, __m512 f2, __m512 f3, __m512i z0, __m512i z1, __m512i z2,
                   __m512i z3) SE_A8 {
+    constexpr bool T = decltype(tail)::value;
     const __m512i q = _mm512_loadu_si512(a.q.data() + 64 * k);
-    if (k < full && !tail8) {
-      a0 = bitmask_chunk<BITS, false>(w, m0, k, s0, end, z0, q, f0, a0);
-      a1 = bitmask_chunk<BITS, false>(w, m1, k, s1, end, z1, q, f1, a1);
-      a2 = bitmask_chunk<BITS, false>(w, m2, k, s2, end, z2, q, f2, a2);
-      a3 = bitmask_chunk<BITS, false>(w, m3, k, s3, end, z3, q, f3, a3);
-    } else {
-      a0 = bitmask_chunk<BITS, true>(w, m0, k, s0, end, z0, q, f0, a0);
-      a1 = bitmask_chunk<BITS, true>(w, m1, k, s1, end, z1, q, f1, a1);
-      a2 = bitmask_chunk<BITS, true>(w, m2, k, s2, end, z2, q, f2, a2);
-      a3 = bitmask_chunk<BITS, true>(w, m3, k, s3, end, z3, q, f3, a3);
-    }
+    a0 = bitmask_chunk<BITS, T>(w, m0, k, s0, end, z0, q, f0, a0);
+    a1 = bitmask_chunk<BITS, T>(w, m1, k, s1, end, z1, q, f1, a1);
+    a2 = bitmask_chunk<BITS, T>(w, m2, k, s2, end, z2, q, f2, a2);
+    a3 = bitmask_chunk<BITS, T>(w, m3, k, s3, end, z3, q, f3, a3);
   };
+  using NoTail = std::false_type;
+  using Tail = std::true_type;
   auto zero = [&](int64_t i, int64_t g) SE_A8 { return _mm512_set1_epi8(static_cast<char>(zs[i * sstep + g])); };
   if (GRID == kHalves) {
     auto half = [&](int64_t i, int64_t g0, int64_t g1, __m512 d) SE_A8 {
@@ -331,28 +333,37 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
     auto zhalf = [&](int64_t i, int64_t g0, int64_t g1) SE_A8 {
       return _mm512_mask_blend_epi8(0xFFFFFFFF00000000ULL, zero(i, g0), zero(i, g1));
     };
-    for (int64_t k = 0; k < a.chunks; ++k) {
+    auto step = [&](auto tail, int64_t k) SE_A8 {
       const int64_t g0 = block_group[2 * k], g1 = block_group[2 * k + 1];
       const __m512 d = _mm512_loadu_ps(a.lane_d.data() + 16 * k);
-      one_chunk(k, half(0, g0, g1, d), half(1, g0, g1, d), half(2, g0, g1, d), half(3, g0, g1, d), zhalf(0, g0, g1),
+      one_chunk(tail, k, half(0, g0, g1, d), half(1, g0, g1, d), half(2, g0, g1, d), half(3, g0, g1, d), zhalf(0, g0, g1),
            zhalf(1, g0, g1), zhalf(2, g0, g1), zhalf(3, g0, g1));
-    }
+    };
+    for (int64_t k = 0; k < plain; ++k) step(NoTail{}, k);
+    for (int64_t k = plain; k < a.chunks; ++k) step(Tail{}, k);
   } else {
     const int64_t per = GRID == kPerRow ? a.chunks : w.group_size / 64;  // chunks a group
-    for (int64_t k0 = 0, g = 0; k0 < a.chunks; k0 += per, ++g) {
+    auto group = [&](auto tail, int64_t k0, int64_t g) SE_A8 {
       const int64_t gg = g < ng ? g : ng - 1;  // blocks past the row (q = 0) take the last group (chunk_group)
       const __m512 c0 = _mm512_set1_ps(sc[gg]), c1 = _mm512_set1_ps(sc[sstep + gg]), c2 = _mm512_set1_ps(sc[2 * sstep + gg]),
                    c3 = _mm512_set1_ps(sc[3 * sstep + gg]);
       const __m512i z0 = zero(0, gg), z1 = zero(1, gg), z2 = zero(2, gg), z3 = zero(3, gg);
       const int64_t k1 = k0 + per < a.chunks ? k0 + per : a.chunks;
-      for (int64_t k = k0; k < k1; ++k) {
+      auto step = [&](auto tail, int64_t k) SE_A8 {
         const __m512 d = _mm512_loadu_ps(a.lane_d.data() + 16 * k);
         if (GRID == kPerRow)
-          one_chunk(k, d, d, d, d, z0, z1, z2, z3);
+          one_chunk(tail, k, d, d, d, d, z0, z1, z2, z3);
         else
-          one_chunk(k, _mm512_mul_ps(d, c0), _mm512_mul_ps(d, c1), _mm512_mul_ps(d, c2), _mm512_mul_ps(d, c3), z0, z1, z2, z3);
-      }
-    }
+          one_chunk(tail, k, _mm512_mul_ps(d, c0), _mm512_mul_ps(d, c1), _mm512_mul_ps(d, c2), _mm512_mul_ps(d, c3), z0, z1, z2, z3);
+      };
+      int64_t k = k0;
+      if constexpr (decltype(tail)::value)  // a row that is one group (kPerRow) still runs its plain chunks plain
+        for (; k < std::min(k1, plain); ++k) step(NoTail{}, k);
+      for (; k < k1; ++k) step(tail, k);
+    };
+    int64_t k0 = 0, g = 0;
+    for (; k0 + per <= plain; k0 += per, ++g) group(NoTail{}, k0, g);  // whole groups before the tail chunks
+    for (; k0 < a.chunks; k0 += per, ++g) group(Tail{}, k0, g);
   }
   const __m512 acc[4] = {a0, a1, a2, a3};
   for (int i = 0; i < 4; ++i) y[rows[i]] = empty_row(w, rows[i]) ? 0.f : row_result<GRID>(w, rows[i], xg, acc[i]);
@@ -387,23 +398,25 @@ SE_A8 void rows_fb(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, fl
   thread_local std::vector<float> xg;
   group_inputs(w, a, xg);
   thread_local std::vector<uint8_t> buffers;
-  const int64_t stride = FMT == kQBitmask && BITS == 4 ? (w.in + 127) / 64 * 64 : 0;  // a row's codes + 64
-  if (static_cast<int64_t>(buffers.size()) < 4 * stride + 64) buffers.resize(4 * stride + 64);
-  uint8_t* spread = buffers.data() + 64;  // spread_row may write one byte in front of a row's buffer
+  // four rows' codes, the 63 bytes the last 64-byte store may write past them, and the byte spread_rows may
+  // write in front
+  const int64_t bytes = FMT == kQBitmask && BITS == 4 ? 4 * w.in + 192 : 0;
+  if (static_cast<int64_t>(buffers.size()) < bytes) buffers.resize(bytes);
+  uint8_t* spread = buffers.data() + 64;
   const int32_t* bg = block_group.data();
   const float* x = xg.data();
   auto run = [&](auto grid) {
     constexpr int G = decltype(grid)::value;
     if constexpr (FMT == kQBitmask) {
       auto rest = [&](int64_t lo, int64_t hi) {
-        for (int64_t r = lo; r < hi; ++r) bitmask_rows4<BITS, G>(w, r, 0, false, a, bg, x, y, spread, stride);
+        for (int64_t r = lo; r < hi; ++r) bitmask_rows4<BITS, G>(w, r, 0, false, a, bg, x, y, spread);
       };
       if (BITS == 4) {
         int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) bitmask_rows4<BITS, G>(w, r, 1, r + 8 <= r1, a, bg, x, y, spread, stride);
+        for (; r + 4 <= r1; r += 4) bitmask_rows4<BITS, G>(w, r, 1, r + 8 <= r1, a, bg, x, y, spread);
         rest(r, r1);
       } else {
-        quarter_passes(r0, r1, [&](int64_t r, int64_t q) { bitmask_rows4<BITS, G>(w, r, q, false, a, bg, x, y, spread, stride); }, rest);
+        quarter_passes(r0, r1, [&](int64_t r, int64_t q) { bitmask_rows4<BITS, G>(w, r, q, false, a, bg, x, y, spread); }, rest);
       }
     } else {
       quarter_passes(
