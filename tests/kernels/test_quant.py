@@ -312,7 +312,8 @@ def act8_outputs_agree(weight: F.CompressedWeight, seed: int, same_as: F.Compres
             exact = dense[labels[i]].double() @ x[i].double()
             # float32 rounding of the product, and of the zero points' share taken back (quant.h step 4: each
             # column's code counts its zero point, z s ~ 1 on these grids, so that share is ~ sum |x|)
-            slack = 1e-5 * (1 + dense[labels[i]].double().abs() @ x[i].double().abs()) + 1e-6 * x[i].double().abs().sum()
+            row, xi = dense[labels[i]].double(), x[i].double()
+            slack = 1e-5 * (1 + row.abs() @ xi.abs()) + 1e-6 * xi.abs().sum()
             assert ((out["cpp"][i].double() - exact).abs() <= act8_bound(x[i], dense[labels[i]]) + slack).all()
         yield x, out["cpp"]
 
