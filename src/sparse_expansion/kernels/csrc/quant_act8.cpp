@@ -211,7 +211,9 @@ SE_A8 inline float row_result(const QuantView& w, int64_t r, const float* xg, __
 }
 
 // R dense rows at once, r, r + step, ..., r + (R - 1) step: the input's chunk is loaded once for all of them.
-// GRID: see Grid. `xg`: X_g. (Bitmask rows: bitmask_rows4.)
+// GRID: see Grid. `xg`: X_g. (Bitmask rows: bitmask_rows4.) The chunks inside the row run without the test for
+// a short last chunk, which in the loop cost a branch a row and chunk (5632x2048 int4 in cache ~-20%:
+// results/2026-12-07-cpu2-zen5/kernel_ab_dense_5632x2048.md).
 template <int BITS, int R, int GRID>
 SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, const int32_t* block_group,
                   const float* xg, float* y) {
@@ -224,11 +226,12 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
     codes[i] = w.codes + row * w.code_row_bytes;
     sc[i] = w.scales + row * w.groups;
   }
-  for (int64_t k = 0; k < a.chunks; ++k) {
+  auto chunk = [&](auto tail, int64_t k) SE_A8 {
+    constexpr bool TAIL = decltype(tail)::value;
     const __m512i q = _mm512_loadu_si512(a.q.data() + 64 * k);
     const __m512 d = _mm512_loadu_ps(a.lane_d.data() + 16 * k);
     const int64_t g0 = block_group[2 * k], g1 = block_group[2 * k + 1];
-    const int64_t left = w.in - 64 * k;
+    const int64_t left = TAIL ? w.in - 64 * k : 64;
 #pragma GCC unroll 4  // keeps acc[] in registers (not unrolled, GCC left them on the stack: 30% slower)
     for (int i = 0; i < R; ++i) {
       __m512 s = _mm512_set1_ps(sc[i][g0]);  // (unused for kPerRow: its scale comes after the sum)
@@ -244,7 +247,10 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
       const __m512i v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, q);
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), GRID == kPerRow ? d : _mm512_mul_ps(d, s), acc[i]);
     }
-  }
+  };
+  const int64_t whole = w.in / 64;  // chunks of 64 columns inside the row
+  for (int64_t k = 0; k < whole; ++k) chunk(std::false_type{}, k);
+  for (int64_t k = whole; k < a.chunks; ++k) chunk(std::true_type{}, k);
   for (int i = 0; i < R; ++i) {
     const int64_t row = r + i * step;
     y[row] = row_result<GRID>(w, row, xg, acc[i]);
