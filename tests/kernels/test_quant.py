@@ -263,7 +263,8 @@ def test_group_quantizer_fits_each_group_when_the_solve_reaches_it():
 
 # ------------------------------------------------------------------- the decode arithmetic (act8)
 
-# odd widths, a tail chunk, all-zero row 1; 19 rows: four-row passes that prefetch the next four, and three left over
+# odd widths, a tail chunk, all-zero row 1; 19 rows: four-row passes that prefetch the next four, and three left over;
+# 21 x 256: rows without a tail chunk
 ACT8_SHAPES = [(2, 9, 53), (1, 5, 300), (2, 4, 7), (1, 6, 130), (1, 19, 300), (1, 21, 256)]
 
 

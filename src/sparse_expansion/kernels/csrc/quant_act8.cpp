@@ -212,8 +212,8 @@ SE_A8 inline float row_result(const QuantView& w, int64_t r, const float* xg, __
 
 // R dense rows at once, r, r + step, ..., r + (R - 1) step: the input's chunk is loaded once for all of them.
 // GRID: see Grid. `xg`: X_g. (Bitmask rows: bitmask_rows4.) The chunks inside the row run without the test for
-// a short last chunk, which in the loop cost a branch a row and chunk (5632x2048 int4 in cache ~-20%:
-// results/2026-12-07-cpu2-zen5/kernel_ab_dense_5632x2048.md).
+// a short last chunk, which in the loop cost a branch a row and chunk (5632x2048 int4 in cache -17% for groups
+// of 32, -25% for 128: results/2026-12-07-cpu2-zen5/kernel_ab_dense_5632x2048.md).
 template <int BITS, int R, int GRID>
 SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, const int32_t* block_group,
                   const float* xg, float* y) {
@@ -302,7 +302,8 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
   const uint8_t* end = BITS == 8 ? w.codes + w.codes_bytes : nullptr;
   const uint8_t *s0, *s1, *s2, *s3;
   if (BITS == 4) {
-    spread_rows(w, r, step == 0 ? 1 : 4, spread);  // side by side, the four rows' codes are one stream
+    // int4 rows come side by side (step 1: their codes are one stream) or alone (step 0), never far apart
+    spread_rows(w, r, step == 0 ? 1 : 4, spread);
     s0 = spread + (w.offsets[rows[0]] - w.offsets[r]), s1 = spread + (w.offsets[rows[1]] - w.offsets[r]),
     s2 = spread + (w.offsets[rows[2]] - w.offsets[r]), s3 = spread + (w.offsets[rows[3]] - w.offsets[r]);
   } else {
