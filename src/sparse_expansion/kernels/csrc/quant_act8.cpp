@@ -190,6 +190,11 @@ SE_A8 void spread_rows(const QuantView& w, int64_t r, int64_t rows, uint8_t* out
 // two groups of 32 columns a chunk, or groups of a multiple of 64 columns (one a chunk).
 enum Grid : int { kPerRow = 0, kHalves = 1, kWide = 2 };
 
+// Whether a loop's chunks need the bounds care of a short last chunk (Tail) or not (NoTail): both kernels run
+// the chunks inside the row in loops of their own, without the test.
+using NoTail = std::false_type;
+using Tail = std::true_type;
+
 // Row r's result from its lanes: p of quant.h step 4, 16 groups a step (the scalar loop's lanes), subtracted
 // from acc, then the tree (times the row's scale for a per-row grid).
 template <int GRID>
@@ -249,8 +254,8 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
     }
   };
   const int64_t whole = w.in / 64;  // chunks of 64 columns inside the row
-  for (int64_t k = 0; k < whole; ++k) chunk(std::false_type{}, k);
-  for (int64_t k = whole; k < a.chunks; ++k) chunk(std::true_type{}, k);
+  for (int64_t k = 0; k < whole; ++k) chunk(NoTail{}, k);
+  for (int64_t k = whole; k < a.chunks; ++k) chunk(Tail{}, k);
   for (int i = 0; i < R; ++i) {
     const int64_t row = r + i * step;
     y[row] = row_result<GRID>(w, row, xg, acc[i]);
@@ -330,8 +335,6 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
     a2 = bitmask_chunk<BITS, T>(w, m2, k, s2, end, z2, q, f2, a2);
     a3 = bitmask_chunk<BITS, T>(w, m3, k, s3, end, z3, q, f3, a3);
   };
-  using NoTail = std::false_type;
-  using Tail = std::true_type;
   auto zero = [&](int64_t i, int64_t g) SE_A8 { return _mm512_set1_epi8(static_cast<char>(zs[i * sstep + g])); };
   if (GRID == kHalves) {
     auto half = [&](int64_t i, int64_t g0, int64_t g1, __m512 d) SE_A8 {
@@ -364,7 +367,8 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
           one_chunk(tail, k, _mm512_mul_ps(d, c0), _mm512_mul_ps(d, c1), _mm512_mul_ps(d, c2), _mm512_mul_ps(d, c3), z0, z1, z2, z3);
       };
       int64_t k = k0;
-      if constexpr (decltype(tail)::value)  // a row that is one group (kPerRow) still runs its plain chunks plain
+      if constexpr (decltype(tail)::value)  // the group holding the tail (for kPerRow the whole row) runs its
+                                             // chunks before the tail plain
         for (; k < std::min(k1, plain); ++k) step(NoTail{}, k);
       for (; k < k1; ++k) step(tail, k);
     };
