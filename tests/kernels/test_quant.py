@@ -351,3 +351,63 @@ def test_act8_runs_nm_codes_as_the_bitmask_they_stand_for(compiled, fmt, bits, g
         assert torch.equal(F.decompress(view), F.decompress(weight))
         assert ops.act8_applies(weight) and weight.act8_form is weight.act8_form  # built once
         assert len(list(act8_outputs_agree(weight, seed=3, same_as=view))) == 2
+
+
+def expected_act8_layout(weight: F.CompressedWeight) -> tuple[list[int], list[int]]:
+    """quant.h's Act8Layout written out in Python: each row's 64-column chunks in order, a chunk's codes
+    from a fresh byte (two a byte, low nibble first, an odd count padded with a zero nibble), 32 zero
+    bytes after the last row; and the byte where each row starts."""
+    stream = weight.values.long()
+    codes = torch.stack([stream & 15, stream >> 4], -1).flatten().tolist()
+    mask = weight.index.reshape(-1, weight.index.shape[-1])
+    out, starts, p = [], [], 0
+    for row in mask:
+        starts.append(len(out))
+        bits = ((row.long()[:, None] >> torch.arange(8)) & 1).flatten().tolist()
+        for k in range(0, len(bits), 64):
+            n = sum(bits[k:k + 64])
+            chunk = codes[p:p + n] + [0] * (n % 2)
+            out += [chunk[i] | chunk[i + 1] << 4 for i in range(0, len(chunk), 2)]
+            p += n
+    starts.append(len(out))
+    return out + [0] * 32, starts
+
+
+def test_act8_layout_puts_each_chunk_of_an_int4_bitmask_on_a_fresh_byte(compiled):
+    if not ops.act8_vector_available():
+        pytest.skip("the act8 vector kernels do not run on this CPU (they alone take the layout)")
+    for shape in ACT8_SHAPES:
+        weight = quantized("bitmask", shape, 4, 32, seed=shape[-1])
+        codes, starts = compiled.act8_layout("bitmask", *ops._quant_args(weight), 2)
+        want_codes, want_starts = expected_act8_layout(weight)
+        assert codes.tolist() == want_codes and starts.tolist() == want_starts
+    for fmt, bits in [("bitmask", 8), ("dense", 4)]:  # the kernels that take no layout
+        assert compiled.act8_layout(fmt, *ops._quant_args(quantized(fmt, (1, 4, 64), bits, 32)), 2) == []
+    weight = quantized("bitmask", (1, 4, 64), 4, 32)
+    assert compiled.act8_layout("bitmask", *ops._quant_args(weight), 0) == []  # the scalar loops run
+
+
+def test_act8_layout_is_rebuilt_when_the_codes_change_in_place(compiled):
+    """quant_decode_linear keeps each int4 bitmask's layout while its tensors live: a change in place
+    (load_state_dict copies into the same tensors) must not leave the vector kernel on the old codes."""
+    weight = quantized("bitmask", (1, 6, 130), 4, 32, seed=5)
+    x = torch.randn(1, 130, generator=torch.Generator().manual_seed(0))
+    with ops.use_backend("cpp"):
+        before = ops.quant_decode_linear(x, weight)
+        weight.values.bitwise_xor_(0x5A)  # other codes in the same tensor
+        after = ops.quant_decode_linear(x, weight)
+    with ops.use_backend("scalar"):
+        assert torch.equal(after, ops.quant_decode_linear(x, weight))
+    assert not torch.equal(after, before)
+
+
+def test_act8_layout_that_does_not_fit_the_weight_is_refused(compiled):
+    if not ops.act8_vector_available():
+        pytest.skip("the act8 vector kernels do not run on this CPU (they alone take the layout)")
+    weight = quantized("bitmask", (1, 6, 130), 4, 32, seed=5)
+    codes, starts = compiled.act8_layout("bitmask", *ops._quant_args(weight), 2)
+    other = compiled.act8_layout("bitmask", *ops._quant_args(quantized("bitmask", (1, 7, 130), 4, 32)), 2)
+    for layout in ([codes[:-1], starts], other):  # its codes cut short; another shape's
+        with pytest.raises(RuntimeError, match="act8 layout does not fit"):
+            compiled.quant_decode_matmul(torch.randn(1, 130), None, "bitmask", *ops._quant_args(weight), None, 2,
+                                         layout)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+import weakref
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -219,7 +220,8 @@ def quant_decode_linear(x: torch.Tensor, weight: CompressedWeight, bias: torch.T
     lib, isa = _resolved or _library()
     if lib is not None and x.is_cpu:
         lab = None if labels is None else labels.reshape(-1).long().contiguous()
-        return lib.quant_decode_matmul(x.contiguous(), lab, weight.format, *_quant_args(weight), bias, isa)
+        return lib.quant_decode_matmul(x.contiguous(), lab, weight.format, *_quant_args(weight), bias, isa,
+                                       _act8_layout(lib, weight, isa))
     if not act8_applies(weight):
         return _torch_matmul(x, labels, weight, bias)
     rows = []
@@ -228,6 +230,32 @@ def quant_decode_linear(x: torch.Tensor, weight: CompressedWeight, bias: torch.T
         rows.append(act8_reference(x[i], w))
     y = torch.stack(rows)
     return y if bias is None else y + bias
+
+
+# values tensor id -> (weakref to it, the index and offsets it was built with, their versions, isa, layout)
+_act8_layouts: dict[int, tuple] = {}
+
+
+def _act8_layout(lib: ModuleType, weight: CompressedWeight, isa: int) -> list[torch.Tensor]:
+    """The int4 bitmask codes laid out for the act8 vector kernel (csrc/quant.h, Act8Layout), built once
+    per weight and kept while its values tensor lives, as the decode step keeps its own; rebuilt when the
+    tensors change (in place too: their version counters). [] where the kernel takes none (it then runs
+    the scalar loop for int4 bitmask rows)."""
+    if weight.format != "bitmask" or weight.bits != 4:
+        return []
+    values, index, offsets = weight.values, weight.index, weight.row_offsets
+    try:
+        versions = (values._version, index._version, offsets._version, isa)
+    except RuntimeError:  # inference tensors keep no version counter: build it for this call alone
+        return lib.act8_layout(weight.format, *_quant_args(weight), isa)
+    hit = _act8_layouts.get(id(values))
+    if hit is not None and hit[0]() is values and hit[1] is index and hit[2] is offsets and hit[3] == versions:
+        return hit[4]
+    layout = lib.act8_layout(weight.format, *_quant_args(weight), isa)
+    key = id(values)
+    ref = weakref.ref(values, lambda _, key=key: _act8_layouts.pop(key, None))
+    _act8_layouts[key] = (ref, index, offsets, versions, layout)
+    return layout
 
 
 def act8_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

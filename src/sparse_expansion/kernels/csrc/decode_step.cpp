@@ -13,7 +13,8 @@
 // Every linear is a descriptor (LinearDesc): its kind (dense, bitmask, N:M), the value type of
 // sparse.h, the tensors, and optionally a router (SparseExpertLinear: the token's expert is chosen
 // once per router and step, so gate and up, which share one, route once). int8 / int4 values (any
-// kind) are one quant.h view per expert, run by quant_rows_decode.
+// kind) are one quant.h view per expert, run by quant_rows_decode (an int4 bitmask view with its act8
+// layout, which the step builds and keeps).
 //
 // Threads: one OpenMP parallel region per step (the team is torch's, so torch.set_num_threads
 // applies); inside it, phases separated by barriers, every linear's rows split evenly over the
@@ -30,6 +31,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <vector>
 
@@ -279,9 +281,15 @@ class DecodeStep {
     d.kind = format == "dense" ? kDense : format == "bitmask" ? kBitmask : kNM;
     d.experts = experts;
     d.in = in;
-    for (int64_t e = 0; e < experts; ++e)
+    for (int64_t e = 0; e < experts; ++e) {
       d.quant.push_back(quant_view(format, values, index, offsets, scales, zeros, bits, group_size, n, m, experts, in,
                                    e, &d.rows));
+      if (act8_layout_applies(d.quant.back(), level_)) {
+        layouts_.emplace_back();
+        act8_layout(d.quant.back(), d.rows, layouts_.back());
+        layouts_.back().attach(d.quant.back());
+      }
+    }
     keep_.insert(keep_.end(), {values, index, offsets, scales, zeros});
     return finish(d, bias, router);
   }
@@ -842,6 +850,7 @@ class DecodeStep {
   std::vector<RouterDesc> routers_;
   std::vector<LayerDesc> layer_descs_;
   std::vector<torch::Tensor> keep_;  // every tensor the descriptors point into stays alive
+  std::deque<Act8Layout> layouts_;   // int4 bitmask codes laid out for act8 (quant.h), one per view; a deque keeps them in place
   const void* embed_ = nullptr;
   int embed_vtype_ = kF32;
   const float* final_norm_ = nullptr;

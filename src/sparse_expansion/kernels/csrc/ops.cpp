@@ -21,7 +21,13 @@ torch::Tensor quant_decode_matmul(const torch::Tensor& x, const c10::optional<to
                                   const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
                                   const torch::Tensor& offsets, const torch::Tensor& scales,
                                   const torch::Tensor& zeros, int64_t bits, int64_t group_size, int64_t n, int64_t m,
-                                  int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias, int64_t isa);
+                                  int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias, int64_t isa,
+                                  const std::vector<torch::Tensor>& layout);
+std::vector<torch::Tensor> act8_layout_tensors(const std::string& format, const torch::Tensor& values,
+                                               const torch::Tensor& index, const torch::Tensor& offsets,
+                                               const torch::Tensor& scales, const torch::Tensor& zeros, int64_t bits,
+                                               int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
+                                               int64_t isa);
 bool act8_vector_supported();  // quant_act8.cpp
 torch::Tensor quant_unpack(const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
                            const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
@@ -438,6 +444,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quant_decode_matmul", &se::quant_decode_matmul,
         "as quant_matmul, in the decode arithmetic (int8 inputs, VNNI) where it applies (quant.h)");
   m.def("act8_vector_supported", &se::act8_vector_supported, "whether the act8 kernels run vector code here");
+  m.def("act8_layout", &se::act8_layout_tensors,
+        "an int4 bitmask's codes laid out for the act8 vector kernel ([] where it takes none; quant.h Act8Layout)");
   m.def("quant_unpack", &se::quant_unpack, "int8 / int4 W (one expert) -> de-quantized dense fp32 [rows, in]");
   se::register_decode_step(m);
 }

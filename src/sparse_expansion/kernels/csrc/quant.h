@@ -33,6 +33,10 @@ struct QuantView {
   const uint8_t* zeros;     // [rows, groups]
   int64_t in, groups, group_size;
   int64_t n, m, index_bits, per_row;  // N:M: values per row = in / m * n
+  // int4 bitmask, act8's vector kernel only (Act8Layout): the codes again, each 64-column chunk of a row
+  // starting on a fresh byte, and where each row starts there, in bytes. Null elsewhere.
+  const uint8_t* chunk_codes = nullptr;
+  const int64_t* chunk_offsets = nullptr;
 };
 
 // y[r] = W[r, :] . x for rows [r0, r1) of the view, one token (float32 x [in], y indexed by row).
@@ -101,6 +105,27 @@ void quant_rows_act8_scalar(const QuantView& w, int64_t r0, int64_t r1, const Ac
 bool act8_vector_supported();
 // The decode entry: act8 where it applies (x quantized into a per-thread buffer), else quant_rows.
 void quant_rows_decode(const QuantView& w, int64_t r0, int64_t r1, const float* x, float* y, int level);
+
+// An int4 bitmask's codes laid out for act8's vector kernel: each 64-column chunk's codes (two a byte, low
+// nibble first, as the stream) start on a fresh byte, so the kernel spreads a chunk's codes in registers from
+// one 32-byte load at a known byte instead of spreading the rows' streams to a buffer first (5632x2048 int4
+// 70%, groups of 128: from DRAM ~290 -> ~265 us, in cache ~270 -> ~228; groups of 32 -12% / -20%: BENCHMARKS.md).
+// It costs the codes' bytes again (a half byte more for every chunk with an odd count) and one pass to build;
+// the owner of the view keeps it and points the view at it (`attach`). Without it that kernel runs the scalar
+// loop (the same bits).
+struct Act8Layout {
+  std::vector<uint8_t> codes;    // the chunks' codes, then 32 zero bytes (a chunk's load never runs past)
+  std::vector<int64_t> offsets;  // [rows + 1] byte where each row starts
+  void attach(QuantView& w) const {
+    w.chunk_codes = codes.data();
+    w.chunk_offsets = offsets.data();
+  }
+};
+// Whether `act8_layout` applies: int4 bitmask views act8 runs, where this CPU runs act8's vector kernels
+// at `level` (no layout is needed elsewhere).
+bool act8_layout_applies(const QuantView& w, int level);
+// The layout of rows [0, rows) of w.
+void act8_layout(const QuantView& w, int64_t rows, Act8Layout& out);
 
 // Code number i of a code stream (no bounds check).
 inline unsigned quant_code(const uint8_t* codes, int bits, int64_t i) {

@@ -4,9 +4,10 @@
 // The scalar loops are the definition; the vector ones follow them lane for lane, so both give the same bits.
 //
 // Codes reach the dot product in column order, one a byte: int8 dense rows as stored; int4 nibbles
-// spread to bytes by widening and a shift; bitmask codes put into the columns their mask bits name by
-// vpexpandb, the columns it does not store filled with the group's zero point (whose share step 4 takes
-// away with every other column's, so a bitmask row is computed as the dense row it stands for).
+// spread to bytes by widening and a shift (int4 bitmask codes from their Act8Layout, a chunk's codes on a
+// fresh byte); bitmask codes put into the columns their mask bits name by vpexpandb, the columns it does
+// not store filled with the group's zero point (whose share step 4 takes away with every other column's,
+// so a bitmask row is computed as the dense row it stands for).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -93,6 +94,17 @@ void group_inputs(const QuantView& w, const Act8& a, std::vector<float>& xg) {
   }
 }
 
+// The 64 mask bits of chunk k (a fixed 8-byte load inside the row; the last chunk byte by byte).
+inline uint64_t mask_bits(const uint8_t* mask, int64_t bytes, int64_t k) {
+  uint64_t m = 0;
+  if (8 * k + 8 <= bytes) {
+    std::memcpy(&m, mask + 8 * k, 8);
+    return m;
+  }
+  for (int64_t b = 8 * k; b < bytes; ++b) m |= uint64_t(mask[b]) << (8 * (b - 8 * k));
+  return m;
+}
+
 // Whether row r of a bitmask stores nothing (its result is exactly 0).
 inline bool empty_row(const QuantView& w, int64_t r) {
   return w.format == kQBitmask && w.offsets[r + 1] == w.offsets[r];
@@ -165,27 +177,6 @@ SE_A8 inline float tree(__m512 acc) {
   return quant_tree_sum(s);
 }
 
-// The 64 mask bits of chunk k (a fixed 8-byte load inside the row; the last chunk byte by byte).
-inline uint64_t mask_bits(const uint8_t* mask, int64_t bytes, int64_t k) {
-  uint64_t m = 0;
-  if (8 * k + 8 <= bytes) {
-    std::memcpy(&m, mask + 8 * k, 8);
-    return m;
-  }
-  for (int64_t b = 8 * k; b < bytes; ++b) m |= uint64_t(mask[b]) << (8 * (b - 8 * k));
-  return m;
-}
-
-// int4 bitmask: the codes of rows r .. r + rows - 1 (one stream) spread one a byte into `out` (code p of the
-// stream at out[p - offsets[r]]), 64 at a time: one nibble spread per 64 codes instead of one per 64 columns.
-// A stream that starts mid-byte is spread from the code before it, written at out[-1] (the buffers leave a
-// byte in front).
-SE_A8 void spread_rows(const QuantView& w, int64_t r, int64_t rows, uint8_t* out) {
-  const int64_t first = w.offsets[r] & ~int64_t(1), count = w.offsets[r + rows] - first;
-  uint8_t* to = out - (w.offsets[r] & 1);
-  for (int64_t j = 0; j < count; j += 64) _mm512_storeu_si512(to + j, spread_nibbles(load32(w.codes, (first + j) / 2, w.codes_bytes)));
-}
-
 // How a row's grids meet the chunks: one grid for the whole row (its scale and zero point read once),
 // two groups of 32 columns a chunk, or groups of a multiple of 64 columns (one a chunk).
 enum Grid : int { kPerRow = 0, kHalves = 1, kWide = 2 };
@@ -215,6 +206,29 @@ SE_A8 inline float row_result(const QuantView& w, int64_t r, const float* xg, __
   return tree(_mm512_sub_ps(acc, p));
 }
 
+// The scales of a chunk's two groups of 32 (kHalves) in its lanes 0-7 and 8-15 (s0: the first group's; s1:
+// the second's). In a chunk inside the row (not `tail`) the second is the next group: one 8-byte load and a
+// permute instead of two broadcasts and a blend (with halves_zero: 5632x2048 bitmask int4 70% in cache -12% in a
+// stand-alone build; dense rows -10% there, unchanged through the library: BENCHMARKS.md).
+SE_A8 inline __m512 halves_scale(bool tail, const float* s0, float s1) {
+  if (tail) return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(*s0), _mm512_set1_ps(s1));
+  const __m128i two = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s0));
+  return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                               _mm512_castps128_ps512(_mm_castsi128_ps(two)));
+}
+
+// The same for the two groups' zero points, a byte a column (bytes 0-31 and 32-63).
+SE_A8 inline __m512i halves_zero(bool tail, const uint8_t* z0, uint8_t z1) {
+  if (tail)
+    return _mm512_mask_blend_epi8(0xFFFFFFFF00000000ULL, _mm512_set1_epi8(static_cast<char>(*z0)),
+                                  _mm512_set1_epi8(static_cast<char>(z1)));
+  uint16_t two;
+  std::memcpy(&two, z0, 2);
+  return _mm512_permutexvar_epi8(_mm512_set_epi64(0x0101010101010101LL, 0x0101010101010101LL, 0x0101010101010101LL,
+                                                  0x0101010101010101LL, 0, 0, 0, 0),
+                                 _mm512_castsi128_si512(_mm_cvtsi32_si128(two)));
+}
+
 // R dense rows at once, r, r + step, ..., r + (R - 1) step: the input's chunk is loaded once for all of them.
 // GRID: see Grid. `xg`: X_g. (Bitmask rows: bitmask_rows4.) The chunks inside the row run without the test for
 // a short last chunk, which in the loop cost a branch a row and chunk (5632x2048 int4 in cache -17% for groups
@@ -240,7 +254,7 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
 #pragma GCC unroll 4  // keeps acc[] in registers (not unrolled, GCC left them on the stack: 30% slower)
     for (int i = 0; i < R; ++i) {
       __m512 s = _mm512_set1_ps(sc[i][g0]);  // (unused for kPerRow: its scale comes after the sum)
-      if (GRID == kHalves) s = _mm512_mask_blend_ps(0xFF00, s, _mm512_set1_ps(sc[i][g1]));
+      if (GRID == kHalves) s = halves_scale(TAIL, sc[i] + g0, sc[i][g1]);
       const uint8_t* row = codes[i] + (BITS == 8 ? 64 : 32) * k;
       _mm_prefetch(reinterpret_cast<const char*>(row) + 4096, _MM_HINT_T0);
       __m512i c;
@@ -264,7 +278,8 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
 
 // One chunk k of one bitmask row: its codes put into the columns its mask bits name (the zero point zb in
 // the others), dotted with the input's chunk q, added to acc with the lane factors f. `src` moves past the
-// codes used. TAIL: the chunk's mask bytes may run past the row, or (int8) a 64-byte load past the stream.
+// codes used (int4: the chunk's bytes in the Act8Layout). TAIL: the chunk's mask bytes may run past the row,
+// or (int8) a 64-byte load past the stream (the layout's padding keeps int4 loads inside it).
 template <int BITS, bool TAIL>
 SE_A8 inline __m512 bitmask_chunk(const QuantView& w, const uint8_t* mask, int64_t k, const uint8_t*& src,
                                   const uint8_t* end, __m512i zb, __m512i q, __m512 f, __m512 acc) {
@@ -275,9 +290,14 @@ SE_A8 inline __m512 bitmask_chunk(const QuantView& w, const uint8_t* mask, int64
     std::memcpy(&m, mask + 8 * k, 8);
   }
   const unsigned n = static_cast<unsigned>(_mm_popcnt_u64(m));
-  const __m512i packed = TAIL && (BITS == 4 || src + 64 > end) ? _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, n), src)
-                                                : _mm512_loadu_si512(src);
-  src += n;
+  __m512i packed;
+  if (BITS == 4) {
+    packed = spread_nibbles(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+    src += (n + 1) / 2;
+  } else {
+    packed = TAIL && src + 64 > end ? _mm512_maskz_loadu_epi8(_bzhi_u64(~0ULL, n), src) : _mm512_loadu_si512(src);
+    src += n;
+  }
   const __m512i v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_mask_expand_epi8(zb, m, packed), q);
   return _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), f, acc);
 }
@@ -287,7 +307,7 @@ SE_A8 inline __m512 bitmask_chunk(const QuantView& w, const uint8_t* mask, int64
 // the dense loop rows_r, with arrays, GCC kept the rows' pointers on the stack; this loop took 5632x2048 int4
 // 70% from DRAM 435 / 445 -> 348 / 322 us, in cache 330 / 338 -> 275 / 258: results/2026-12-07-cpu2-zen5/
 // kernel_ab_5632x2048.md). kWide and kPerRow walk a group at a time, its scale and zero point read once for
-// all of its chunks. int4 rows run side by side (step 1): their codes are read once, in order, by spread_rows,
+// all of its chunks. int4 rows run side by side (step 1): their codes (Act8Layout) are one stream, in order,
 // and neighbouring masks share pages; int8 codes are read in the loop, four streams, which go faster far apart
 // (passes.h; side by side, a development build not kept was ~1.6x slower from DRAM). `ahead` (side by side
 // only, when rows r + 4 .. r + 7 are in the range): prefetch theirs (int4 g128 from DRAM 320 / 300 -> 279 /
@@ -297,7 +317,7 @@ SE_A8 inline __m512 bitmask_chunk(const QuantView& w, const uint8_t* mask, int64
 // on the stack (int8 per row and int4 in groups of 32).
 template <int BITS, int GRID>
 SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead, const Act8& a, const int32_t* block_group,
-                         const float* xg, float* y, uint8_t* spread) {
+                         const float* xg, float* y) {
   const int64_t ib = w.index_bytes, ng = w.groups, rows[4] = {r, r + step, r + 2 * step, r + 3 * step};
   const uint8_t *m0 = w.index + rows[0] * ib, *m1 = w.index + rows[1] * ib, *m2 = w.index + rows[2] * ib,
                 *m3 = w.index + rows[3] * ib;
@@ -307,10 +327,9 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
   const uint8_t* end = BITS == 8 ? w.codes + w.codes_bytes : nullptr;
   const uint8_t *s0, *s1, *s2, *s3;
   if (BITS == 4) {
-    // int4 rows come side by side (step 1: their codes are one stream) or alone (step 0), never far apart
-    spread_rows(w, r, step == 0 ? 1 : 4, spread);
-    s0 = spread + (w.offsets[rows[0]] - w.offsets[r]), s1 = spread + (w.offsets[rows[1]] - w.offsets[r]),
-    s2 = spread + (w.offsets[rows[2]] - w.offsets[r]), s3 = spread + (w.offsets[rows[3]] - w.offsets[r]);
+    const uint8_t* cc = w.chunk_codes;
+    const int64_t* co = w.chunk_offsets;
+    s0 = cc + co[rows[0]], s1 = cc + co[rows[1]], s2 = cc + co[rows[2]], s3 = cc + co[rows[3]];
   } else {
     s0 = w.codes + w.offsets[rows[0]], s1 = w.codes + w.offsets[rows[1]], s2 = w.codes + w.offsets[rows[2]],
     s3 = w.codes + w.offsets[rows[3]];
@@ -318,9 +337,11 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
   if (ahead) {  // the next four rows' masks and about as many codes as these took, fetched while these compute
     const char* next_mask = reinterpret_cast<const char*>(w.index + (r + 4) * ib);
     for (int64_t b = 0; b < 4 * ib; b += 64) _mm_prefetch(next_mask + b, _MM_HINT_T0);
-    const int64_t from = w.offsets[r + 4] * BITS / 8;
-    const int64_t bytes = std::min((w.offsets[r + 4] - w.offsets[r]) * BITS / 8, w.codes_bytes - from);
-    for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(w.codes + from + b), _MM_HINT_T0);
+    const uint8_t* codes = BITS == 4 ? w.chunk_codes : w.codes;  // (int4 rows come side by side: step 1)
+    const int64_t from = BITS == 4 ? w.chunk_offsets[r + 4] : w.offsets[r + 4];
+    const int64_t bytes = BITS == 4 ? w.chunk_offsets[r + 8] - from
+                                    : std::min(w.offsets[r + 4] - w.offsets[r], w.codes_bytes - from);
+    for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(codes + from + b), _MM_HINT_T0);
   }
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   const int64_t full = ib / 8;  // chunks whose 8 mask bytes all lie in the row
@@ -337,17 +358,17 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
   };
   auto zero = [&](int64_t i, int64_t g) SE_A8 { return _mm512_set1_epi8(static_cast<char>(zs[i * sstep + g])); };
   if (GRID == kHalves) {
-    auto half = [&](int64_t i, int64_t g0, int64_t g1, __m512 d) SE_A8 {
-      return _mm512_mul_ps(d, _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sc[i * sstep + g0]), _mm512_set1_ps(sc[i * sstep + g1])));
+    auto half = [&](auto tail, int64_t i, int64_t g0, int64_t g1, __m512 d) SE_A8 {
+      return _mm512_mul_ps(d, halves_scale(decltype(tail)::value, sc + i * sstep + g0, sc[i * sstep + g1]));
     };
-    auto zhalf = [&](int64_t i, int64_t g0, int64_t g1) SE_A8 {
-      return _mm512_mask_blend_epi8(0xFFFFFFFF00000000ULL, zero(i, g0), zero(i, g1));
+    auto zhalf = [&](auto tail, int64_t i, int64_t g0, int64_t g1) SE_A8 {
+      return halves_zero(decltype(tail)::value, zs + i * sstep + g0, zs[i * sstep + g1]);
     };
     auto step = [&](auto tail, int64_t k) SE_A8 {
       const int64_t g0 = block_group[2 * k], g1 = block_group[2 * k + 1];
       const __m512 d = _mm512_loadu_ps(a.lane_d.data() + 16 * k);
-      one_chunk(tail, k, half(0, g0, g1, d), half(1, g0, g1, d), half(2, g0, g1, d), half(3, g0, g1, d), zhalf(0, g0, g1),
-           zhalf(1, g0, g1), zhalf(2, g0, g1), zhalf(3, g0, g1));
+      one_chunk(tail, k, half(tail, 0, g0, g1, d), half(tail, 1, g0, g1, d), half(tail, 2, g0, g1, d), half(tail, 3, g0, g1, d),
+                zhalf(tail, 0, g0, g1), zhalf(tail, 1, g0, g1), zhalf(tail, 2, g0, g1), zhalf(tail, 3, g0, g1));
     };
     for (int64_t k = 0; k < plain; ++k) step(NoTail{}, k);
     for (int64_t k = plain; k < a.chunks; ++k) step(Tail{}, k);
@@ -408,26 +429,20 @@ SE_A8 void rows_fb(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, fl
   for (int64_t b = 0; b < 2 * a.chunks; ++b) block_group[b] = static_cast<int32_t>(chunk_group(w, b / 2, b % 2));
   thread_local std::vector<float> xg;
   group_inputs(w, a, xg);
-  thread_local std::vector<uint8_t> buffers;
-  // four rows' codes, the 63 bytes the last 64-byte store may write past them, and the byte spread_rows may
-  // write in front
-  const int64_t bytes = FMT == kQBitmask && BITS == 4 ? 4 * w.in + 192 : 0;
-  if (static_cast<int64_t>(buffers.size()) < bytes) buffers.resize(bytes);
-  uint8_t* spread = buffers.data() + 64;
   const int32_t* bg = block_group.data();
   const float* x = xg.data();
   auto run = [&](auto grid) {
     constexpr int G = decltype(grid)::value;
     if constexpr (FMT == kQBitmask) {
       auto rest = [&](int64_t lo, int64_t hi) {
-        for (int64_t r = lo; r < hi; ++r) bitmask_rows4<BITS, G>(w, r, 0, false, a, bg, x, y, spread);
+        for (int64_t r = lo; r < hi; ++r) bitmask_rows4<BITS, G>(w, r, 0, false, a, bg, x, y);
       };
       if (BITS == 4) {
         int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) bitmask_rows4<BITS, G>(w, r, 1, r + 8 <= r1, a, bg, x, y, spread);
+        for (; r + 4 <= r1; r += 4) bitmask_rows4<BITS, G>(w, r, 1, r + 8 <= r1, a, bg, x, y);
         rest(r, r1);
       } else {
-        quarter_passes(r0, r1, [&](int64_t r, int64_t q) { bitmask_rows4<BITS, G>(w, r, q, false, a, bg, x, y, spread); }, rest);
+        quarter_passes(r0, r1, [&](int64_t r, int64_t q) { bitmask_rows4<BITS, G>(w, r, q, false, a, bg, x, y); }, rest);
       }
     } else {
       quarter_passes(
@@ -465,7 +480,7 @@ void quant_act8_prepare_level(const float* x, int64_t in, Act8& a, int level) {
 }
 
 void quant_rows_act8(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, float* y, int level) {
-  if (level < 2 || !act8_vector_supported()) {
+  if (level < 2 || !act8_vector_supported() || (w.format == kQBitmask && w.bits == 4 && w.chunk_codes == nullptr)) {
     quant_rows_act8_scalar(w, r0, r1, a, y);
     return;
   }
@@ -491,6 +506,41 @@ void quant_rows_act8(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, 
 #endif
 
 namespace se {
+
+bool act8_layout_applies(const QuantView& w, int level) {
+  return w.format == kQBitmask && w.bits == 4 && level >= 2 && quant_act8_applies(w) && act8_vector_supported();
+}
+
+void act8_layout(const QuantView& w, int64_t rows, Act8Layout& out) {
+  const int64_t chunks = (w.in + 63) / 64;
+  out.offsets.assign(static_cast<size_t>(rows) + 1, 0);
+  int64_t bytes = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    out.offsets[r] = bytes;
+    for (int64_t k = 0; k < chunks; ++k)
+      bytes += (__builtin_popcountll(mask_bits(w.index + r * w.index_bytes, w.index_bytes, k)) + 1) / 2;
+  }
+  out.offsets[rows] = bytes;
+  out.codes.assign(static_cast<size_t>(bytes) + 32, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* to = out.codes.data() + out.offsets[r];
+    int64_t p = w.offsets[r];  // the chunk's first code in the stream
+    for (int64_t k = 0; k < chunks; ++k) {
+      const int64_t n = __builtin_popcountll(mask_bits(w.index + r * w.index_bytes, w.index_bytes, k));
+      const int64_t size = (n + 1) / 2;
+      const uint8_t* from = w.codes + p / 2;
+      if (p % 2 == 0) {
+        std::memcpy(to, from, static_cast<size_t>(size));
+      } else {  // codes p, p + 1 are the high nibble of from[i] and the low one of from[i + 1]
+        const int64_t last = w.codes_bytes - p / 2 - 1;  // from[last] is the stream's last byte
+        for (int64_t i = 0; i < size; ++i) to[i] = static_cast<uint8_t>((from[i] >> 4) | (i < last ? from[i + 1] << 4 : 0));
+      }
+      if (n % 2) to[size - 1] &= 0x0F;  // the next chunk's code, which the copy above brought along
+      to += size;
+      p += n;
+    }
+  }
+}
 
 void quant_rows_decode(const QuantView& w, int64_t r0, int64_t r1, const float* x, float* y, int level) {
   if (!quant_act8_applies(w)) {

@@ -3,7 +3,9 @@
 // ops.py sends more tokens to torch's GEMM of the de-quantized weight.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "quant.h"
 
@@ -134,7 +136,8 @@ torch::Tensor quant_matmul_impl(const torch::Tensor& x, const c10::optional<torc
                                 const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
                                 const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
                                 int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
-                                const c10::optional<torch::Tensor>& bias, int64_t isa, bool decode) {
+                                const c10::optional<torch::Tensor>& bias, int64_t isa, bool decode,
+                                const std::vector<torch::Tensor>& layout) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2 && x.size(1) == in, "x must be float32 [tokens, ",
               in, "]");
   check_cpu_contiguous(x, "x");
@@ -155,10 +158,23 @@ torch::Tensor quant_matmul_impl(const torch::Tensor& x, const c10::optional<torc
   }
   auto y = torch::empty({count, rows}, x.options());
   const int level = isa_level(isa);
+  const bool with_layout = decode && layout.size() == 2 && act8_layout_applies(w.base, level);
+  if (with_layout) {
+    const torch::Tensor &codes = layout[0], &starts = layout[1];
+    check_cpu_contiguous(codes, "layout codes");
+    check_cpu_contiguous(starts, "layout offsets");
+    TORCH_CHECK(codes.scalar_type() == torch::kByte && starts.scalar_type() == torch::kLong &&
+                    starts.numel() == experts * rows + 1 && codes.numel() == starts.data_ptr<int64_t>()[experts * rows] + 32,
+                "the act8 layout does not fit this weight (build it with act8_layout)");
+  }
   for (int64_t t = 0; t < count; ++t) {
     const int64_t e = lab ? lab[t] : 0;
     TORCH_CHECK(e >= 0 && e < experts, "label ", e, " is not an expert in [0, ", experts, ")");
-    const QuantView view = for_expert(w, index, offsets, scales, zeros, e);
+    QuantView view = for_expert(w, index, offsets, scales, zeros, e);
+    if (with_layout) {
+      view.chunk_codes = layout[0].data_ptr<uint8_t>();
+      view.chunk_offsets = layout[1].data_ptr<int64_t>() + e * rows;
+    }
     const float* xt = x.data_ptr<float>() + t * in;
     float* yt = y.data_ptr<float>() + t * rows;
     at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
@@ -183,16 +199,36 @@ torch::Tensor quant_matmul(const torch::Tensor& x, const c10::optional<torch::Te
                            int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
                            const c10::optional<torch::Tensor>& bias, int64_t isa) {
   return quant_matmul_impl(x, labels, format, values, index, offsets, scales, zeros, bits, group_size, n, m, experts,
-                           in, bias, isa, false);
+                           in, bias, isa, false, {});
 }
 
 torch::Tensor quant_decode_matmul(const torch::Tensor& x, const c10::optional<torch::Tensor>& labels,
                                   const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
                                   const torch::Tensor& offsets, const torch::Tensor& scales,
                                   const torch::Tensor& zeros, int64_t bits, int64_t group_size, int64_t n, int64_t m,
-                                  int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias, int64_t isa) {
+                                  int64_t experts, int64_t in, const c10::optional<torch::Tensor>& bias, int64_t isa,
+                                  const std::vector<torch::Tensor>& layout) {
   return quant_matmul_impl(x, labels, format, values, index, offsets, scales, zeros, bits, group_size, n, m, experts,
-                           in, bias, isa, true);
+                           in, bias, isa, true, layout);
+}
+
+// The Act8Layout of a whole int4 bitmask weight (every expert's rows, in order) as [codes uint8, offsets int64
+// [rows + 1]], for quant_decode_matmul; an empty list where the act8 vector kernel does not take one.
+std::vector<torch::Tensor> act8_layout_tensors(const std::string& format, const torch::Tensor& values,
+                                               const torch::Tensor& index, const torch::Tensor& offsets,
+                                               const torch::Tensor& scales, const torch::Tensor& zeros, int64_t bits,
+                                               int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
+                                               int64_t isa) {
+  const Checked w = check_quant(format, values, index, offsets, scales, zeros, bits, group_size, n, m, experts, in);
+  if (!act8_layout_applies(w.base, isa_level(isa))) return {};
+  QuantView all = for_expert(w, index, offsets, scales, zeros, 0);
+  Act8Layout layout;
+  act8_layout(all, experts * w.rows, layout);
+  auto codes = torch::empty({static_cast<int64_t>(layout.codes.size())}, torch::kByte);
+  auto starts = torch::empty({static_cast<int64_t>(layout.offsets.size())}, torch::kLong);
+  std::copy(layout.codes.begin(), layout.codes.end(), codes.data_ptr<uint8_t>());
+  std::copy(layout.offsets.begin(), layout.offsets.end(), starts.data_ptr<int64_t>());
+  return {codes, starts};
 }
 
 // The checked view of expert `expert` of a quantized weight: what the decode step keeps per linear.
