@@ -511,7 +511,13 @@ bool act8_layout_applies(const QuantView& w, int level) {
   return w.format == kQBitmask && w.bits == 4 && level >= 2 && quant_act8_applies(w) && act8_vector_supported();
 }
 
-void act8_layout(const QuantView& w, int64_t rows, Act8Layout& out) {
+#if defined(__x86_64__) || defined(_M_X64)
+#define SE_POPCNT __attribute__((target("popcnt")))  // (only called where act8's vector kernels run)
+#else
+#define SE_POPCNT
+#endif
+
+SE_POPCNT void act8_layout(const QuantView& w, int64_t rows, Act8Layout& out) {
   const int64_t chunks = (w.in + 63) / 64;
   out.offsets.assign(static_cast<size_t>(rows) + 1, 0);
   int64_t bytes = 0;
