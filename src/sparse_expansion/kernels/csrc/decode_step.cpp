@@ -850,7 +850,7 @@ class DecodeStep {
   std::vector<RouterDesc> routers_;
   std::vector<LayerDesc> layer_descs_;
   std::vector<torch::Tensor> keep_;  // every tensor the descriptors point into stays alive
-  std::deque<Act8Layout> layouts_;   // int4 bitmask codes laid out for act8 (quant.h), one per view; a deque keeps them in place
+  std::deque<Act8Layout> layouts_;   // int4 bitmask views' act8 layouts (quant.h); a deque never moves them
   const void* embed_ = nullptr;
   int embed_vtype_ = kF32;
   const float* final_norm_ = nullptr;

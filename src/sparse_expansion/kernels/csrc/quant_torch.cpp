@@ -164,7 +164,8 @@ torch::Tensor quant_matmul_impl(const torch::Tensor& x, const c10::optional<torc
     check_cpu_contiguous(codes, "layout codes");
     check_cpu_contiguous(starts, "layout offsets");
     TORCH_CHECK(codes.scalar_type() == torch::kByte && starts.scalar_type() == torch::kLong &&
-                    starts.numel() == experts * rows + 1 && codes.numel() == starts.data_ptr<int64_t>()[experts * rows] + 32,
+                    starts.numel() == experts * rows + 1 &&
+                    codes.numel() == starts.data_ptr<int64_t>()[experts * rows] + 32,
                 "the act8 layout does not fit this weight (build it with act8_layout)");
   }
   for (int64_t t = 0; t < count; ++t) {
