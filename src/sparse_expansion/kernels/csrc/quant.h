@@ -109,8 +109,9 @@ void quant_rows_decode(const QuantView& w, int64_t r0, int64_t r1, const float* 
 // An int4 bitmask's codes laid out for act8's vector kernel: each 64-column chunk's codes (two a byte, low
 // nibble first, as the stream) start on a fresh byte, so the kernel spreads a chunk's codes in registers from
 // one 32-byte load at a known byte instead of spreading the rows' streams to a buffer first (5632x2048 int4
-// 70%, groups of 128: from DRAM ~290 -> ~265 us, in cache ~270 -> ~228; groups of 32 -12% / -20%: BENCHMARKS.md).
-// It costs the codes' bytes again (a half byte more for every chunk with an odd count) and one pass to build;
+// 70%, groups of 128: from DRAM ~290 -> ~265 us, in cache ~270 -> ~228; groups of 32: -10 to -20% from DRAM,
+// -13 to -23% in cache: BENCHMARKS.md). It costs the codes' bytes again (+2.9% at 70%: a half byte for every
+// chunk with an odd count) and one pass to build;
 // the owner of the view keeps it and points the view at it (`attach`). Without it that kernel runs the scalar
 // loop (the same bits).
 struct Act8Layout {

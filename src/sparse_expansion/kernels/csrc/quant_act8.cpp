@@ -334,14 +334,11 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
     s0 = w.codes + w.offsets[rows[0]], s1 = w.codes + w.offsets[rows[1]], s2 = w.codes + w.offsets[rows[2]],
     s3 = w.codes + w.offsets[rows[3]];
   }
-  if (ahead) {  // the next four rows' masks and about as many codes as these took, fetched while these compute
+  if (BITS == 4 && ahead) {  // (int4 rows side by side only) the next four rows' masks and codes, fetched meanwhile
     const char* next_mask = reinterpret_cast<const char*>(w.index + (r + 4) * ib);
     for (int64_t b = 0; b < 4 * ib; b += 64) _mm_prefetch(next_mask + b, _MM_HINT_T0);
-    const uint8_t* codes = BITS == 4 ? w.chunk_codes : w.codes;  // (int4 rows come side by side: step 1)
-    const int64_t from = BITS == 4 ? w.chunk_offsets[r + 4] : w.offsets[r + 4];
-    const int64_t bytes = BITS == 4 ? w.chunk_offsets[r + 8] - from
-                                    : std::min(w.offsets[r + 4] - w.offsets[r], w.codes_bytes - from);
-    for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(codes + from + b), _MM_HINT_T0);
+    const int64_t from = w.chunk_offsets[r + 4], bytes = w.chunk_offsets[r + 8] - from;
+    for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(w.chunk_codes + from + b), _MM_HINT_T0);
   }
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   const int64_t full = ib / 8;  // chunks whose 8 mask bytes all lie in the row
