@@ -186,13 +186,13 @@ enum Grid : int { kPerRow = 0, kHalves = 1, kWide = 2 };
 using NoTail = std::false_type;
 using Tail = std::true_type;
 
-// Row r's result from its lanes: p of quant.h step 4, 16 groups a step (the scalar loop's lanes), subtracted
-// from acc, then the tree (times the row's scale for a per-row grid).
+// Row r's lanes acc[l] - p[l] (p of quant.h step 4, 16 groups a step: the scalar loop's lanes), whose tree is
+// its result (times the row's scale for a per-row grid).
 template <int GRID>
-SE_A8 inline float row_result(const QuantView& w, int64_t r, const float* xg, __m512 acc) {
+SE_A8 inline __m512 row_lanes(const QuantView& w, int64_t r, const float* xg, __m512 acc) {
   if (GRID == kPerRow) {
     const float p0 = std::fma(static_cast<float>(w.zeros[r]), xg[0], 0.f);
-    return w.scales[r] * tree(_mm512_mask_sub_ps(acc, 1, acc, _mm512_set1_ps(p0)));
+    return _mm512_mask_sub_ps(acc, 1, acc, _mm512_set1_ps(p0));
   }
   const uint8_t* z = w.zeros + r * w.groups;
   const float* s = w.scales + r * w.groups;
@@ -203,7 +203,39 @@ SE_A8 inline float row_result(const QuantView& w, int64_t r, const float* xg, __
     const __m512 zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, z + g)));
     p = _mm512_fmadd_ps(_mm512_mul_ps(zf, _mm512_maskz_loadu_ps(m, s + g)), _mm512_maskz_loadu_ps(m, xg + g), p);
   }
-  return tree(_mm512_sub_ps(acc, p));
+  return _mm512_sub_ps(acc, p);
+}
+
+// Row r's result alone.
+template <int GRID>
+SE_A8 inline float row_result(const QuantView& w, int64_t r, const float* xg, __m512 acc) {
+  const float t = tree(row_lanes<GRID>(w, r, xg, acc));
+  return GRID == kPerRow ? w.scales[r] * t : t;
+}
+
+// quant_tree_sum of four rows' lanes side by side: the same sums of the same lanes, level by level, the rows
+// packed two and then four to a register; lane 4i of the last level holds row i's. (One row at a time, the
+// trees and the stores before them were ~12% of a 512x2048 bitmask int4 call in cache, in a stand-alone build.)
+SE_A8 inline __m128 tree4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));  // l + 8
+  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+  const __m512 s4 = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));  // l + 4
+  const __m512 s2 = _mm512_add_ps(s4, _mm512_permute_ps(s4, 0x0E));                                         // l + 2
+  const __m512 s1 = _mm512_add_ps(s2, _mm512_permute_ps(s2, 0x01));                                         // l + 1
+  return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), s1));
+}
+
+// The results of rows rows[0..3] into y (a bitmask row that stores nothing: 0).
+template <int GRID>
+SE_A8 inline void four_results(const QuantView& w, const int64_t* rows, const float* xg, __m512 a0, __m512 a1, __m512 a2,
+                               __m512 a3, float* y) {
+  __m128 t = tree4(row_lanes<GRID>(w, rows[0], xg, a0), row_lanes<GRID>(w, rows[1], xg, a1),
+                   row_lanes<GRID>(w, rows[2], xg, a2), row_lanes<GRID>(w, rows[3], xg, a3));
+  if (GRID == kPerRow)
+    t = _mm_mul_ps(_mm_setr_ps(w.scales[rows[0]], w.scales[rows[1]], w.scales[rows[2]], w.scales[rows[3]]), t);
+  alignas(16) float out[4];
+  _mm_store_ps(out, t);
+  for (int i = 0; i < 4; ++i) y[rows[i]] = empty_row(w, rows[i]) ? 0.f : out[i];
 }
 
 // The scales of a chunk's two groups of 32 (kHalves) in its lanes 0-7 and 8-15 (s0: the first group's; s1:
@@ -270,9 +302,11 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
   const int64_t whole = w.in / 64;  // chunks of 64 columns inside the row
   for (int64_t k = 0; k < whole; ++k) chunk(NoTail{}, k);
   for (int64_t k = whole; k < a.chunks; ++k) chunk(Tail{}, k);
-  for (int i = 0; i < R; ++i) {
-    const int64_t row = r + i * step;
-    y[row] = row_result<GRID>(w, row, xg, acc[i]);
+  if constexpr (R == 4) {
+    const int64_t rows[4] = {r, r + step, r + 2 * step, r + 3 * step};
+    four_results<GRID>(w, rows, xg, acc[0], acc[1], acc[2], acc[3], y);
+  } else {
+    for (int i = 0; i < R; ++i) y[r + i * step] = row_result<GRID>(w, r + i * step, xg, acc[i]);
   }
 }
 
@@ -307,16 +341,20 @@ SE_A8 inline __m512 bitmask_chunk(const QuantView& w, const uint8_t* mask, int64
 // the dense loop rows_r, with arrays, GCC kept the rows' pointers on the stack; this loop took 5632x2048 int4
 // 70% from DRAM 435 / 445 -> 348 / 322 us, in cache 330 / 338 -> 275 / 258: results/2026-12-07-cpu2-zen5/
 // kernel_ab_5632x2048.md). kWide and kPerRow walk a group at a time, its scale and zero point read once for
-// all of its chunks. int4 rows run side by side (step 1): their codes (Act8Layout) are one stream, in order,
+// all of its chunks; the whole groups before a short last chunk in a loop of plain pointers (the same steps in
+// lambdas left GCC ~40 instructions a group, pointers on the stack: 5632x2048 int4 g128 in cache -6% in a
+// stand-alone build). int4 rows run side by side (step 1): their codes (Act8Layout) are one stream, in order,
 // and neighbouring masks share pages; int8 codes are read in the loop, four streams, which go faster far apart
-// (passes.h; side by side, a development build not kept was ~1.6x slower from DRAM). `ahead` (side by side
-// only, when rows r + 4 .. r + 7 are in the range): prefetch theirs (int4 g128 from DRAM 320 / 300 -> 279 /
-// 288 us, in cache unchanged: results/2026-12-07-cpu2-zen5/kernel_ab_prefetch_5632x2048.md). The chunks whose
-// mask bytes and codes need no bounds care (`plain`: all but a short last chunk) run in loops of their own
-// (NoTail), the rest after them: with one loop testing each chunk, GCC kept some of the rows' code pointers
-// on the stack (int8 per row and int4 in groups of 32).
+// (passes.h; side by side, a development build not kept was ~1.6x slower from DRAM). int4 rows fetch ahead the
+// masks and codes of rows `next` .. next + 3 (none where next < 0), a slice every chunk, so they arrive while
+// these four are summed (fetched all at once before the rows, one quad ahead, they came in late; with the loop
+// of plain pointers and tree4, 5632x2048 int4 70% from DRAM, groups of 128: 265 / 255 -> 210 / 203 us, of 32:
+// 379 / 340 -> 314 / 308: results/2026-12-07-cpu2-zen5/kernel_ab_spread_*5632x2048.md). The chunks whose mask
+// bytes and codes need no bounds care (`plain`: all but a short last chunk) run in loops of their own
+// (NoTail), the rest after them: with one loop testing each chunk, GCC kept some of the rows' code pointers on
+// the stack (int8 per row and int4 in groups of 32).
 template <int BITS, int GRID>
-SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead, const Act8& a, const int32_t* block_group,
+SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, int64_t next, const Act8& a, const int32_t* block_group,
                          const float* xg, float* y) {
   const int64_t ib = w.index_bytes, ng = w.groups, rows[4] = {r, r + step, r + 2 * step, r + 3 * step};
   const uint8_t *m0 = w.index + rows[0] * ib, *m1 = w.index + rows[1] * ib, *m2 = w.index + rows[2] * ib,
@@ -334,12 +372,24 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
     s0 = w.codes + w.offsets[rows[0]], s1 = w.codes + w.offsets[rows[1]], s2 = w.codes + w.offsets[rows[2]],
     s3 = w.codes + w.offsets[rows[3]];
   }
-  if (BITS == 4 && ahead) {  // (int4 rows side by side only) the next four rows' masks and codes, fetched meanwhile
-    const char* next_mask = reinterpret_cast<const char*>(w.index + (r + 4) * ib);
-    for (int64_t b = 0; b < 4 * ib; b += 64) _mm_prefetch(next_mask + b, _MM_HINT_T0);
-    const int64_t from = w.chunk_offsets[r + 4], bytes = w.chunk_offsets[r + 8] - from;
-    for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(w.chunk_codes + from + b), _MM_HINT_T0);
+  // int4: the slice of rows next .. next + 3 fetched with each chunk (their masks, 4 ib bytes, and their codes
+  // spread evenly over the chunks); without `next`, the strides are 0 and the fetches hit lines already here
+  const char *pm = reinterpret_cast<const char*>(m0), *pc = reinterpret_cast<const char*>(s0);
+  int64_t pm_step = 0, pc_step = 0;
+  if (BITS == 4 && next >= 0) {
+    const int64_t* co = w.chunk_offsets;
+    pm = reinterpret_cast<const char*>(w.index + next * ib);
+    pc = reinterpret_cast<const char*>(w.chunk_codes + co[next]);
+    pm_step = (4 * ib + a.chunks - 1) / a.chunks;
+    pc_step = (co[next + 4] - co[next] + a.chunks - 1) / a.chunks;
   }
+  auto fetch_ahead = [&]() SE_A8 {
+    if constexpr (BITS == 4) {
+      _mm_prefetch(pm, _MM_HINT_T0);
+      _mm_prefetch(pc, _MM_HINT_T0);
+      pm += pm_step, pc += pc_step;
+    }
+  };
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   const int64_t full = ib / 8;  // chunks whose 8 mask bytes all lie in the row
   const bool tail8 = BITS == 8 && w.offsets[rows[3] + 1] + 64 > w.codes_bytes;  // the last row ends last
@@ -348,6 +398,7 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
                   __m512i z3) SE_A8 {
     constexpr bool T = decltype(tail)::value;
     const __m512i q = _mm512_loadu_si512(a.q.data() + 64 * k);
+    fetch_ahead();
     a0 = bitmask_chunk<BITS, T>(w, m0, k, s0, end, z0, q, f0, a0);
     a1 = bitmask_chunk<BITS, T>(w, m1, k, s1, end, z1, q, f1, a1);
     a2 = bitmask_chunk<BITS, T>(w, m2, k, s2, end, z2, q, f2, a2);
@@ -371,7 +422,7 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
     for (int64_t k = plain; k < a.chunks; ++k) step(Tail{}, k);
   } else {
     const int64_t per = GRID == kPerRow ? a.chunks : w.group_size / 64;  // chunks a group
-    auto group = [&](auto tail, int64_t k0, int64_t g) SE_A8 {
+    auto tail_group = [&](int64_t k0, int64_t g) SE_A8 {  // a group from the first chunk that is not plain
       const int64_t gg = g < ng ? g : ng - 1;  // blocks past the row (q = 0) take the last group (chunk_group)
       const __m512 c0 = _mm512_set1_ps(sc[gg]), c1 = _mm512_set1_ps(sc[sstep + gg]), c2 = _mm512_set1_ps(sc[2 * sstep + gg]),
                    c3 = _mm512_set1_ps(sc[3 * sstep + gg]);
@@ -385,17 +436,33 @@ SE_A8 void bitmask_rows4(const QuantView& w, int64_t r, int64_t step, bool ahead
           one_chunk(tail, k, _mm512_mul_ps(d, c0), _mm512_mul_ps(d, c1), _mm512_mul_ps(d, c2), _mm512_mul_ps(d, c3), z0, z1, z2, z3);
       };
       int64_t k = k0;
-      if constexpr (decltype(tail)::value)  // the group holding the tail (for kPerRow the whole row) runs its
-                                             // chunks before the tail plain
-        for (; k < std::min(k1, plain); ++k) step(NoTail{}, k);
-      for (; k < k1; ++k) step(tail, k);
+      for (; k < std::min(k1, plain); ++k) step(NoTail{}, k);  // its chunks before the tail (kPerRow: the row's)
+      for (; k < k1; ++k) step(Tail{}, k);
     };
-    int64_t k0 = 0, g = 0;
-    for (; k0 + per <= plain; k0 += per, ++g) group(NoTail{}, k0, g);  // whole groups before the tail chunks
-    for (; k0 < a.chunks; k0 += per, ++g) group(Tail{}, k0, g);
+    // the whole groups before the tail chunks
+    const int64_t whole = plain / per, ms1 = m1 - m0, ms2 = m2 - m0, ms3 = m3 - m0;
+    const uint8_t* mk = m0;  // chunk k's mask bytes of row i at mk + msi
+    const int8_t* qk = a.q.data();
+    const float* dk = a.lane_d.data();
+    for (int64_t g = 0; g < whole; ++g) {
+      const float* sg = sc + g;
+      const __m512 c0 = _mm512_set1_ps(sg[0]), c1 = _mm512_set1_ps(sg[sstep]), c2 = _mm512_set1_ps(sg[2 * sstep]),
+                   c3 = _mm512_set1_ps(sg[3 * sstep]);
+      const __m512i z0 = zero(0, g), z1 = zero(1, g), z2 = zero(2, g), z3 = zero(3, g);
+      for (const uint8_t* const group_end = mk + 8 * per; mk != group_end; mk += 8, qk += 64, dk += 16) {
+        const __m512i q = _mm512_loadu_si512(qk);
+        const __m512 d = _mm512_loadu_ps(dk);
+        fetch_ahead();
+        const bool row_grid = GRID == kPerRow;  // (its scale comes after the sum)
+        a0 = bitmask_chunk<BITS, false>(w, mk, 0, s0, end, z0, q, row_grid ? d : _mm512_mul_ps(d, c0), a0);
+        a1 = bitmask_chunk<BITS, false>(w, mk + ms1, 0, s1, end, z1, q, row_grid ? d : _mm512_mul_ps(d, c1), a1);
+        a2 = bitmask_chunk<BITS, false>(w, mk + ms2, 0, s2, end, z2, q, row_grid ? d : _mm512_mul_ps(d, c2), a2);
+        a3 = bitmask_chunk<BITS, false>(w, mk + ms3, 0, s3, end, z3, q, row_grid ? d : _mm512_mul_ps(d, c3), a3);
+      }
+    }
+    for (int64_t k0 = whole * per, g = whole; k0 < a.chunks; k0 += per, ++g) tail_group(k0, g);
   }
-  const __m512 acc[4] = {a0, a1, a2, a3};
-  for (int i = 0; i < 4; ++i) y[rows[i]] = empty_row(w, rows[i]) ? 0.f : row_result<GRID>(w, rows[i], xg, acc[i]);
+  four_results<GRID>(w, rows, xg, a0, a1, a2, a3, y);
 }
 
 // quant_act8_prepare's blocks 16 lanes at a time: the same max, the same quotient, the same rounding
@@ -432,14 +499,15 @@ SE_A8 void rows_fb(const QuantView& w, int64_t r0, int64_t r1, const Act8& a, fl
     constexpr int G = decltype(grid)::value;
     if constexpr (FMT == kQBitmask) {
       auto rest = [&](int64_t lo, int64_t hi) {
-        for (int64_t r = lo; r < hi; ++r) bitmask_rows4<BITS, G>(w, r, 0, false, a, bg, x, y);
+        for (int64_t r = lo; r < hi; ++r) bitmask_rows4<BITS, G>(w, r, 0, -1, a, bg, x, y);
       };
       if (BITS == 4) {
         int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) bitmask_rows4<BITS, G>(w, r, 1, r + 8 <= r1, a, bg, x, y);
+        for (; r + 4 <= r1; r += 4)  // the four rows two on fetched ahead (where the range ends sooner, the next four)
+          bitmask_rows4<BITS, G>(w, r, 1, r + 12 <= r1 ? r + 8 : r + 8 <= r1 ? r + 4 : -1, a, bg, x, y);
         rest(r, r1);
       } else {
-        quarter_passes(r0, r1, [&](int64_t r, int64_t q) { bitmask_rows4<BITS, G>(w, r, q, false, a, bg, x, y); }, rest);
+        quarter_passes(r0, r1, [&](int64_t r, int64_t q) { bitmask_rows4<BITS, G>(w, r, q, -1, a, bg, x, y); }, rest);
       }
     } else {
       quarter_passes(
