@@ -11,6 +11,7 @@ from sparse_expansion.artifact import save_artifact
 from sparse_expansion.engine import calibrate
 from sparse_expansion.errors import UsageError
 from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
+from sparse_expansion.storage import quantize_weights
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -24,6 +25,24 @@ def test_save_load_identical_logits(tmp_path, tokenizer, family):
     record = json.loads((tmp_path / "m" / "sparse_expansion.json").read_text())
     assert record["format_version"] == 2 and record["kind"] == "causal_lm" and record["modules"] == {}
     assert record["record"] == {"kind": "pruned"}
+
+
+def test_loading_replaced_modules_draws_no_random_weights(tmp_path, tokenizer, monkeypatch):
+    """Every weight of a folder with replaced modules comes from its file (a strict load), so building
+    the model skips random initialisation (most of a 1.1B folder's load time and its peak memory);
+    what loads is still exactly what was saved."""
+    model = tiny_model("llama")
+    quantize_weights(model, 8)  # every linear replaced, norms and embeddings left as they are
+    ids = torch.randint(2, 128, (1, 8), generator=torch.Generator().manual_seed(0))
+    save_artifact(tmp_path / "q", model, tokenizer=tokenizer, record={})
+    drawn = []
+    for name in ("normal_", "uniform_", "trunc_normal_"):
+        real = getattr(torch.nn.init, name)
+        monkeypatch.setattr(torch.nn.init, name, lambda tensor, *a, _real=real, _name=name, **k: (
+            drawn.append(_name), _real(tensor, *a, **k))[1])
+    loaded, _ = load_saved(tmp_path / "q")
+    assert drawn == []
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
 def test_corrupt_and_mismatched_folders(tmp_path, tokenizer):

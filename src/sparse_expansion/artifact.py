@@ -26,6 +26,7 @@ silently dropped or left random; a corrupt or mismatched folder is a one-line Us
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 from pathlib import Path
@@ -220,6 +221,20 @@ def corrupt_folder_error(path: str | Path, exc: BaseException, fix: str = "re-cr
                       f"config, {fix}")
 
 
+def _without_random_init() -> contextlib.AbstractContextManager:
+    """Building a model in this context skips its random initialisation: every weight is read from
+    the file right after (a strict load), so drawing them first only cost time and memory (a 1.1B
+    folder: most of a 12 s load, and a 2.5 GB peak for a model that then holds 0.9 GB)."""
+    try:
+        from transformers.initialization import no_init_weights  # transformers 5
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights  # transformers 4
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch.dtype
                     ) -> tuple[nn.Module, Any]:
     from safetensors.torch import load_model as load_safetensors
@@ -232,7 +247,8 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
     if not modules:
         model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
         return model, tokenizer
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with _without_random_init():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     for name, spec in modules.items():
         target = MODULE_TYPES.get(spec.get("type"))
         if target is None:
