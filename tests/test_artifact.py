@@ -10,8 +10,10 @@ from sparse_expansion.artifact import load_artifact as load_saved
 from sparse_expansion.artifact import save_artifact
 from sparse_expansion.engine import calibrate
 from sparse_expansion.errors import UsageError
+from sparse_expansion.kernels import CompressedLinear
 from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
 from sparse_expansion.storage import quantize_weights
+from sparse_expansion.surgery import replace
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -27,12 +29,18 @@ def test_save_load_identical_logits(tmp_path, tokenizer, family):
     assert record["record"] == {"kind": "pruned"}
 
 
-def test_loading_replaced_modules_draws_no_random_weights(tmp_path, tokenizer, monkeypatch):
+@pytest.mark.parametrize("tied", [True, False])
+def test_loading_replaced_modules_draws_no_random_weights(tmp_path, tokenizer, monkeypatch, tied):
     """Every weight of a folder with replaced modules comes from its file (a strict load), so building
     the model skips random initialisation (most of a 1.1B folder's load time and its peak memory);
-    what loads is still exactly what was saved."""
+    what loads is still exactly what was saved, a tied LM head included (stored once, as the embedding)."""
     model = tiny_model("llama")
-    quantize_weights(model, 8)  # every linear replaced, norms and embeddings left as they are
+    if tied:  # one MLP linear replaced, the head left tied to the embedding
+        assert model.config.tie_word_embeddings
+        up = model.model.layers[0].mlp.up_proj
+        replace(model, "model.layers.0.mlp.up_proj", CompressedLinear.from_linear(up, torch.float32))
+    else:
+        quantize_weights(model, 8)  # every linear replaced (the head untied), norms and embeddings as they are
     ids = torch.randint(2, 128, (1, 8), generator=torch.Generator().manual_seed(0))
     save_artifact(tmp_path / "q", model, tokenizer=tokenizer, record={})
     drawn = []

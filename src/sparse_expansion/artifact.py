@@ -249,6 +249,7 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
         return model, tokenizer
     with _without_random_init():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # (skipped with the initialisation: a tied LM head is stored once, as the embedding)
     for name, spec in modules.items():
         target = MODULE_TYPES.get(spec.get("type"))
         if target is None:
