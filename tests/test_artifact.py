@@ -44,10 +44,17 @@ def test_loading_replaced_modules_draws_no_random_weights(tmp_path, tokenizer, m
     ids = torch.randint(2, 128, (1, 8), generator=torch.Generator().manual_seed(0))
     save_artifact(tmp_path / "q", model, tokenizer=tokenizer, record={})
     drawn = []
-    for name in ("normal_", "uniform_", "trunc_normal_"):
+
+    def counted(name):
         real = getattr(torch.nn.init, name)
-        monkeypatch.setattr(torch.nn.init, name, lambda tensor, *a, _real=real, _name=name, **k: (
-            drawn.append(_name), _real(tensor, *a, **k))[1])
+
+        def draw(tensor, *args, **kwargs):
+            drawn.append(name)
+            return real(tensor, *args, **kwargs)
+        return draw
+
+    for name in ("normal_", "uniform_", "trunc_normal_"):
+        monkeypatch.setattr(torch.nn.init, name, counted(name))
     loaded, _ = load_saved(tmp_path / "q")
     assert drawn == []
     assert torch.equal(loaded(ids).logits, model(ids).logits)

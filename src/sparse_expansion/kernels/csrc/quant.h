@@ -110,10 +110,10 @@ void quant_rows_decode(const QuantView& w, int64_t r0, int64_t r1, const float* 
 // nibble first, as the stream) start on a fresh byte, so the kernel spreads a chunk's codes in registers from
 // one 32-byte load at a known byte instead of spreading the rows' streams to a buffer first (5632x2048 int4
 // 70%, groups of 128: from DRAM ~290 -> ~265 us, in cache ~270 -> ~228; groups of 32: -10 to -20% from DRAM,
-// -13 to -23% in cache: BENCHMARKS.md). It costs the codes' bytes again (+2.9% at 70%: a half byte for every
-// chunk with an odd count) and one pass to build;
-// the owner of the view keeps it and points the view at it (`attach`). Without it that kernel runs the scalar
-// loop (the same bits).
+// -13 to -23% in cache: BENCHMARKS.md). It costs the codes' bytes again (+2.6% in the 70% folders that
+// benchmarks/decode/step_build_cost.py measured: a half byte for every chunk with an odd count) and one pass
+// to build; the owner of the view keeps it and points the view at it (`attach`). Without it that kernel runs
+// the scalar loop (the same bits).
 struct Act8Layout {
   std::vector<uint8_t> codes;    // the chunks' codes, then 32 zero bytes (a chunk's load never runs past)
   std::vector<int64_t> offsets;  // [rows + 1] byte where each row starts
