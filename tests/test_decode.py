@@ -418,20 +418,24 @@ def test_quantized_step_logits_match_the_forward_pass(folders, kind, bits):
     assert (mine.argmax(-1) == want.argmax(-1)).float().mean() >= 0.75
 
 
-def test_quantized_step_is_the_same_at_1_and_2_threads(folders):
-    """Rows split over threads compute exactly what one thread computes (each row's sum is fixed)."""
-    model = quantized_model(folders, "bitmask", 4)
+@pytest.mark.parametrize("kind", ["bitmask", "experts", "experts unfolded"])
+def test_quantized_step_is_the_same_at_1_2_and_3_threads(folders, kind):
+    """Rows split over threads compute exactly what one thread computes (each row's sum is fixed), however
+    the q, k and v heads fall to threads (4 + 2 + 2 here: at 3 threads one takes q heads and a k head,
+    another a k head and the v heads, so each rotates and caches only what it computed), and each
+    thread's routes are the same."""
+    model = quantized_model(folders, kind, 4)
     ids = windows(1, 8, seed=2)
     runs = []
     before = torch.get_num_threads()
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             fast = decode.FastDecoder(model, 8)
             runs.append(torch.stack([fast.step(int(ids[0, p]), p).clone() for p in range(8)]))
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(runs[0], runs[1])
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
 
 
 def test_quantized_values_take_the_fast_step(folders):

@@ -132,6 +132,25 @@ def test_scalar_equals_vector_kernels(compiled, fmt, dtype, isa):
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 5, 16, 17, 40, 64, 70])
+def test_router_scores_are_summed_in_input_order_on_every_path(compiled, k):
+    """A folded router's scores are bias + x_0 m_0 + x_1 m_1 + ..., each product rounded, then added in
+    input order, on the portable and the AVX-512 path alike (the decode step scores with the same kernel,
+    so a module and the step pick the same expert); labels are their argmin, a tie to the lowest."""
+    g = torch.Generator().manual_seed(k)
+    x, bias, matrix = torch.randn(3, 37, generator=g), torch.randn(k, generator=g), torch.randn(37, k, generator=g)
+    if k > 1:  # columns 0 and 1 tie, below every other
+        matrix[:, 1] = matrix[:, 0]
+        bias[:2] = -1e3
+    expected = bias.expand(3, k).clone()
+    for i in range(37):
+        expected = expected + x[:, i:i + 1] * matrix[i]
+    for isa in sorted({0, compiled.isa_level(2)}):
+        assert torch.equal(compiled.route_scores(x, bias, matrix, isa), expected)
+        labels = compiled.route(x, bias, matrix, isa)
+        assert torch.equal(labels, expected.argmin(1)) and (k == 1 or labels.eq(0).all())
+
+
 def test_unpack_matches_decompress(backend):
     for fmt in ("bitmask", "2:4", "4:8", "1:4", "3:8"):  # 24 inputs: N:M rows with leftover values
         weight = F.compress(torch.stack([weights(fmt, 7, 24, e) for e in range(3)]), fmt, torch.bfloat16)

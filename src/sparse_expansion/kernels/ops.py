@@ -316,10 +316,10 @@ def route(x: torch.Tensor, bias: torch.Tensor, matrix: torch.Tensor) -> torch.Te
     """argmin over k of bias + x @ matrix for every row of x [tokens, in] (float32 bias [k], matrix
     [in, k]): a folded router's nearest centroid. Few tokens on the CPU take one C++ call, where
     torch's addmm + argmin cost more in dispatch than in arithmetic; otherwise torch."""
-    lib, _ = _resolved or _library()
+    lib, isa = _resolved or _library()
     if (lib is not None and x.shape[0] <= ROUTE_TOKENS and x.is_cpu and matrix.dtype == torch.float32
             and bias.dtype == torch.float32):
-        return lib.route(x if x.is_contiguous() else x.contiguous(), bias, matrix)
+        return lib.route(x if x.is_contiguous() else x.contiguous(), bias, matrix, isa)
     return torch.addmm(bias, x.to(matrix.dtype), matrix).argmin(1)
 
 

@@ -66,9 +66,9 @@ struct LinearDesc {
   std::vector<QuantView> quant;       // int8 / int4 values: one view per expert (empty otherwise)
 };
 
-// A folded router scores argmin_j bias[j] + x . matrix[:, j] (ops.cpp `route`, the same loop order,
-// so the step routes exactly as a module does); an unfolded one projects onto the PCA components and
-// takes the nearest centroid.
+// A folded router scores argmin_j bias[j] + x . matrix[:, j] (with step.h's accumulate_columns, as
+// ops.cpp `route` does, so the step routes exactly as a module does); an unfolded one projects onto the
+// PCA components and takes the nearest centroid.
 struct RouterDesc {
   bool folded = true;
   int64_t in = 0, k = 0, p = 0;
@@ -493,22 +493,14 @@ class DecodeStep {
 #endif
   }
 
-  static int64_t route(const RouterDesc& r, const float* x, float* score) {
+  int64_t route(const RouterDesc& r, const float* x, float* score) const {
     if (r.folded) {
       std::copy(r.bias, r.bias + r.k, score);
-      for (int64_t i = 0; i < r.in; ++i) {
-        const float xi = x[i];
-        const float* mi = r.matrix + i * r.k;
-        for (int64_t j = 0; j < r.k; ++j) score[j] += xi * mi[j];
-      }
+      accumulate_columns(x, nullptr, r.in, r.matrix, r.k, score, level_);
     } else {
       float* z = score + r.k;
       std::fill(z, z + r.p, 0.f);
-      for (int64_t i = 0; i < r.in; ++i) {
-        const float xi = x[i] - r.mean[i];
-        const float* ci = r.components + i * r.p;
-        for (int64_t j = 0; j < r.p; ++j) z[j] += xi * ci[j];
-      }
+      accumulate_columns(x, r.mean, r.in, r.components, r.p, z, level_);
       for (int64_t c = 0; c < r.k; ++c) {
         float dot = 0;
         for (int64_t j = 0; j < r.p; ++j) dot += z[j] * r.centroids[c * r.p + j];
@@ -646,13 +638,6 @@ class DecodeStep {
       for (int64_t r = r0; r < r1; ++r) y[r] += L.bias[r];
   }
 
-  void linear_part(int id, const Vec& x, float* y, int t, int T, const ThreadState& st, int64_t align = 16) const {
-    const LinearDesc& L = linears_[id];
-    int64_t lo, hi;
-    split(L.rows, t, T, align, &lo, &hi);
-    run_linear(L, x, y, lo, hi, st);
-  }
-
   // Rotary embedding of `heads` vectors of head_dim at position pos (Hugging Face's rotate_half).
   void rotate(float* x, int64_t heads, int64_t pos, int64_t table) const {
     const int64_t half = head_dim_ / 2;
@@ -714,9 +699,21 @@ class DecodeStep {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
   }
 
+  // Where position pos of KV head g of layer l sits in the key (and value) cache.
+  int64_t cache_at(int64_t l, int64_t g, int64_t pos) const { return ((l * kv_heads_ + g) * max_len_ + pos) * head_dim_; }
+
+  // Thread t's heads [*h0, *h1) of the `count` starting at `first` in the list of all q, k and v heads
+  // (heads_ + 2 kv_heads_ of them), which the threads share out in runs of whole heads.
+  void head_share(int t, int T, int64_t first, int64_t count, int64_t* h0, int64_t* h1) const {
+    int64_t u0, u1;
+    split(heads_ + 2 * kv_heads_, t, T, 1, &u0, &u1);
+    *h0 = std::min(count, std::max<int64_t>(0, u0 - first));
+    *h1 = std::max(*h0, std::min(count, u1 - first));
+  }
+
   // Barriers: after the embedding, then five a layer (after q/k/v, attention, o, gate/up, down).
   // Rows of q, k and v are split by whole heads, so the thread that computed a head also rotates it
-  // (and stores k and v in the cache); norms and routes are computed by every thread for itself.
+  // (and stores k or v in the cache); norms and routes are computed by every thread for itself.
   void body(int64_t token, int64_t pos, int t, int T) {
     const bool timing = profile_ && t == 0;
     double linear = 0, attention = 0, mark = 0;
@@ -750,23 +747,25 @@ class DecodeStep {
         route_for({L.q, L.k, L.v}, st.xn, st);
       }
       begin();
-      linear_part(L.q, st.xn, q_.data(), t, T, st, head_dim_);
-      linear_part(L.k, st.xn, k_.data(), t, T, st, head_dim_);
-      linear_part(L.v, st.xn, v_.data(), t, T, st, head_dim_);
+      // q, k and v heads as one list (9 + 3 + 3 on SmolLM2: 8 and 7 to two threads, not 9 and 6 if
+      // each were split alone).
+      int64_t q0, q1, k0, k1, v0, v1;
+      head_share(t, T, 0, heads_, &q0, &q1);
+      head_share(t, T, heads_, kv_heads_, &k0, &k1);
+      head_share(t, T, heads_ + kv_heads_, kv_heads_, &v0, &v1);
+      run_linear(linears_[L.q], st.xn, q_.data(), q0 * head_dim_, q1 * head_dim_, st);
+      run_linear(linears_[L.k], st.xn, k_.data(), k0 * head_dim_, k1 * head_dim_, st);
+      run_linear(linears_[L.v], st.xn, v_.data(), v0 * head_dim_, v1 * head_dim_, st);
       end(linear);
       if (all) {
-        int64_t q0, q1, k0, k1;
-        split(heads_ * head_dim_, t, T, head_dim_, &q0, &q1);
-        split(kv_heads_ * head_dim_, t, T, head_dim_, &k0, &k1);
-        head_norm(L.q_norm, q_.data() + q0, (q1 - q0) / head_dim_);
-        head_norm(L.k_norm, k_.data() + k0, (k1 - k0) / head_dim_);
-        rotate(q_.data() + q0, (q1 - q0) / head_dim_, pos, L.rope);
-        rotate(k_.data() + k0, (k1 - k0) / head_dim_, pos, L.rope);
-        for (int64_t g = k0 / head_dim_; g < k1 / head_dim_; ++g) {
-          const int64_t at = ((l * kv_heads_ + g) * max_len_ + pos) * head_dim_;
-          std::copy(k_.begin() + g * head_dim_, k_.begin() + (g + 1) * head_dim_, kc_ + at);
-          std::copy(v_.begin() + g * head_dim_, v_.begin() + (g + 1) * head_dim_, vc_ + at);
-        }
+        head_norm(L.q_norm, q_.data() + q0 * head_dim_, q1 - q0);
+        head_norm(L.k_norm, k_.data() + k0 * head_dim_, k1 - k0);
+        rotate(q_.data() + q0 * head_dim_, q1 - q0, pos, L.rope);
+        rotate(k_.data() + k0 * head_dim_, k1 - k0, pos, L.rope);
+        for (int64_t g = k0; g < k1; ++g)
+          std::copy(k_.begin() + g * head_dim_, k_.begin() + (g + 1) * head_dim_, kc_ + cache_at(l, g, pos));
+        for (int64_t g = v0; g < v1; ++g)
+          std::copy(v_.begin() + g * head_dim_, v_.begin() + (g + 1) * head_dim_, vc_ + cache_at(l, g, pos));
       }
       barrier(T);
       begin();

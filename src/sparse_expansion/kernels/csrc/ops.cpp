@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "sparse.h"
+#include "step.h"
 
 namespace se {
 
@@ -390,12 +391,14 @@ torch::Tensor dense_bf16_matvec(const torch::Tensor& x, const torch::Tensor& w, 
   return y;
 }
 
-// Nearest centroid for a few tokens: argmin_j (bias[j] + x . matrix[:, j]), the router's folded
-// scoring (expand/router.py), in one call instead of five torch ops. Ties go to the lowest j, as
-// torch's argmin. Meant for decode; a batch of many tokens is better served by torch's GEMM.
-torch::Tensor route(const torch::Tensor& x_in, const torch::Tensor& bias, const torch::Tensor& matrix) {
+namespace {
+
+// bias[j] + x . matrix[:, j] for every token and j (a folded router's scores) into `out` [tokens, k],
+// each sum in input order (step.h's accumulate_columns: the decode step scores the same way).
+const float* folded_scores(const torch::Tensor& x_in, const torch::Tensor& bias, const torch::Tensor& matrix,
+                           int64_t isa, torch::Tensor& out) {
   TORCH_CHECK(x_in.dim() == 2, "x must be [tokens, in]");
-  const torch::Tensor x = x_in.scalar_type() == torch::kFloat ? x_in : x_in.to(torch::kFloat);
+  const torch::Tensor x = (x_in.scalar_type() == torch::kFloat ? x_in : x_in.to(torch::kFloat)).contiguous();
   TORCH_CHECK(matrix.scalar_type() == torch::kFloat && matrix.dim() == 2 && matrix.size(0) == x.size(1),
               "matrix must be float32 [in, k]");
   TORCH_CHECK(bias.scalar_type() == torch::kFloat && bias.numel() == matrix.size(1), "bias must be float32 [k]");
@@ -403,23 +406,41 @@ torch::Tensor route(const torch::Tensor& x_in, const torch::Tensor& bias, const 
   check_cpu_contiguous(matrix, "matrix");
   check_cpu_contiguous(bias, "bias");
   const int64_t tokens = x.size(0), in = x.size(1), k = matrix.size(1);
+  const int level = isa_level(isa);
+  out = torch::empty({tokens, k}, torch::kFloat);
+  float* scores = out.data_ptr<float>();
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* row = scores + t * k;
+    std::copy(bias.data_ptr<float>(), bias.data_ptr<float>() + k, row);
+    accumulate_columns(x.data_ptr<float>() + t * in, nullptr, in, matrix.data_ptr<float>(), k, row, level);
+  }
+  return scores;
+}
+
+}  // namespace
+
+// A folded router's scores [tokens, k] (for tests and inspection; `route` takes their argmin).
+torch::Tensor route_scores(const torch::Tensor& x, const torch::Tensor& bias, const torch::Tensor& matrix,
+                           int64_t isa) {
+  torch::Tensor out;
+  folded_scores(x, bias, matrix, isa, out);
+  return out;
+}
+
+// Nearest centroid for a few tokens: argmin_j (bias[j] + x . matrix[:, j]), the router's folded
+// scoring (expand/router.py), in one call instead of five torch ops. Ties go to the lowest j, as
+// torch's argmin. Meant for decode; a batch of many tokens is better served by torch's GEMM.
+torch::Tensor route(const torch::Tensor& x, const torch::Tensor& bias, const torch::Tensor& matrix, int64_t isa) {
+  torch::Tensor scores;
+  const float* s = folded_scores(x, bias, matrix, isa, scores);
+  const int64_t tokens = scores.size(0), k = scores.size(1);
   auto labels = torch::empty({tokens}, torch::kLong);
   int64_t* out = labels.data_ptr<int64_t>();
-  const float* xs = x.data_ptr<float>();
-  const float* m = matrix.data_ptr<float>();
-  const float* b = bias.data_ptr<float>();
-  std::vector<float> score(k);
   for (int64_t t = 0; t < tokens; ++t) {
-    std::copy(b, b + k, score.begin());
-    const float* row = xs + t * in;
-    for (int64_t i = 0; i < in; ++i) {
-      const float xi = row[i];
-      const float* mi = m + i * k;
-      for (int64_t j = 0; j < k; ++j) score[j] += xi * mi[j];
-    }
+    const float* row = s + t * k;
     int64_t best = 0;
     for (int64_t j = 1; j < k; ++j)
-      if (score[j] < score[best]) best = j;
+      if (row[j] < row[best]) best = j;
     out[t] = best;
   }
   return labels;
@@ -438,6 +459,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bf16_dense_supported", &se::avx512bf16_supported, "whether dense_bf16_matvec runs on this CPU");
   m.def("dense_bf16_matvec", &se::dense_bf16_matvec, "y = x @ W^T for dense bfloat16 W and 1-2 bfloat16 tokens");
   m.def("route", &se::route, "argmin over k of bias + x @ matrix, per token (a folded router)");
+  m.def("route_scores", &se::route_scores, "bias + x @ matrix per token, each sum in input order (a folded router)");
   m.def("bitmask_unpack", &se::bitmask_unpack, "bitmask W -> dense fp32 [rows, in]");
   m.def("nm_unpack", &se::nm_unpack, "N:M W -> dense fp32 [rows, in]");
   m.def("quant_matmul", &se::quant_matmul, "y = x @ W^T for int8 / int4 W (dense, bitmask, N:M; a few tokens)");

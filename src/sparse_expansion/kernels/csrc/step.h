@@ -18,6 +18,12 @@ void dense_rows_bf16_f32(const uint16_t* w, int64_t in, int64_t r0, int64_t r1, 
 float dot_f32(const float* a, const float* b, int64_t n, int level);
 void axpy_f32(float s, const float* b, float* out, int64_t n, int level);
 
+// acc[j] += (x[i] - mean[i]) * m[i * k + j] for i = 0, 1, ..., in - 1 in that order, every j < k (mean
+// may be null: x[i] alone): a router's scores (folded: bias + x . matrix) or its PCA projection. Each
+// product is rounded, then added, in the same order on every path, so all of them give the same bits.
+void accumulate_columns(const float* x, const float* mean, int64_t in, const float* m, int64_t k, float* acc,
+                        int level);
+
 // `nq` (1..8) query heads that share one KV head, over positions [0, n) of its cached keys and values
 // (rows head_dim apart): out[h] = softmax(scale q[h].K^T) V, q and out rows head_dim apart. Each key
 // and value row is read once for all nq heads. `scores` holds nq * n floats of scratch. Returns false

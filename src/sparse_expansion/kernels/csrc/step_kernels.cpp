@@ -42,6 +42,15 @@ float dot_scalar(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
+void accumulate_columns_scalar(const float* x, const float* mean, int64_t in, const float* m, int64_t k,
+                               float* acc) {
+  for (int64_t i = 0; i < in; ++i) {
+    const float xi = mean == nullptr ? x[i] : x[i] - mean[i];
+    const float* mi = m + i * k;
+    for (int64_t j = 0; j < k; ++j) acc[j] += xi * mi[j];
+  }
+}
+
 }  // namespace
 
 void dense_rows_bf16_f32(const uint16_t* w, int64_t in, int64_t r0, int64_t r1, const float* x, float* y) {
@@ -92,6 +101,41 @@ SE_STEP_AVX512 void dense_rows4_f32(const float* w, int64_t in, int64_t r, int64
       acc[k][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, w + (r + k * step) * in + c), xv, acc[k][0]);
   }
   for (int k = 0; k < rows; ++k) y[r + k * step] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k][0], acc[k][1]));
+}
+
+// Up to 64 columns at once, held in registers across the whole pass over x (the portable loop keeps
+// them in memory, a store and a load per input); a product is rounded before its addition, as there.
+template <int BLOCKS, bool CENTRED>
+SE_STEP_AVX512 void accumulate_block(const float* x, const float* mean, int64_t in, const float* m, int64_t k,
+                                     int64_t width, float* acc) {
+  __mmask16 lanes[BLOCKS];
+  __m512 a[BLOCKS];
+  for (int b = 0; b < BLOCKS; ++b) {
+    const int64_t n = width - 16 * b;
+    lanes[b] = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1);
+    a[b] = _mm512_maskz_loadu_ps(lanes[b], acc + 16 * b);
+  }
+  for (int64_t i = 0; i < in; ++i) {
+    const __m512 xi = _mm512_set1_ps(CENTRED ? x[i] - mean[i] : x[i]);
+    const float* row = m + i * k;
+    for (int b = 0; b < BLOCKS; ++b)
+      a[b] = _mm512_add_ps(a[b], _mm512_mul_ps(xi, _mm512_maskz_loadu_ps(lanes[b], row + 16 * b)));
+  }
+  for (int b = 0; b < BLOCKS; ++b) _mm512_mask_storeu_ps(acc + 16 * b, lanes[b], a[b]);
+}
+
+template <bool CENTRED>
+void accumulate_columns_avx512(const float* x, const float* mean, int64_t in, const float* m, int64_t k,
+                               float* acc) {
+  for (int64_t j = 0; j < k; j += 64) {
+    const int64_t width = k - j < 64 ? k - j : 64;
+    switch ((width + 15) / 16) {
+      case 1: accumulate_block<1, CENTRED>(x, mean, in, m + j, k, width, acc + j); break;
+      case 2: accumulate_block<2, CENTRED>(x, mean, in, m + j, k, width, acc + j); break;
+      case 3: accumulate_block<3, CENTRED>(x, mean, in, m + j, k, width, acc + j); break;
+      default: accumulate_block<4, CENTRED>(x, mean, in, m + j, k, width, acc + j); break;
+    }
+  }
 }
 
 SE_STEP_AVX512 float dot_avx512(const float* a, const float* b, int64_t n) {
@@ -216,6 +260,16 @@ void dense_rows_f32(const float* w, int64_t in, int64_t r0, int64_t r1, const fl
       [&](int64_t lo, int64_t hi) { dense_rows4_f32(w, in, lo, 1, static_cast<int>(hi - lo), x, y); });
 }
 
+void accumulate_columns(const float* x, const float* mean, int64_t in, const float* m, int64_t k, float* acc,
+                        int level) {
+  if (level < 2 || !avx512_supported())
+    accumulate_columns_scalar(x, mean, in, m, k, acc);
+  else if (mean == nullptr)
+    accumulate_columns_avx512<false>(x, mean, in, m, k, acc);
+  else
+    accumulate_columns_avx512<true>(x, mean, in, m, k, acc);
+}
+
 float dot_f32(const float* a, const float* b, int64_t n, int level) {
   return level >= 2 ? dot_avx512(a, b, n) : dot_scalar(a, b, n);
 }
@@ -235,6 +289,9 @@ void axpy_f32(float s, const float* b, float* out, int64_t n, int level) {
 namespace se {
 void dense_rows_f32(const float* w, int64_t in, int64_t r0, int64_t r1, const float* x, float* y, int) {
   dense_rows_f32_scalar(w, in, r0, r1, x, y);
+}
+void accumulate_columns(const float* x, const float* mean, int64_t in, const float* m, int64_t k, float* acc, int) {
+  accumulate_columns_scalar(x, mean, in, m, k, acc);
 }
 float dot_f32(const float* a, const float* b, int64_t n, int) { return dot_scalar(a, b, n); }
 void axpy_f32(float s, const float* b, float* out, int64_t n, int) {
