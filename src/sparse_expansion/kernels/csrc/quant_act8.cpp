@@ -276,6 +276,10 @@ SE_A8 void rows_r(const QuantView& w, int64_t r, int64_t step, const Act8& a, co
     acc[i] = _mm512_setzero_ps();
     codes[i] = w.codes + row * w.code_row_bytes;
     sc[i] = w.scales + row * w.groups;
+    // the zero points of the row 8 on: read once at a row's end, they are too slow a stream for the CPU's
+    // own prefetcher (each line a miss; 192x576 int4 g32 from DRAM 6.7 -> 3.4 us, 5632x576 97 -> 74 in a
+    // stand-alone build; per-row grids unchanged, so left out)
+    if (GRID != kPerRow) _mm_prefetch(reinterpret_cast<const char*>(w.zeros + (row + 8) * w.groups), _MM_HINT_T0);
   }
   auto chunk = [&](auto tail, int64_t k) SE_A8 {
     constexpr bool TAIL = decltype(tail)::value;
