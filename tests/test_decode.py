@@ -8,6 +8,7 @@ identical; what it cannot run falls back to Hugging Face and says why (also in `
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -519,3 +520,29 @@ def test_gemma3_270m_decodes_past_its_sliding_window_as_hugging_face_does():
     torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
     hf = decode.generate(model, ids, 12, path="hf", ignore_eos=True, pad_token_id=0)
     assert decode.generate(model, ids, 12, path="fast", ignore_eos=True)["new_ids"].tolist() == hf["new_ids"].tolist()
+
+
+def test_phase_profile_times_every_phase_on_every_thread(folders):
+    """Profiling times each phase of a step on every thread: what it spent computing the phase and
+    waiting at the barrier that ends it. A Llama's phases are all there (Gemma's output norms are not),
+    nothing before `profile(True)` counts, and no thread accounts for more than the steps' wall time."""
+    model = load(folders, "experts", torch.float32)
+    ids = windows(1, 8, seed=3)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fast = decode.FastDecoder(model, 8)
+        fast.step(int(ids[0, 0]), 0)  # before profiling: not counted
+        fast.profile(True)
+        start = time.perf_counter()
+        for p in range(1, 8):
+            fast.step(int(ids[0, p]), p)
+        wall = time.perf_counter() - start
+        phases, steps = fast.phase_profile(), fast.profile()[0]
+    finally:
+        torch.set_num_threads(before)
+    assert steps == 7
+    assert list(phases) == ["embedding", "q/k/v", "attention", "o", "gate/up", "down", "lm head"]
+    assert all(len(rows) == 2 and all(r["work"] > 0 and r["wait"] >= 0 for r in rows) for rows in phases.values())
+    for t in range(2):
+        assert 0 < sum(rows[t]["work"] + rows[t]["wait"] for rows in phases.values()) <= wall

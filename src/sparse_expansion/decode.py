@@ -300,6 +300,20 @@ class FastDecoder:
             self._built.step.set_profile(on)
         return self._built.step.profile()
 
+    def phase_profile(self) -> dict[str, list[dict[str, float]]]:
+        """Since `profile(True)`: for each phase of a step (q/k/v, attention, o, gate/up, down, lm head, ...;
+        each ends at a barrier) and each thread of the team, wall seconds computing it ("work") and
+        waiting at its barrier for the other threads ("wait", the imbalance). Phases a model does not
+        have (Gemma's output norms in a Llama) are left out."""
+        names = self._built.step.phase_names()
+        per_thread = self._built.step.phase_profile()
+        out = {}
+        for i, name in enumerate(names):
+            rows = [{"work": p[i], "wait": p[len(names) + i]} for p in per_thread]
+            if any(r["work"] or r["wait"] for r in rows):
+                out[name] = rows
+        return out
+
 
 class _Norms:
     """RMSNorm weights as the factor the model multiplies by (offset + weight, float32), all with
@@ -468,7 +482,8 @@ def fast_generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, *, t
         steps, step_seconds, linear_seconds, attention_seconds = decoder.profile()
         result["step_profile"] = {"steps": steps, "step_cpu_seconds": step_seconds,
                                   "weight_kernel_cpu_seconds": linear_seconds,
-                                  "attention_cpu_seconds": attention_seconds}
+                                  "attention_cpu_seconds": attention_seconds,
+                                  "phase_wall_seconds": decoder.phase_profile()}
     return result
 
 

@@ -29,10 +29,12 @@
 #include <time.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <deque>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "quant.h"
@@ -170,6 +172,12 @@ struct LayerDesc {
   int64_t rope = 0;                      // which rotary table (the layer's kind)
   int q = -1, k = -1, v = -1, o = -1, gate = -1, up = -1, down = -1;
 };
+
+// The phases of a step, each ended by a barrier (the norms and routes before a phase count to it): the
+// order of DecodeStep::phase_profile's columns.
+enum Phase { kEmbedding, kQKV, kAttention, kAttentionOut, kAttentionOutNorm, kGateUp, kDown, kMlpOutNorm, kHead, kPhases };
+const char* const kPhaseNames[kPhases] = {"embedding", "q/k/v", "attention", "o", "o norm", "gate/up", "down",
+                                          "down norm", "lm head"};
 
 class DecodeStep {
  public:
@@ -431,6 +439,7 @@ class DecodeStep {
       st.scratch.assign(route_scratch_, 0.f);
       states_.push_back(std::move(st));
     }
+    if (profile_ && static_cast<int>(phase_seconds_.size()) < threads) phase_seconds_.resize(threads, {});
     const double start = profile_ ? cpu_seconds() : 0;
     {
       pybind11::gil_scoped_release release;
@@ -456,12 +465,22 @@ class DecodeStep {
     profile_ = on;
     step_seconds_ = linear_seconds_ = attention_seconds_ = 0;
     steps_ = 0;
+    phase_seconds_.clear();
   }
   // (steps, CPU seconds in them, of those in the weight kernels (with the barriers after them), of those
   // in attention), all on the calling thread's CPU clock (thread 0 of the team).
   std::tuple<int64_t, double, double, double> profile() const {
     return {steps_, step_seconds_, linear_seconds_, attention_seconds_};
   }
+  // Per thread of the team, per phase (kPhaseNames' order): wall seconds computing it, then wall seconds
+  // waiting at its barrier for the other threads, summed over the profiled steps. A thread's waits are
+  // the imbalance: the phases it finished before the others.
+  std::vector<std::vector<double>> phase_profile() const {
+    std::vector<std::vector<double>> out;
+    for (const auto& p : phase_seconds_) out.emplace_back(p.begin(), p.end());
+    return out;
+  }
+  static std::vector<std::string> phase_names() { return {kPhaseNames, kPhaseNames + kPhases}; }
   int64_t max_len() const { return max_len_; }
   int64_t threads_used() const { return std::max(1, at::get_num_threads()); }
 
@@ -693,6 +712,12 @@ class DecodeStep {
     for (int64_t j = 0; j < n; ++j) axpy_f32(scores[j] * inv, values + j * head_dim_, out, head_dim_, level_);
   }
 
+  static double wall_seconds() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+  }
+
   static double cpu_seconds() {  // this thread's CPU time: a descheduled thread does not count its wait
     timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -723,6 +748,19 @@ class DecodeStep {
     auto end = [&](double& into) {
       if (timing) into += cpu_seconds() - mark;
     };
+    double phase_mark = profile_ ? wall_seconds() : 0;
+    auto sync = [&](Phase phase) {  // the barrier that ends `phase`, timed on both sides when profiling
+      if (!profile_) {
+        barrier(T);
+        return;
+      }
+      const double reached = wall_seconds();
+      barrier(T);
+      const double left = wall_seconds();
+      phase_seconds_[t][phase] += reached - phase_mark;
+      phase_seconds_[t][kPhases + phase] += left - reached;
+      phase_mark = left;
+    };
     const bool all = mode_ != kLinearsOnly;
     ThreadState& st = states_[t];
     int64_t lo, hi;
@@ -738,7 +776,7 @@ class DecodeStep {
       if (embed_scale_ != 1.0f)
         for (int64_t i = lo; i < hi; ++i) h_[i] = round_act(h_[i] * embed_scale_);
     }
-    barrier(T);
+    sync(kEmbedding);
     float* scores = scores_.data() + t * std::min<int64_t>(8, heads_ / kv_heads_) * max_len_;
     for (int64_t l = 0; l < layers_; ++l) {
       const LayerDesc& L = layer_descs_[l];
@@ -767,7 +805,7 @@ class DecodeStep {
         for (int64_t g = v0; g < v1; ++g)
           std::copy(v_.begin() + g * head_dim_, v_.begin() + (g + 1) * head_dim_, vc_ + cache_at(l, g, pos));
       }
-      barrier(T);
+      sync(kQKV);
       begin();
       if (all) {
         int64_t h0, h1;
@@ -775,17 +813,17 @@ class DecodeStep {
         attention_heads(l, h0, h1, pos, scores);
         round_inputs(attn_, h0 * head_dim_, h1 * head_dim_);
       }
-      barrier(T);
+      sync(kAttention);
       end(attention);
       if (all) route_for({L.o}, attn_, st);
       begin();
       run_linear(linears_[L.o], attn_, tmp_.data(), lo, hi, st);
       if (L.attn_out_norm == nullptr || !all) add_residual(nullptr, tmp_.data(), lo, hi);
-      barrier(T);
+      sync(kAttentionOut);
       end(linear);
       if (L.attn_out_norm != nullptr && all) {  // the norm reads the whole output: after the barrier
         add_residual(L.attn_out_norm, tmp_.data(), lo, hi);
-        barrier(T);
+        sync(kAttentionOutNorm);
       }
       if (all) {
         rmsnorm(L.post_norm, st.xn);
@@ -802,17 +840,17 @@ class DecodeStep {
         for (int64_t r = g0; r < g1; ++r) a[r] = activate(tmp_[r]) * up_[r];
         round_inputs(act_, g0, g1);
       }
-      barrier(T);
+      sync(kGateUp);
       end(linear);
       if (all) route_for({L.down}, act_, st);
       begin();
       run_linear(linears_[L.down], act_, tmp_.data(), lo, hi, st);
       if (L.mlp_out_norm == nullptr || !all) add_residual(nullptr, tmp_.data(), lo, hi);
-      barrier(T);
+      sync(kDown);
       end(linear);
       if (L.mlp_out_norm != nullptr && all) {
         add_residual(L.mlp_out_norm, tmp_.data(), lo, hi);
-        barrier(T);
+        sync(kMlpOutNorm);
       }
     }
     if (all) {
@@ -830,7 +868,7 @@ class DecodeStep {
           logits_ptr_[r] = final_softcap_ > 0 ? final_softcap_ * std::tanh(z / final_softcap_) : z;
         }
     }
-    barrier(T);
+    sync(kHead);
     end(linear);
     if (timing) {
       linear_seconds_ += linear;
@@ -869,6 +907,7 @@ class DecodeStep {
   bool ready_ = false, profile_ = false;
   int64_t steps_ = 0;
   double step_seconds_ = 0, linear_seconds_ = 0, attention_seconds_ = 0;
+  std::vector<std::array<double, 2 * kPhases>> phase_seconds_;  // per thread: work by phase, then waits
 };
 
 }  // namespace
@@ -897,6 +936,8 @@ void register_decode_step(pybind11::module_& m) {
       .def("partial", &DecodeStep::partial, "repeat only the linears of the last step, or all but them")
       .def("set_profile", &DecodeStep::set_profile)
       .def("profile", &DecodeStep::profile)
+      .def("phase_profile", &DecodeStep::phase_profile)
+      .def_static("phase_names", &DecodeStep::phase_names)
       .def("max_len", &DecodeStep::max_len)
       .def("threads_used", &DecodeStep::threads_used);
 }
