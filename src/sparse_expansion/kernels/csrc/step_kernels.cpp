@@ -115,9 +115,11 @@ SE_STEP_AVX512 void accumulate_block(const float* x, const float* mean, int64_t 
     lanes[b] = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1);
     a[b] = _mm512_maskz_loadu_ps(lanes[b], acc + 16 * b);
   }
+  const int64_t ahead = (1024 + 4 * k - 1) / (4 * k) * k;  // floats: the rows ~1 KB on
   for (int64_t i = 0; i < in; ++i) {
     const __m512 xi = _mm512_set1_ps(CENTRED ? x[i] - mean[i] : x[i]);
     const float* row = m + i * k;
+    for (int b = 0; b < BLOCKS; ++b) _mm_prefetch(reinterpret_cast<const char*>(row + ahead + 16 * b), _MM_HINT_T0);
     for (int b = 0; b < BLOCKS; ++b)
       a[b] = _mm512_add_ps(a[b], _mm512_mul_ps(xi, _mm512_maskz_loadu_ps(lanes[b], row + 16 * b)));
   }
