@@ -4,10 +4,13 @@ the fixtures that use them live in conftest.py."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"  # small saved folders from earlier releases, loaded as users would
 
 FAMILIES = ("llama", "gpt_neox", "opt", "gpt2")
@@ -16,6 +19,16 @@ SAMPLE_TEXT = (
     "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles. "
     "In the beginning God created the heaven and the earth. And the earth was without form. "
 ) * 40
+
+
+def load_benchmark(path: str, name: str):
+    """A benchmark script (`path` from the repository root) imported as module `name`: the scripts are
+    not a package. Registered in sys.modules, where dataclasses look their module up."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(family: str, vocab: int = 128):

@@ -1,16 +1,10 @@
 """benchmarks/calibration/table.py: each expansion run is compared with the SparseGPT run of its own version."""
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from helpers import load_benchmark
 
 
 def load_table():
-    spec = importlib.util.spec_from_file_location("calibration_table", ROOT / "benchmarks" / "calibration" / "table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("benchmarks/calibration/table.py", "calibration_table")
 
 
 def test_ratio_is_taken_within_one_version():

@@ -2,7 +2,6 @@
 bad ones are refused in one line, and every committed results folder's report.md redraws, identically,
 from its results.jsonl alone. Running llama.cpp needs the peer venv that setup.sh builds; CI has none."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -10,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_benchmark
 
 STUDY = Path(__file__).resolve().parents[2] / "benchmarks" / "peer_llamacpp"
 SCRIPT = STUDY / "peer.py"
@@ -17,11 +17,7 @@ RESULTS = sorted(p.parent for p in (STUDY / "results").glob("*/results.jsonl"))
 
 
 def load_peer():
-    spec = importlib.util.spec_from_file_location("peer_llamacpp", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("benchmarks/peer_llamacpp/peer.py", "peer_llamacpp")
 
 
 def test_shipped_configs_parse_and_expand_the_work_folder(tmp_path):

@@ -1,21 +1,16 @@
 """The allocation plot reads rows by name: the 16-expert rows must land on their own lines (prior =
 the uniform line, variance rows = the variance line) without being mistaken for a pruning method."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from helpers import load_benchmark
 
 pytest.importorskip("matplotlib")
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality" / "plot_allocation.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("plot_allocation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("benchmarks/quality/plot_allocation.py", "plot_allocation")
 
 
 def test_series_groups_methods_allocations_and_experts():

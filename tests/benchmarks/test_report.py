@@ -1,18 +1,16 @@
 """benchmarks/report.py: BENCHMARKS.md's sections are the studies' report.md files, rewritten by one
 command; and the recipes carry no path of one machine."""
 
-import importlib.util
 import re
 from pathlib import Path
+
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_report():
-    spec = importlib.util.spec_from_file_location("benchmarks_report", ROOT / "benchmarks" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("benchmarks/report.py", "benchmarks_report")
 
 
 def test_sections_are_rewritten_from_study_reports_and_nothing_else(tmp_path):

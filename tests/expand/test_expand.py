@@ -13,6 +13,7 @@ from sparse_expansion.cli import main
 from sparse_expansion.engine import calibrate
 from sparse_expansion.expand import ExpandCompressor, ExpandConfig, Router, SparseExpertLinear, kmeans
 from sparse_expansion.expand.hessians import blend_small_clusters, cluster_hessians
+from sparse_expansion.expand.module import grouped_mm_fits, routed_matmul
 from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, parse_sparsity
 
 
@@ -68,6 +69,46 @@ def test_grouped_forward_equals_per_token_loop():
         for t in range(7):
             ref = experts[labels[i, t]] @ batch[i, t] + module.bias
             assert torch.allclose(out[i, t], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_routed_matmul_grouped_equals_one_matmul_per_expert(dtype):
+    g = torch.Generator().manual_seed(0)
+    weights = torch.randn(5, 24, 32, generator=g).to(dtype)
+    x = torch.randn(40, 32, generator=g).to(dtype)
+    labels = torch.randint(0, 5, (40,), generator=g)
+    labels[labels == 3] = 1  # expert 3 gets no token: an empty group
+    per_token = torch.stack([x[t] @ weights[labels[t]].t() for t in range(40)])
+    looped = routed_matmul(x, labels, weights, grouped=False)
+    tol = {"rtol": 2e-2, "atol": 0.1} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-4}
+    assert torch.allclose(looped.float(), per_token.float(), **tol)
+    if grouped_mm_fits(x, weights):  # torch >= 2.10: one grouped GEMM, the same bits as the loop
+        assert torch.equal(routed_matmul(x, labels, weights, grouped=True), looped)
+    assert torch.equal(routed_matmul(x, torch.full((40,), 2), weights), x @ weights[2].t())
+    assert routed_matmul(x[:0], labels[:0], weights).shape == (0, 24)
+
+
+def test_grouped_mm_is_only_used_on_aligned_rows():
+    weights = torch.randn(3, 8, 12)  # 12 float32 inputs: 48-byte rows, aligned
+    assert grouped_mm_fits(torch.randn(4, 12), weights) == (torch.nn.functional.__dict__.get("grouped_mm") is not None)
+    assert not grouped_mm_fits(torch.randn(4, 6), torch.randn(3, 8, 6))  # 24-byte rows
+    assert not grouped_mm_fits(torch.randn(4, 12), torch.randn(3, 7, 12))  # 7 outputs: 28-byte columns
+    labels = torch.tensor([0, 2, 2, 1])
+    x = torch.randn(4, 6)
+    odd = torch.randn(3, 8, 6)
+    assert torch.allclose(routed_matmul(x, labels, odd), torch.stack([x[t] @ odd[labels[t]].t() for t in range(4)]),
+                          atol=1e-6)
+
+
+def test_dense_copy_forward_equals_compressed_forward():
+    x = torch.randn(300, 16)
+    router, _ = Router.fit(x, 4, 4)
+    experts = torch.randn(4, 8, 16) * (torch.rand(4, 8, 16) > 0.5)
+    module = SparseExpertLinear.build(router, experts, torch.randn(8))
+    batch = torch.randn(3, 11, 16)
+    compressed = module(batch)
+    dense = module.use_dense_weights()(batch)
+    assert module.uses_dense_weights and torch.allclose(dense, compressed, atol=1e-5)
 
 
 def test_one_expert_is_exactly_sparsegpt():

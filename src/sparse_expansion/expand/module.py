@@ -4,8 +4,8 @@ The experts live in memory exactly as they are saved: compressed (kernels.Compre
 bitmask or N:M, values in float32, bfloat16 or float16). Forward routes every token and runs
 each token through its own expert with the sparse kernels (kernels/ops.py); the dense layer is
 never computed and the experts are never unpacked whole. `use_dense_weights()` switches to a
-dense copy of the experts and grouped torch matmuls (the layout before the kernels existed: a
-reference, and the fast path on a GPU).
+dense copy of the experts and one grouped GEMM over them (`routed_matmul`; the layout before the
+kernels existed: a reference, and the fast path on a GPU).
 
 **Shared router.** Linears that read the same input (gate_proj and up_proj of a Llama MLP) are
 built with the same Router object (`build(router, ...)` keeps the object it is given). It is
@@ -132,18 +132,8 @@ class SparseExpertLinear(nn.Module):
 
     def _dense_forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        labels = labels.reshape(-1)
         weights = self._dense.to(flat.dtype) if self._dense.dtype != flat.dtype else self._dense
-        if flat.shape[0] == 1 or self.num_experts == 1 or bool((labels == labels[0]).all()):
-            out = flat @ weights[int(labels[0])].t()  # one expert: no gather at all
-        else:
-            # Sort tokens by expert once, run one matmul per contiguous chunk, unsort once.
-            order = torch.argsort(labels, stable=True)
-            counts = torch.bincount(labels, minlength=self.num_experts).tolist()
-            chunks = torch.split(flat.index_select(0, order), counts)
-            parts = [chunk @ weights[e].t() for e, chunk in enumerate(chunks) if chunk.shape[0]]
-            out = torch.empty(flat.shape[0], self.out_features, dtype=flat.dtype, device=flat.device)
-            out.index_copy_(0, order, torch.cat(parts))
+        out = routed_matmul(flat, labels.reshape(-1), weights)
         if self.bias is not None:
             out += self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -196,6 +186,48 @@ class SparseExpertLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, experts={self.num_experts}, "
                 f"pca_dim={self.pca_dim}, format={self.experts.format}, values={self.experts.value_type}"
                 f"{', dense copy' if self._dense is not None else ''}")
+
+
+_GROUPED_MM = getattr(torch.nn.functional, "grouped_mm", None)  # torch >= 2.10
+_GROUPED_MM_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def routed_matmul(x: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *,
+                  grouped: bool | None = None) -> torch.Tensor:
+    """x [n, in] times the transpose of its token's expert, weights[labels[t]] ([k, out, in]) -> [n, out].
+
+    Tokens are sorted by expert once, multiplied group by group and unsorted once. With `grouped`
+    (default: where torch has `grouped_mm` and the rows meet its 16-byte alignment) the groups are
+    one grouped GEMM whose group ends stay on the device: on a GPU one kernel and no host sync per
+    linear, where one matmul per expert needs the counts on the host and launches k kernels. On the
+    CPU a run of one expert skips the sort (the check is a host read, free there). Both ways give
+    the same bits on the CPU (tests/expand/test_expand.py)."""
+    k, out_features = weights.shape[0], weights.shape[1]
+    if grouped is None:
+        grouped = grouped_mm_fits(x, weights)
+    if x.shape[0] == 0:
+        return x.new_empty(0, out_features)
+    if k == 1 or (x.is_cpu and (x.shape[0] == 1 or bool((labels == labels[0]).all()))):
+        return x @ weights[0 if k == 1 else int(labels[0])].t()  # one expert: no gather at all
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=k)
+    if grouped:
+        ends = counts.cumsum(0).to(torch.int32)
+        sorted_out = _GROUPED_MM(x.index_select(0, order), weights.transpose(1, 2), offs=ends)
+    else:
+        chunks = torch.split(x.index_select(0, order), counts.tolist())
+        sorted_out = torch.cat([chunk @ weights[e].t() for e, chunk in enumerate(chunks) if chunk.shape[0]])
+    out = torch.empty(x.shape[0], out_features, dtype=x.dtype, device=x.device)
+    return out.index_copy_(0, order, sorted_out)
+
+
+def grouped_mm_fits(x: torch.Tensor, weights: torch.Tensor) -> bool:
+    """Whether torch's grouped_mm takes these operands: a dtype it multiplies, rows and weight
+    columns 16-byte aligned (the kernels' rule; the CPU refuses the rest too)."""
+    size = x.element_size()
+    return (_GROUPED_MM is not None and x.dtype in _GROUPED_MM_DTYPES and weights.dtype == x.dtype
+            and (x.shape[1] * size) % 16 == 0 and (weights.shape[1] * size) % 16 == 0
+            and x.stride(1) == 1 and weights.is_contiguous())
 
 
 def router_nonzeros(router: Router) -> int:
