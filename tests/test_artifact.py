@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import run_cli, tiny_model
 
 from sparse_expansion.artifact import load_artifact as load_saved
 from sparse_expansion.artifact import save_artifact
@@ -72,6 +72,20 @@ def test_corrupt_and_mismatched_folders(tmp_path, tokenizer):
     record.write_text(record.read_text().replace('"format_version": 2', '"format_version": 99'))
     with pytest.raises(UsageError, match="format_version 99"):
         load_saved(tmp_path / "v")
+
+
+def test_a_folder_saved_without_tokenizer_loads_and_commands_say_what_is_missing(tmp_path, capsys):
+    # A model built from a config (random weights) has no tokenizer to save: its folder still loads.
+    model = tiny_model("llama")
+    ids = torch.randint(2, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    calibrate(model, ids, PruneCompressor(SparseGPTConfig(parse_sparsity("0.5"), bits=4, group_size=16)),
+              progress=False)
+    model = quantize_weights(model, 4, 16) and model  # replaced modules: the manifest path of the loader
+    save_artifact(tmp_path / "m", model, record={"kind": "pruned"})
+    loaded, tokenizer = load_saved(tmp_path / "m")
+    assert tokenizer is None and torch.equal(loaded(ids).logits, model(ids).logits)
+    code, out, err = run_cli(["eval", tmp_path / "m", "--windows", "1", "--seqlen", "16"], capsys)
+    assert code == 2 and "has no tokenizer" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_finished_output_folder_has_umask_permissions(tmp_path):

@@ -150,6 +150,15 @@ def _write_guarded_config(model: nn.Module, folder: Path) -> None:
         generation.save_pretrained(folder)
 
 
+# Files any one of which a Hugging Face tokenizer is loaded from.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether `folder` holds a tokenizer: a model saved without one (a random model, say) loads with None."""
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
 def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
     if tokenizer is None:
         return
@@ -243,7 +252,7 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
     config = hugging_face_config(path)
     # Given the config, AutoTokenizer does not read config.json, whose auto_map would make it ask
     # whether to run the folder's code.
-    tokenizer = AutoTokenizer.from_pretrained(path, config=config)
+    tokenizer = AutoTokenizer.from_pretrained(path, config=config) if has_tokenizer(path) else None
     if not modules:
         model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
         return model, tokenizer

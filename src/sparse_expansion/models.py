@@ -259,7 +259,7 @@ def load_causal_lm(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
     """`load_model` for commands that need a language model with a Hugging Face interface (prune,
     expand, eval, generate, neurons): another kind of saved folder is refused in one line, before
     its weights are read."""
-    from .artifact import CAUSAL_LM, is_artifact, read_manifest
+    from .artifact import CAUSAL_LM, TOKENIZER_FILES, has_tokenizer, is_artifact, read_manifest
 
     path = resolve_model_path(name_or_path)
     if is_artifact(path):
@@ -267,6 +267,9 @@ def load_causal_lm(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
         if kind != CAUSAL_LM:
             raise UsageError(f"{name_or_path} holds a {kind} model, not a causal language model; this command "
                              f"takes {' or '.join(SHIPPED)}, a Hugging Face folder, or a pruned or expanded folder")
+        if not has_tokenizer(path):
+            raise UsageError(f"{name_or_path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
+                             "tokenizer files of the model it was made from into it")
     check_model_config(name_or_path)
     return load_model(name_or_path, device, dtype, weights)
 

@@ -26,6 +26,17 @@ def test_builds_both_folders_and_times_both_expert_paths(tmp_path, tiny_model_di
     assert "| SparseGPT |" in capsys.readouterr().out
 
 
+def test_random_model_needs_no_files(tmp_path):
+    # The default: SmolLM2's shapes with random weights, built and evaluated on random tokens.
+    out = tmp_path / "rows.jsonl"
+    assert load_script().main(["--device", "cpu", "--layers", "1", "--experts", "2", "--calib-windows", "2",
+                               "--seqlen", "32", "--windows", "1", "--batch-size", "1", "--rounds", "1",
+                               "--weights", "dense", "--work", str(tmp_path / "folders"), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and rows[1]["perplexity"] == rows[2]["perplexity"]
+    assert all(r["expert_linears_dense"] == 3 for r in rows)  # one layer's gate, up and down
+
+
 def test_table_is_relative_to_sparsegpt_median():
     rows = [{"variant": "SparseGPT", "tokens_per_s": t, "perplexity": 10.0} for t in (100.0, 300.0, 200.0)]
     rows += [{"variant": "experts, grouped GEMM", "tokens_per_s": t, "perplexity": 9.0} for t in (150.0, 170.0)]
