@@ -188,7 +188,9 @@ class SparseExpertLinear(nn.Module):
                 f"{', dense copy' if self._dense is not None else ''}")
 
 
-_GROUPED_MM = getattr(torch.nn.functional, "grouped_mm", None)  # torch >= 2.10
+# torch >= 2.10 everywhere; from 2.8 under its private name, on CUDA only
+_PUBLIC_GROUPED_MM = getattr(torch.nn.functional, "grouped_mm", None)
+_GROUPED_MM = _PUBLIC_GROUPED_MM or getattr(torch, "_grouped_mm", None)
 _GROUPED_MM_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -225,7 +227,8 @@ def grouped_mm_fits(x: torch.Tensor, weights: torch.Tensor) -> bool:
     """Whether torch's grouped_mm takes these operands: a dtype it multiplies, rows and weight
     columns 16-byte aligned (the kernels' rule; the CPU refuses the rest too)."""
     size = x.element_size()
-    return (_GROUPED_MM is not None and x.dtype in _GROUPED_MM_DTYPES and weights.dtype == x.dtype
+    return (_GROUPED_MM is not None and (x.is_cuda or _PUBLIC_GROUPED_MM is not None)
+            and x.dtype in _GROUPED_MM_DTYPES and weights.dtype == x.dtype
             and (x.shape[1] * size) % 16 == 0 and (weights.shape[1] * size) % 16 == 0
             and x.stride(1) == 1 and weights.is_contiguous())
 
