@@ -65,6 +65,34 @@ def test_bfloat16_eval_on_cuda(tiny_model_dir, text_file, capsys):
     assert result["device"].startswith("cuda") and result["dtype"] == "bfloat16"
 
 
+def test_experts_on_cuda_as_one_grouped_gemm_equal_one_matmul_per_expert():
+    from sparse_expansion.expand.module import grouped_mm_fits, routed_matmul
+
+    g = torch.Generator().manual_seed(0)
+    weights = torch.randn(16, 1536, 576, generator=g).to("cuda", torch.bfloat16)  # SmolLM2's up_proj, 16 experts
+    x = torch.randn(2048, 576, generator=g).to("cuda", torch.bfloat16)
+    labels = torch.randint(0, 16, (2048,), generator=g)
+    labels[labels == 5] = 4  # expert 5 gets no token: an empty group
+    labels = labels.cuda()
+    assert grouped_mm_fits(x, weights)
+    grouped = routed_matmul(x, labels, weights, grouped=True)
+    looped = routed_matmul(x, labels, weights, grouped=False)
+    assert torch.allclose(grouped.float(), looped.float(), rtol=2e-2, atol=0.25)
+
+
+def test_expanded_eval_on_cuda_equals_cpu(tmp_path, tiny_model_dir, text_file, capsys):
+    # On CUDA `eval` holds the experts dense and multiplies them as one grouped GEMM; on the CPU, compressed.
+    run(["expand", tiny_model_dir, "--experts", "3", "--sparsity", "0.5", "--calib", text_file, "--calib-windows",
+         "4", "--seqlen", "32", "--out", tmp_path / "se"], capsys)
+    results = {}
+    for device in ("cpu", "cuda"):
+        out = run(["eval", tmp_path / "se", "--data", text_file, "--windows", "3", "--seqlen", "32", "--json",
+                   "--device", device, "--dtype", "bfloat16"], capsys)
+        results[device] = json.loads(out)
+    assert results["cuda"]["weights"] == "dense" and results["cpu"]["weights"] == "compressed"
+    assert results["cuda"]["perplexity"] == pytest.approx(results["cpu"]["perplexity"], rel=2e-2)
+
+
 def test_sgatlin_training_on_cuda_tracks_cpu(tmp_path):
     from sparse_expansion.sgatlin.data import TokenData, encode_documents, train_tokenizer
     from sparse_expansion.sgatlin.training import LMTrainConfig, plan, train
