@@ -88,6 +88,22 @@ def test_a_folder_saved_without_tokenizer_loads_and_commands_say_what_is_missing
     assert code == 2 and "has no tokenizer" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_finite_check_is_exact_when_the_sum_overflows(dtype):
+    from sparse_expansion.artifact import _all_finite
+
+    big = torch.finfo(dtype).max
+    finite = torch.full((64,), big, dtype=dtype)  # every value finite, their sum is not
+    assert _all_finite(finite) and _all_finite(torch.randn(100).to(dtype))
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        broken = torch.randn(100).to(dtype)
+        broken[37] = bad
+        assert not _all_finite(broken)
+    mixed = torch.full((4,), big, dtype=dtype)
+    mixed[1] = -float("inf")
+    assert not _all_finite(mixed)
+
+
 def test_finished_output_folder_has_umask_permissions(tmp_path):
     # mkdtemp/mkstemp make owner-only entries; a finished result must be readable like any mkdir.
     import os

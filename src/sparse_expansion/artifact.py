@@ -344,7 +344,14 @@ def check_finite(model: nn.Module, where: str) -> None:
     """Refuse weights holding NaN or Inf: every number computed from them would be meaningless."""
     tensors = [*model.named_parameters(), *model.named_buffers()]
     for name, tensor in tensors:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not _all_finite(tensor):
             raise UsageError(f"{where}: tensor {name} holds NaN or Inf values; the weights are broken, "
                              "re-create or re-download the model")
 
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value is finite. A NaN or Inf anywhere makes the sum NaN or Inf, so a finite sum
+    (one pass, no temporary) settles it; only a sum that overflows takes the exact elementwise check,
+    which writes a bool per value (~1 s over a 16-expert folder's values)."""
+    total = tensor.detach().sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(tensor).all())

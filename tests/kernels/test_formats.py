@@ -23,6 +23,14 @@ def test_bitmask_layout_by_hand():
     assert c.tensors().keys() == {"values", "mask", "row_offsets"}
 
 
+def test_popcount_of_every_byte_and_row_offsets():
+    every = torch.arange(256, dtype=torch.uint8)
+    assert F.popcount_bytes(every).tolist() == [bin(i).count("1") for i in range(256)]
+    mask = torch.randint(0, 256, (3, 5, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    counts = [sum(bin(b).count("1") for b in row) for row in mask.reshape(15, 9).tolist()]
+    assert F.row_offsets_from_mask(mask).tolist() == [0, *torch.tensor(counts).cumsum(0).tolist()]
+
+
 def test_nm_layout_by_hand():
     w = torch.tensor([[0.0, 7.0, 0.0, 8.0, 9.0, 0.0, 0.0, 0.0]])  # 2:4: second group has one non-zero
     c = F.compress(w, "2:4", torch.float32)

@@ -226,11 +226,14 @@ def test_quantizing_bitmask_values_equals_the_dense_detour(bits, group, shape):
         g = shape[-1] if group is None else min(group, shape[-1])
         dense = F.decompress(weight).float()
         want = F.quantize(dense, "bitmask", bits, g, *fit_grid(dense, bits, g))
-        got = F.quantize_bitmask(weight, bits, g)
-        assert got.tensors().keys() == want.tensors().keys()
-        for name, tensor in want.tensors().items():
-            assert torch.equal(got.tensors()[name], tensor), name
-        assert (got.bits, got.group_size, got.shape) == (want.bits, want.group_size, want.shape)
+        for backend in ("auto", "torch"):  # ops': the C++ pass where the kernels build, else this function
+            with ops.use_backend(backend):
+                fast = ops.quantize_bitmask(weight, bits, g)
+            for got in (F.quantize_bitmask(weight, bits, g), fast):
+                assert got.tensors().keys() == want.tensors().keys()
+                for name, tensor in want.tensors().items():
+                    assert torch.equal(got.tensors()[name], tensor), name
+                assert (got.bits, got.group_size, got.shape) == (want.bits, want.group_size, want.shape)
 
 
 @pytest.mark.parametrize("kind", ["bitmask", "2:4"])

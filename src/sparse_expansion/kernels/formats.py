@@ -56,10 +56,10 @@ from typing import Any
 import torch
 
 from ..hub.modeling_sparse_expansion import (
-    _POPCOUNT,
     QUANT_BITS,
     index_bits,
     parse_format,
+    popcount_bytes,
     quantized_value_bytes,
     row_offsets_from_mask,
     unpack_bitmask,
@@ -536,7 +536,7 @@ def _value_groups(mask: torch.Tensor, offsets: torch.Tensor, cols: int, group_si
     if groups == 1:
         return torch.repeat_interleave(torch.arange(rows), offsets[1:] - offsets[:-1])
     if group_size % 8 == 0:
-        per_byte = _POPCOUNT[mask.long()]  # [rows, bytes]
+        per_byte = popcount_bytes(mask)  # [rows, bytes] uint8 (its sums are int64)
         pad = groups * (group_size // 8) - per_byte.shape[1]
         per_group = torch.nn.functional.pad(per_byte, (0, pad)).reshape(rows, groups, -1).sum(-1)
         return torch.repeat_interleave(torch.arange(rows * groups), per_group.flatten())

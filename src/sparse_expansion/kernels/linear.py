@@ -261,14 +261,14 @@ def quantized_copy(module: _Compressed, bits: int, group_size: int | None = None
     """A CompressedLinear or CompressedExperts with the same sparsity, its weights rounded to the nearest
     point of a `bits`-bit grid per row (or row and group of `group_size` columns) that formats.fit_grid
     places by `grid`; already quantized modules come back as they are."""
-    from .formats import decompress, fit_grid, quantize, quantize_bitmask
+    from .formats import decompress, fit_grid, quantize
 
     if module.bits is not None:
         return module
     weight = module.compressed()
     group = weight.in_features if group_size is None else min(group_size, weight.in_features)
     if weight.format == "bitmask" and grid == "minmax":  # the same codes without a dense copy
-        return type(module)(quantize_bitmask(weight, bits, group), module.bias)
+        return type(module)(ops.quantize_bitmask(weight, bits, group), module.bias)
     dense = decompress(weight).float()
     scales, zeros = fit_grid(dense, bits, group, grid)
     bias = module.bias

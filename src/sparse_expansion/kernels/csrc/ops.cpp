@@ -30,6 +30,9 @@ std::vector<torch::Tensor> act8_layout_tensors(const std::string& format, const 
                                                int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
                                                int64_t isa);
 bool act8_vector_supported();  // quant_act8.cpp
+std::vector<torch::Tensor> quantize_bitmask(const torch::Tensor& values, const torch::Tensor& mask,
+                                            const torch::Tensor& offsets, int64_t cols, int64_t bits,
+                                            int64_t group_size);
 torch::Tensor quant_unpack(const std::string& format, const torch::Tensor& values, const torch::Tensor& index,
                            const torch::Tensor& offsets, const torch::Tensor& scales, const torch::Tensor& zeros,
                            int64_t bits, int64_t group_size, int64_t n, int64_t m, int64_t experts, int64_t in,
@@ -469,5 +472,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("act8_layout", &se::act8_layout_tensors,
         "an int4 bitmask's codes laid out for the act8 vector kernel ([] where it takes none; quant.h Act8Layout)");
   m.def("quant_unpack", &se::quant_unpack, "int8 / int4 W (one expert) -> de-quantized dense fp32 [rows, in]");
+  m.def("quantize_bitmask", &se::quantize_bitmask,
+        "float bitmask values -> int8 / int4 codes on a min/max grid per row and group (formats.quantize_bitmask)");
   se::register_decode_step(m);
 }
