@@ -246,7 +246,7 @@ std::vector<torch::Tensor> act8_layout_tensors(const std::string& format, const 
 // spans min(w, 0)..max(w, 0) of its stored values ([-1, 1] when all are 0): scale = (hi - lo) / maxq,
 // zero = round(-lo / scale); a value's code is clamp(round(w / scale) + zero, 0, maxq) (an exact 0 takes the
 // zero point); a value whose code is the zero point de-quantizes to 0 and leaves the mask. Float32 throughout,
-// rounding half to even (round_half_even), as torch computes the same: the codes are bit for bit those of the torch version.
+// rounding half to even (round_half_even), as torch computes the same: the codes are bit for bit torch's.
 // values [nnz] float32, mask [rows, ceil(cols / 8)] uint8, offsets [rows + 1] int64 ->
 // {codes packed (int4: two a byte, low nibble first), mask, offsets, scales [rows, groups], zeros uint8}.
 std::vector<torch::Tensor> quantize_bitmask(const torch::Tensor& values, const torch::Tensor& mask,
@@ -298,7 +298,8 @@ std::vector<torch::Tensor> quantize_bitmask(const torch::Tensor& values, const t
         for (int64_t g = 0; g < groups; ++g) seen += count[g];
       } else {
         for (int64_t b = 0; b < bytes; ++b)
-          for (unsigned left = row_mask[b]; left; left &= left - 1, ++seen) ++count[(8 * b + __builtin_ctz(left)) / group_size];
+          for (unsigned left = row_mask[b]; left; left &= left - 1, ++seen)
+            ++count[(8 * b + __builtin_ctz(left)) / group_size];
       }
       TORCH_CHECK(seen == stored, "row ", r, ": the mask's popcount disagrees with row_offsets");
       codes.resize(stored);
