@@ -182,6 +182,26 @@ def test_quantized_model_saves_and_loads_to_identical_logits(tmp_path, tokenizer
     assert bf16.lm_head.values.dtype == torch.uint8
 
 
+@pytest.mark.parametrize("sparsity,grid", [("0.7", "minmax"), ("0.7", "mse"), ("2:4", "minmax")])
+def test_pruned_linears_quantized_on_load_are_their_grids_codes(sparsity, grid):
+    # Pruned nn.Linear weights go through their float format (and the C++ rounding for a bitmask on the
+    # min/max grid): the codes must be those fit_grid + quantize give the dense weight.
+    from sparse_expansion.arch import decoder_layers, linear_weight
+    from sparse_expansion.kernels.formats import choose_format, fit_grid, quantize
+
+    model = tiny_model("llama")
+    compress(model, None, make_config("magnitude", parse_sparsity(sparsity)), progress=False)
+    mlp = decoder_layers(model)[0].mlp
+    weight = linear_weight(mlp.up_proj).detach().float()
+    quantize_weights(model, 4, 16, grid=grid)
+    assert isinstance(mlp.up_proj, CompressedLinear)
+    want = quantize(weight, choose_format(weight), 4, 16, *fit_grid(weight, 4, 16, grid))
+    got = mlp.up_proj.compressed()
+    assert got.format == want.format == ("2:4" if sparsity == "2:4" else "bitmask")
+    for name, tensor in want.tensors().items():
+        assert torch.equal(got.tensors()[name], tensor), name
+
+
 def test_convert_command(tmp_path, tiny_model_dir, text_file, capsys):
     pruned = make("prune", tmp_path, tiny_model_dir, text_file, capsys, "--method", "sparsegpt", "--sparsity", "2:4",
                   "--bits", "8")

@@ -96,7 +96,7 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
     from .arch import decoder_layers, is_linear_like, linear_weight
     from .expand.module import SparseExpertLinear
     from .kernels import CompressedLinear, QuantizedLinear
-    from .kernels.formats import choose_format, fit_grid, quantize
+    from .kernels.formats import choose_format, compress, fit_grid, quantize
     from .kernels.linear import DecodeLinear, quantized_copy
 
     if bits not in QUANT_BITS:
@@ -113,12 +113,13 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
             counts["kept" if module.bits is not None else "compressed"] += 1
             return quantized_copy(module, bits, group_size, grid) if isinstance(module, CompressedLinear) else module
         weight = linear_weight(module).detach().float()
+        bias = None if module.bias is None else module.bias.detach().float()
+        if _sparsity(weight) >= COMPRESS_FROM_SPARSITY:  # its float format first: the grid from the stored values
+            counts["compressed"] += 1
+            floats = CompressedLinear(compress(weight, choose_format(weight), torch.float32), bias)
+            return quantized_copy(floats, bits, group_size, grid)
         group = weight.shape[1] if group_size is None else min(group_size, weight.shape[1])
         scales, zeros = fit_grid(weight, bits, group, grid)
-        bias = None if module.bias is None else module.bias.detach().float()
-        if _sparsity(weight) >= COMPRESS_FROM_SPARSITY:
-            counts["compressed"] += 1
-            return CompressedLinear(quantize(weight, choose_format(weight), bits, group, scales, zeros), bias)
         counts["dense"] += 1
         return QuantizedLinear(quantize(weight, "dense", bits, group, scales, zeros), bias)
 
