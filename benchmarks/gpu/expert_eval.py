@@ -1,7 +1,7 @@
 """Eval tokens/s of an expanded model against SparseGPT's on one device (issue 20, "On a GPU").
 
-Expanded models on CUDA hold their experts dense and multiply each linear's tokens expert by expert.
-Issue 20 measured that path at 0.17x SparseGPT's eval tokens/s on an H100 and asks for >= 0.8x. This
+Expanded models on CUDA hold their experts dense. Issue 20 measured them, multiplied expert by expert, at
+0.17x SparseGPT's eval tokens/s on an H100 and asks for >= 0.8x. This
 script evaluates, in one process and with the rounds alternated, a SparseGPT folder and an expanded
 folder twice: with the experts as one grouped GEMM (`expand.module.routed_matmul`, torch's grouped_mm)
 and as one matmul per expert (the path before it), and prints tokens/s, their ratios and perplexity.
