@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                          "device": args.device, "device_name": device_name(args.device), "dtype": args.dtype,
                          "torch": torch.__version__, "windows": args.windows, "seqlen": args.seqlen,
                          "batch_size": args.batch_size, "random_weights": tokenizer is None,
+                         "grouped_mm_in_torch": expert_module._GROUPED_MM is not None,
                          "expert_linears_dense": dense_copies, **row})
             print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
