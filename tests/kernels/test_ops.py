@@ -204,6 +204,26 @@ def test_bfloat16_inputs_and_values(backend, shape, tokens):
 
 
 @pytest.mark.parametrize("fmt,shape", [(fmt, shape) for fmt, shapes in SHAPES.items() for shape in shapes])
+def test_one_bfloat16_weight_over_many_tokens_is_torchs_bfloat16_gemm(backend, fmt, shape):
+    """A prompt through one bf16 weight (no router): torch's bf16 GEMM of the decompressed weight, bit for
+    bit, returned without a float32 detour; with a bias, that GEMM's float32 output plus the bias, rounded."""
+    weight = F.compress(weights(fmt, *shape, 3), fmt, torch.bfloat16)
+    x = torch.randn(2, 50, shape[1]).bfloat16()
+    bias = torch.randn(shape[0])
+    dense = F.decompress(weight).bfloat16()
+    gemm = x.reshape(-1, shape[1]) @ dense.t()
+    y = ops.sparse_linear(x, weight, dense_from=24)
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 50, shape[0])
+    with_bias = ops.sparse_linear(x, weight, bias, dense_from=24)
+    if backend in ("cpp", "avx2", "scalar") and (fmt != "bitmask" or ops.bf16_dot_available()):
+        assert torch.equal(y.reshape(-1, shape[0]), gemm)
+        assert torch.equal(with_bias.reshape(-1, shape[0]), (gemm.float() + bias).bfloat16())
+    else:  # decompressed to float32 and multiplied there
+        ref = reference(x.reshape(-1, shape[1]).float(), weight, bias)
+        assert (with_bias.reshape(-1, shape[0]).double() - ref).abs().max() <= 2 ** -7 * (1 + ref.abs().max())
+
+
+@pytest.mark.parametrize("fmt,shape", [(fmt, shape) for fmt, shapes in SHAPES.items() for shape in shapes])
 def test_bfloat16_groups_below_64_tokens_unpack_straight_to_bfloat16(backend, fmt, shape):
     """A group of 24-63 tokens takes the GEMM; with bf16 inputs and values the values are unpacked
     straight into a bf16 weight (exactly: the same bits; bitmask on AVX512-BF16 CPUs, N:M on any), so
