@@ -341,7 +341,7 @@ def unpack(weight: CompressedWeight) -> torch.Tensor:
 def quantize_bitmask(weight: CompressedWeight, bits: int, group_size: int) -> CompressedWeight:
     """formats.quantize_bitmask (round-to-nearest on a min/max grid per row and group, from the stored
     values alone), bit for bit, in one C++ pass where the kernels are built: what `generate` does to a
-    float folder on load, where the torch version took ~8 s of a 16-expert folder's start-up."""
+    float folder on load, where the torch version was most of a 16-expert folder's start-up (BENCHMARKS.md)."""
     from .formats import quantize_bitmask as reference
 
     lib, _ = _library()

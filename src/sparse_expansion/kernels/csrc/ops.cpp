@@ -181,7 +181,7 @@ torch::Tensor routed_matmul(const torch::Tensor& x, const c10::optional<torch::T
   if (!labels && !bias && half_ok && unpack_half != nullptr && dense_ok && count >= dense_from) {
     // One weight, every token through its bfloat16 GEMM (a prompt, an eval batch): torch's bfloat16 result
     // is the answer, returned as it is. The float32 output, its copy and the caller's rounding back to
-    // bfloat16 gave these very bits in ~3x the time (1536x576 at 70%, 2048 tokens: 19 -> 6 ms).
+    // bfloat16 gave these very bits, 1.3x a dense bfloat16 linear's time (BENCHMARKS.md, decode).
     TORCH_CHECK(experts == 1, "labels are needed to route tokens over ", experts, " experts");
     const View view = make_view(0);
     torch::Tensor w = torch::empty({rows, view.in}, torch::kBFloat16);

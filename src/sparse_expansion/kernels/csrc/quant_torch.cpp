@@ -4,7 +4,6 @@
 #include <torch/extension.h>
 
 #include <algorithm>
-#include <cmath>
 #include <string>
 #include <vector>
 
