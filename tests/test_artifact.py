@@ -74,6 +74,102 @@ def test_corrupt_and_mismatched_folders(tmp_path, tokenizer):
         load_saved(tmp_path / "v")
 
 
+def _saved_quantized(tmp_path, tokenizer):
+    """A folder with replaced modules (the manifest path of the loader): every linear int8, head untied."""
+    model = tiny_model("llama")
+    quantize_weights(model, 8)
+    save_artifact(tmp_path / "q", model, tokenizer=tokenizer, record={})
+    return tmp_path / "q"
+
+
+@pytest.mark.parametrize("change, message", [
+    ("drop one key of a layer", "missing key.*model.layers.1.self_attn.k_proj"),
+    ("drop a whole layer", "missing key.*model.layers.1."),
+    ("drop the embedding", "missing key.*model.embed_tokens.weight"),
+    ("add a key to a layer", "unexpected key.*model.layers.0.extra"),
+    ("add a key outside the layers", "unexpected key.*model.extra"),
+])
+def test_loading_block_by_block_stays_strict(tmp_path, tokenizer, change, message):
+    from safetensors.torch import load_file, save_file
+
+    folder = _saved_quantized(tmp_path, tokenizer)
+    tensors = load_file(folder / "model.safetensors")
+    if change == "drop one key of a layer":
+        del tensors[next(k for k in tensors if k.startswith("model.layers.1.self_attn.k_proj."))]
+    elif change == "drop a whole layer":
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("model.layers.1.")}
+    elif change == "drop the embedding":
+        del tensors["model.embed_tokens.weight"]
+    elif change == "add a key to a layer":
+        tensors["model.layers.0.extra"] = torch.zeros(3)
+    else:
+        tensors["model.extra"] = torch.zeros(3)
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(UsageError, match=message):
+        load_saved(folder)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_a_compressed_weight_that_disagrees_with_itself_is_refused_in_any_layer(tmp_path, tokenizer, layer):
+    """Each compressed module checks its tensors after its block is loaded; the last pass over the whole
+    model (the rest) does not check them again, and must not skip one it has not checked."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model("llama")
+    for i in (0, 1):
+        up = model.model.layers[i].mlp.up_proj
+        up.weight.data[up.weight.abs() < up.weight.abs().median()] = 0
+        replace(model, f"model.layers.{i}.mlp.up_proj", CompressedLinear.from_linear(up, torch.float32))
+    save_artifact(tmp_path / "m", model, tokenizer=tokenizer, record={})
+    file = tmp_path / "m" / "model.safetensors"
+    tensors = load_file(file)
+    name = f"model.layers.{layer}.mlp.up_proj.mask"
+    tensors[name] = tensors[name].flip(0).contiguous()  # same popcount in total, not row by row
+    assert not torch.equal(tensors[name], load_file(file)[name])
+    save_file(tensors, file)
+    with pytest.raises(UsageError, match="row_offsets disagree"):
+        load_saved(tmp_path / "m")
+
+
+def test_loading_reads_one_layer_at_a_time(tmp_path, tokenizer, monkeypatch):
+    """The file's tensors are read a decoder layer at a time and copied into the model, so a load never
+    holds the whole state dict beside the model (twice the model's memory at its peak)."""
+    import weakref
+
+    import safetensors
+
+    folder = _saved_quantized(tmp_path, tokenizer)
+    alive, most = [], [0]
+    real_open = safetensors.safe_open
+
+    class Counting:
+        def __init__(self, *args, **kwargs):
+            self.file = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.handle = self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def keys(self):
+            return self.handle.keys()
+
+        def get_tensor(self, key):
+            tensor = self.handle.get_tensor(key)
+            alive.append(weakref.ref(tensor))
+            most[0] = max(most[0], sum(ref() is not None for ref in alive))
+            return tensor
+
+    monkeypatch.setattr(safetensors, "safe_open", Counting)
+    loaded, _ = load_saved(folder)
+    per_layer = sum(1 for k in loaded.state_dict() if k.startswith("model.layers.0."))
+    outside = sum(1 for k in loaded.state_dict() if not k.startswith("model.layers."))
+    assert len(alive) == len(loaded.state_dict())  # every tensor read once (the int8 head is untied)
+    assert 0 < most[0] <= max(per_layer, outside) < len(alive) / 2
+
+
 def test_a_folder_saved_without_tokenizer_loads_and_commands_say_what_is_missing(tmp_path, capsys):
     # A model built from a config (random weights) has no tokenizer to save: its folder still loads.
     model = tiny_model("llama")

@@ -246,7 +246,6 @@ def _without_random_init() -> contextlib.AbstractContextManager:
 
 def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch.dtype
                     ) -> tuple[nn.Module, Any]:
-    from safetensors.torch import load_model as load_safetensors
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = hugging_face_config(path)
@@ -272,12 +271,74 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
         if hasattr(module, "to_storage_dtype"):  # before loading: the file's tensors are cast as they are copied
             module.to_storage_dtype(dtype)
         replace(model, name, module)
-    load_safetensors(model, str(path / WEIGHTS_FILE), strict=True)
+    load_weights(model, path / WEIGHTS_FILE)
     for module in model.modules():
         if hasattr(module, "to_storage_dtype"):  # a replacement keeps what must stay float32 (a router)
             module.to_storage_dtype(dtype)
     share_identical_parts(model, modules)
     return model, tokenizer
+
+
+def load_weights(model: nn.Module, file: str | Path) -> None:
+    """Load a safetensors file into `model` strictly, one block at a time (each element of a ModuleList,
+    a decoder layer say, then the rest): only one block's tensors are read beside the model, and the
+    file is mapped only while they are, so a load peaks near the loaded size instead of twice it (the
+    whole state dict beside the model, and every mapped page counted). A tensor the file stores once
+    for two names (a tied LM head, a shared router) satisfies both."""
+    from safetensors import safe_open
+
+    file = str(file)
+    with safe_open(file, framework="pt") as f:
+        stored = list(f.keys())
+    blocks = _outermost_list_elements(model)
+    by_block: dict[str, list[str]] = {}
+    for key in stored:
+        by_block.setdefault(_block_of(key, blocks), []).append(key)
+    not_loaded: set[str] = set()
+    for block, keys in sorted(by_block.items(), key=lambda item: item[0] == ""):  # the rest last
+        start = len(block) + 1 if block else 0
+        with safe_open(file, framework="pt") as f:
+            part = {key[start:]: f.get_tensor(key) for key in keys}
+        loaded = (model.get_submodule(block) if block else model).load_state_dict(part, strict=False)
+        del part
+        if loaded.unexpected_keys:
+            raise RuntimeError(f"unexpected key(s) in the weights: {_names(block, loaded.unexpected_keys)}")
+        if block:
+            not_loaded.update(f"{block}.{key}" for key in loaded.missing_keys)
+        else:  # the whole model's call: every block's keys were absent from it
+            not_loaded.update(key for key in loaded.missing_keys if not _block_of(key, blocks))
+    expected = model.state_dict(keep_vars=True)
+    # Parts the file holds nothing of were not asked for: all their keys are missing.
+    not_loaded.update(key for key in expected if _block_of(key, blocks) not in by_block)
+    filled = {_storage_key(tensor) for key, tensor in expected.items() if key not in not_loaded} - {None}
+    missing = sorted(key for key in not_loaded if _storage_key(expected[key]) not in filled)
+    if missing:
+        raise RuntimeError(f"missing key(s) in the weights: {_names('', missing)}")
+
+
+def _outermost_list_elements(model: nn.Module) -> list[str]:
+    """Dotted names of the elements of every ModuleList not inside another one's element."""
+    blocks: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and not any(name.startswith(b + ".") for b in blocks):
+            blocks.extend(f"{name}.{child}" if name else child for child, _ in module.named_children())
+    return blocks
+
+
+def _block_of(key: str, blocks: list[str]) -> str:
+    """The block a state-dict key belongs to, "" for the rest."""
+    return next((b for b in blocks if key.startswith(b + ".")), "")
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[int, int, tuple[int, ...]] | None:
+    """Equal for two names of one tensor (tied or shared); None for an empty tensor, which has no storage
+    to share."""
+    return (tensor.data_ptr(), tensor.numel(), tuple(tensor.shape)) if tensor.numel() else None
+
+
+def _names(block: str, keys: list[str]) -> str:
+    shown = [f"{block}.{k}" if block else k for k in list(keys)[:4]]
+    return ", ".join(shown) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
 
 
 def share_identical_parts(model: nn.Module, modules: dict[str, dict[str, Any]]) -> None:
@@ -324,14 +385,12 @@ def hugging_face_config(path: str | Path) -> Any:
 
 
 def _load_own_kind(path: Path, manifest: dict[str, Any], dtype: torch.dtype) -> tuple[nn.Module, Any]:
-    from safetensors.torch import load_model as load_safetensors
-
     target = KINDS.get(manifest["kind"])
     if target is None:
         raise UsageError(f"{path}: unknown kind {manifest['kind']!r}; was it written by a newer "
                          "sparse-expansion?")
     model = _resolve(target).from_spec(manifest["spec"]).to(dtype)
-    load_safetensors(model, str(path / WEIGHTS_FILE), strict=True)
+    load_weights(model, path / WEIGHTS_FILE)
     tokenizer = None
     if (path / "tokenizer.json").is_file():
         from tokenizers import Tokenizer

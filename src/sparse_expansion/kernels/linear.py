@@ -92,8 +92,13 @@ class _Compressed(nn.Module):
 
 def _validate_after_load(module: _Compressed, _keys) -> None:
     """After loading: the tensors must agree with each other (a module-level function, so the module
-    pickles)."""
+    pickles). A load that wrote none of them since the last check has nothing new to check: a model
+    loaded a block at a time (artifact.load_weights) reaches every module once more at its end."""
+    written = tuple((id(t), t._version) for t in module._buffers.values() if t is not None)
+    if module.__dict__.get("_validated") == written:
+        return
     module.compressed().validate()
+    module._validated = written
 
 
 def _same_index(weight: CompressedWeight, buffers: dict[str, torch.Tensor | None]) -> bool:
