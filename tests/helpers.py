@@ -31,6 +31,35 @@ def load_benchmark(path: str, name: str):
     return module
 
 
+def watch_tensor_reads(monkeypatch, on_read) -> None:
+    """Patch safetensors.safe_open (as artifact.py calls it) so that every tensor read from a file calls
+    on_read(key, tensor) first."""
+    import safetensors
+
+    real_open = safetensors.safe_open
+
+    class Watched:
+        def __init__(self, *args, **kwargs):
+            self.file = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.handle = self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def keys(self):
+            return self.handle.keys()
+
+        def get_tensor(self, key):
+            tensor = self.handle.get_tensor(key)
+            on_read(key, tensor)
+            return tensor
+
+    monkeypatch.setattr(safetensors, "safe_open", Watched)
+
+
 def tiny_config(family: str, vocab: int = 128):
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import run_cli, tiny_model
+from helpers import run_cli, tiny_model, watch_tensor_reads
 
 from sparse_expansion.artifact import load_artifact as load_saved
 from sparse_expansion.artifact import save_artifact
@@ -136,33 +136,14 @@ def test_loading_reads_one_layer_at_a_time(tmp_path, tokenizer, monkeypatch):
     holds the whole state dict beside the model (twice the model's memory at its peak)."""
     import weakref
 
-    import safetensors
-
     folder = _saved_quantized(tmp_path, tokenizer)
     alive, most = [], [0]
-    real_open = safetensors.safe_open
 
-    class Counting:
-        def __init__(self, *args, **kwargs):
-            self.file = real_open(*args, **kwargs)
+    def count(_key, tensor):
+        alive.append(weakref.ref(tensor))
+        most[0] = max(most[0], sum(ref() is not None for ref in alive))
 
-        def __enter__(self):
-            self.handle = self.file.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.file.__exit__(*exc)
-
-        def keys(self):
-            return self.handle.keys()
-
-        def get_tensor(self, key):
-            tensor = self.handle.get_tensor(key)
-            alive.append(weakref.ref(tensor))
-            most[0] = max(most[0], sum(ref() is not None for ref in alive))
-            return tensor
-
-    monkeypatch.setattr(safetensors, "safe_open", Counting)
+    watch_tensor_reads(monkeypatch, count)
     loaded, _ = load_saved(folder)
     per_layer = sum(1 for k in loaded.state_dict() if k.startswith("model.layers.0."))
     outside = sum(1 for k in loaded.state_dict() if not k.startswith("model.layers."))

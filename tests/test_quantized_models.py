@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import run_cli, tiny_model, windows
+from helpers import run_cli, tiny_model, watch_tensor_reads, windows
 
 from sparse_expansion.artifact import load_artifact, read_manifest, save_artifact
+from sparse_expansion.errors import UsageError
 from sparse_expansion.expand import SparseExpertLinear
 from sparse_expansion.kernels import CompressedLinear, QuantizedLinear, decompress
 from sparse_expansion.methods import compress, make_config
@@ -17,6 +18,7 @@ from sparse_expansion.prune import SparseGPTConfig, Sparsity, parse_sparsity
 from sparse_expansion.prune.compressors import prune_weight, quantized_linear
 from sparse_expansion.prune.dense import DenseQuantConfig
 from sparse_expansion.storage import quantize_weights
+from sparse_expansion.surgery import replace
 
 
 def logits(model, seed=0):
@@ -263,6 +265,61 @@ def test_quantize_on_load(tiny_model_dir):
     converted = tiny_model("llama")
     quantize_weights(converted, 4, 128)  # what the default group means (128, capped at the row)
     assert torch.equal(logits(model), logits(converted))
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_a_folder_quantized_while_loading_equals_quantizing_after(tmp_path, tokenizer, monkeypatch, weights):
+    """An expanded folder loaded with int8 / int4 storage rounds each decoder layer as soon as its weights
+    are read (so one layer's float weights, not the whole model's, sit beside the codes): every layer is
+    rounded before the next one is read, and the model is the one quantizing after the load gives."""
+    from sparse_expansion import storage
+    from sparse_expansion.engine import calibrate
+    from sparse_expansion.expand import ExpandCompressor, ExpandConfig
+
+    model = tiny_model("llama")
+    ids = torch.randint(2, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    calibrate(model, ids, ExpandCompressor(ExpandConfig(experts=2, sparsity=parse_sparsity("0.5"))), progress=False)
+    save_artifact(tmp_path / "e", model, tokenizer=tokenizer, record={})
+    events = []
+    real_layer = storage.quantize_layer
+    watch_tensor_reads(monkeypatch, lambda key, _tensor: events.append(("read", key)))
+
+    def logged_layer(layer, *args, **kwargs):
+        events.append(("quantize", layer))
+        return real_layer(layer, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "quantize_layer", logged_layer)
+    loaded, _ = load_model(str(tmp_path / "e"), weights=weights)
+    monkeypatch.undo()
+    layers = list(loaded.model.layers)
+    last_read = max(i for i, (kind, _) in enumerate(events) if kind == "read")
+    quantized_at = [i for i, (kind, _) in enumerate(events) if kind == "quantize" and i < last_read]
+    assert len(quantized_at) == len(layers) == 2  # while loading (set_weights then passes over them, keeping them)
+    first_read_of_layer_1 = next(i for i, (kind, key) in enumerate(events)
+                                 if kind == "read" and key.startswith("model.layers.1."))
+    assert quantized_at[0] < first_read_of_layer_1 < quantized_at[1]
+    after, _ = load_artifact(tmp_path / "e")
+    bits = int(weights[3:])
+    quantize_weights(after, bits, 128 if bits == 4 else None)  # the defaults storage.set_weights uses
+    assert loaded.state_dict().keys() == after.state_dict().keys()
+    assert all(torch.equal(v, after.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert torch.equal(logits(loaded), logits(after))
+
+
+def test_a_broken_layer_is_refused_before_it_is_quantized_on_load(tmp_path, tokenizer):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model("llama")
+    up = model.model.layers[1].mlp.up_proj
+    up.weight.data[up.weight.abs() < up.weight.abs().median()] = 0
+    replace(model, "model.layers.1.mlp.up_proj", CompressedLinear.from_linear(up, torch.float32))
+    save_artifact(tmp_path / "m", model, tokenizer=tokenizer, record={})
+    file = tmp_path / "m" / "model.safetensors"
+    tensors = load_file(file)
+    tensors["model.layers.1.mlp.up_proj.values"][3] = float("nan")
+    save_file(tensors, file)
+    with pytest.raises(UsageError, match="model.layers.1.*mlp.up_proj.values holds NaN"):
+        load_model(str(tmp_path / "m"), weights="int8")
 
 
 BAD = [

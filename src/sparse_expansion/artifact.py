@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +201,11 @@ def read_record(path: str | Path) -> dict[str, Any]:
     return read_manifest(path)["record"]
 
 
-def load_artifact(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
-    """(model in eval mode, tokenizer or None), exactly as `save_artifact` wrote it."""
+def load_artifact(path: str | Path, dtype: torch.dtype = torch.float32,
+                  each_block: Callable[[nn.Module, nn.Module], None] | None = None) -> tuple[nn.Module, Any]:
+    """(model in eval mode, tokenizer or None), exactly as `save_artifact` wrote it. `each_block(model,
+    block)` runs on each block of a folder with replaced modules as soon as its weights are read
+    (`load_weights`; storage.quantize_while_loading rounds a layer to int8 / int4 there)."""
     from safetensors import SafetensorError
 
     path = Path(path)
@@ -211,7 +215,7 @@ def load_artifact(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple
         raise UsageError(f"{weights} is missing; the folder is incomplete, re-create it")
     try:
         if manifest["kind"] == CAUSAL_LM:
-            model, tokenizer = _load_causal_lm(path, manifest["modules"], dtype)
+            model, tokenizer = _load_causal_lm(path, manifest["modules"], dtype, each_block)
         else:
             model, tokenizer = _load_own_kind(path, manifest, dtype)
     except UsageError:
@@ -244,8 +248,8 @@ def _without_random_init() -> contextlib.AbstractContextManager:
     return no_init_weights()
 
 
-def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch.dtype
-                    ) -> tuple[nn.Module, Any]:
+def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch.dtype,
+                    each_block: Callable[[nn.Module, nn.Module], None] | None = None) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = hugging_face_config(path)
@@ -269,9 +273,9 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
             if owner is not None:  # the file holds this part once, under the owner's name
                 setattr(module, part, getattr(model.get_submodule(owner), part))
         if hasattr(module, "to_storage_dtype"):  # before loading: the file's tensors are cast as they are copied
-            module.to_storage_dtype(dtype)
+            module.to_storage_dtype(dtype, keep_values=False)
         replace(model, name, module)
-    load_weights(model, path / WEIGHTS_FILE)
+    load_weights(model, path / WEIGHTS_FILE, each_block)
     for module in model.modules():
         if hasattr(module, "to_storage_dtype"):  # a replacement keeps what must stay float32 (a router)
             module.to_storage_dtype(dtype)
@@ -279,12 +283,14 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
     return model, tokenizer
 
 
-def load_weights(model: nn.Module, file: str | Path) -> None:
+def load_weights(model: nn.Module, file: str | Path,
+                 each_block: Callable[[nn.Module, nn.Module], None] | None = None) -> None:
     """Load a safetensors file into `model` strictly, one block at a time (each element of a ModuleList,
     a decoder layer say, then the rest): only one block's tensors are read beside the model, and the
     file is mapped only while they are, so a load peaks near the loaded size instead of twice it (the
     whole state dict beside the model, and every mapped page counted). A tensor the file stores once
-    for two names (a tied LM head, a shared router) satisfies both."""
+    for two names (a tied LM head, a shared router) satisfies both. `each_block(model, block)` runs right
+    after a block is loaded (not on the rest)."""
     from safetensors import safe_open
 
     file = str(file)
@@ -305,6 +311,10 @@ def load_weights(model: nn.Module, file: str | Path) -> None:
             raise RuntimeError(f"unexpected key(s) in the weights: {_names(block, loaded.unexpected_keys)}")
         if block:
             not_loaded.update(f"{block}.{key}" for key in loaded.missing_keys)
+            if each_block is not None and _complete(model.get_submodule(block), loaded.missing_keys):
+                # (an incomplete block fails below, untouched; a broken one fails here, before it is changed)
+                check_finite(model.get_submodule(block), f"{Path(file).parent} ({block})")
+                each_block(model, model.get_submodule(block))
         else:  # the whole model's call: every block's keys were absent from it
             not_loaded.update(key for key in loaded.missing_keys if not _block_of(key, blocks))
     expected = model.state_dict(keep_vars=True)
@@ -314,6 +324,13 @@ def load_weights(model: nn.Module, file: str | Path) -> None:
     missing = sorted(key for key in not_loaded if _storage_key(expected[key]) not in filled)
     if missing:
         raise RuntimeError(f"missing key(s) in the weights: {_names('', missing)}")
+
+
+def _complete(block: nn.Module, missing: list[str]) -> bool:
+    """Whether every key the block's load missed shares its tensor with one it loaded (a shared router)."""
+    state = block.state_dict(keep_vars=True)
+    filled = {_storage_key(t) for key, t in state.items() if key not in missing} - {None}
+    return all(_storage_key(state[key]) in filled for key in missing)
 
 
 def _outermost_list_elements(model: nn.Module) -> list[str]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import UsageError
 from .io import cache_dir
-from .storage import WEIGHTS, fast_dtype, release_freed_memory, set_weights
+from .storage import WEIGHTS, fast_dtype, quantize_while_loading, release_freed_memory, set_weights
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -218,7 +218,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu",
     elif not isinstance(dtype, torch.dtype):
         raise UsageError(f"dtype must be a torch.dtype or 'auto', got {dtype!r}")
     if is_artifact(path):
-        model, tokenizer = load_artifact(path, dtype)
+        model, tokenizer = load_artifact(path, dtype, quantize_while_loading(weights))
     else:
         model, tokenizer = _load_hf(path, dtype, shipped=name_or_path in SHIPPED)
     if weights is not None:

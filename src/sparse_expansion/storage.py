@@ -8,6 +8,8 @@ step) changes this module only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -33,7 +35,9 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
       stay dense, and expanded experts stay compressed on the CPU (a dense copy would take k x the
       memory) and go dense on a GPU.
     - "int8", "int4": quantize on load (`quantize_weights`, round-to-nearest, the default group size
-      and grid), then "auto". Quantized weights stay codes under every choice but "dense".
+      and grid), then "auto". Quantized weights stay codes under every choice but "dense". (`models.
+      load_model` has a folder with replaced modules rounded a layer at a time as it is read, through
+      `quantize_while_loading`; here those layers are kept and the rest, the LM head, is rounded.)
     A model with nothing sparse keeps its weights as they are ("dense")."""
     from .arch import decoder_layers, is_linear_like, linear_weight
     from .expand.module import SparseExpertLinear
@@ -94,47 +98,14 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
       the output matrix wider too: it is the one linear every token's logits come straight out of)
     Returns how many modules of each kind were quantized."""
     from .arch import decoder_layers, is_linear_like, linear_weight
-    from .expand.module import SparseExpertLinear
-    from .kernels import CompressedLinear, QuantizedLinear
-    from .kernels.formats import choose_format, compress, fit_grid, quantize
-    from .kernels.linear import DecodeLinear, quantized_copy
+    from .kernels import QuantizedLinear
+    from .kernels.linear import DecodeLinear
 
-    if bits not in QUANT_BITS:
-        raise UsageError(f"quantized weights are 8 or 4 bits, got {bits}")
-    if group_size is not None and group_size < 1:
-        raise UsageError(f"the group size must be at least 1, got {group_size}")
-    if grid not in GRID_METHODS:
-        raise UsageError(f"unknown grid {grid!r}; use {' or '.join(GRID_METHODS)}")
+    _check_grid(bits, group_size, grid)
     _set_decode_linears(model, False)
     counts = {"compressed": 0, "experts": 0, "dense": 0, "kept": 0}
-
-    def quantized(module: nn.Module) -> nn.Module:
-        if isinstance(module, CompressedLinear) or isinstance(module, QuantizedLinear):
-            counts["kept" if module.bits is not None else "compressed"] += 1
-            return quantized_copy(module, bits, group_size, grid) if isinstance(module, CompressedLinear) else module
-        weight = linear_weight(module).detach().float()
-        bias = None if module.bias is None else module.bias.detach().float()
-        if _sparsity(weight) >= COMPRESS_FROM_SPARSITY:  # its float format first: the grid from the stored values
-            counts["compressed"] += 1
-            floats = CompressedLinear(compress(weight, choose_format(weight), torch.float32), bias)
-            return quantized_copy(floats, bits, group_size, grid)
-        group = weight.shape[1] if group_size is None else min(group_size, weight.shape[1])
-        scales, zeros = fit_grid(weight, bits, group, grid)
-        counts["dense"] += 1
-        return QuantizedLinear(quantize(weight, "dense", bits, group, scales, zeros), bias)
-
     for layer in decoder_layers(model):
-        swaps = []
-        for name, module in layer.named_modules():
-            if isinstance(module, SparseExpertLinear):
-                counts["kept" if module.experts.bits is not None else "experts"] += 1
-                module.use_dense_weights(False)
-                module.experts = quantized_copy(module.experts, bits, group_size, grid)
-            elif isinstance(module, (CompressedLinear, QuantizedLinear)) or is_linear_like(module):
-                if not _inside_expert(layer, name):
-                    swaps.append((name, module))
-        for name, module in swaps:
-            layer.set_submodule(name, quantized(module))
+        quantize_layer(layer, bits, group_size, grid, counts)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None and (is_linear_like(head) or isinstance(head, (DecodeLinear, QuantizedLinear))):
         if isinstance(head, DecodeLinear):
@@ -152,6 +123,81 @@ def quantize_weights(model: nn.Module, bits: int, group_size: int | None = None,
         set_output_head(model, replacement)
     _release_dense_copies(model)
     return counts
+
+
+def quantize_layer(layer: nn.Module, bits: int, group_size: int | None = None, grid: str = DEFAULT_GRID,
+                   counts: dict[str, int] | None = None) -> None:
+    """`quantize_weights` for the linears of one decoder layer (counted into `counts`): what a load
+    applies to each layer as soon as it is read (`quantize_while_loading`)."""
+    from .arch import is_linear_like, linear_weight
+    from .expand.module import SparseExpertLinear
+    from .kernels import CompressedLinear, QuantizedLinear
+    from .kernels.formats import choose_format, compress
+    from .kernels.linear import quantized_copy
+
+    _check_grid(bits, group_size, grid)
+    counts = {"compressed": 0, "experts": 0, "dense": 0, "kept": 0} if counts is None else counts
+
+    def quantized(module: nn.Module) -> nn.Module:
+        if isinstance(module, CompressedLinear) or isinstance(module, QuantizedLinear):
+            counts["kept" if module.bits is not None else "compressed"] += 1
+            return quantized_copy(module, bits, group_size, grid) if isinstance(module, CompressedLinear) else module
+        weight = linear_weight(module).detach().float()
+        bias = None if module.bias is None else module.bias.detach().float()
+        if _sparsity(weight) >= COMPRESS_FROM_SPARSITY:  # its float format first: the grid from the stored values
+            counts["compressed"] += 1
+            floats = CompressedLinear(compress(weight, choose_format(weight), torch.float32), bias)
+            return quantized_copy(floats, bits, group_size, grid)
+        counts["dense"] += 1
+        return QuantizedLinear.quantize(weight, bias, bits, group_size, grid)
+
+    swaps = []
+    for name, module in layer.named_modules():
+        if isinstance(module, SparseExpertLinear):
+            counts["kept" if module.experts.bits is not None else "experts"] += 1
+            module.use_dense_weights(False)
+            module.experts = quantized_copy(module.experts, bits, group_size, grid)
+        elif isinstance(module, (CompressedLinear, QuantizedLinear)) or is_linear_like(module):
+            if not _inside_expert(layer, name):
+                swaps.append((name, module))
+    for name, module in swaps:
+        layer.set_submodule(name, quantized(module))
+
+
+def quantize_while_loading(weights: str | None) -> Callable[[nn.Module, nn.Module], None] | None:
+    """For `artifact.load_artifact(..., each_block=)`: with "int8" / "int4" storage, each decoder layer is
+    rounded (`quantize_layer`, the default group size and grid) as soon as its weights are read, so the
+    float weights of one layer, not of the whole model, sit beside the codes (a float 16-expert folder
+    would otherwise peak at its float size plus its codes). The same codes as quantizing after the load;
+    `set_weights` then quantizes the rest (the LM head) and keeps these."""
+    if weights not in ("int8", "int4"):
+        return None
+    bits = int(weights[3:])
+    done = [0]
+
+    def each_block(model: nn.Module, block: nn.Module) -> None:
+        from .arch import decoder_layers
+
+        if any(block is layer for layer in decoder_layers(model)):
+            quantize_layer(block, bits, default_group_size(bits))
+            done[0] += 1
+            if done[0] % TRIM_EVERY_LAYERS == 0:  # the float weights freed: back to the system, not kept
+                release_freed_memory(collect=False)
+    return each_block
+
+
+# A load that quantizes hands freed memory back every this many layers: SmolLM2, 16 experts, int8 on load,
+# peaks at ~1.35 GB trimming every 1, 4 or 8 layers and ~1.8 GB never; every layer costs ~0.6 s more load.
+TRIM_EVERY_LAYERS = 4
+
+
+def _check_grid(bits: int, group_size: int | None, grid: str) -> None:
+    if bits not in QUANT_BITS:
+        raise UsageError(f"quantized weights are 8 or 4 bits, got {bits}")
+    if group_size is not None and group_size < 1:
+        raise UsageError(f"the group size must be at least 1, got {group_size}")
+    if grid not in GRID_METHODS:
+        raise UsageError(f"unknown grid {grid!r}; use {' or '.join(GRID_METHODS)}")
 
 
 def _inside_expert(layer: nn.Module, name: str) -> bool:
@@ -184,14 +230,15 @@ def _release_dense_copies(model: nn.Module) -> None:
             param.data = param.data.clone()
 
 
-def release_freed_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the system (glibc's malloc_trim; elsewhere
-    only the collection): loading converts and copies, and what it freed would otherwise still
-    count in the process's resident memory."""
+def release_freed_memory(collect: bool = True) -> None:
+    """Collect garbage (unless `collect` is False) and hand freed heap pages back to the system (glibc's
+    malloc_trim; elsewhere only the collection): loading converts and copies, and what it freed would
+    otherwise still count in the process's resident memory."""
     import ctypes
     import gc
 
-    gc.collect()
+    if collect:
+        gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

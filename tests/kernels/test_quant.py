@@ -210,6 +210,21 @@ def test_quantized_linear_saves_and_loads_to_identical_outputs(tmp_path, bits):
         QuantizedLinear.from_spec(spec).load_state_dict(bad, strict=True)
 
 
+@pytest.mark.parametrize("bits,group,grid", [(8, None, "minmax"), (4, 16, "minmax"), (4, 7, "mse"), (8, 32, "mse")])
+def test_quantizing_a_linear_a_slice_of_rows_at_a_time_gives_the_same_codes(monkeypatch, bits, group, grid):
+    """Rows have their own grids, so rounding a big weight (an LM head) a few rows at a time, to bound its
+    float32 temporaries, stores exactly what rounding it whole does."""
+    from sparse_expansion.kernels import linear
+
+    weight = torch.randn(37, 45, generator=torch.Generator().manual_seed(1)).bfloat16()
+    whole = QuantizedLinear.quantize(weight, None, bits, group, grid)
+    monkeypatch.setattr(linear, "QUANTIZE_VALUES", 5 * 45)  # 5 rows a slice, the last one 2
+    sliced = QuantizedLinear.quantize(weight, None, bits, group, grid)
+    assert whole.state_dict().keys() == sliced.state_dict().keys()
+    assert all(torch.equal(whole.state_dict()[k], sliced.state_dict()[k]) for k in whole.state_dict())
+    assert sliced.spec() == whole.spec()
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("group", [None, 32, 7, 500])
 @pytest.mark.parametrize("shape", [(13, 96), (3, 9, 53)])

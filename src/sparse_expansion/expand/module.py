@@ -158,9 +158,10 @@ class SparseExpertLinear(nn.Module):
         """The experts as one dense float32 tensor [k, out, in] (exact: every stored value is a float32)."""
         return self.experts.dense_weight()
 
-    def to_storage_dtype(self, dtype: torch.dtype) -> SparseExpertLinear:
-        """Expert values in `dtype`; the router and the bias stay float32, so routes do not depend on it."""
-        self.experts.to_storage_dtype(dtype)
+    def to_storage_dtype(self, dtype: torch.dtype, keep_values: bool = True) -> SparseExpertLinear:
+        """Expert values in `dtype`; the router and the bias stay float32, so routes do not depend on it.
+        `keep_values` as in CompressedExperts.to_storage_dtype."""
+        self.experts.to_storage_dtype(dtype, keep_values)
         if self._dense is not None:
             self._dense = self._dense.to(dtype)
         return self

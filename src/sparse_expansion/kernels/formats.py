@@ -296,7 +296,9 @@ class CompressedWeight:
 
     @classmethod
     def empty(cls, spec: dict[str, Any]) -> CompressedWeight:
-        """Buffers of the right shapes and dtypes, contents to be loaded (not validated)."""
+        """Buffers of the right shapes and dtypes, contents to be loaded (not validated). Uninitialised: a strict
+        load writes every byte, and memory not yet written is not yet resident (a load reading one layer at a
+        time holds one layer's float weights beside the codes, artifact.load_weights)."""
         fmt, shape = spec["format"], tuple(int(s) for s in spec["shape"])
         bits = quant_bits(spec["value_dtype"])
         rows, cols = math.prod(shape[:-1]), shape[-1]
@@ -307,20 +309,20 @@ class CompressedWeight:
         else:
             dtype, group = torch.uint8, int(spec["group_size"])
             groups = -(-cols // group)
-            grid = {"scales": torch.zeros(*shape[:-1], groups), "bits": bits, "group_size": group,
-                    "zeros": torch.zeros(*shape[:-1], groups, dtype=torch.uint8)}
+            grid = {"scales": torch.empty(*shape[:-1], groups), "bits": bits, "group_size": group,
+                    "zeros": torch.empty(*shape[:-1], groups, dtype=torch.uint8)}
             count = lambda n: quantized_value_bytes(n, bits)  # noqa: E731
         if fmt == "dense":
-            return cls(fmt, shape, torch.zeros(*shape[:-1], count(cols), dtype=dtype), None, **grid)
+            return cls(fmt, shape, torch.empty(*shape[:-1], count(cols), dtype=dtype), None, **grid)
         nm = parse_format(fmt)
         if nm is None:
-            values = torch.zeros(count(int(spec["stored_values"])), dtype=dtype)
-            return cls(fmt, shape, values, torch.zeros(*shape[:-1], (cols + 7) // 8, dtype=torch.uint8),
-                       torch.zeros(rows + 1, dtype=torch.int64), **grid)
+            values = torch.empty(count(int(spec["stored_values"])), dtype=dtype)
+            return cls(fmt, shape, values, torch.empty(*shape[:-1], (cols + 7) // 8, dtype=torch.uint8),
+                       torch.empty(rows + 1, dtype=torch.int64), **grid)
         n, m = nm
         per_row = cols // m * n
-        return cls(fmt, shape, torch.zeros(*shape[:-1], count(per_row), dtype=dtype),
-                   torch.zeros(*shape[:-1], (per_row * index_bits(m) + 7) // 8, dtype=torch.uint8), **grid)
+        return cls(fmt, shape, torch.empty(*shape[:-1], count(per_row), dtype=dtype),
+                   torch.empty(*shape[:-1], (per_row * index_bits(m) + 7) // 8, dtype=torch.uint8), **grid)
 
 
 # --- bitmask --------------------------------------------------------------------------------------

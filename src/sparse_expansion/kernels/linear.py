@@ -80,13 +80,14 @@ class _Compressed(nn.Module):
         """Weights (and biases) the dense layer it stands for would hold: what `params` counts."""
         return math.prod(self.weight_shape) + (0 if self.bias is None else self.bias.numel())
 
-    def to_storage_dtype(self, dtype: torch.dtype | str) -> _Compressed:
+    def to_storage_dtype(self, dtype: torch.dtype | str, keep_values: bool = True) -> _Compressed:
         """Values in `dtype` (float32, bfloat16 or float16); the bias stays float32, as the kernels
         take it. Called by artifact.py after loading with the model's --dtype. Quantized codes stay
-        as they are (their de-quantized weights are float32 whatever the model's dtype)."""
+        as they are (their de-quantized weights are float32 whatever the model's dtype). `keep_values`
+        False: a module about to be loaded, whose values are not worth converting (nor making resident)."""
         dtype = value_dtype_of(dtype)
         if self.bits is None and self.values.dtype != dtype:
-            self.values = self.values.to(dtype)
+            self.values = self.values.to(dtype) if keep_values else torch.empty(self.values.shape, dtype=dtype)
         return self
 
 
@@ -213,6 +214,11 @@ class CompressedExperts(_Compressed):
                 f"format={self.format}, values={_values_repr(self)}, bias={self.bias is not None}")
 
 
+# QuantizedLinear.quantize rounds this many weights at a time: an LM head (49152 x 576 on SmolLM2) in one go
+# held ~6 float32 copies of itself in temporaries, the peak of a load that quantizes (storage.py).
+QUANTIZE_VALUES = 1 << 22
+
+
 class QuantizedLinear(_Compressed):
     """Drop-in for nn.Linear whose dense W is stored as int8 or int4 codes with per-row-and-group scales
     (formats.py, format "dense"): the linears pruning leaves dense (attention projections, the LM head)
@@ -233,10 +239,18 @@ class QuantizedLinear(_Compressed):
         formats.fit_grid places by `grid` ("minmax" or "mse")."""
         from .formats import fit_grid, quantize
 
-        weight = weight.detach().float()
-        group = weight.shape[1] if group_size is None else min(group_size, weight.shape[1])
-        scales, zeros = fit_grid(weight, bits, group, grid)
-        return cls(quantize(weight, "dense", bits, group, scales, zeros), bias)
+        rows, cols = weight.shape
+        group = cols if group_size is None else min(group_size, cols)
+        step = max(1, QUANTIZE_VALUES // cols)
+        parts = []
+        for r in range(0, rows, step):  # rows are independent: a few float32 temporaries of a slice at a time
+            w = weight[r:r + step].detach().float()
+            parts.append(quantize(w, "dense", bits, group, *fit_grid(w, bits, group, grid)))
+        if len(parts) == 1:
+            return cls(parts[0], bias)
+        return cls(CompressedWeight("dense", (rows, cols), torch.cat([p.values for p in parts]), None,
+                                    scales=torch.cat([p.scales for p in parts]),
+                                    zeros=torch.cat([p.zeros for p in parts]), bits=bits, group_size=group), bias)
 
     def spec(self) -> dict[str, Any]:
         spec = self._spec()
