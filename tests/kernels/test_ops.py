@@ -238,3 +238,25 @@ def test_bfloat16_groups_below_64_tokens_unpack_straight_to_bfloat16(backend, fm
     assert (y.double() - ref).abs().max() <= 2 ** -7 * (1 + ref.abs().max())
     if backend in ("cpp", "avx2", "scalar") and (fmt != "bitmask" or ops.bf16_dot_available()):
         assert torch.equal(y[:30], (x[:30] @ dense[0].bfloat16().t()))
+
+
+@pytest.mark.parametrize("fmt,shape", [("bitmask", (37, 53)), ("bitmask", (64, 576)), ("2:4", (37, 20)),
+                                       ("4:8", (9, 64))])
+def test_routed_bfloat16_tokens_come_out_in_bfloat16_as_before(backend, fmt, shape):
+    """Routed bf16 tokens over bf16 experts, groups of every kind (one of 30 tokens: a GEMM; one of 5 and one
+    of 1: the sparse kernel; one empty), no bias: the bf16 output holds each GEMM group's torch bf16 GEMM and
+    each small group's float32 kernel output rounded once, the bits the float32 route gave (a zero bias
+    keeps that route)."""
+    experts = torch.stack([weights(fmt, *shape, e) for e in range(4)])
+    weight = F.compress(experts, fmt, torch.bfloat16)
+    labels = torch.cat([torch.full((30,), 2), torch.full((5,), 0), torch.full((1,), 3)])
+    labels = labels[torch.randperm(36, generator=torch.Generator().manual_seed(0))]
+    x = torch.randn(36, shape[1], generator=torch.Generator().manual_seed(1)).bfloat16()
+    y = ops.expert_linear(x, labels, weight, dense_from=24)
+    assert y.dtype == torch.bfloat16 and y.shape == (36, shape[0])
+    assert torch.equal(y, ops.expert_linear(x, labels, weight, torch.zeros(shape[0]), dense_from=24))
+    big, few = labels == 2, labels != 2
+    sparse_only = ops.expert_linear(x[few], labels[few], weight, dense_from=10**6)  # the float32 kernel
+    assert torch.equal(y[few], sparse_only)
+    if backend in ("cpp", "avx2", "scalar") and (fmt != "bitmask" or ops.bf16_dot_available()):
+        assert torch.equal(y[big], x[big] @ F.decompress(weight).bfloat16()[2].t())

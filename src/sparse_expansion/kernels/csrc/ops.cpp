@@ -120,6 +120,15 @@ void scatter_rows(const torch::Tensor& part, const Tokens& t, int64_t r0, int64_
     std::copy(src + i * (r1 - r0), src + (i + 1) * (r1 - r0), t.y + token_at(t, i) * t.ldy + r0);
 }
 
+// The whole weight unpacked straight to a bfloat16 [rows, in] matrix, rows over threads.
+template <typename View>
+torch::Tensor unpack_to_bf16(const View& view, int64_t rows, HalfUnpack<View> unpack_half) {
+  torch::Tensor w = torch::empty({rows, view.in}, torch::kBFloat16);
+  uint16_t* d = reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>());
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { unpack_half(view, r0, r1, d + r0 * view.in); });
+  return w;
+}
+
 template <typename View, typename Unpack>
 void run_dense(const View& view, int64_t rows, const torch::Tensor& x, torch::Tensor& y, const Tokens& t,
                Unpack unpack, bool half, HalfUnpack<View> unpack_half = nullptr) {
@@ -127,10 +136,8 @@ void run_dense(const View& view, int64_t rows, const torch::Tensor& x, torch::Te
   if (t.tok != nullptr)
     xs = x.index_select(0, torch::from_blob(const_cast<int64_t*>(t.tok), {t.count}, torch::kLong));
   if (half && unpack_half != nullptr) {  // bfloat16 values straight into a bfloat16 weight, one GEMM
-    torch::Tensor w = torch::empty({rows, view.in}, torch::kBFloat16);
-    uint16_t* d = reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>());
-    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { unpack_half(view, r0, r1, d + r0 * view.in); });
-    scatter_rows(torch::mm(xs, w.t()).to(torch::kFloat).contiguous(), t, 0, rows);
+    scatter_rows(torch::mm(xs, unpack_to_bf16(view, rows, unpack_half).t()).to(torch::kFloat).contiguous(), t, 0,
+                 rows);
     return;
   }
   // At least kTileMinRows rows: a GEMM only 40 outputs wide (1536 inputs) ran 1.4x slower. A bfloat16
@@ -183,11 +190,60 @@ torch::Tensor routed_matmul(const torch::Tensor& x, const c10::optional<torch::T
     // is the answer, returned as it is. The float32 output, its copy and the caller's rounding back to
     // bfloat16 gave these very bits, 1.3x a dense bfloat16 linear's time (BENCHMARKS.md, decode).
     TORCH_CHECK(experts == 1, "labels are needed to route tokens over ", experts, " experts");
-    const View view = make_view(0);
-    torch::Tensor w = torch::empty({rows, view.in}, torch::kBFloat16);
-    uint16_t* d = reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>());
-    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { unpack_half(view, r0, r1, d + r0 * view.in); });
-    return torch::mm(x, w.t());
+    return torch::mm(x, unpack_to_bf16(make_view(0), rows, unpack_half).t());
+  }
+  if (labels && count > kBf16DotTokens && !bias && half_ok && unpack_half != nullptr && dense_ok) {
+    // Routed bfloat16 tokens (an expanded model's eval batch or prompt) into a bfloat16 output: an expert's
+    // group of dense_from or more tokens is a bfloat16 GEMM whose result goes straight to its rows; the
+    // few tokens of the other experts are gathered, run by the sparse kernel in float32 and rounded into
+    // theirs. The bits of the float32 output and the caller's rounding, with no float32 copy of every
+    // input and output.
+    TORCH_CHECK(labels->numel() == count && labels->scalar_type() == torch::kLong && labels->dim() == 1,
+                "labels must be int64 [tokens]: one expert per token");
+    check_cpu_contiguous(*labels, "labels");
+    const Groups g = group_by_expert(*labels, experts);
+    torch::Tensor out = torch::empty({count, rows}, x.options());
+    uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+    std::vector<int64_t> few;  // the tokens of small groups, expert by expert
+    std::vector<std::pair<int64_t, int64_t>> few_groups;  // (expert, its first index in `few`)
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t n = g.starts[e + 1] - g.starts[e];
+      const int64_t* tok = g.order.data() + g.starts[e];
+      if (n == 0) continue;
+      if (n < dense_from) {
+        few_groups.push_back({e, static_cast<int64_t>(few.size())});
+        few.insert(few.end(), tok, tok + n);
+        continue;
+      }
+      const torch::Tensor xs = x.index_select(0, torch::from_blob(const_cast<int64_t*>(tok), {n}, torch::kLong));
+      const torch::Tensor r = torch::mm(xs, unpack_to_bf16(make_view(e), rows, unpack_half).t()).contiguous();
+      const uint16_t* src = reinterpret_cast<const uint16_t*>(r.data_ptr<at::BFloat16>());
+      at::parallel_for(0, n, 64, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) std::copy(src + i * rows, src + (i + 1) * rows, o + tok[i] * rows);
+      });
+    }
+    if (!few.empty()) {
+      const int64_t m = static_cast<int64_t>(few.size());
+      const torch::Tensor xs =
+          x.index_select(0, torch::from_blob(few.data(), {m}, torch::kLong)).to(torch::kFloat).contiguous();
+      torch::Tensor ys = torch::empty({m, rows}, x.options().dtype(torch::kFloat));
+      std::vector<int64_t> local(m);
+      for (int64_t i = 0; i < m; ++i) local[i] = i;
+      std::vector<Job<View>> jobs;
+      for (size_t j = 0; j < few_groups.size(); ++j) {
+        const int64_t first = few_groups[j].second;
+        const int64_t last = j + 1 < few_groups.size() ? few_groups[j + 1].second : m;
+        jobs.push_back({make_view(few_groups[j].first),
+                        Tokens{xs.data_ptr<float>(), in, ys.data_ptr<float>(), rows, local.data() + first, last - first}});
+      }
+      run_sparse(jobs, rows, kernel);
+      const float* src = ys.data_ptr<float>();
+      for (int64_t i = 0; i < m; ++i) {
+        at::BFloat16* dst = out.data_ptr<at::BFloat16>() + few[i] * rows;
+        for (int64_t c = 0; c < rows; ++c) dst[c] = at::BFloat16(src[i * rows + c]);
+      }
+    }
+    return out;
   }
   auto y = torch::empty({count, rows}, x.options().dtype(torch::kFloat));
   if (count == 0) return y;
