@@ -309,12 +309,13 @@ def load_weights(model: nn.Module, file: str | Path,
         del part
         if loaded.unexpected_keys:
             raise RuntimeError(f"unexpected key(s) in the weights: {_names(block, loaded.unexpected_keys)}")
-        if block:
+        if block and each_block is not None and _complete(model.get_submodule(block), loaded.missing_keys):
+            # Complete: nothing of it is missing. A broken block fails here, before it is changed; an incomplete
+            # one is left as it is and fails below.
+            check_finite(model.get_submodule(block), f"{Path(file).parent} ({block})")
+            each_block(model, model.get_submodule(block))
+        elif block:
             not_loaded.update(f"{block}.{key}" for key in loaded.missing_keys)
-            if each_block is not None and _complete(model.get_submodule(block), loaded.missing_keys):
-                # (an incomplete block fails below, untouched; a broken one fails here, before it is changed)
-                check_finite(model.get_submodule(block), f"{Path(file).parent} ({block})")
-                each_block(model, model.get_submodule(block))
         else:  # the whole model's call: every block's keys were absent from it
             not_loaded.update(key for key in loaded.missing_keys if not _block_of(key, blocks))
     expected = model.state_dict(keep_vars=True)
