@@ -14,7 +14,7 @@ from sparse_expansion.expand import SparseExpertLinear
 from sparse_expansion.kernels import CompressedLinear, QuantizedLinear, decompress
 from sparse_expansion.methods import compress, make_config
 from sparse_expansion.models import load_model
-from sparse_expansion.prune import SparseGPTConfig, Sparsity, parse_sparsity
+from sparse_expansion.prune import PruneCompressor, SparseGPTConfig, Sparsity, parse_sparsity
 from sparse_expansion.prune.compressors import prune_weight, quantized_linear
 from sparse_expansion.prune.dense import DenseQuantConfig
 from sparse_expansion.storage import quantize_weights
@@ -267,19 +267,10 @@ def test_quantize_on_load(tiny_model_dir):
     assert torch.equal(logits(model), logits(converted))
 
 
-@pytest.mark.parametrize("weights", ["int8", "int4"])
-def test_a_folder_quantized_while_loading_equals_quantizing_after(tmp_path, tokenizer, monkeypatch, weights):
-    """An expanded folder loaded with int8 / int4 storage rounds each decoder layer as soon as its weights
-    are read (so one layer's float weights, not the whole model's, sit beside the codes): every layer is
-    rounded before the next one is read, and the model is the one quantizing after the load gives."""
+def log_reads_and_roundings(monkeypatch) -> list:
+    """("read", key) for every tensor a load reads, ("quantize", layer) for every layer it rounds, in order."""
     from sparse_expansion import storage
-    from sparse_expansion.engine import calibrate
-    from sparse_expansion.expand import ExpandCompressor, ExpandConfig
 
-    model = tiny_model("llama")
-    ids = torch.randint(2, 128, (4, 16), generator=torch.Generator().manual_seed(0))
-    calibrate(model, ids, ExpandCompressor(ExpandConfig(experts=2, sparsity=parse_sparsity("0.5"))), progress=False)
-    save_artifact(tmp_path / "e", model, tokenizer=tokenizer, record={})
     events = []
     real_layer = storage.quantize_layer
     watch_tensor_reads(monkeypatch, lambda key, _tensor: events.append(("read", key)))
@@ -289,6 +280,22 @@ def test_a_folder_quantized_while_loading_equals_quantizing_after(tmp_path, toke
         return real_layer(layer, *args, **kwargs)
 
     monkeypatch.setattr(storage, "quantize_layer", logged_layer)
+    return events
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_a_folder_quantized_while_loading_equals_quantizing_after(tmp_path, tokenizer, monkeypatch, weights):
+    """An expanded folder loaded with int8 / int4 storage rounds each decoder layer as soon as its weights
+    are read (so one layer's float weights, not the whole model's, sit beside the codes): every layer is
+    rounded before the next one is read, and the model is the one quantizing after the load gives."""
+    from sparse_expansion.engine import calibrate
+    from sparse_expansion.expand import ExpandCompressor, ExpandConfig
+
+    model = tiny_model("llama")
+    ids = torch.randint(2, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    calibrate(model, ids, ExpandCompressor(ExpandConfig(experts=2, sparsity=parse_sparsity("0.5"))), progress=False)
+    save_artifact(tmp_path / "e", model, tokenizer=tokenizer, record={})
+    events = log_reads_and_roundings(monkeypatch)
     loaded, _ = load_model(str(tmp_path / "e"), weights=weights)
     monkeypatch.undo()
     layers = list(loaded.model.layers)
@@ -304,6 +311,33 @@ def test_a_folder_quantized_while_loading_equals_quantizing_after(tmp_path, toke
     assert loaded.state_dict().keys() == after.state_dict().keys()
     assert all(torch.equal(v, after.state_dict()[k]) for k, v in loaded.state_dict().items())
     assert torch.equal(logits(loaded), logits(after))
+
+
+def test_a_plain_pruned_folder_is_read_a_layer_at_a_time_too(tmp_path, tokenizer, monkeypatch):
+    """A pruned folder (plain transformers files, tensors under the model's own names) goes through the same
+    loader: each layer rounded as it is read with int8 storage, the same model as transformers'
+    from_pretrained then quantizing, and its generation config kept."""
+    from transformers import AutoModelForCausalLM
+
+    from sparse_expansion.engine import calibrate
+
+    model = tiny_model("llama")
+    ids = torch.randint(2, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    calibrate(model, ids, PruneCompressor(SparseGPTConfig(parse_sparsity("0.5"))), progress=False)
+    model.generation_config.max_new_tokens = 7
+    save_artifact(tmp_path / "p", model, tokenizer=tokenizer, record={})
+    assert not read_manifest(tmp_path / "p")["modules"]
+    events = log_reads_and_roundings(monkeypatch)
+    loaded, _ = load_model(str(tmp_path / "p"), weights="int8")
+    monkeypatch.undo()
+    first_quantize = next(i for i, (kind, _) in enumerate(events) if kind == "quantize")
+    first_read_of_layer_1 = next(i for i, (kind, key) in enumerate(events)
+                                 if kind == "read" and key.startswith("model.layers.1."))
+    assert first_quantize < first_read_of_layer_1
+    assert loaded.generation_config.max_new_tokens == 7
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "p", dtype=torch.float32).eval()
+    quantize_weights(plain, 8)
+    assert torch.equal(logits(loaded), logits(plain))
 
 
 def test_a_broken_layer_is_refused_before_it_is_quantized_on_load(tmp_path, tokenizer):

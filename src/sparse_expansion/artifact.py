@@ -44,6 +44,7 @@ from .surgery import replace
 MANIFEST_FILE = "sparse_expansion.json"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+GENERATION_FILE = "generation_config.json"
 FORMAT_VERSION = 2
 CAUSAL_LM = "causal_lm"
 GUARD_MODEL_TYPE = "sparse_expansion"
@@ -256,12 +257,16 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
     # Given the config, AutoTokenizer does not read config.json, whose auto_map would make it ask
     # whether to run the folder's code.
     tokenizer = AutoTokenizer.from_pretrained(path, config=config) if has_tokenizer(path) else None
-    if not modules:
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
-        return model, tokenizer
     with _without_random_init():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.tie_weights()  # (skipped with the initialisation: a tied LM head is stored once, as the embedding)
+    if (path / GENERATION_FILE).is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    if not modules and not _stored_under_model_names(model, path / WEIGHTS_FILE):
+        # A plain folder whose tensors transformers renames as it reads them (fused MoE experts): its loader.
+        return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype), tokenizer
     for name, spec in modules.items():
         target = MODULE_TYPES.get(spec.get("type"))
         if target is None:
@@ -325,6 +330,14 @@ def load_weights(model: nn.Module, file: str | Path,
     missing = sorted(key for key in not_loaded if _storage_key(expected[key]) not in filled)
     if missing:
         raise RuntimeError(f"missing key(s) in the weights: {_names('', missing)}")
+
+
+def _stored_under_model_names(model: nn.Module, file: Path) -> bool:
+    """Whether every tensor of a safetensors file is named as in the model's state dict."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        return set(f.keys()) <= model.state_dict().keys()
 
 
 def _complete(block: nn.Module, missing: list[str]) -> bool:
