@@ -205,8 +205,8 @@ def read_record(path: str | Path) -> dict[str, Any]:
 def load_artifact(path: str | Path, dtype: torch.dtype = torch.float32,
                   each_block: Callable[[nn.Module, nn.Module], None] | None = None) -> tuple[nn.Module, Any]:
     """(model in eval mode, tokenizer or None), exactly as `save_artifact` wrote it. `each_block(model,
-    block)` runs on each block of a folder with replaced modules as soon as its weights are read
-    (`load_weights`; storage.quantize_while_loading rounds a layer to int8 / int4 there)."""
+    block)` runs on each block of a causal LM as soon as its weights are read (`load_weights`;
+    storage.quantize_while_loading rounds a layer to int8 / int4 there)."""
     from safetensors import SafetensorError
 
     path = Path(path)
@@ -265,7 +265,8 @@ def _load_causal_lm(path: Path, modules: dict[str, dict[str, Any]], dtype: torch
 
         model.generation_config = GenerationConfig.from_pretrained(path)
     if not modules and not _stored_under_model_names(model, path / WEIGHTS_FILE):
-        # A plain folder whose tensors transformers renames as it reads them (fused MoE experts): its loader.
+        # A plain folder whose tensors transformers renames as it reads them (fused MoE experts, GPT-NeoX,
+        # multimodal Gemma 3): its own loader.
         return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype), tokenizer
     for name, spec in modules.items():
         target = MODULE_TYPES.get(spec.get("type"))
@@ -310,15 +311,16 @@ def load_weights(model: nn.Module, file: str | Path,
         start = len(block) + 1 if block else 0
         with safe_open(file, framework="pt") as f:
             part = {key[start:]: f.get_tensor(key) for key in keys}
-        loaded = (model.get_submodule(block) if block else model).load_state_dict(part, strict=False)
+        target = model.get_submodule(block) if block else model
+        loaded = target.load_state_dict(part, strict=False)
         del part
         if loaded.unexpected_keys:
             raise RuntimeError(f"unexpected key(s) in the weights: {_names(block, loaded.unexpected_keys)}")
-        if block and each_block is not None and _complete(model.get_submodule(block), loaded.missing_keys):
+        if block and each_block is not None and not _unfilled(target.state_dict(keep_vars=True), loaded.missing_keys):
             # Complete: nothing of it is missing. A broken block fails here, before it is changed; an incomplete
             # one is left as it is and fails below.
-            check_finite(model.get_submodule(block), f"{Path(file).parent} ({block})")
-            each_block(model, model.get_submodule(block))
+            check_finite(target, f"{Path(file).parent} ({block})")
+            each_block(model, target)
         elif block:
             not_loaded.update(f"{block}.{key}" for key in loaded.missing_keys)
         else:  # the whole model's call: every block's keys were absent from it
@@ -326,8 +328,7 @@ def load_weights(model: nn.Module, file: str | Path,
     expected = model.state_dict(keep_vars=True)
     # Parts the file holds nothing of were not asked for: all their keys are missing.
     not_loaded.update(key for key in expected if _block_of(key, blocks) not in by_block)
-    filled = {_storage_key(tensor) for key, tensor in expected.items() if key not in not_loaded} - {None}
-    missing = sorted(key for key in not_loaded if _storage_key(expected[key]) not in filled)
+    missing = sorted(_unfilled(expected, not_loaded))
     if missing:
         raise RuntimeError(f"missing key(s) in the weights: {_names('', missing)}")
 
@@ -340,11 +341,11 @@ def _stored_under_model_names(model: nn.Module, file: Path) -> bool:
         return set(f.keys()) <= model.state_dict().keys()
 
 
-def _complete(block: nn.Module, missing: list[str]) -> bool:
-    """Whether every key the block's load missed shares its tensor with one it loaded (a shared router)."""
-    state = block.state_dict(keep_vars=True)
+def _unfilled(state: dict[str, torch.Tensor], missing: list[str] | set[str]) -> list[str]:
+    """The keys of `missing` (not read) whose tensor no read key shares: a tied LM head or a shared
+    router is filled by its other name."""
     filled = {_storage_key(t) for key, t in state.items() if key not in missing} - {None}
-    return all(_storage_key(state[key]) in filled for key in missing)
+    return [key for key in missing if _storage_key(state[key]) not in filled]
 
 
 def _outermost_list_elements(model: nn.Module) -> list[str]:

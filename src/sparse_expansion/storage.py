@@ -36,8 +36,8 @@ def set_weights(model: nn.Module, weights: str, device: str = "cpu") -> str:
       memory) and go dense on a GPU.
     - "int8", "int4": quantize on load (`quantize_weights`, round-to-nearest, the default group size
       and grid), then "auto". Quantized weights stay codes under every choice but "dense". (`models.
-      load_model` has a folder with replaced modules rounded a layer at a time as it is read, through
-      `quantize_while_loading`; here those layers are kept and the rest, the LM head, is rounded.)
+      load_model` has a folder it reads through artifact.load_weights rounded a layer at a time as it is
+      read, through `quantize_while_loading`; here those layers are kept and the rest, the LM head, is rounded.)
     A model with nothing sparse keeps its weights as they are ("dense")."""
     from .arch import decoder_layers, is_linear_like, linear_weight
     from .expand.module import SparseExpertLinear
@@ -187,7 +187,8 @@ def quantize_while_loading(weights: str | None) -> Callable[[nn.Module, nn.Modul
 
 
 # A load that quantizes hands freed memory back every this many layers: SmolLM2, 16 experts, int8 on load,
-# peaks at ~1.35 GB trimming every 1, 4 or 8 layers and ~1.8 GB never; every layer costs ~0.6 s more load.
+# peaked at 1.30-1.44 GB trimming every 1, 4 or 8 layers and ~1.8 GB never; every layer cost ~0.6-1.0 s more load
+# (BENCHMARKS.md, decode: "Rounding while loading").
 TRIM_EVERY_LAYERS = 4
 
 

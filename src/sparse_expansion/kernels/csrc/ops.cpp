@@ -181,6 +181,11 @@ torch::Tensor routed_matmul(const torch::Tensor& x, const c10::optional<torch::T
     check_cpu_contiguous(*bias, "bias");
   }
   const int64_t count = x.size(0);
+  if (labels) {
+    TORCH_CHECK(labels->numel() == count && labels->scalar_type() == torch::kLong && labels->dim() == 1,
+                "labels must be int64 [tokens]: one expert per token");
+    check_cpu_contiguous(*labels, "labels");
+  }
   // bfloat16 inputs with bfloat16 values: the BF16 dot kernel (when given) reads them as they are, and
   // so does the GEMM path for big groups; anything else computes on float32 inputs.
   const bool dense_ok = dense_from > 0;
@@ -198,9 +203,6 @@ torch::Tensor routed_matmul(const torch::Tensor& x, const c10::optional<torch::T
     // few tokens of the other experts are gathered, run by the sparse kernel in float32 and rounded into
     // theirs. The bits of the float32 output and the caller's rounding, with no float32 copy of every
     // input and output.
-    TORCH_CHECK(labels->numel() == count && labels->scalar_type() == torch::kLong && labels->dim() == 1,
-                "labels must be int64 [tokens]: one expert per token");
-    check_cpu_contiguous(*labels, "labels");
     const Groups g = group_by_expert(*labels, experts);
     torch::Tensor out = torch::empty({count, rows}, x.options());
     uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
@@ -263,9 +265,6 @@ torch::Tensor routed_matmul(const torch::Tensor& x, const c10::optional<torch::T
     TORCH_CHECK(experts == 1, "labels are needed to route tokens over ", experts, " experts");
     parts.push_back({0, all});
   } else {
-    TORCH_CHECK(labels->numel() == count && labels->scalar_type() == torch::kLong && labels->dim() == 1,
-                "labels must be int64 [tokens]: one expert per token");
-    check_cpu_contiguous(*labels, "labels");
     if (count == 1) {  // decode: one expert, no sorting
       const int64_t e = labels->data_ptr<int64_t>()[0];
       TORCH_CHECK(e >= 0 && e < experts, "label ", e, " is not an expert in [0, ", experts, ")");
